@@ -1,0 +1,1 @@
+"""Optional adapters for treadle (retry, rollback, logging), importable as ``treadle.contrib``."""

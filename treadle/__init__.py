@@ -1,0 +1,39 @@
+"""treadle: persistent, resumable, human-in-the-loop pipelines.
+
+Decorate plain functions with :func:`stage`, list them in a :class:`Pipeline`,
+and let a :class:`Runner` move items through them on a durable store
+(:func:`open_store`).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .context import StageContext
+from .errors import (
+    CycleError, DuplicateStageError, InvalidItemError, InvalidStageError,
+    InvalidTransitionError, ItemNotFoundError, PipelineDefinitionError, SerializationError,
+    StageTimeout, StoreError, TreadleError, UnknownStageError,
+)
+from .outcomes import Completed, FanOut, Review, Skipped, SubTask
+from .pipeline import Pipeline
+from .runner import Runner
+from .stage import StageSpec, stage
+from .states import ItemState, StageState, SubtaskState
+from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
+from .store import MemoryStore, StateStore, open_store
+
+try:
+    __version__ = version("treadle")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = sorted([
+    "Completed", "CycleError", "DuplicateStageError", "FanOut", "HistoryEntry",
+    "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
+    "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
+    "ReviewInfo", "Review", "RunReport", "Runner", "SerializationError", "Skipped",
+    "StageContext", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
+    "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError",
+    "UnknownStageError", "open_store", "stage",
+])

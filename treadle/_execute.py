@@ -1,0 +1,66 @@
+"""What a pool thread runs: one stage function call, turned into a Transition.
+
+Nothing here touches the store; the scheduler commits what this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+from .errors import SerializationError
+from .outcomes import Completed, FanOut, Review, Skipped, to_outcome
+from .serialization import to_json
+from .stage import StageSpec
+from .states import StageState
+from .store.base import Transition
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def failure(item_id: str, stage: str, attempt: int, exc: BaseException) -> Transition:
+    """A failed Transition carrying the error and its traceback."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return Transition(item_id, stage, attempt, StageState.FAILED.value,
+                      error=_error_text(exc), traceback=tb)
+
+
+def execute(spec: StageSpec, item: Any, ctx: Any) -> tuple[Transition, Any]:
+    """Run one stage for one item; never raises. Returns the transition and the
+    Python value (output, review data or skip reason) for the signals."""
+    item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
+    try:
+        if spec.when is not None:
+            if not (spec.when(item, ctx) if spec.when_takes_ctx else spec.when(item)):
+                reason = "condition false"
+                return (Transition(item_id, stage, attempt, StageState.SKIPPED.value,
+                                   details=json.dumps({"reason": reason})), reason)
+        outcome = to_outcome(spec.call(item, ctx))
+        if isinstance(outcome, Completed):
+            output = to_json(outcome.output, what="output", item_id=item_id, stage=stage)
+            return Transition(item_id, stage, attempt, StageState.COMPLETED.value,
+                              output=output), outcome.output
+        if isinstance(outcome, Review):
+            review = to_json({"data": outcome.data, "message": outcome.message},
+                             what="review data", item_id=item_id, stage=stage)
+            return Transition(item_id, stage, attempt, StageState.AWAITING_REVIEW.value,
+                              review=review), outcome.data
+        if isinstance(outcome, Skipped):
+            return (Transition(item_id, stage, attempt, StageState.SKIPPED.value,
+                               propagate=outcome.propagate,
+                               details=json.dumps({"reason": outcome.reason,
+                                                   "propagate": outcome.propagate})),
+                    outcome.reason)
+        assert isinstance(outcome, FanOut)
+        raise NotImplementedError(
+            f"Stage {stage!r} returned FanOut, which this version of treadle cannot run yet."
+        )
+    except SerializationError as exc:
+        return failure(item_id, stage, attempt, exc), None
+    except BaseException as exc:  # noqa: BLE001 - a stage's error (even SystemExit) is its failure
+        return failure(item_id, stage, attempt, exc), None

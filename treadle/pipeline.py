@@ -1,0 +1,185 @@
+"""``Pipeline``: the registry of stages, validated into a DAG at construction."""
+
+from __future__ import annotations
+
+import graphlib
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Literal
+
+from .errors import (
+    CycleError, DuplicateStageError, InvalidStageError, PipelineDefinitionError,
+    UnknownStageError, did_you_mean,
+)
+from .serialization import ItemCodec
+from .stage import SPEC_ATTR, StageSpec, spec_of
+
+
+class Pipeline:
+    """A named DAG of stages, and how to store its items.
+
+    ``stages`` are functions decorated with :func:`~treadle.stage` (plain
+    callables are accepted as stages without options). Construction validates
+    the graph and raises a :class:`~treadle.PipelineDefinitionError` subclass
+    naming the culprit. ``item_type`` (an attrs class or dataclass) tells
+    treadle how to restore stored items; without it items are dicts.
+    ``source`` is an optional callable yielding items: each run submits the
+    ones whose id is not yet known.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stages: Iterable[Callable[..., Any]],
+        *,
+        item_type: type | None = None,
+        source: Callable[[], Iterable[Any]] | None = None,
+        on_failure: Literal["stop", "rollback"] = "stop",
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise PipelineDefinitionError(f"Pipeline name must be a non-empty string, got {name!r}.")
+        if on_failure not in ("stop", "rollback"):
+            raise PipelineDefinitionError(
+                f"Pipeline {name!r}: on_failure={on_failure!r} is invalid; use 'stop' or 'rollback'."
+            )
+        if source is not None and not callable(source):
+            raise PipelineDefinitionError(
+                f"Pipeline {name!r}: source={source!r} is not callable; pass a function yielding items."
+            )
+        self.name = name
+        self.source = source
+        self.on_failure = on_failure
+        self.codec = ItemCodec(item_type)
+        specs = self._collect(stages)
+        self._validate_deps(specs)
+        order = self._toposort(specs)
+        self.stages: Mapping[str, StageSpec] = MappingProxyType({n: specs[n] for n in order})
+        self.order: tuple[str, ...] = tuple(order)
+        self.deps: Mapping[str, tuple[str, ...]] = MappingProxyType(
+            {n: specs[n].after for n in order}
+        )
+        dependents: dict[str, list[str]] = {n: [] for n in order}
+        for n in order:
+            for d in specs[n].after:
+                dependents[d].append(n)
+        self.dependents: Mapping[str, tuple[str, ...]] = MappingProxyType(
+            {n: tuple(v) for n, v in dependents.items()}
+        )
+        self.ancestors: Mapping[str, frozenset[str]] = MappingProxyType(self._closure(self.deps))
+        self.descendants: Mapping[str, frozenset[str]] = MappingProxyType(
+            self._closure(self.dependents)
+        )
+
+    @property
+    def item_type(self) -> type | None:
+        """The attrs class or dataclass items are restored as (None: dicts)."""
+        return self.codec.item_type
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, stages={list(self.order)!r})"
+
+    @classmethod
+    def from_module(
+        cls, module: str | Any, *, name: str | None = None, **options: Any
+    ) -> Pipeline:
+        """Build a pipeline from every ``@stage`` function defined in ``module``.
+
+        ``module`` is a module object or its dotted name (``__name__`` from
+        inside the module). Stages are taken in definition order; the name
+        defaults to the module's last component.
+        """
+        mod = sys.modules.get(module) if isinstance(module, str) else module
+        if mod is None:
+            mod = importlib.import_module(module)
+        found = [
+            obj for obj in vars(mod).values()
+            if isinstance(getattr(obj, SPEC_ATTR, None), StageSpec)
+            and getattr(obj, "__module__", None) == mod.__name__
+        ]
+        if not found:
+            raise PipelineDefinitionError(
+                f"Module {mod.__name__!r} defines no @stage functions; decorate its stages with @stage()."
+            )
+        return cls(name or mod.__name__.rsplit(".", 1)[-1], found, **options)
+
+    # -- validation --------------------------------------------------------
+    def _collect(self, stages: Iterable[Callable[..., Any]]) -> dict[str, StageSpec]:
+        if isinstance(stages, (str, bytes)) or not isinstance(stages, Iterable):
+            raise PipelineDefinitionError(
+                f"Pipeline {self.name!r}: stages must be a list of stage functions, got {stages!r}."
+            )
+        specs: dict[str, StageSpec] = {}
+        for obj in stages:
+            if not callable(obj):
+                raise InvalidStageError(
+                    f"Pipeline {self.name!r}: stage {obj!r} is not callable; "
+                    "pass functions decorated with @stage().",
+                )
+            spec = spec_of(obj)
+            if spec.name in specs:
+                raise DuplicateStageError(
+                    f"Pipeline {self.name!r}: two stages are named {spec.name!r}; "
+                    "rename one with @stage(name=...).",
+                    stage=spec.name,
+                )
+            specs[spec.name] = spec
+        if not specs:
+            raise PipelineDefinitionError(f"Pipeline {self.name!r} has no stages.")
+        return specs
+
+    def _validate_deps(self, specs: Mapping[str, StageSpec]) -> None:
+        for spec in specs.values():
+            for dep in spec.after:
+                if dep not in specs:
+                    raise UnknownStageError(
+                        f"Stage {spec.name!r} depends on {dep!r}, which is not a stage of "
+                        f"pipeline {self.name!r}.{did_you_mean(dep, specs)} "
+                        "Add it to the pipeline or fix the name in after=[...].",
+                        stage=dep,
+                    )
+
+    @staticmethod
+    def _toposort(specs: Mapping[str, StageSpec]) -> list[str]:
+        sorter = graphlib.TopologicalSorter({n: s.after for n, s in specs.items()})
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as exc:
+            cycle = list(exc.args[1])
+            # graphlib lists each node before the one that depends on it: run order.
+            raise CycleError(cycle) from None
+        order: list[str] = []
+        rank = {n: i for i, n in enumerate(specs)}
+        while sorter.is_active():
+            ready = sorted(sorter.get_ready(), key=rank.__getitem__)
+            order.extend(ready)
+            sorter.done(*ready)
+        return order
+
+    @staticmethod
+    def _closure(edges: Mapping[str, Sequence[str]]) -> dict[str, frozenset[str]]:
+        out: dict[str, frozenset[str]] = {}
+
+        def visit(n: str) -> frozenset[str]:
+            if n not in out:
+                acc: set[str] = set()
+                for m in edges[n]:
+                    acc.add(m)
+                    acc |= visit(m)
+                out[n] = frozenset(acc)
+            return out[n]
+
+        for n in edges:
+            visit(n)
+        return out
+
+    def check_stage(self, stage: str) -> str:
+        """Return ``stage`` if the pipeline has it, else raise UnknownStageError."""
+        if stage not in self.stages:
+            raise UnknownStageError(
+                f"Pipeline {self.name!r} has no stage {stage!r}.{did_you_mean(stage, self.stages)} "
+                f"Its stages are: {', '.join(self.order)}.",
+                stage=stage,
+            )
+        return stage

@@ -1,0 +1,204 @@
+"""``Runner``: submit items, run them, inspect and steer them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+from . import signals
+from ._scheduler import Scheduler
+from .errors import ItemNotFoundError, TreadleError
+from .pipeline import Pipeline
+from .serialization import from_json, normalize_id
+from .states import ItemState, StageState, SubtaskState
+from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus
+from .store.base import StateStore
+from .store.logic import item_state
+
+
+class Runner:
+    """Runs a :class:`~treadle.Pipeline` against a store.
+
+    ``workers`` threads run stage functions (or pass any
+    ``concurrent.futures.Executor`` as ``executor``); the thread calling
+    :meth:`run` is the scheduler. ``lease`` is how long (seconds) this
+    runner's claims stay valid without a heartbeat; ``grace`` is how long a
+    Ctrl-C / SIGTERM waits for running stages before leaving them for the
+    next run.
+    """
+
+    def __init__(self, pipeline: Pipeline, store: StateStore, *, workers: int = 4,
+                 executor: Executor | None = None, lease: float = 30.0,
+                 grace: float = 10.0) -> None:
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(f"pipeline must be a treadle.Pipeline, got {pipeline!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if not isinstance(lease, (int, float)) or lease <= 0:
+            raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
+        self.pipeline = pipeline
+        self.store = store
+        self.workers = workers
+        self.executor = executor
+        self.lease = float(lease)
+        self.grace = float(grace)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._prepared = False
+
+    def __repr__(self) -> str:
+        return f"Runner({self.pipeline.name!r}, {self.store!r}, workers={self.workers})"
+
+    def _prepare(self) -> None:
+        if not self._prepared:
+            self.store.prepare(self.pipeline)
+            self._prepared = True
+
+    # -- feeding -----------------------------------------------------------
+    def submit(self, *items: Any, actor: str = "api") -> list[str]:
+        """Store items (attrs/dataclass instances or dicts with an ``id``).
+
+        Items whose id is already known are ignored (ids are identity).
+        Returns the ids that were new. Every item is checked before any is
+        stored, so a bad item leaves the store unchanged.
+        """
+        if len(items) == 1 and isinstance(items[0], (list, tuple)) and not hasattr(items[0], "id"):
+            items = tuple(items[0])
+        codec = self.pipeline.codec
+        rows = [(codec.item_id(item), codec.dump(item)) for item in items]
+        self._prepare()
+        new = self.store.submit(self.pipeline, rows, actor)
+        for item_id in new:
+            signals.send(signals.item_submitted, self.pipeline, item_id=item_id)
+        return new
+
+    def submit_source(self) -> list[str]:
+        """Submit the items of the pipeline's ``source`` not yet known."""
+        if self.pipeline.source is None:
+            return []
+        return self.submit(*list(self.pipeline.source()), actor="source")
+
+    # -- running -----------------------------------------------------------
+    def run(self) -> RunReport:
+        """Submit the source's new items, then advance everything possible.
+
+        Returns when every item is finished (completed, skipped, rejected,
+        failed for good) or waits for a human. Ctrl-C or SIGTERM stops
+        claiming new work; running stages get ``grace`` seconds; anything left
+        runs again next time.
+        """
+        self.submit_source()
+        return self.advance()
+
+    def advance(self, item_id: Any | None = None) -> RunReport:
+        """Like :meth:`run` without submitting the source; optionally only one item."""
+        self._prepare()
+        only = None
+        if item_id is not None:
+            only = [self._known(item_id)]
+        sched = Scheduler(self.pipeline, self.store, owner=self.owner, workers=self.workers,
+                          executor=self.executor, lease=self.lease, grace=self.grace, only=only)
+        c = sched.run()
+        return RunReport(
+            executed=c.executed, completed=c.completed, failed=c.failed, skipped=c.skipped,
+            awaiting_review=c.awaiting_review, refused=c.refused,
+            items=self._item_counts(), interrupted=c.interrupted,
+            failures=self._failures(),
+        )
+
+    # -- inspecting ----------------------------------------------------------
+    def _known(self, item_id: Any) -> str:
+        key = normalize_id(item_id)
+        self.store.item_data(self.pipeline, key)  # raises ItemNotFoundError
+        return key
+
+    def status(self, item_id: Any) -> ItemStatus:
+        """Every stage of one item: state, attempts, output, last error, review."""
+        key = normalize_id(item_id)
+        _, submitted = self.store.item_data(self.pipeline, key)
+        records = {r.stage: r for r in self.store.stage_records(self.pipeline, key)}
+        stages: dict[str, StageStatus] = {}
+        for name in self.pipeline.order:
+            r = records.get(name)
+            if r is None:
+                stages[name] = StageStatus(name, StageState.PENDING)
+                continue
+            review = None
+            if r.review is not None:
+                rv = from_json(r.review)
+                review = ReviewInfo(rv.get("data"), rv.get("message", ""), rv.get("decision"),
+                                    rv.get("reviewer"), rv.get("note"))
+            stages[name] = StageStatus(
+                stage=name, state=StageState(r.state), attempts=r.attempt,
+                output=from_json(r.output), error=r.error, review=review,
+                updated_at=r.updated_at,
+            )
+        state = item_state(self.pipeline.order,
+                           {n: (r.state, r.ready) for n, r in records.items()})
+        return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=submitted)
+
+    def items(self, stage: str | None = None, state: str | None = None,
+              limit: int | None = None) -> list[ItemStatus]:
+        """Items as :class:`ItemStatus`, oldest first.
+
+        With ``stage`` and ``state``: the items whose that stage is in that
+        state. With ``state`` alone: items having any stage in that state.
+        """
+        if stage is not None:
+            self.pipeline.check_stage(stage)
+        if state is not None:
+            state = StageState(state).value
+        ids = self.store.item_ids(self.pipeline, stage, state, limit)
+        return [self.status(i) for i in ids]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per stage, the number of items in each state (states with none omitted)."""
+        return self.store.counts(self.pipeline)
+
+    def history(self, item_id: Any) -> list[HistoryEntry]:
+        """Every recorded transition of an item, oldest first."""
+        key = self._known(item_id)
+        return [
+            HistoryEntry(seq=h["seq"], at=h["at"], item_id=h["item_id"], stage=h["stage"],
+                         subtask=h["subtask"], state=h["state"], attempt=h["attempt"],
+                         actor=h["actor"], error=h["error"], traceback=h["traceback"],
+                         details=from_json(h["details"]))
+            for h in self.store.history(self.pipeline, key)
+        ]
+
+    def item(self, item_id: Any) -> Any:
+        """The stored item, restored as the pipeline's item type."""
+        data, _ = self.store.item_data(self.pipeline, normalize_id(item_id))
+        return self.pipeline.codec.load(data)
+
+    # -- steering ------------------------------------------------------------
+    def retry(self, item_id: Any | None = None, *, stage: str | None = None,
+              actor: str = "api") -> list[tuple[str, str]]:
+        """Put failed (or rejected) stages back to pending; the next run redoes them.
+
+        Without ``item_id``, every item's; with ``stage``, only that stage.
+        Returns the (item_id, stage) pairs moved.
+        """
+        key = normalize_id(item_id) if item_id is not None else None
+        if stage is not None:
+            self.pipeline.check_stage(stage)
+        self._prepare()
+        return self.store.retry(self.pipeline, key, stage, actor)
+
+    # -- summaries -------------------------------------------------------------
+    def _item_counts(self) -> dict[str, int]:
+        return self.store.item_state_counts(self.pipeline)
+
+    def _failures(self) -> list[tuple[str, str, str | None]]:
+        out = []
+        for status in self.items(state=StageState.FAILED.value, limit=100):
+            for name, st in status.stages.items():
+                if st.state == StageState.FAILED:
+                    out.append((status.item_id, name, st.error))
+        return out
+
+
+__all__ = ["Runner", "ItemNotFoundError", "TreadleError", "ItemState", "SubtaskState"]

@@ -1,0 +1,183 @@
+"""The ``@stage`` decorator and the frozen spec it attaches to a function."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar, Union
+
+import attrs
+
+from .errors import InvalidStageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SPEC_ATTR = "__treadle_stage__"
+REVIEW_POLICIES = ("never", "always", "on_escalation", "on_uncertain", "on_escalation_or_uncertain")
+ON_EXHAUSTED = ("fail", "escalate")
+
+#: A dependency: a stage function or a stage name.
+Dependency = Union[str, Callable[..., Any]]
+
+
+@attrs.frozen
+class StageSpec:
+    """Everything ``@stage`` knows about one stage; read by :class:`~treadle.Pipeline`."""
+
+    name: str
+    fn: Callable[..., Any]
+    after: tuple[str, ...] = ()
+    when: Callable[..., bool] | None = None
+    retry: Any = None
+    rollback: Callable[..., Any] | None = None
+    timeout: float | None = None
+    concurrency: int | None = None
+    gate: Callable[..., Any] | None = None
+    on_exhausted: str = "fail"
+    review: str = "never"
+    takes_ctx: bool = True
+    when_takes_ctx: bool = True
+
+    def call(self, item: Any, ctx: Any) -> Any:
+        """Call the stage function with ``(item, ctx)`` or ``(item)`` as it accepts."""
+        return self.fn(item, ctx) if self.takes_ctx else self.fn(item)
+
+
+def arity(fn: Callable[..., Any], what: str, name: str) -> bool:
+    """Return True if ``fn`` takes ``(item, ctx)``, False if only ``(item)``.
+
+    Raises :class:`InvalidStageError` if it can take neither.
+    """
+    if not callable(fn):
+        raise InvalidStageError(
+            f"{what} {name!r} is {fn!r}, which is not callable; pass a function.", stage=name
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: trust them with (item)
+        return False
+    for args in ((None, None), (None,)):
+        try:
+            sig.bind(*args)
+        except TypeError:
+            continue
+        return len(args) == 2
+    raise InvalidStageError(
+        f"{what} {name!r} has signature {sig}, which cannot take (item) or (item, ctx); "
+        "define it as def f(item) or def f(item, ctx).",
+        stage=name,
+    )
+
+
+def dependency_name(dep: Dependency) -> str:
+    """The stage name a dependency refers to (a name, or a function's stage name)."""
+    if isinstance(dep, str):
+        return dep
+    spec = getattr(dep, SPEC_ATTR, None)
+    if isinstance(spec, StageSpec):
+        return spec.name
+    if callable(dep):
+        return getattr(dep, "__name__", repr(dep))
+    raise InvalidStageError(
+        f"Dependency {dep!r} is neither a stage name nor a stage function.", stage=None
+    )
+
+
+def _check_options(name: str, opts: dict[str, Any]) -> None:
+    def bad(option: str, expected: str) -> InvalidStageError:
+        return InvalidStageError(
+            f"Stage {name!r}: {option}={opts[option]!r} is invalid; expected {expected}.", stage=name
+        )
+
+    retry = opts["retry"]
+    if retry is not None:
+        if isinstance(retry, bool) or (isinstance(retry, int) and retry < 1):
+            raise bad("retry", "an int >= 1 (attempts in all) or a RetryPolicy")
+        if not isinstance(retry, int) and not callable(retry):
+            raise bad("retry", "an int >= 1 (attempts in all) or a RetryPolicy")
+    timeout = opts["timeout"]
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+    ):
+        raise bad("timeout", "a number of seconds > 0")
+    conc = opts["concurrency"]
+    if conc is not None and (isinstance(conc, bool) or not isinstance(conc, int) or conc < 1):
+        raise bad("concurrency", "an int >= 1")
+    for option in ("when", "gate", "rollback"):
+        if opts[option] is not None and not callable(opts[option]):
+            raise bad(option, "a callable")
+    if opts["on_exhausted"] not in ON_EXHAUSTED:
+        raise bad("on_exhausted", " or ".join(repr(v) for v in ON_EXHAUSTED))
+    if opts["review"] not in REVIEW_POLICIES:
+        raise bad("review", ", ".join(repr(v) for v in REVIEW_POLICIES))
+
+
+def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
+    """Build and validate a :class:`StageSpec` for ``fn`` (used by ``@stage``)."""
+    name = options.pop("name", None) or getattr(fn, "__name__", None)
+    if not isinstance(name, str) or not name:
+        raise InvalidStageError(f"Stage {fn!r} needs a name; pass @stage(name=...).", stage=None)
+    takes_ctx = arity(fn, "Stage", name)
+    after = options.pop("after", None) or ()
+    if isinstance(after, (str, bytes)) or not isinstance(after, Sequence):
+        after = (after,) if callable(after) or isinstance(after, str) else tuple(after)
+    _check_options(name, options)
+    when = options.get("when")
+    when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
+    return StageSpec(
+        name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
+        takes_ctx=takes_ctx, when_takes_ctx=when_ctx, **options,
+    )
+
+
+def stage(
+    *,
+    after: Sequence[Dependency] = (),
+    name: str | None = None,
+    when: Callable[..., bool] | None = None,
+    retry: Any = None,
+    rollback: Callable[..., Any] | None = None,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    gate: Callable[..., Any] | None = None,
+    on_exhausted: Literal["fail", "escalate"] = "fail",
+    review: str = "never",
+) -> Callable[[F], F]:
+    """Mark a function as a pipeline stage; the function is returned unchanged.
+
+    ``after`` lists the stages (functions or names) that must be completed or
+    skipped first. ``when`` is a predicate ``(item, ctx) -> bool``: false
+    skips the stage. The other options are described in docs/reference.md.
+    Decorating a function twice raises ``TypeError``.
+    """
+    options = dict(
+        after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
+        concurrency=concurrency, gate=gate, on_exhausted=on_exhausted, review=review,
+    )
+
+    def decorate(fn: F) -> F:
+        if isinstance(getattr(fn, SPEC_ATTR, None), StageSpec):
+            raise TypeError(f"{getattr(fn, '__name__', fn)!r} is already decorated with @stage")
+        spec = make_spec(fn, **options)
+        try:
+            setattr(fn, SPEC_ATTR, spec)
+        except (AttributeError, TypeError):
+            raise InvalidStageError(
+                f"Cannot attach a stage spec to {fn!r}; wrap it in a plain function.",
+                stage=spec.name,
+            ) from None
+        return fn
+
+    return decorate
+
+
+def spec_of(obj: Any) -> StageSpec:
+    """The spec of a decorated function; a plain callable gets a default spec."""
+    spec = getattr(obj, SPEC_ATTR, None)
+    if isinstance(spec, StageSpec):
+        return spec
+    if not callable(obj):
+        raise InvalidStageError(
+            f"Stage {obj!r} is not callable; pass functions decorated with @stage.", stage=None
+        )
+    return make_spec(obj)

@@ -1,0 +1,92 @@
+"""Read-only views of what the store knows: returned by ``Runner.status`` and friends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .states import ItemState, StageState, SubtaskState
+
+
+@attrs.frozen
+class SubtaskStatus:
+    """One subtask of a fan-out stage."""
+
+    name: str
+    state: SubtaskState
+    attempts: int = 0
+    error: str | None = None
+    output: Any = None
+
+
+@attrs.frozen
+class ReviewInfo:
+    """What a reviewer saw and decided."""
+
+    data: Any
+    message: str = ""
+    decision: str | None = None
+    reviewer: str | None = None
+    note: str | None = None
+
+
+@attrs.frozen
+class StageStatus:
+    """One (item, stage): state, attempts, output, last error, review, subtasks."""
+
+    stage: str
+    state: StageState
+    attempts: int = 0
+    output: Any = None
+    error: str | None = None
+    review: ReviewInfo | None = None
+    subtasks: dict[str, SubtaskStatus] = attrs.field(factory=dict)
+    updated_at: float | None = None
+
+
+@attrs.frozen
+class ItemStatus:
+    """An item and every stage of the pipeline, in topological order."""
+
+    item_id: str
+    state: ItemState
+    stages: dict[str, StageStatus]
+    submitted_at: float | None = None
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One recorded transition; the history is append-only."""
+
+    seq: int
+    at: float
+    item_id: str
+    stage: str | None
+    subtask: str | None
+    state: str
+    attempt: int
+    actor: str
+    error: str | None = None
+    traceback: str | None = None
+    details: Any = None
+
+
+@attrs.frozen
+class RunReport:
+    """What a ``Runner.run()`` did, and where the workload stands at its end."""
+
+    executed: int
+    completed: int
+    failed: int
+    skipped: int
+    awaiting_review: int
+    refused: int
+    items: dict[str, int]
+    interrupted: bool = False
+    failures: list[tuple[str, str, str | None]] = attrs.field(factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no item has failed for good."""
+        return self.items.get(ItemState.FAILED.value, 0) == 0

@@ -1,0 +1,48 @@
+"""State stores and ``open_store``."""
+
+from __future__ import annotations
+
+from .base import StateStore
+from .memory import MemoryStore
+from .urls import mask_url, split
+from ..errors import StoreError
+
+__all__ = ["MemoryStore", "StateStore", "open_store"]
+
+
+def open_store(url: str = "sqlite:///treadle.db") -> StateStore:
+    """Open (creating if needed) the store at ``url``.
+
+    - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``; query
+      options ``synchronous=full|normal`` and ``busy_timeout=SECONDS``.
+    - ``memory://``: an in-process store, gone when the process ends.
+
+    Raises :class:`~treadle.StoreError` for an unknown scheme, an unreachable
+    database, or a store written by a newer treadle.
+    """
+    if not isinstance(url, str):
+        raise StoreError(f"A store URL must be a string like 'sqlite:///pipeline.db', got {url!r}.")
+    scheme, rest, query = split(url)
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme == "sqlite":
+        from .sqlite import SqliteStore
+
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise StoreError(f"Store URL {url!r} names no file; use sqlite:///path/to/file.db.")
+        unknown = set(query) - {"synchronous", "busy_timeout"}
+        if unknown:
+            raise StoreError(
+                f"Store URL {mask_url(url)!r} has unknown option(s) {', '.join(sorted(unknown))}; "
+                "sqlite URLs take synchronous= and busy_timeout=."
+            )
+        try:
+            timeout = float(query.get("busy_timeout", 60))
+        except ValueError:
+            raise StoreError(f"busy_timeout in {url!r} must be a number of seconds.") from None
+        return SqliteStore(url, path, synchronous=query.get("synchronous", "full").lower(),
+                           busy_timeout=timeout)
+    raise StoreError(
+        f"Unknown store URL {mask_url(url)!r}; use sqlite:///path/to/file.db or memory://."
+    )

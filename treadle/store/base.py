@@ -1,0 +1,441 @@
+"""The ``StateStore`` protocol, the records it exchanges, and the shared
+transition algorithm that the memory and SQL stores both run.
+
+A store keeps three kinds of rows per pipeline: items (id + JSON data),
+stage runs (one per item and stage: state, ready flag, attempt, owner, output,
+error, review) and an append-only history. The runner talks to it in *group
+commits*: one transaction applies a batch of finished stages (each guarded on
+its owner and attempt), marks the dependents that became ready, records which
+items finished, and claims the next batch of ready work.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from ..errors import InvalidTransitionError, ItemNotFoundError
+from ..states import DONE_STATES, FINISHED_ITEM_STATES, StageState
+from .logic import deps_done, item_state
+
+PENDING = StageState.PENDING.value
+RUNNING = StageState.RUNNING.value
+SKIPPED = StageState.SKIPPED.value
+FAILED = StageState.FAILED.value
+
+
+class Shape(Protocol):
+    """What a store needs to know of a pipeline (a ``Pipeline`` is one)."""
+
+    name: str
+    order: tuple[str, ...]
+    deps: Mapping[str, tuple[str, ...]]
+    dependents: Mapping[str, tuple[str, ...]]
+    descendants: Mapping[str, frozenset[str]]
+
+
+@attrs.frozen
+class Transition:
+    """The result of one claimed (item, stage) run, to be committed.
+
+    ``state`` is completed, failed, skipped or awaiting_review. ``output`` and
+    ``review`` are JSON texts. The store applies it only if the row is still
+    ``running`` under ``owner`` at ``attempt``; otherwise it is refused.
+    """
+
+    item_id: str
+    stage: str
+    attempt: int
+    state: str
+    output: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    review: str | None = None
+    propagate: bool = False
+    details: str | None = None
+    delay: float = 0.0
+
+
+@attrs.frozen
+class Claim:
+    """A claimed (item, stage) with what is needed to run it."""
+
+    item_id: str
+    stage: str
+    attempt: int
+    item: str
+    outputs: Mapping[str, str | None]
+
+
+@attrs.frozen
+class HistoryRow:
+    """One transition to append to the history."""
+
+    item_id: str
+    stage: str | None
+    state: str
+    attempt: int
+    actor: str
+    error: str | None = None
+    traceback: str | None = None
+    details: str | None = None
+    subtask: str | None = None
+
+
+@attrs.frozen
+class CommitResult:
+    """What one group commit did."""
+
+    accepted: list[Transition]
+    refused: list[Transition]
+    skipped: list[tuple[str, str]]
+    finished: list[tuple[str, str]]
+    claims: list[Claim]
+
+
+@attrs.frozen
+class Outlook:
+    """Whether a runner should keep waiting: work others hold, work not yet due."""
+
+    ready: int
+    running: int
+    next_due: float | None
+
+
+@attrs.frozen
+class StageRecord:
+    """A stored stage run, as read back for status."""
+
+    item_id: str
+    stage: str
+    state: str
+    ready: bool
+    attempt: int
+    output: str | None
+    error: str | None
+    review: str | None
+    updated_at: float
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """What a runner needs from a store. The memory and SQL stores implement
+    it through :class:`BaseStore`; ``treadle.testing`` has the conformance suite."""
+
+    url: str
+
+    def prepare(self, shape: Shape) -> None: ...
+    def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str) -> list[str]: ...
+    def register_runner(self, owner: str, host: str, pid: int, lease: float) -> None: ...
+    def heartbeat(self, owner: str, lease: float) -> None: ...
+    def unregister_runner(self, owner: str) -> None: ...
+    def recover(self, shape: Shape, host: str, alive: Any) -> list[tuple[str, str, int]]: ...
+    def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]]) -> None: ...
+    def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
+               claim_limit: int, only: Sequence[str] | None = None) -> CommitResult: ...
+    def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook: ...
+    def item_state_counts(self, shape: Shape) -> dict[str, int]: ...
+    def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]: ...
+    def item_ids(self, shape: Shape, stage: str | None, state: str | None,
+                 limit: int | None) -> list[str]: ...
+    def counts(self, shape: Shape) -> dict[str, dict[str, int]]: ...
+    def history(self, shape: Shape, item_id: str) -> list[dict[str, Any]]: ...
+    def item_data(self, shape: Shape, item_id: str) -> tuple[str, float]: ...
+    def retry(self, shape: Shape, item_id: str | None, stage: str | None,
+              actor: str) -> list[tuple[str, str]]: ...
+    def close(self) -> None: ...
+
+
+class Tx(abc.ABC):
+    """Primitive row operations inside one write transaction."""
+
+    now: float
+
+    @abc.abstractmethod
+    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+        """Insert items not yet known; return the ids actually inserted."""
+
+    @abc.abstractmethod
+    def insert_stage_rows(self, pipeline: str, rows: Sequence[tuple[str, str, bool]]) -> None:
+        """Insert (item_id, stage, ready) rows as pending where missing."""
+
+    @abc.abstractmethod
+    def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
+        """item_id -> stage -> (state, ready)."""
+
+    @abc.abstractmethod
+    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
+        """Guarded update of running rows; one accepted flag per transition."""
+
+    @abc.abstractmethod
+    def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Mark pending (item_id, stage) rows ready."""
+
+    @abc.abstractmethod
+    def set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
+                  from_states: Sequence[str], *, ready: bool, error: str | None = None,
+                  clear_output: bool = False) -> list[tuple[str, str]]:
+        """Move rows currently in ``from_states`` to ``state``; return those moved."""
+
+    @abc.abstractmethod
+    def set_item_states(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Record item-level states (item_id, state)."""
+
+    @abc.abstractmethod
+    def append_history(self, pipeline: str, rows: Sequence[HistoryRow]) -> None:
+        """Append history rows stamped with ``now``."""
+
+    @abc.abstractmethod
+    def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
+              only: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+        """Claim up to ``limit`` ready, due, pending rows (oldest first), optionally
+        only of the items in ``only``: returns (item_id, stage, attempt)."""
+
+    @abc.abstractmethod
+    def contexts(self, pipeline: str, item_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+        """Item JSON by id, and completed stage outputs by item and stage."""
+
+    @abc.abstractmethod
+    def runners(self) -> list[tuple[str, str, int, float]]:
+        """(owner, host, pid, expires_at) of registered runners."""
+
+    @abc.abstractmethod
+    def running_rows(self, pipeline: str) -> list[tuple[str, str, int, str | None]]:
+        """(item_id, stage, attempt, owner) of running rows."""
+
+
+class BaseStore(abc.ABC):
+    """The transition algorithm, written once over :class:`Tx` primitives."""
+
+    url: str = ""
+
+    @abc.abstractmethod
+    def transaction(self) -> Any:
+        """Context manager yielding a :class:`Tx` inside one write transaction."""
+
+    # -- submission and pipeline shape ---------------------------------------
+    def prepare(self, shape: Shape) -> None:
+        """Make sure every item has a row for every stage and readiness is right.
+
+        Run once per runner start: it is what lets a pipeline gain stages
+        between runs (a new stage runs for items already past its deps).
+        """
+        with self.transaction() as tx:
+            self._reconcile(tx, shape)
+
+    @abc.abstractmethod
+    def _reconcile(self, tx: Tx, shape: Shape) -> None:
+        """Insert missing stage rows for known items and recompute ``ready``."""
+
+    def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str) -> list[str]:
+        """Store new items (id, JSON) with pending stage rows; known ids are ignored."""
+        if not items:
+            return []
+        with self.transaction() as tx:
+            new = tx.insert_items(shape.name, items)
+            roots = {s for s in shape.order if not shape.deps[s]}
+            tx.insert_stage_rows(
+                shape.name, [(i, s, s in roots) for i in new for s in shape.order]
+            )
+            tx.append_history(shape.name, [HistoryRow(i, None, "submitted", 0, actor) for i in new])
+        return new
+
+    # -- the hot path -------------------------------------------------------
+    def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
+               claim_limit: int, only: Sequence[str] | None = None) -> CommitResult:
+        """Apply finished stages, mark dependents ready, claim the next work: one transaction.
+
+        ``only`` restricts claims to those item ids.
+        """
+        with self.transaction() as tx:
+            accepted, refused = self._apply(tx, shape, owner, transitions)
+            skipped, check = self._advance(tx, shape, owner, accepted)
+            finished = self._finish(tx, shape, check)
+            claims = self._claim(tx, shape, owner, claim_limit, only) if claim_limit > 0 else []
+        return CommitResult(accepted, refused, skipped, finished, claims)
+
+    def _apply(self, tx: Tx, shape: Shape, owner: str, transitions: Sequence[Transition]
+               ) -> tuple[list[Transition], list[Transition]]:
+        if not transitions:
+            return [], []
+        flags = tx.apply(shape.name, owner, transitions)
+        accepted = [t for t, ok in zip(transitions, flags) if ok]
+        refused = [t for t, ok in zip(transitions, flags) if not ok]
+        tx.append_history(shape.name, [
+            HistoryRow(t.item_id, t.stage, t.state, t.attempt, owner, t.error, t.traceback,
+                       t.details)
+            for t in accepted
+        ])
+        return accepted, refused
+
+    def _advance(self, tx: Tx, shape: Shape, owner: str, accepted: Sequence[Transition]
+                 ) -> tuple[list[tuple[str, str]], set[str]]:
+        """Mark newly ready dependents; skip downstream of propagating skips.
+
+        Returns the skipped (item, stage) rows and the items that may have
+        finished (those where nothing became ready).
+        """
+        ready: list[tuple[str, str]] = []
+        need_states: set[str] = set()
+        check: set[str] = set()
+        to_skip: list[tuple[str, str]] = []
+        for t in accepted:
+            if t.state == SKIPPED and t.propagate:
+                to_skip.extend((t.item_id, d) for d in shape.descendants[t.stage])
+                check.add(t.item_id)
+            elif t.state in DONE_STATES:
+                dependents = shape.dependents[t.stage]
+                if not dependents:
+                    check.add(t.item_id)
+                for d in dependents:
+                    if len(shape.deps[d]) == 1:
+                        ready.append((t.item_id, d))
+                    else:
+                        need_states.add(t.item_id)
+            else:
+                check.add(t.item_id)
+        skipped: list[tuple[str, str]] = []
+        if to_skip:
+            skipped = tx.set_state(shape.name, to_skip, SKIPPED, (PENDING,), ready=False,
+                                   error=None)
+            tx.append_history(shape.name, [
+                HistoryRow(i, s, SKIPPED, 0, owner, details='{"reason":"upstream skipped"}')
+                for i, s in skipped
+            ])
+        if need_states:
+            states = tx.stage_states(shape.name, need_states)
+            for t in accepted:
+                if t.item_id not in need_states or t.state not in DONE_STATES:
+                    continue
+                st = states.get(t.item_id, {})
+                for d in shape.dependents[t.stage]:
+                    if len(shape.deps[d]) > 1:
+                        row = st.get(d)
+                        if row and row[0] == PENDING and deps_done(shape.deps[d], st):
+                            ready.append((t.item_id, d))
+                        else:
+                            check.add(t.item_id)
+        if ready:
+            tx.set_ready(shape.name, ready)
+        return skipped, check
+
+    def _finish(self, tx: Tx, shape: Shape, check: set[str]) -> list[tuple[str, str]]:
+        if not check:
+            return []
+        states = tx.stage_states(shape.name, check)
+        settled, finished = [], []
+        for item_id in sorted(check):
+            state = item_state(shape.order, states.get(item_id, {})).value
+            settled.append((item_id, state))
+            if state in FINISHED_ITEM_STATES:
+                finished.append((item_id, state))
+        tx.set_item_states(shape.name, settled)
+        return finished
+
+    def item_state_counts(self, shape: Shape) -> dict[str, int]:
+        """Number of items in each item-level state (one pass over the stage rows)."""
+        per_item: dict[str, dict[str, tuple[str, bool]]] = {}
+        for item_id, stage, state, ready in self._all_stage_rows(shape):
+            per_item.setdefault(item_id, {})[stage] = (state, ready)
+        counts: dict[str, int] = {}
+        for states in per_item.values():
+            key = item_state(shape.order, states).value
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    @abc.abstractmethod
+    def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
+        """(item_id, stage, state, ready) of every stage row of the pipeline."""
+
+    def _claim(self, tx: Tx, shape: Shape, owner: str, limit: int,
+               only: Sequence[str] | None) -> list[Claim]:
+        rows = tx.claim(shape.name, owner, shape.order, limit, only)
+        if not rows:
+            return []
+        tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])
+        items, outputs = tx.contexts(shape.name, {i for i, _, _ in rows})
+        return [Claim(i, s, a, items[i], outputs.get(i, {})) for i, s, a in rows]
+
+    # -- leases ------------------------------------------------------------
+    def recover(self, shape: Shape, host: str, alive: Any) -> list[tuple[str, str, int]]:
+        """Put running rows of dead or lapsed owners back to pending.
+
+        An owner is dead when its lease expired, it is not registered, or it
+        ran on ``host`` and ``alive(pid)`` says its process is gone.
+        """
+        with self.transaction() as tx:
+            runners = {o: (h, p, exp) for o, h, p, exp in tx.runners()}
+            stale: list[tuple[str, str, int]] = []
+            for item_id, stage, attempt, owner in tx.running_rows(shape.name):
+                info = runners.get(owner or "")
+                if info is None or info[2] < tx.now or (info[0] == host and not alive(info[1])):
+                    stale.append((item_id, stage, attempt))
+            if stale:
+                moved = tx.set_state(shape.name, [(i, s) for i, s, _ in stale], PENDING,
+                                     (RUNNING,), ready=True)
+                moved_set = set(moved)
+                stale = [r for r in stale if (r[0], r[1]) in moved_set]
+                tx.append_history(shape.name, [
+                    HistoryRow(i, s, PENDING, a, "recovery",
+                               error="claim recovered: its runner died or its lease lapsed")
+                    for i, s, a in stale
+                ])
+                tx.set_item_states(shape.name, [(i, PENDING) for i in {r[0] for r in stale}])
+        return stale
+
+    def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]]) -> None:
+        """Give claims back as pending (shutdown); a claim no longer ours is left alone."""
+        back = [Transition(i, s, a, PENDING, error="released at shutdown before it finished")
+                for i, s, a in keys]
+        with self.transaction() as tx:
+            self._apply(tx, shape, owner, back)
+
+    # -- human operations ----------------------------------------------------
+    def retry(self, shape: Shape, item_id: str | None, stage: str | None,
+              actor: str) -> list[tuple[str, str]]:
+        """Failed (and rejected) stages back to pending and ready; returns those moved."""
+        with self.transaction() as tx:
+            rows = self._find(tx, shape, item_id, stage, (FAILED, StageState.REJECTED.value))
+            if item_id is not None and not rows:
+                self._require_item(tx, shape, item_id)
+            moved = tx.set_state(shape.name, rows, PENDING,
+                                 (FAILED, StageState.REJECTED.value), ready=True, error=None)
+            tx.append_history(shape.name, [HistoryRow(i, s, PENDING, 0, actor,
+                                                      details='{"reason":"retry"}')
+                                           for i, s in moved])
+            tx.set_item_states(shape.name, [(i, PENDING) for i in {i for i, _ in moved}])
+        return moved
+
+    @abc.abstractmethod
+    def _find(self, tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
+              states: Sequence[str]) -> list[tuple[str, str]]:
+        """(item_id, stage) rows of this pipeline in ``states``, optionally filtered."""
+
+    @abc.abstractmethod
+    def _require_item(self, tx: Tx, shape: Shape, item_id: str) -> None:
+        """Raise ItemNotFoundError if the item is unknown."""
+
+
+@contextmanager
+def nothing() -> Iterator[None]:
+    yield None
+
+
+def not_awaiting(item_id: str, stage: str, state: str) -> InvalidTransitionError:
+    """The error for a decision on a stage that is not awaiting review."""
+    return InvalidTransitionError(
+        f"Stage {stage!r} of item {item_id!r} is {state!r}, not 'awaiting_review'; "
+        "only a stage awaiting review can be approved or rejected "
+        "(see python -m treadle reviews).",
+        item_id=item_id, stage=stage, state=state,
+    )
+
+
+__all__ = [
+    "BaseStore", "Claim", "CommitResult", "HistoryRow", "ItemNotFoundError", "Outlook",
+    "Shape", "StageRecord", "StateStore", "Transition", "Tx",
+]

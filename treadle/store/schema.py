@@ -1,0 +1,122 @@
+"""The tables of the SQL store, as peewee models bound to one database.
+
+peewee owns the schema (DDL, indexes, future migrations) and the
+connections; the hot path issues its own prepared SQL over those
+connections (see ``sql.py``), so no query is built per transition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peewee as pw
+
+#: Bump when the tables change; add a migration step in ``sql.py``.
+SCHEMA_VERSION = 1
+
+
+def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
+    """Model classes bound to ``db`` (one set per store, so stores never share state)."""
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+
+    class Meta(Base):
+        key = pw.CharField(primary_key=True, max_length=200)
+        value = pw.TextField()
+
+        class Meta:
+            table_name = "treadle_meta"
+
+    class Item(Base):
+        id = pw.AutoField()
+        pipeline = pw.TextField()
+        item_id = pw.TextField()
+        data = pw.TextField()
+        state = pw.TextField(default="pending")
+        submitted_at = pw.DoubleField()
+        updated_at = pw.DoubleField()
+
+        class Meta:
+            table_name = "treadle_item"
+            indexes = ((("pipeline", "item_id"), True),)
+
+    class StageRun(Base):
+        id = pw.AutoField()
+        pipeline = pw.TextField()
+        item_id = pw.TextField()
+        stage = pw.TextField()
+        state = pw.TextField(default="pending")
+        ready = pw.IntegerField(default=0)
+        attempt = pw.IntegerField(default=0)
+        owner = pw.TextField(null=True)
+        not_before = pw.DoubleField(default=0.0)
+        output = pw.TextField(null=True)
+        error = pw.TextField(null=True)
+        review = pw.TextField(null=True)
+        updated_at = pw.DoubleField()
+
+        class Meta:
+            table_name = "treadle_stage"
+            indexes = (
+                (("pipeline", "item_id", "stage"), True),
+                (("pipeline", "stage", "state"), False),
+                (("pipeline", "state", "updated_at"), False),
+            )
+
+    StageRun.add_index(
+        StageRun.index(StageRun.pipeline, StageRun.id, name="treadle_stage_ready",
+                       where=(StageRun.state == "pending") & (StageRun.ready == 1))
+    )
+
+    class SubtaskRun(Base):
+        id = pw.AutoField()
+        pipeline = pw.TextField()
+        item_id = pw.TextField()
+        stage = pw.TextField()
+        name = pw.TextField()
+        state = pw.TextField(default="pending")
+        attempt = pw.IntegerField(default=0)
+        owner = pw.TextField(null=True)
+        output = pw.TextField(null=True)
+        error = pw.TextField(null=True)
+        updated_at = pw.DoubleField()
+
+        class Meta:
+            table_name = "treadle_subtask"
+            indexes = ((("pipeline", "item_id", "stage", "name"), True),)
+
+    class History(Base):
+        id = pw.BigAutoField()
+        pipeline = pw.TextField()
+        item_id = pw.TextField()
+        stage = pw.TextField(null=True)
+        subtask = pw.TextField(null=True)
+        state = pw.TextField()
+        attempt = pw.IntegerField(default=0)
+        actor = pw.TextField()
+        at = pw.DoubleField()
+        error = pw.TextField(null=True)
+        traceback = pw.TextField(null=True)
+        details = pw.TextField(null=True)
+
+        class Meta:
+            table_name = "treadle_history"
+            indexes = ((("pipeline", "item_id", "id"), False),)
+
+    class Runner(Base):
+        owner = pw.CharField(primary_key=True, max_length=200)
+        host = pw.TextField()
+        pid = pw.IntegerField()
+        started_at = pw.DoubleField()
+        expires_at = pw.DoubleField()
+
+        class Meta:
+            table_name = "treadle_runner"
+
+    models: dict[str, Any] = {
+        "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
+        "History": History, "Runner": Runner,
+    }
+    return models

@@ -1,0 +1,411 @@
+"""The peewee-backed SQL store: SQLite (through apsw) by default, PostgreSQL later.
+
+peewee creates the tables and owns the connections (one per thread). The
+write path runs hand-written, prepared statements inside explicit
+transactions: ``BEGIN IMMEDIATE`` on SQLite, so a writer takes the lock up
+front and waits (busy timeout) instead of failing half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import peewee as pw
+
+from ..errors import ItemNotFoundError, StoreError
+from .base import PENDING, RUNNING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx
+from .schema import SCHEMA_VERSION, make_models
+from .urls import mask_text, mask_url
+
+_CHUNK = 400  # ids per IN (...) list: far below every database's parameter limit
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SqlTx(Tx):
+    """Tx primitives as SQL over one connection's open transaction."""
+
+    def __init__(self, store: SqlStore, cur: Any) -> None:
+        self.store = store
+        self.cur = cur
+        self.sql = store._sql
+        self.now = store._now(cur)
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.cur.execute(self.sql(sql), params)
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.cur.executemany(self.sql(sql), rows)
+
+    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+        known: set[str] = set()
+        ids = list(dict.fromkeys(i for i, _ in rows))
+        for chunk in _chunks(ids):
+            known.update(r[0] for r in self._exec(
+                f"SELECT item_id FROM treadle_item WHERE pipeline=? AND item_id IN ({_marks(len(chunk))})",
+                (pipeline, *chunk)))
+        new, seen = [], set(known)
+        fresh = []
+        for item_id, data in rows:
+            if item_id not in seen:
+                seen.add(item_id)
+                new.append(item_id)
+                fresh.append((pipeline, item_id, data, PENDING, self.now, self.now))
+        self._many("INSERT INTO treadle_item (pipeline, item_id, data, state, submitted_at, updated_at) "
+                   "VALUES (?,?,?,?,?,?)", fresh)
+        return new
+
+    def insert_stage_rows(self, pipeline: str, rows: Sequence[tuple[str, str, bool]]) -> None:
+        self._many(
+            "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
+            "VALUES (?,?,?,'pending',?,0,0,?) ON CONFLICT (pipeline, item_id, stage) DO NOTHING",
+            [(pipeline, i, s, 1 if r else 0, self.now) for i, s, r in rows],
+        )
+
+    def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
+        out: dict[str, dict[str, tuple[str, bool]]] = {}
+        ids = list(item_ids)
+        for chunk in _chunks(ids):
+            for item_id, stage, state, ready in self._exec(
+                "SELECT item_id, stage, state, ready FROM treadle_stage "
+                f"WHERE pipeline=? AND item_id IN ({_marks(len(chunk))})", (pipeline, *chunk)):
+                out.setdefault(item_id, {})[stage] = (state, bool(ready))
+        return out
+
+    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
+        sql = self.sql(
+            "UPDATE treadle_stage SET state=?, output=CASE WHEN ? THEN ? ELSE output END, "
+            "error=?, review=COALESCE(?, review), owner=NULL, ready=?, not_before=?, updated_at=? "
+            "WHERE pipeline=? AND item_id=? AND stage=? AND owner=? AND attempt=? AND state='running'"
+        )
+        changes = self.store._changes
+        cur = self.cur
+        flags = []
+        for t in transitions:
+            set_output = t.output is not None or t.state in ("completed", "skipped")
+            ready = 1 if t.state == PENDING else 0
+            cur.execute(sql, (t.state, set_output, t.output, t.error, t.review, ready,
+                              self.now + t.delay, self.now,
+                              pipeline, t.item_id, t.stage, owner, t.attempt))
+            flags.append(changes(cur) == 1)
+        return flags
+
+    def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        self._many(
+            "UPDATE treadle_stage SET ready=1 WHERE pipeline=? AND item_id=? AND stage=? AND state='pending'",
+            [(pipeline, i, s) for i, s in rows],
+        )
+
+    def set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
+                  from_states: Sequence[str], *, ready: bool, error: str | None = None,
+                  clear_output: bool = False) -> list[tuple[str, str]]:
+        sql = self.sql(
+            "UPDATE treadle_stage SET state=?, ready=?, owner=NULL, error=?, updated_at=?"
+            + (", output=NULL, review=NULL" if clear_output else "")
+            + f" WHERE pipeline=? AND item_id=? AND stage=? AND state IN ({_marks(len(from_states))})"
+        )
+        moved = []
+        for item_id, stage in rows:
+            self.cur.execute(sql, (state, 1 if ready else 0, error, self.now, pipeline, item_id,
+                                   stage, *from_states))
+            if self.store._changes(self.cur) == 1:
+                moved.append((item_id, stage))
+        return moved
+
+    def set_item_states(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        self._many("UPDATE treadle_item SET state=?, updated_at=? WHERE pipeline=? AND item_id=?",
+                   [(st, self.now, pipeline, i) for i, st in rows])
+
+    def append_history(self, pipeline: str, rows: Sequence[HistoryRow]) -> None:
+        self._many(
+            "INSERT INTO treadle_history (pipeline, item_id, stage, subtask, state, attempt, actor, at, "
+            "error, traceback, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [(pipeline, r.item_id, r.stage, r.subtask, r.state, r.attempt, r.actor, self.now,
+              r.error, r.traceback, r.details) for r in rows],
+        )
+
+    def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
+              only: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+        items = f" AND item_id IN ({_marks(len(only))})" if only is not None else ""
+        rows = list(self._exec(
+            "UPDATE treadle_stage SET state='running', owner=?, attempt=attempt+1, updated_at=? "
+            "WHERE id IN (SELECT id FROM treadle_stage WHERE pipeline=? AND state='pending' AND ready=1 "
+            f"AND not_before<=? AND stage IN ({_marks(len(stages))}){items} ORDER BY id LIMIT ?"
+            f"{self.store._skip_locked}) RETURNING id, item_id, stage, attempt",
+            (owner, self.now, pipeline, self.now, *stages, *(only or ()), limit),
+        ))
+        rows.sort()
+        return [(i, s, a) for _, i, s, a in rows]
+
+    def contexts(self, pipeline: str, item_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+        ids = list(item_ids)
+        data: dict[str, str] = {}
+        outputs: dict[str, dict[str, str | None]] = {i: {} for i in ids}
+        for chunk in _chunks(ids):
+            marks = _marks(len(chunk))
+            data.update(self._exec(
+                f"SELECT item_id, data FROM treadle_item WHERE pipeline=? AND item_id IN ({marks})",
+                (pipeline, *chunk)))
+            for item_id, stage, output in self._exec(
+                "SELECT item_id, stage, output FROM treadle_stage WHERE pipeline=? "
+                f"AND item_id IN ({marks}) AND state='completed'", (pipeline, *chunk)):
+                outputs[item_id][stage] = output
+        return data, outputs
+
+    def runners(self) -> list[tuple[str, str, int, float]]:
+        return list(self._exec("SELECT owner, host, pid, expires_at FROM treadle_runner"))
+
+    def running_rows(self, pipeline: str) -> list[tuple[str, str, int, str | None]]:
+        return list(self._exec(
+            "SELECT item_id, stage, attempt, owner FROM treadle_stage WHERE pipeline=? AND state='running'",
+            (pipeline,)))
+
+
+class SqlStore(BaseStore):
+    """The durable store. Build it with :func:`treadle.open_store`."""
+
+    _skip_locked = ""
+
+    def __init__(self, url: str, database: pw.Database) -> None:
+        self.url = url
+        self._database = database
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._shape_cache: dict[str, str] = {}
+        self.models = make_models(database)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({mask_url(self.url)!r})"
+
+    # -- dialect hooks -------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        return sql
+
+    def _now(self, cur: Any) -> float:
+        raise NotImplementedError
+
+    def _changes(self, cur: Any) -> int:
+        raise NotImplementedError
+
+    def _begin(self, cur: Any) -> None:
+        cur.execute("BEGIN")
+
+    # -- connections ---------------------------------------------------------
+    @property
+    def db(self) -> pw.Database:
+        """The peewee database; after a ``fork`` the child gets fresh connections."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        return self._database
+
+    def _after_fork(self) -> None:
+        # Never touch (or close) connections inherited from the parent: drop them.
+        self._pid = os.getpid()
+        self._database._state.reset()
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        db = self.db
+        try:
+            return db.connection()
+        except Exception as exc:  # noqa: BLE001 - drivers raise many kinds
+            raise StoreError(
+                f"Cannot connect to the store {mask_url(self.url)}: "
+                f"{mask_text(str(exc), self.url)}. Check the URL and that the database is reachable."
+            ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTx]:
+        conn = self._connection()
+        cur = conn.cursor()
+        self._begin(cur)
+        try:
+            yield SqlTx(self, cur)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self._connection().cursor()
+        return list(cur.execute(self._sql(sql), params))
+
+    # -- schema ------------------------------------------------------------
+    def _create_schema(self) -> None:
+        with self.transaction() as tx:
+            self.db.create_tables(list(self.models.values()), safe=True)
+            tx._exec("INSERT INTO treadle_meta (key, value) VALUES ('schema_version', ?) "
+                     "ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
+            version = int(list(tx._exec(
+                "SELECT value FROM treadle_meta WHERE key='schema_version'"))[0][0])
+        self._check_version(version)
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"The store {mask_url(self.url)} was written by a newer treadle (schema "
+                f"{version}; this one understands up to {SCHEMA_VERSION}). Upgrade treadle: "
+                "pip install -U treadle. Nothing was changed."
+            )
+
+    def _reconcile(self, tx: Tx, shape: Shape) -> None:
+        assert isinstance(tx, SqlTx)
+        fingerprint = json.dumps({s: list(shape.deps[s]) for s in shape.order}, sort_keys=True)
+        key = f"shape:{shape.name}"
+        rows = list(tx._exec("SELECT value FROM treadle_meta WHERE key=?", (key,)))
+        if rows and rows[0][0] == fingerprint:
+            return
+        for stage in shape.order:
+            tx._exec(
+                "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
+                "SELECT pipeline, item_id, ?, 'pending', 0, 0, 0, ? FROM treadle_item WHERE pipeline=? "
+                "ON CONFLICT (pipeline, item_id, stage) DO NOTHING", (stage, tx.now, shape.name))
+        for stage in shape.order:
+            deps = shape.deps[stage]
+            if not deps:
+                tx._exec("UPDATE treadle_stage SET ready=1 WHERE pipeline=? AND stage=? AND state='pending'",
+                         (shape.name, stage))
+                continue
+            tx._exec(
+                "UPDATE treadle_stage SET ready=CASE WHEN EXISTS (SELECT 1 FROM treadle_stage d "
+                "WHERE d.pipeline=treadle_stage.pipeline AND d.item_id=treadle_stage.item_id "
+                f"AND d.stage IN ({_marks(len(deps))}) AND d.state NOT IN ('completed','skipped')) "
+                "THEN 0 ELSE 1 END WHERE pipeline=? AND stage=? AND state='pending'",
+                (*deps, shape.name, stage))
+        tx._exec("INSERT INTO treadle_meta (key, value) VALUES (?, ?) "
+                 "ON CONFLICT (key) DO UPDATE SET value=excluded.value", (key, fingerprint))
+
+    # -- runners -----------------------------------------------------------
+    def register_runner(self, owner: str, host: str, pid: int, lease: float) -> None:
+        with self.transaction() as tx:
+            tx._exec("INSERT INTO treadle_runner (owner, host, pid, started_at, expires_at) "
+                     "VALUES (?,?,?,?,?) ON CONFLICT (owner) DO UPDATE SET expires_at=excluded.expires_at",
+                     (owner, host, pid, tx.now, tx.now + lease))
+
+    def heartbeat(self, owner: str, lease: float) -> None:
+        with self.transaction() as tx:
+            tx._exec("UPDATE treadle_runner SET expires_at=? WHERE owner=?", (tx.now + lease, owner))
+
+    def unregister_runner(self, owner: str) -> None:
+        with self.transaction() as tx:
+            tx._exec("DELETE FROM treadle_runner WHERE owner=?", (owner,))
+
+    # -- reads -------------------------------------------------------------
+    def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook:
+        marks = _marks(len(shape.order))
+        items = f" AND item_id IN ({_marks(len(only))})" if only is not None else ""
+        params = (shape.name, *shape.order, *(only or ()))
+        ready, due = self._read(
+            "SELECT count(*), min(not_before) FROM treadle_stage WHERE pipeline=? AND state='pending' "
+            f"AND ready=1 AND stage IN ({marks}){items}", params)[0]
+        running = self._read(
+            "SELECT count(*) FROM treadle_stage WHERE pipeline=? AND state='running' "
+            f"AND stage IN ({marks}){items}", params)[0][0]
+        return Outlook(ready, running, due)
+
+    def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]:
+        rows = self._read(
+            "SELECT stage, state, ready, attempt, output, error, review, updated_at FROM treadle_stage "
+            "WHERE pipeline=? AND item_id=?", (shape.name, item_id))
+        by_stage = {r[0]: r for r in rows}
+        return [
+            StageRecord(item_id, s, r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
+            for s in shape.order if (r := by_stage.get(s)) is not None
+        ]
+
+    def item_data(self, shape: Shape, item_id: str) -> tuple[str, float]:
+        rows = self._read("SELECT data, submitted_at FROM treadle_item WHERE pipeline=? AND item_id=?",
+                          (shape.name, item_id))
+        if not rows:
+            raise ItemNotFoundError(item_id, shape.name)
+        return rows[0][0], rows[0][1]
+
+    def item_ids(self, shape: Shape, stage: str | None, state: str | None,
+                 limit: int | None) -> list[str]:
+        lim = f" LIMIT {int(limit)}" if limit is not None else ""
+        if stage is None and state is None:
+            return [r[0] for r in self._read(
+                f"SELECT item_id FROM treadle_item WHERE pipeline=? ORDER BY id{lim}", (shape.name,))]
+        where, params = ["pipeline=?"], [shape.name]
+        if stage is not None:
+            where.append("stage=?")
+            params.append(stage)
+        else:
+            where.append(f"stage IN ({_marks(len(shape.order))})")
+            params.extend(shape.order)
+        if state is not None:
+            where.append("state=?")
+            params.append(state)
+        rows = self._read(
+            f"SELECT item_id, min(updated_at) AS t, min(id) FROM treadle_stage WHERE {' AND '.join(where)} "
+            f"GROUP BY item_id ORDER BY t, min(id){lim}", params)
+        return [r[0] for r in rows]
+
+    def counts(self, shape: Shape) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {s: {} for s in shape.order}
+        for stage, state, n in self._read(
+            "SELECT stage, state, count(*) FROM treadle_stage WHERE pipeline=? GROUP BY stage, state",
+            (shape.name,)):
+            if stage in out:
+                out[stage][state] = n
+        return out
+
+    def history(self, shape: Shape, item_id: str) -> list[dict[str, Any]]:
+        keys = ("seq", "at", "item_id", "stage", "subtask", "state", "attempt", "actor", "error",
+                "traceback", "details")
+        return [dict(zip(keys, r)) for r in self._read(
+            "SELECT id, at, item_id, stage, subtask, state, attempt, actor, error, traceback, details "
+            "FROM treadle_history WHERE pipeline=? AND item_id=? ORDER BY id", (shape.name, item_id))]
+
+    def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
+        return self._read(
+            f"SELECT item_id, stage, state, ready FROM treadle_stage WHERE pipeline=? "
+            f"AND stage IN ({_marks(len(shape.order))})", (shape.name, *shape.order))
+
+    def _find(self, tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
+              states: Sequence[str]) -> list[tuple[str, str]]:
+        assert isinstance(tx, SqlTx)
+        where = [f"pipeline=?", f"state IN ({_marks(len(states))})",
+                 f"stage IN ({_marks(len(shape.order))})"]
+        params: list[Any] = [shape.name, *states, *shape.order]
+        if item_id is not None:
+            where.append("item_id=?")
+            params.append(item_id)
+        if stage is not None:
+            where.append("stage=?")
+            params.append(stage)
+        return [(r[0], r[1]) for r in tx._exec(
+            f"SELECT item_id, stage FROM treadle_stage WHERE {' AND '.join(where)} ORDER BY id", params)]
+
+    def _require_item(self, tx: Tx, shape: Shape, item_id: str) -> None:
+        assert isinstance(tx, SqlTx)
+        if not list(tx._exec("SELECT 1 FROM treadle_item WHERE pipeline=? AND item_id=?",
+                             (shape.name, item_id))):
+            raise ItemNotFoundError(item_id, shape.name)
+
+    def dump(self) -> str:
+        """Every row of every treadle table as JSON text (to compare store states)."""
+        out = {}
+        for table in ("treadle_meta", "treadle_item", "treadle_stage", "treadle_subtask",
+                      "treadle_history"):
+            out[table] = [list(r) for r in self._read(f"SELECT * FROM {table} ORDER BY 1")]
+        return json.dumps(out, sort_keys=True, default=str)
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        if os.getpid() == self._pid and not self._database.is_closed():
+            self._database.close()

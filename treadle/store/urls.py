@@ -1,0 +1,37 @@
+"""Store URLs: parsing, and masking credentials before anything is shown."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlsplit
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
+
+
+def mask_url(url: str) -> str:
+    """Replace any password in a URL with ``***`` (``postgresql://u:***@h/db``)."""
+    return _CREDENTIALS.sub(
+        lambda m: f"{m['scheme']}{m['user']}{':***' if ':' in m.group(0)[len(m['scheme']):] else ''}@",
+        url,
+    )
+
+
+def mask_text(text: str, url: str) -> str:
+    """Remove the password of ``url`` from ``text`` (e.g. a driver's error message)."""
+    password = urlsplit(url).password if "://" in url else None
+    text = text.replace(url, mask_url(url))
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+def split(url: str) -> tuple[str, str, dict[str, str]]:
+    """``scheme, rest, query`` of a store URL."""
+    if "://" not in url:
+        return "", url, {}
+    scheme, rest = url.split("://", 1)
+    query: dict[str, str] = {}
+    if "?" in rest:
+        rest, qs = rest.split("?", 1)
+        query = dict(parse_qsl(qs, keep_blank_values=True))
+    return scheme.lower(), rest, query
