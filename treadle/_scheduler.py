@@ -111,7 +111,7 @@ class Scheduler:
         return self.counters
 
     def _loop(self, pool: Executor) -> None:
-        capacity = max(2 * self.workers, self.workers + 1)
+        capacity = max(64, 8 * self.workers)
         next_beat = time.monotonic() + self.lease / 3
         next_recover = time.monotonic() + 1.0
         while True:

@@ -112,8 +112,15 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("review", ", ".join(repr(v) for v in REVIEW_POLICIES))
 
 
+_DEFAULTS: dict[str, Any] = dict(
+    after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
+    gate=None, on_exhausted="fail", review="never",
+)
+
+
 def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     """Build and validate a :class:`StageSpec` for ``fn`` (used by ``@stage``)."""
+    options = {**_DEFAULTS, **options}
     name = options.pop("name", None) or getattr(fn, "__name__", None)
     if not isinstance(name, str) or not name:
         raise InvalidStageError(f"Stage {fn!r} needs a name; pass @stage(name=...).", stage=None)

@@ -159,10 +159,13 @@ class SqlTx(Tx):
             data.update(self._exec(
                 f"SELECT item_id, data FROM treadle_item WHERE pipeline=? AND item_id IN ({marks})",
                 (pipeline, *chunk)))
-            for item_id, stage, output in self._exec(
-                "SELECT item_id, stage, output FROM treadle_stage WHERE pipeline=? "
-                f"AND item_id IN ({marks}) AND state='completed'", (pipeline, *chunk)):
-                outputs[item_id][stage] = output
+            # Filter the state here, not in SQL: a state condition tempts the
+            # planner into the (pipeline, state) index and a scan of every row.
+            for item_id, stage, state, output in self._exec(
+                "SELECT item_id, stage, state, output FROM treadle_stage WHERE pipeline=? "
+                f"AND item_id IN ({marks})", (pipeline, *chunk)):
+                if state == "completed":
+                    outputs[item_id][stage] = output
         return data, outputs
 
     def runners(self) -> list[tuple[str, str, int, float]]:
