@@ -1,0 +1,41 @@
+"""The examples run as a user would run them, and leave the store as documented."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from treadle import ItemState, Runner, open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_example(name: str, db: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TREADLE_DB": db}
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_quickstart_runs_then_resumes_without_redoing_work(tmp_path):
+    """quickstart.py ends with one item awaiting review; a second run executes nothing."""
+    db = f"sqlite:///{tmp_path / 'q.db'}"
+    first = run_example("quickstart.py", db, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "1 item(s) await review, e.g. essay-3" in first.stdout
+    second = run_example("quickstart.py", db, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "this run executed 0 stage(s)" in second.stdout
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import quickstart
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    runner = Runner(quickstart.pipeline, open_store(db))
+    states = {s.item_id: s.state for s in runner.items()}
+    assert states == {"memo-1": ItemState.COMPLETED, "memo-2": ItemState.COMPLETED,
+                      "essay-3": ItemState.AWAITING_REVIEW, "draft-4": ItemState.COMPLETED}
+    assert runner.status("memo-2").stages["summarize"].output["lang"] == "fr"
+    assert runner.status("draft-4").stages["publish"].state == "skipped"
