@@ -10,6 +10,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from . import signals
+from ._review import ReviewMixin
 from ._scheduler import Scheduler
 from .errors import ItemNotFoundError, TreadleError
 from .pipeline import Pipeline
@@ -20,7 +21,7 @@ from .store.base import StateStore
 from .store.logic import item_state
 
 
-class Runner:
+class Runner(ReviewMixin):
     """Runs a :class:`~treadle.Pipeline` against a store.
 
     ``workers`` threads run stage functions (or pass any
@@ -96,6 +97,7 @@ class Runner:
     def advance(self, item_id: Any | None = None) -> RunReport:
         """Like :meth:`run` without submitting the source; optionally only one item."""
         self._prepare()
+        self.apply_review_timeouts()
         only = None
         if item_id is not None:
             only = [self._known(item_id)]

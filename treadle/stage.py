@@ -15,6 +15,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 SPEC_ATTR = "__treadle_stage__"
 REVIEW_POLICIES = ("never", "always", "on_escalation", "on_uncertain", "on_escalation_or_uncertain")
 ON_EXHAUSTED = ("fail", "escalate")
+ON_TIMEOUT = ("approve", "reject")
 
 #: A dependency: a stage function or a stage name.
 Dependency = Union[str, Callable[..., Any]]
@@ -35,6 +36,8 @@ class StageSpec:
     gate: Callable[..., Any] | None = None
     on_exhausted: str = "fail"
     review: str = "never"
+    review_timeout: float | None = None
+    on_timeout: str = "reject"
     takes_ctx: bool = True
     when_takes_ctx: bool = True
 
@@ -110,11 +113,16 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("on_exhausted", " or ".join(repr(v) for v in ON_EXHAUSTED))
     if opts["review"] not in REVIEW_POLICIES:
         raise bad("review", ", ".join(repr(v) for v in REVIEW_POLICIES))
+    rt = opts["review_timeout"]
+    if rt is not None and (isinstance(rt, bool) or not isinstance(rt, (int, float)) or rt <= 0):
+        raise bad("review_timeout", "a number of seconds > 0")
+    if opts["on_timeout"] not in ON_TIMEOUT:
+        raise bad("on_timeout", "'approve' or 'reject'")
 
 
 _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
-    gate=None, on_exhausted="fail", review="never",
+    gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
 )
 
 
@@ -149,6 +157,8 @@ def stage(
     gate: Callable[..., Any] | None = None,
     on_exhausted: Literal["fail", "escalate"] = "fail",
     review: str = "never",
+    review_timeout: float | None = None,
+    on_timeout: Literal["approve", "reject"] = "reject",
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -156,10 +166,14 @@ def stage(
     skipped first. ``when`` is a predicate ``(item, ctx) -> bool``: false
     skips the stage. The other options are described in docs/reference.md.
     Decorating a function twice raises ``TypeError``.
+
+    ``review_timeout`` (seconds) with ``on_timeout="approve" | "reject"``
+    decides a review nobody decided in time (actor ``timeout``).
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
         concurrency=concurrency, gate=gate, on_exhausted=on_exhausted, review=review,
+        review_timeout=review_timeout, on_timeout=on_timeout,
     )
 
     def decorate(fn: F) -> F:

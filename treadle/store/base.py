@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
 from ..errors import InvalidTransitionError, ItemNotFoundError
 from ..states import DONE_STATES, FINISHED_ITEM_STATES, StageState
+from .human import HumanOps
 from .logic import deps_done, item_state
 
 PENDING = StageState.PENDING.value
@@ -147,6 +147,11 @@ class StateStore(Protocol):
     def item_data(self, shape: Shape, item_id: str) -> tuple[str, float]: ...
     def retry(self, shape: Shape, item_id: str | None, stage: str | None,
               actor: str) -> list[tuple[str, str]]: ...
+    def decide(self, shape: Shape, item_id: str, stage: str, *, approve: bool,
+               output: str | None, review: dict[str, Any], actor: str,
+               details: dict[str, Any]) -> CommitResult: ...
+    def rerun(self, shape: Shape, item_id: str, stage: str, actor: str) -> list[str]: ...
+    def overdue_reviews(self, shape: Shape, stage: str, timeout: float) -> list[str]: ...
     def close(self) -> None: ...
 
 
@@ -200,6 +205,20 @@ class Tx(abc.ABC):
         """Item JSON by id, and completed stage outputs by item and stage."""
 
     @abc.abstractmethod
+    def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
+        """Every stage row of one item, by stage name."""
+
+    @abc.abstractmethod
+    def cas(self, pipeline: str, item_id: str, stage: str, expect: str, state: str, *,
+            output: str | None, review: str | None) -> bool:
+        """Move one row from ``expect`` to ``state`` with that output and review JSON
+        (ready cleared, owner cleared); False if it was not in ``expect``."""
+
+    @abc.abstractmethod
+    def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
+        """Items whose ``stage`` has awaited review since before ``before``, oldest first."""
+
+    @abc.abstractmethod
     def runners(self) -> list[tuple[str, str, int, float]]:
         """(owner, host, pid, expires_at) of registered runners."""
 
@@ -208,7 +227,7 @@ class Tx(abc.ABC):
         """(item_id, stage, attempt, owner) of running rows."""
 
 
-class BaseStore(abc.ABC):
+class BaseStore(HumanOps, abc.ABC):
     """The transition algorithm, written once over :class:`Tx` primitives."""
 
     url: str = ""
@@ -418,21 +437,6 @@ class BaseStore(abc.ABC):
     @abc.abstractmethod
     def _require_item(self, tx: Tx, shape: Shape, item_id: str) -> None:
         """Raise ItemNotFoundError if the item is unknown."""
-
-
-@contextmanager
-def nothing() -> Iterator[None]:
-    yield None
-
-
-def not_awaiting(item_id: str, stage: str, state: str) -> InvalidTransitionError:
-    """The error for a decision on a stage that is not awaiting review."""
-    return InvalidTransitionError(
-        f"Stage {stage!r} of item {item_id!r} is {state!r}, not 'awaiting_review'; "
-        "only a stage awaiting review can be approved or rejected "
-        "(see python -m treadle reviews).",
-        item_id=item_id, stage=stage, state=state,
-    )
 
 
 __all__ = [

@@ -172,6 +172,32 @@ class _MemoryTx(Tx):
             }
         return data, outputs
 
+    def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
+        if item_id not in self.s._items.get(pipeline, {}):
+            return {}
+        return {
+            s: StageRecord(item_id, s, r.state, r.ready, r.attempt, r.output, r.error, r.review,
+                           r.updated_at)
+            for s, r in self.s._by_item(pipeline, item_id)
+        }
+
+    def cas(self, pipeline: str, item_id: str, stage: str, expect: str, state: str, *,
+            output: str | None, review: str | None) -> bool:
+        row = self.s._stages.get((pipeline, item_id, stage))
+        if row is None or row.state != expect:
+            return False
+        row.state, row.output, row.review = state, output, review
+        row.ready, row.owner, row.updated_at = False, None, self.now
+        return True
+
+    def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
+        rows = [
+            (r.updated_at, r.id, k[1]) for k, r in self.s._stages.items()
+            if k[0] == pipeline and k[2] == stage and r.state == "awaiting_review"
+            and r.updated_at <= before
+        ]
+        return [i for _, _, i in sorted(rows)]
+
     def runners(self) -> list[tuple[str, str, int, float]]:
         return [(o, h, p, e) for o, (h, p, e) in self.s._runners.items()]
 

@@ -168,6 +168,27 @@ class SqlTx(Tx):
                     outputs[item_id][stage] = output
         return data, outputs
 
+    def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
+        return {
+            r[0]: StageRecord(item_id, r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
+            for r in self._exec(
+                "SELECT stage, state, ready, attempt, output, error, review, updated_at "
+                "FROM treadle_stage WHERE pipeline=? AND item_id=?", (pipeline, item_id))
+        }
+
+    def cas(self, pipeline: str, item_id: str, stage: str, expect: str, state: str, *,
+            output: str | None, review: str | None) -> bool:
+        self._exec(
+            "UPDATE treadle_stage SET state=?, output=?, review=?, ready=0, owner=NULL, updated_at=? "
+            "WHERE pipeline=? AND item_id=? AND stage=? AND state=?",
+            (state, output, review, self.now, pipeline, item_id, stage, expect))
+        return self.store._changes(self.cur) == 1
+
+    def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
+        return [r[0] for r in self._exec(
+            "SELECT item_id FROM treadle_stage WHERE pipeline=? AND stage=? AND state='awaiting_review' "
+            "AND updated_at<=? ORDER BY updated_at, id", (pipeline, stage, before))]
+
     def runners(self) -> list[tuple[str, str, int, float]]:
         return list(self._exec("SELECT owner, host, pid, expires_at FROM treadle_runner"))
 

@@ -1,0 +1,130 @@
+"""Human decisions on a runner: approve, reject, rerun, review timeouts."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from . import signals
+from ._diff import json_diff
+from .serialization import normalize_id, to_json
+from .store.base import CommitResult
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+    from .store.base import StateStore
+
+_UNSET: Any = object()
+
+
+class ReviewMixin:
+    """The decision methods of :class:`~treadle.Runner`."""
+
+    pipeline: Pipeline
+    store: StateStore
+
+    def _prepare(self) -> None: ...
+
+    def approve(self, item_id: Any, stage: str, *, data: Any = _UNSET, note: str | None = None,
+                reviewer: str | None = None) -> None:
+        """Complete a stage awaiting review.
+
+        Its output becomes ``data`` when given (the reviewer's edit), else the
+        data the stage asked to review; dependents then see it in
+        ``ctx.outputs``. The history records reviewer, note and, for an edit,
+        a JSON diff. Raises ``InvalidTransitionError`` if the stage is not
+        awaiting review, ``ItemNotFoundError`` for an unknown item,
+        ``SerializationError`` for data that is not JSON; the store is then
+        unchanged.
+        """
+        key, stage = self._decision_target(item_id, stage)
+        output = None
+        if data is not _UNSET:
+            output = to_json(data, what="approved data", item_id=key, stage=stage)
+        self._decide(key, stage, approve=True, output=output, note=note, reviewer=reviewer,
+                     actor=reviewer or "human")
+
+    def reject(self, item_id: Any, stage: str, *, reason: str, reviewer: str | None = None) -> None:
+        """Reject a stage awaiting review: nothing downstream runs; the item is rejected.
+
+        ``retry`` of a rejected stage runs it again, producing a fresh review.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("reject() needs a reason, e.g. reason='duplicate of t1'")
+        key, stage = self._decision_target(item_id, stage)
+        self._decide(key, stage, approve=False, output=None, note=reason, reviewer=reviewer,
+                     actor=reviewer or "human")
+
+    def approve_all(self, stage: str, *, note: str | None = None,
+                    reviewer: str | None = None) -> list[str]:
+        """Approve, as they are, every item awaiting review at ``stage``; each
+        decision is recorded on its own. Returns the ids approved."""
+        self.pipeline.check_stage(stage)
+        done = []
+        for item_id in self.store.item_ids(self.pipeline, stage, "awaiting_review", None):
+            from .errors import InvalidTransitionError
+            try:
+                self._decide(item_id, stage, approve=True, output=None, note=note,
+                             reviewer=reviewer, actor=reviewer or "human")
+            except InvalidTransitionError:
+                continue  # decided by someone else meanwhile
+            done.append(item_id)
+        return done
+
+    def rerun(self, item_id: Any, *, from_stage: str, actor: str = "human") -> list[str]:
+        """Send ``from_stage`` and everything downstream back to ``pending``.
+
+        Outputs are superseded (kept in the history), review decisions
+        downstream are cleared (recorded as such); the next run redoes them.
+        Returns the stages reset.
+        """
+        key, stage = self._decision_target(item_id, from_stage)
+        return self.store.rerun(self.pipeline, key, stage, actor)
+
+    def apply_review_timeouts(self) -> int:
+        """Decide every review that waited past its stage's ``review_timeout``
+        (actor ``timeout``); returns how many were decided."""
+        from .errors import InvalidTransitionError
+
+        decided = 0
+        for name, spec in self.pipeline.stages.items():
+            if spec.review_timeout is None:
+                continue
+            for item_id in self.store.overdue_reviews(self.pipeline, name, spec.review_timeout):
+                try:
+                    self._decide(item_id, name, approve=spec.on_timeout == "approve", output=None,
+                                 note=f"review timed out after {spec.review_timeout:g} s",
+                                 reviewer=None, actor="timeout")
+                except InvalidTransitionError:
+                    continue
+                decided += 1
+        return decided
+
+    # -- internals -----------------------------------------------------------
+    def _decision_target(self, item_id: Any, stage: str) -> tuple[str, str]:
+        self._prepare()
+        return normalize_id(item_id), self.pipeline.check_stage(stage)
+
+    def _decide(self, key: str, stage: str, *, approve: bool, output: str | None,
+                note: str | None, reviewer: str | None, actor: str) -> CommitResult:
+        decision = "approved" if approve else "rejected"
+        review = {"decision": decision, "reviewer": reviewer, "note": note}
+        details: dict[str, Any] = {"decision": decision, "reviewer": reviewer, "note": note}
+        if output is not None:
+            original = self._review_data(key, stage)
+            details["diff"] = json_diff(original, json.loads(output))
+            details["edited"] = bool(details["diff"])
+        result = self.store.decide(self.pipeline, key, stage, approve=approve, output=output,
+                                   review=review, actor=actor, details=details)
+        data = json.loads(result.accepted[0].output) if approve and result.accepted[0].output else None
+        signals.send(signals.review_decided, self.pipeline, item_id=key, stage=stage,
+                     decision=decision, data=data, reviewer=reviewer, note=note, actor=actor)
+        for item, state in result.finished:
+            signals.send(signals.item_finished, self.pipeline, item_id=item, state=state)
+        return result
+
+    def _review_data(self, key: str, stage: str) -> Any:
+        for rec in self.store.stage_records(self.pipeline, key):
+            if rec.stage == stage and rec.review:
+                return json.loads(rec.review).get("data")
+        return None
