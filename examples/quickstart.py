@@ -77,8 +77,7 @@ def review(doc: Doc, ctx):
 
 @stage(after=[review])
 def publish(doc: Doc, ctx):
-    ctx.log.info("published", title=ctx.outputs["review"]["summary"][:20])
-    return {"published": True}
+    return {"published": True, "title": ctx.outputs["review"]["summary"][:20]}
 
 
 pipeline = Pipeline(
@@ -99,8 +98,11 @@ def main() -> int:
         print(f"  {status.item_id:8} {status.state.value}")
     waiting = runner.items(state="awaiting_review")
     if waiting:
-        print(f"{len(waiting)} item(s) await review, e.g. {waiting[0].item_id}:")
-        print(f"  {waiting[0].stages['review'].review.message}")
+        here = os.path.relpath(__file__)
+        print(f"{len(waiting)} item(s) await review, e.g. {waiting[0].item_id}: "
+              f"{waiting[0].stages['review'].review.message}")
+        print(f"review them:   python -m treadle review {here}:pipeline --db {url}")
+        print(f"then continue: python {here}")
     return 0 if report.ok else 1
 
 

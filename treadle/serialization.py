@@ -106,10 +106,20 @@ class ItemCodec:
 
     def load(self, text: str) -> Any:
         """Restore an item from its JSON text."""
-        data = json.loads(text)
+        return self.from_plain(json.loads(text))
+
+    def from_plain(self, data: Any) -> Any:
+        """Build an item from plain JSON data (a dict), as ``item_type`` if set."""
         if self.item_type is None or issubclass_mapping(self.item_type):
+            if not isinstance(data, Mapping):
+                raise InvalidItemError(f"Item {data!r} must be a JSON object with an 'id'.")
             return data
-        return CONVERTER.structure(data, self.item_type)
+        try:
+            return CONVERTER.structure(data, self.item_type)
+        except Exception as exc:  # noqa: BLE001 - cattrs raises several kinds
+            raise InvalidItemError(
+                f"Cannot build a {self.item_type.__name__} from {data!r}: {exc}."
+            ) from None
 
 
 def issubclass_mapping(tp: type) -> bool:

@@ -1,0 +1,396 @@
+"""``python -m treadle``: run, inspect and steer pipelines from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ..errors import TreadleError
+from ..pipeline import Pipeline
+from ..runner import Runner
+from ..store import open_store
+from ..store.urls import mask_text, mask_url
+from . import render
+from .graph import FORMATS
+from .target import load_target
+
+DEFAULT_DB = "sqlite:///treadle.db"
+
+EPILOG = """examples:
+  python -m treadle run examples/quickstart.py:pipeline
+  python -m treadle status examples/quickstart.py:pipeline
+  python -m treadle review examples/quickstart.py:pipeline
+  python -m treadle approve examples/quickstart.py:pipeline essay-3 review --data '{"summary": "ok"}'
+  python -m treadle graph mypkg.pipelines:tracks --format mermaid
+
+The store is --db URL, else $TREADLE_DB, else sqlite:///treadle.db.
+Exit status: 0 ok; 1 the run ended with failed items; 2 bad usage or any treadle error."""
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m treadle", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help_text: str, example: str, item: str | None = None) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        c.add_argument("target", metavar="TARGET",
+                       help="package.module:pipeline or path/to/file.py:pipeline")
+        if item == "required":
+            c.add_argument("item", metavar="ITEM", help="item id")
+        elif item == "optional":
+            c.add_argument("item", metavar="ITEM", nargs="?", help="item id")
+        c.add_argument("--db", metavar="URL", help="store URL (default $TREADLE_DB or sqlite:///treadle.db)")
+        c.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        return c
+
+    run = cmd("run", "submit new items and advance everything; show progress and a summary",
+              "python -m treadle run app.py:pipeline --item '{\"id\": \"t1\"}' --workers 8")
+    _item_options(run)
+    run.add_argument("--workers", type=int, default=4, metavar="N", help="pool threads (default 4)")
+    run.add_argument("--item-id", metavar="ID", help="advance just this item")
+    run.add_argument("--watch", action="store_true",
+                     help="keep running, picking up new items and decisions, until Ctrl-C")
+    run.add_argument("--log-format", choices=["json", "console"],
+                     help="log every transition with structlog in this format")
+    run.add_argument("--no-source", action="store_true", help="do not submit the pipeline's source items")
+
+    submit = cmd("submit", "add items without running them",
+                 "python -m treadle submit app.py:pipeline --items new.jsonl")
+    _item_options(submit)
+
+    status = cmd("status", "per-stage counts by state, or one item's stages",
+                 "python -m treadle status app.py:pipeline t1 --json", item="optional")
+    status.add_argument("--json", action="store_true", help="print JSON (schema in docs/cli.md)")
+
+    reviews = cmd("reviews", "list what awaits review, with its data",
+                  "python -m treadle reviews app.py:pipeline --json")
+    reviews.add_argument("--json", action="store_true", help="print JSON")
+    reviews.add_argument("--stage", help="only this stage")
+
+    review = cmd("review", "interactive: approve / edit / reject / skip each waiting review",
+                 "EDITOR=nano python -m treadle review app.py:pipeline")
+    review.add_argument("--stage", help="only this stage")
+    review.add_argument("--reviewer", help="name recorded with each decision (default: $USER)")
+
+    approve = cmd("approve", "approve one stage awaiting review (optionally with edited data)",
+                  "python -m treadle approve app.py:pipeline t1 review --data '{\"title\": \"Fixed\"}'",
+                  item="required")
+    approve.add_argument("stage", metavar="STAGE")
+    approve.add_argument("--data", metavar="JSON", help="the edited data (JSON)")
+    approve.add_argument("--note", help="a note kept in the history")
+    approve.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
+
+    reject = cmd("reject", "reject one stage awaiting review",
+                 "python -m treadle reject app.py:pipeline t2 review --reason duplicate", item="required")
+    reject.add_argument("stage", metavar="STAGE")
+    reject.add_argument("--reason", required=True, help="why (kept in the history)")
+    reject.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
+
+    retry = cmd("retry", "failed (and rejected) stages back to pending",
+                "python -m treadle retry app.py:pipeline --all-failed", item="optional")
+    retry.add_argument("--stage", help="only this stage")
+    retry.add_argument("--all-failed", action="store_true", help="every failed item (needed without ITEM)")
+
+    rerun = cmd("rerun", "a stage and everything downstream back to pending",
+                "python -m treadle rerun app.py:pipeline t1 --from identify", item="required")
+    rerun.add_argument("--from", dest="from_stage", required=True, metavar="STAGE")
+
+    history = cmd("history", "every recorded transition of an item",
+                  "python -m treadle history app.py:pipeline t1", item="required")
+    history.add_argument("--json", action="store_true", help="print JSON")
+
+    graph = cmd("graph", "print the DAG", "python -m treadle graph app.py:pipeline --format mermaid")
+    graph.add_argument("--format", choices=sorted(FORMATS), default="text")
+    return p
+
+
+def _item_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--item", action="append", default=[], metavar="JSON",
+                   help="an item as JSON (repeatable)")
+    c.add_argument("--items", metavar="FILE", help="a JSON-lines file of items ('-' for stdin)")
+
+
+def _items(args: argparse.Namespace, pipeline: Pipeline, stdin: TextIO) -> list[Any]:
+    raw: list[tuple[str, str]] = [("--item", text) for text in args.item]
+    if args.items:
+        if args.items == "-":
+            lines = stdin.read().splitlines()
+        else:
+            try:
+                with open(args.items, encoding="utf-8") as fh:
+                    lines = fh.read().splitlines()
+            except OSError as exc:
+                raise UsageError(f"cannot read --items {args.items!r}: {exc.strerror}") from None
+        raw += [(f"{args.items} line {n}", line) for n, line in enumerate(lines, 1) if line.strip()]
+    items = []
+    for where, text in raw:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{where} is not valid JSON: {exc}") from None
+        items.append(pipeline.codec.from_plain(data))
+    return items
+
+
+def _json_arg(text: str | None, name: str) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{name} is not valid JSON: {exc}") from None
+
+
+def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
+         stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if exc.code in (0, None) else 2
+    url = args.db or os.environ.get("TREADLE_DB") or DEFAULT_DB
+    try:
+        pipeline = load_target(args.target)
+        if args.command == "graph":
+            stdout.write(FORMATS[args.format](pipeline) + "\n")
+            return 0
+        runner = Runner(pipeline, open_store(url), workers=getattr(args, "workers", 4))
+        return COMMANDS[args.command](args, runner, url, stdin, stdout, stderr)
+    except (TreadleError, UsageError, ValueError, KeyError) as exc:
+        if args.debug:
+            traceback.print_exc(file=stderr)
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        stderr.write(f"error: {mask_text(message, url)}\n")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. an import error inside the target
+        if args.debug:
+            traceback.print_exc(file=stderr)
+        stderr.write(f"error: {type(exc).__name__}: {mask_text(str(exc), url)} "
+                     "(--debug shows the traceback)\n")
+        return 2
+
+
+def _target_hint(args: argparse.Namespace, url: str) -> str:
+    db = "" if url == DEFAULT_DB and not args.db else f" --db {mask_url(url)}"
+    return f"{args.target}{db}"
+
+
+# -- commands -------------------------------------------------------------------
+
+def _run(args, runner: Runner, url: str, stdin, stdout, stderr) -> int:
+    from .progress import Progress
+
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    new = runner.submit(*_items(args, runner.pipeline, stdin))
+    disconnect = None
+    if args.log_format:
+        disconnect = _configure_logging(args.log_format, stdout, runner.pipeline)
+    tty = stdout.isatty() and not args.log_format
+    try:
+        while True:
+            if not args.no_source and not args.item_id:
+                new += runner.submit_source()
+            if args.log_format:
+                report = runner.advance(args.item_id)
+            else:
+                with Progress(runner.pipeline, stdout, tty=tty):
+                    report = runner.advance(args.item_id)
+            if not args.watch or report.interrupted:
+                break
+            try:
+                time.sleep(1.0)
+            except KeyboardInterrupt:
+                break
+    finally:
+        if disconnect:
+            disconnect()
+    _summary(args, runner, report, url, stdout, submitted=len(new))
+    return 1 if report.items.get("failed") else 0
+
+
+def _configure_logging(fmt: str, out: TextIO, pipeline: Pipeline) -> Any:
+    import structlog
+
+    from treadle.contrib.logging import connect
+
+    renderer = (structlog.processors.JSONRenderer() if fmt == "json"
+                else structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso"), renderer],
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    return connect(sender=pipeline)
+
+
+def _summary(args, runner: Runner, report, url: str, out: TextIO, *, submitted: int) -> None:
+    out.write(f"\nsubmitted {submitted} new item(s); this run executed {report.executed} stage(s)"
+              f"{' (interrupted: run again to continue)' if report.interrupted else ''}\n")
+    out.write(render.counts_table(runner.counts()) + "\n")
+    items = ", ".join(f"{n} {s}" for s, n in sorted(report.items.items())) or "none"
+    out.write(f"items: {items}\n")
+    if report.failures:
+        out.write("failed:\n")
+        for item_id, stage, error in report.failures:
+            out.write(f"  {item_id} {stage}: {render.short(error or '', 100)}\n")
+        out.write(f"retry them with: python -m treadle retry {_target_hint(args, url)} --all-failed\n")
+    waiting = report.items.get("awaiting_review", 0)
+    if waiting:
+        out.write(f"{waiting} item(s) await review: python -m treadle review {_target_hint(args, url)}\n")
+
+
+def _submit(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    items = _items(args, runner.pipeline, stdin)
+    if not items:
+        raise UsageError("nothing to submit: pass --item JSON or --items FILE.jsonl")
+    new = runner.submit(*items)
+    stdout.write(f"submitted {len(new)} new item(s), {len(items) - len(new)} already known\n")
+    return 0
+
+
+def _status(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    if args.item is not None:
+        status = runner.status(args.item)
+        text = (json.dumps(render.item_json(status), indent=2, default=str) if args.json
+                else render.item_table(status))
+        stdout.write(text + "\n")
+        return 0
+    counts = runner.counts()
+    if args.json:
+        stdout.write(json.dumps({"pipeline": runner.pipeline.name, "store": mask_url(url),
+                                 "stages": counts,
+                                 "items": runner.store.item_state_counts(runner.pipeline)},
+                                indent=2) + "\n")
+        return 0
+    stdout.write(f"pipeline {runner.pipeline.name} in {mask_url(url)}\n")
+    stdout.write(render.counts_table(counts) + "\n")
+    items = runner.store.item_state_counts(runner.pipeline)
+    stdout.write("items: " + (", ".join(f"{n} {s}" for s, n in sorted(items.items())) or "none") + "\n")
+    return 0
+
+
+def _waiting(runner: Runner, stage: str | None) -> list[tuple[str, str, Any]]:
+    if stage is not None:
+        runner.pipeline.check_stage(stage)
+    return [(s.item_id, name, st.review) for s in runner.items(state="awaiting_review")
+            for name, st in s.stages.items()
+            if st.state == "awaiting_review" and (stage is None or name == stage)]
+
+
+def _reviews(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    waiting = _waiting(runner, args.stage)
+    if args.json:
+        stdout.write(json.dumps([{"item_id": i, "stage": s, "message": r.message if r else "",
+                                  "data": r.data if r else None} for i, s, r in waiting],
+                                indent=2) + "\n")
+        return 0
+    if not waiting:
+        stdout.write("Nothing awaits review.\n")
+        return 0
+    stdout.write(render.table(["item", "stage", "message", "data"],
+                              [[i, s, render.short(r.message, 40) if r else "",
+                                render.short(r.data if r else None, 60)] for i, s, r in waiting]) + "\n")
+    stdout.write(f"decide them with: python -m treadle review {_target_hint(args, url)}\n")
+    return 0
+
+
+def _reviewer(args) -> str:
+    if args.reviewer:
+        return args.reviewer
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "human"
+
+
+def _review(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    from .interactive import review_loop
+
+    if args.stage is not None:
+        runner.pipeline.check_stage(args.stage)
+
+    def ask(prompt: str) -> str:
+        stdout.write(prompt)
+        stdout.flush()
+        line = stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    tally = review_loop(runner, reviewer=_reviewer(args), ask=ask, out=stdout, stage=args.stage)
+    stdout.write("\n" + ", ".join(f"{n} {k}" for k, n in tally.items()) + "\n")
+    if tally["approved"] + tally["edited"]:
+        stdout.write(f"continue the approved items: python -m treadle run {_target_hint(args, url)}\n")
+    return 0
+
+
+def _approve(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    kwargs: dict[str, Any] = {}
+    if args.data is not None:
+        kwargs["data"] = _json_arg(args.data, "--data")
+    runner.approve(args.item, args.stage, note=args.note, reviewer=_reviewer(args), **kwargs)
+    stdout.write(f"approved {args.item} at {args.stage}"
+                 f"{' with edited data' if 'data' in kwargs else ''}; "
+                 f"continue with: python -m treadle run {_target_hint(args, url)}\n")
+    return 0
+
+
+def _reject(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    runner.reject(args.item, args.stage, reason=args.reason, reviewer=_reviewer(args))
+    stdout.write(f"rejected {args.item} at {args.stage}\n")
+    return 0
+
+
+def _retry(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    if args.item is None and not args.all_failed:
+        raise UsageError("retry needs an ITEM, or --all-failed to retry every failed item")
+    moved = runner.retry(args.item, stage=args.stage, actor=f"cli:{_reviewer_default()}")
+    for item_id, stage in moved:
+        stdout.write(f"{item_id} {stage} -> pending\n")
+    stdout.write(f"{len(moved)} stage(s) back to pending; run: python -m treadle run {_target_hint(args, url)}\n")
+    return 0
+
+
+def _reviewer_default() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "human"
+
+
+def _rerun(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    reset = runner.rerun(args.item, from_stage=args.from_stage, actor=f"cli:{_reviewer_default()}")
+    stdout.write(f"{args.item}: {', '.join(reset) or 'nothing'} back to pending; "
+                 f"run: python -m treadle run {_target_hint(args, url)}\n")
+    return 0
+
+
+def _history(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+    entries = runner.history(args.item)
+    if args.json:
+        stdout.write(json.dumps(render.history_json(entries), indent=2, default=str) + "\n")
+    else:
+        stdout.write(render.history_table(entries) + "\n")
+    return 0
+
+
+COMMANDS = {
+    "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
+    "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
+}

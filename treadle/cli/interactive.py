@@ -1,0 +1,90 @@
+"""``python -m treadle review``: decide each waiting review at the terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from ..errors import InvalidTransitionError
+from ..runner import Runner
+
+PROMPT = "[a]pprove, [e]dit, [r]eject, [s]kip, [q]uit? "
+
+
+def edit_json(data: Any, ask: Callable[[str], str], out: TextIO) -> tuple[bool, Any]:
+    """Open $EDITOR on ``data`` as JSON until it parses; (False, None) if abandoned."""
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        path = fh.name
+    try:
+        while True:
+            result = subprocess.run([*shlex.split(editor), path])
+            if result.returncode != 0:
+                out.write(f"editor exited with status {result.returncode}; edit abandoned\n")
+                return False, None
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    return True, json.load(fh)
+            except json.JSONDecodeError as exc:
+                out.write(f"that is not valid JSON ({exc}); ")
+                if ask("edit again? [y/n] ").strip().lower() not in ("y", "yes"):
+                    return False, None
+    finally:
+        os.unlink(path)
+
+
+def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out: TextIO,
+                stage: str | None = None) -> dict[str, int]:
+    """Walk the inbox oldest first; each decision is written as it is made."""
+    tally = dict.fromkeys(("approved", "edited", "rejected", "skipped"), 0)
+    inbox = [(s.item_id, name, st) for s in runner.items(state="awaiting_review")
+             for name, st in s.stages.items()
+             if st.state == "awaiting_review" and (stage is None or name == stage)]
+    if not inbox:
+        out.write("Nothing awaits review.\n")
+        return tally
+    for n, (item_id, name, st) in enumerate(inbox, 1):
+        review = st.review
+        out.write(f"\n[{n}/{len(inbox)}] item {item_id}, stage {name}\n")
+        if review and review.message:
+            out.write(f"{review.message}\n")
+        out.write(json.dumps(review.data if review else None, indent=2, ensure_ascii=False) + "\n")
+        while True:
+            try:
+                choice = ask(PROMPT).strip().lower()
+            except EOFError:
+                return tally
+            try:
+                if choice in ("a", "approve"):
+                    runner.approve(item_id, name, reviewer=reviewer)
+                    tally["approved"] += 1
+                elif choice in ("e", "edit"):
+                    ok, data = edit_json(review.data if review else None, ask, out)
+                    if not ok:
+                        continue
+                    runner.approve(item_id, name, data=data, reviewer=reviewer)
+                    tally["edited"] += 1
+                elif choice in ("r", "reject"):
+                    reason = ask("reason: ").strip()
+                    if not reason:
+                        out.write("a rejection needs a reason\n")
+                        continue
+                    runner.reject(item_id, name, reason=reason, reviewer=reviewer)
+                    tally["rejected"] += 1
+                elif choice in ("s", "skip"):
+                    tally["skipped"] += 1
+                elif choice in ("q", "quit"):
+                    return tally
+                else:
+                    out.write("please answer a, e, r, s or q\n")
+                    continue
+            except InvalidTransitionError as exc:
+                out.write(f"not decided: {exc}\n")
+            break
+    return tally
