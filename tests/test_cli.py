@@ -1,0 +1,221 @@
+"""The command line, end to end through subprocesses against a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = "tests/cli_pipeline.py:pipeline"
+
+
+def cli(*args: str, db: str | None = None, input: str | None = None, env: dict | None = None,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    if db is not None:
+        full_env["TREADLE_DB"] = db
+    return subprocess.run([sys.executable, "-m", "treadle", *args], cwd=cwd, env=full_env,
+                          input=input, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+def test_run_submits_items_shows_summary_and_exit_status(db):
+    """run submits --item and --items, prints a plain summary, exits 1 when items failed."""
+    items = '{"id": "big", "size": 50}\n{"id": "bad1"}\n'
+    res = cli("run", TARGET, "--item", '{"id": "a", "size": 2}', "--items", "-", input=items, db=db)
+    assert res.returncode == 1, res.stderr
+    out = res.stdout
+    assert "\x1b" not in out  # not a terminal: no control codes
+    assert "submitted 3 new item(s)" in out
+    assert "bad1 load: RuntimeError: cannot load bad1" in out
+    assert "retry them with: python -m treadle retry tests/cli_pipeline.py:pipeline" in out
+    assert "1 item(s) await review: python -m treadle review tests/cli_pipeline.py:pipeline" in out
+    status = json.loads(cli("status", TARGET, "--json", db=db).stdout)
+    assert status["stages"]["save"] == {"completed": 1, "pending": 2}
+    assert status["items"] == {"awaiting_review": 1, "completed": 1, "failed": 1}
+
+
+def test_run_exit_zero_and_db_flag_wins_over_env(tmp_path, db):
+    """--db beats $TREADLE_DB; a run without failures exits 0."""
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    res = cli("run", TARGET, "--item", '{"id": "a"}', "--db", other, db=db)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "other.db").exists() and not (tmp_path / "cli.db").exists()
+
+
+def test_status_of_one_item_json_schema(db):
+    """status ITEM --json has state, and per stage state, attempts, output, error, review."""
+    cli("run", TARGET, "--item", '{"id": "big", "size": 50}', db=db)
+    data = json.loads(cli("status", TARGET, "big", "--json", db=db).stdout)
+    assert data["item_id"] == "big" and data["state"] == "awaiting_review"
+    assert list(data["stages"]) == ["load", "check", "save"]
+    check = data["stages"]["check"]
+    assert check["state"] == "awaiting_review" and check["attempts"] == 1
+    assert check["review"]["data"] == {"size": 50} and check["review"]["message"] == "Big one: confirm"
+    text = cli("status", TARGET, "big", db=db).stdout
+    assert "item big: awaiting_review" in text and "review: waiting" in text
+
+
+def test_reviews_approve_reject_and_history(db):
+    """reviews lists the inbox; approve --data edits; reject stops; history shows it all."""
+    cli("run", TARGET, "--item", '{"id": "b1", "size": 20}', "--item", '{"id": "b2", "size": 30}', db=db)
+    inbox = json.loads(cli("reviews", TARGET, "--json", db=db).stdout)
+    assert [(r["item_id"], r["stage"], r["data"]) for r in inbox] == [
+        ("b1", "check", {"size": 20}), ("b2", "check", {"size": 30})]
+    res = cli("approve", TARGET, "b1", "check", "--data", '{"size": 21}', "--note", "fix",
+              "--reviewer", "ann", db=db)
+    assert res.returncode == 0 and "approved b1 at check with edited data" in res.stdout
+    assert cli("reject", TARGET, "b2", "check", "--reason", "dup", db=db).returncode == 0
+    assert cli("run", TARGET, db=db).returncode == 0
+    final = json.loads(cli("status", TARGET, "b1", "--json", db=db).stdout)
+    assert final["stages"]["save"]["output"] == {"saved": {"size": 21}}
+    hist = json.loads(cli("history", TARGET, "b1", "--json", db=db).stdout)
+    decision = [h for h in hist if h["actor"] == "ann"][0]
+    assert decision["state"] == "completed" and decision["details"]["note"] == "fix"
+    assert decision["details"]["diff"] == [{"op": "replace", "path": "/size", "old": 20, "new": 21}]
+    assert json.loads(cli("status", TARGET, "b2", "--json", db=db).stdout)["state"] == "rejected"
+    table = cli("history", TARGET, "b1", db=db).stdout
+    assert "submitted" in table and "ann" in table
+
+
+def test_retry_and_rerun(db):
+    """retry puts failed stages back; rerun --from resets a stage and its downstream."""
+    cli("run", TARGET, "--item", '{"id": "bad9"}', "--item", '{"id": "ok"}', db=db)
+    res = cli("retry", TARGET, db=db)
+    assert res.returncode == 2 and "--all-failed" in res.stderr
+    res = cli("retry", TARGET, "--all-failed", db=db)
+    assert res.returncode == 0 and "bad9 load -> pending" in res.stdout
+    res = cli("rerun", TARGET, "ok", "--from", "check", db=db)
+    assert res.returncode == 0 and "check, save back to pending" in res.stdout
+    data = json.loads(cli("status", TARGET, "ok", "--json", db=db).stdout)
+    assert data["stages"]["check"]["state"] == "pending" and data["stages"]["load"]["state"] == "completed"
+    assert cli("run", TARGET, db=db).returncode == 1  # bad9 fails again
+    data = json.loads(cli("status", TARGET, "ok", "--json", db=db).stdout)
+    assert data["stages"]["save"]["state"] == "completed" and data["stages"]["check"]["attempts"] == 2
+
+
+def test_graph_formats():
+    """graph prints text, mermaid and dot."""
+    assert "flowchart TD" in cli("graph", TARGET, "--format", "mermaid").stdout
+    assert '"load" -> "check";' in cli("graph", TARGET, "--format", "dot").stdout
+    assert "└─ check  (after load)" in cli("graph", TARGET).stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["status", "nowhere.py:pipeline"], "No file 'nowhere.py'"),
+    (["status", "tests/cli_pipeline.py:nope"], "has no attribute 'nope'. It defines: pipeline"),
+    (["status", "no_such_module_xyz:pipeline"], "no module named 'no_such_module_xyz'"),
+    (["status", TARGET, "ghost"], "Item 'ghost' is not in pipeline 'cli'"),
+    (["approve", TARGET, "ghost", "chek"], "Did you mean 'check'"),
+    (["approve", TARGET, "x", "check", "--data", "{bad"], "--data is not valid JSON"),
+    (["run", TARGET, "--item", '{"size": 1}'], "Cannot build a Rec"),
+    (["status", TARGET, "--db", "postgresql://u:hunter2@127.0.0.1:1/x"], "Unknown store URL"),
+    (["frobnicate", TARGET], ""),
+])
+def test_errors_are_one_line_exit_2_no_traceback(args, fragment, db):
+    """Bad usage and treadle errors exit 2 with one line on stderr and no traceback."""
+    res = cli(*args, db=db)
+    assert res.returncode == 2
+    assert fragment in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "hunter2" not in res.stderr + res.stdout
+    if fragment:
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(db):
+    """--debug prints the traceback of an error."""
+    res = cli("status", TARGET, "ghost", "--debug", db=db)
+    assert res.returncode == 2 and "Traceback" in res.stderr
+
+
+def test_help_on_every_command():
+    """Every command has --help with an example."""
+    for command in ("run", "submit", "status", "reviews", "review", "approve", "reject",
+                    "retry", "rerun", "history", "graph"):
+        res = cli(command, "--help")
+        assert res.returncode == 0 and "example:" in res.stdout, command
+
+
+def test_interactive_review_approves_edits_and_rejects(tmp_path, db):
+    """review drives approve / edit ($EDITOR) / reject / skip from stdin."""
+    items = [f'{{"id": "r{i}", "size": {20 + i}}}' for i in range(4)]
+    cli("run", TARGET, *sum((["--item", i] for i in items), []), db=db)
+    editor = tmp_path / "editor.py"
+    editor.write_text("import json, sys\np = sys.argv[1]\nd = json.load(open(p))\n"
+                      "d['size'] = 99\njson.dump(d, open(p, 'w'))\n")
+    answers = "a\ne\nr\nnot needed\ns\n"
+    res = cli("review", TARGET, "--reviewer", "zoe", input=answers, db=db,
+              env={"EDITOR": f"{sys.executable} {editor}"})
+    assert res.returncode == 0, res.stderr
+    assert "1 approved, 1 edited, 1 rejected, 1 skipped" in res.stdout
+    assert '"size": 20' in res.stdout  # the data was shown
+    cli("run", TARGET, db=db)
+    state = {i: json.loads(cli("status", TARGET, i, "--json", db=db).stdout) for i in ("r0", "r1", "r2", "r3")}
+    assert state["r0"]["stages"]["save"]["output"] == {"saved": {"size": 20}}
+    assert state["r1"]["stages"]["save"]["output"] == {"saved": {"size": 99}}
+    assert state["r2"]["state"] == "rejected" and state["r2"]["stages"]["check"]["review"]["note"] == "not needed"
+    assert state["r3"]["state"] == "awaiting_review"
+    assert state["r1"]["stages"]["check"]["review"]["reviewer"] == "zoe"
+
+
+def test_interactive_review_rejects_invalid_json_edit(tmp_path, db):
+    """An edit that is not valid JSON is not applied; declining to re-edit leaves it waiting."""
+    cli("run", TARGET, "--item", '{"id": "j", "size": 40}', db=db)
+    editor = tmp_path / "bad_editor.py"
+    editor.write_text("import sys\nopen(sys.argv[1], 'w').write('{not json')\n")
+    res = cli("review", TARGET, input="e\nn\nq\n", db=db, env={"EDITOR": f"{sys.executable} {editor}"})
+    assert "not valid JSON" in res.stdout
+    assert json.loads(cli("status", TARGET, "j", "--json", db=db).stdout)["state"] == "awaiting_review"
+
+
+def test_run_logs_one_json_line_per_transition(db):
+    """--log-format json prints one JSON object per transition with the documented keys."""
+    res = cli("run", TARGET, "--item", '{"id": "a"}', "--item", '{"id": "bad2"}',
+              "--log-format", "json", db=db)
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    events = [(e["event"], e.get("item_id"), e.get("stage")) for e in lines]
+    assert ("stage_completed", "a", "save") in events
+    failed = [e for e in lines if e["event"] == "stage_failed"][0]
+    assert failed["item_id"] == "bad2" and failed["error"] == "RuntimeError: cannot load bad2"
+    assert failed["attempt"] == 1 and failed["level"] == "warning"
+    assert sum(1 for e in events if e[0] == "stage_started") == 4
+
+
+def test_progress_display_on_a_terminal(db):
+    """Under a pseudo-terminal, run redraws progress in place and ends with the final counts."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "TREADLE_DB": db}
+    proc = subprocess.Popen([sys.executable, "-m", "treadle", "run", TARGET, "--item", '{"id": "p1"}',
+                             "--item", '{"id": "p2"}'], cwd=ROOT, env=env, stdout=slave,
+                            stderr=subprocess.PIPE)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 30)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(master)
+    out = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    assert "\x1b[2K" in out  # redrawn in place
+    assert "stages: 6 completed, 0 failed, 0 skipped, 0 to review | items finished 2" in out
