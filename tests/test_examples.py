@@ -39,3 +39,28 @@ def test_quickstart_runs_then_resumes_without_redoing_work(tmp_path):
                       "essay-3": ItemState.AWAITING_REVIEW, "draft-4": ItemState.COMPLETED}
     assert runner.status("memo-2").stages["summarize"].output["lang"] == "fr"
     assert runner.status("draft-4").stages["publish"].state == "skipped"
+
+
+def test_moderation_flags_then_publishes_only_what_a_moderator_approved(tmp_path):
+    """moderation.py: clean posts publish; flagged ones wait; approved publish, rejected never."""
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    first = run_example("moderation.py", db, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "p1: published: 'Lovely weather for the market today.'" in first.stdout
+    assert "p2: awaiting_review" in first.stdout and "p4: awaiting_review" in first.stdout
+    assert "2 post(s) await a moderator" in first.stdout
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import moderation
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    runner = Runner(moderation.pipeline, open_store(db))
+    assert runner.status("p2").stages["moderate"].review.data["labels"] == ["spam"]
+    runner.reject("p2", "moderate", reason="spam", reviewer="mod")
+    runner.approve("p4", "moderate", data={"text": "I disagree with your code", "labels": []},
+                   reviewer="mod", note="toned down")
+    second = run_example("moderation.py", db, tmp_path)
+    assert "p4: published: 'I disagree with your code'" in second.stdout
+    assert "p2: rejected" in second.stdout
+    assert runner.status("p2").stages["publish"].state == "pending"
