@@ -10,11 +10,15 @@ import traceback
 from typing import Any
 
 from .errors import SerializationError
-from .outcomes import Completed, FanOut, Review, Skipped, to_outcome
+from .outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
 from .serialization import to_json
 from .stage import StageSpec
 from .states import StageState
 from .store.base import Transition
+from .store.fanout import SubResult
+
+#: Internal transition state: the stage returned a FanOut (never stored as a stage state).
+FANOUT = "fanout"
 
 
 def _error_text(exc: BaseException) -> str:
@@ -57,10 +61,47 @@ def execute(spec: StageSpec, item: Any, ctx: Any) -> tuple[Transition, Any]:
                                                    "propagate": outcome.propagate})),
                     outcome.reason)
         assert isinstance(outcome, FanOut)
-        raise NotImplementedError(
-            f"Stage {stage!r} returned FanOut, which this version of treadle cannot run yet."
-        )
+        return Transition(item_id, stage, attempt, FANOUT), subtasks_of(outcome, stage)
     except SerializationError as exc:
         return failure(item_id, stage, attempt, exc), None
     except BaseException as exc:  # noqa: BLE001 - a stage's error (even SystemExit) is its failure
         return failure(item_id, stage, attempt, exc), None
+
+
+def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
+    """The FanOut's subtasks as a list; names must be unique non-empty strings."""
+    spec = fanout.subtasks
+    if isinstance(spec, dict) or hasattr(spec, "items"):
+        subs = []
+        for name, fn in spec.items():  # type: ignore[union-attr]
+            if not callable(fn):
+                raise TypeError(f"FanOut subtask {name!r} of stage {stage!r} is {fn!r}, not callable")
+            subs.append(SubTask(name, fn))
+    else:
+        subs = list(spec)
+        for sub in subs:
+            if not isinstance(sub, SubTask):
+                raise TypeError(f"FanOut of stage {stage!r} holds {sub!r}; use SubTask(name, fn, ...) "
+                                "or a mapping name -> callable")
+    seen: set[str] = set()
+    for sub in subs:
+        if not isinstance(sub.name, str) or not sub.name:
+            raise ValueError(f"FanOut subtask names of stage {stage!r} must be non-empty strings, "
+                             f"got {sub.name!r}")
+        if sub.name in seen:
+            raise ValueError(f"FanOut of stage {stage!r} has two subtasks named {sub.name!r}; "
+                             "subtask names must be unique within the stage")
+        seen.add(sub.name)
+    return subs
+
+
+def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int) -> tuple[SubResult, Any]:
+    """Run one subtask; never raises."""
+    try:
+        value = sub.fn(*sub.args, **sub.kwargs)
+        output = to_json(value, what=f"output of subtask {sub.name!r}", item_id=item_id, stage=stage)
+        return SubResult(item_id, stage, sub.name, attempt, "completed", output=output), value
+    except BaseException as exc:  # noqa: BLE001 - a subtask's error is its failure
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return SubResult(item_id, stage, sub.name, attempt, "failed", error=_error_text(exc),
+                         traceback=tb), None

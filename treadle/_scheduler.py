@@ -1,15 +1,16 @@
 """The scheduler: one thread that decides and records; pool threads only run stages.
 
-Each turn of the loop is one *group commit*: every stage result that came
-back since the last turn is written, dependents that became ready are marked,
-and the next batch of ready work is claimed, all in one transaction. Work is
-handed to the pool only after that transaction has committed, so a stage's
-result is durable before any dependent starts, and signals report only
-committed transitions.
+Each turn of the loop is one *group commit*: every stage and subtask result
+that came back since the last turn is written, fan-outs are started,
+dependents that became ready are marked, and the next batch of ready work is
+claimed, all in one transaction. Work is handed to the pool only after that
+transaction has committed, so a stage's result is durable before any
+dependent starts, and signals report only committed transitions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -20,20 +21,25 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Union
 
 import attrs
 import structlog
 
 from . import signals
-from ._execute import execute
+from ._execute import FANOUT, execute, execute_subtask, failure
 from .context import StageContext
+from .outcomes import SubTask
 from .pipeline import Pipeline
 from .serialization import from_json
 from .states import StageState
 from .store.base import Claim, CommitResult, StateStore, Transition
+from .store.fanout import FanOutPlan, FanOutStart, SubResult
 
 _log = logging.getLogger("treadle.runner")
+
+StageKey = tuple[str, str, int]            # item_id, stage, attempt
+SubKey = tuple[str, str, int, str]         # ... and subtask name
 
 
 def pid_alive(pid: int) -> bool:
@@ -50,10 +56,15 @@ def pid_alive(pid: int) -> bool:
 
 
 @attrs.define
-class _Unit:
-    claim: Claim
-    ctx: StageContext
-    started: float
+class _FanRun:
+    """A fan-out in progress: its subtasks, and the outputs and errors so far."""
+
+    attempt: int
+    subtasks: dict[str, SubTask]
+    outputs: dict[str, str | None] = attrs.field(factory=dict)
+    errors: dict[str, str] = attrs.field(factory=dict)
+    remaining: set[str] = attrs.field(factory=set)
+    cancelled: bool = False  # some subtasks were given back at shutdown: never finish now
 
 
 @attrs.define
@@ -84,22 +95,29 @@ class Scheduler:
         self.grace = grace
         self.only = only
         self.host = socket.gethostname()
-        self.results: queue.SimpleQueue[tuple[tuple[str, str, int], Future[Any]]] = queue.SimpleQueue()
-        self.inflight: dict[tuple[str, str, int], _Unit] = {}
+        self.capacity = max(64, 8 * workers)
+        self.results: queue.SimpleQueue[tuple[Union[StageKey, SubKey], Future[Any]]] = queue.SimpleQueue()
+        self.inflight: dict[Union[StageKey, SubKey], StageContext | None] = {}
+        self.futures: dict[Union[StageKey, SubKey], Future[Any]] = {}
         self.done: list[tuple[Transition, Any]] = []
+        self.sub_done: list[tuple[SubResult, Any]] = []
+        self.fan_starts: list[tuple[FanOutStart, list[SubTask]]] = []
+        self.fanouts: dict[tuple[str, str], _FanRun] = {}
         self.counters = Counters()
         self.stop = threading.Event()
         self._logger = structlog.get_logger("treadle")
+        self._pool: Executor | None = None
+        self._abandoned = False
 
     # -- the loop ------------------------------------------------------------
     def run(self) -> Counters:
         own_pool = self.executor is None
-        pool = self.executor or ThreadPoolExecutor(self.workers, thread_name_prefix="treadle")
+        self._pool = self.executor or ThreadPoolExecutor(self.workers, thread_name_prefix="treadle")
         restore = self._install_signal_handlers()
         self.store.register_runner(self.owner, self.host, os.getpid(), self.lease)
         try:
             self._recover()
-            self._loop(pool)
+            self._loop()
         finally:
             try:
                 self._shutdown()
@@ -107,30 +125,34 @@ class Scheduler:
                 self.store.unregister_runner(self.owner)
                 restore()
                 if own_pool:
-                    pool.shutdown(wait=not self.inflight, cancel_futures=True)
+                    # Stages still running past the grace period were released; do not
+                    # wait for them here (a thread cannot be stopped, only asked to).
+                    self._pool.shutdown(wait=not self._abandoned, cancel_futures=True)
         return self.counters
 
-    def _loop(self, pool: Executor) -> None:
-        capacity = max(64, 8 * self.workers)
+    def _pending_writes(self) -> bool:
+        return bool(self.done or self.sub_done or self.fan_starts)
+
+    def _loop(self) -> None:
         next_beat = time.monotonic() + self.lease / 3
         next_recover = time.monotonic() + 1.0
         while True:
             self._drain(block=False)
             stopping = self.stop.is_set()
-            limit = 0 if stopping else capacity - len(self.inflight)
+            limit = 0 if stopping else self.capacity - len(self.inflight)
             claims: list[Claim] = []
-            if self.done or limit > 0:
-                result = self._commit(limit)
-                claims = result.claims
-                self._dispatch(pool, claims)
+            if self._pending_writes() or limit > 0:
+                claims = self._commit(max(limit, 0))
             now = time.monotonic()
             if now >= next_beat:
                 self.store.heartbeat(self.owner, self.lease)
                 next_beat = now + self.lease / 3
             if stopping:
                 return
-            if self.inflight:
-                if not claims or len(self.inflight) >= capacity:
+            if self._pending_writes():
+                continue  # e.g. a fan-out just finished: commit its stage now
+            if self.inflight or self.fanouts:
+                if not claims or len(self.inflight) >= self.capacity:
                     self._drain(block=True, timeout=min(self.POLL, max(0.0, next_beat - now)))
                 continue
             if claims:
@@ -152,29 +174,105 @@ class Scheduler:
         except queue.Empty:
             pass
 
-    def _take(self, key: tuple[str, str, int], fut: Future[Any]) -> None:
-        if self.inflight.pop(key, None) is None:
+    def _take(self, key: Union[StageKey, SubKey], fut: Future[Any]) -> None:
+        if key not in self.inflight:
             return  # released at shutdown: its late result is not ours to record
+        del self.inflight[key]
+        self.futures.pop(key, None)
         try:
-            self.done.append(fut.result())
+            result, value = fut.result()
         except BaseException as exc:  # noqa: BLE001 - e.g. a process pool that broke
-            from ._execute import failure
-            self.done.append((failure(key[0], key[1], key[2], exc), None))
+            if len(key) == 4:
+                result, value = SubResult(key[0], key[1], key[3], -1, "failed",
+                                          error=f"{type(exc).__name__}: {exc}"), None
+            else:
+                result, value = failure(key[0], key[1], key[2], exc), None
+        if isinstance(result, SubResult):
+            self.sub_done.append((result, value))
+        elif result.state == FANOUT:
+            names = tuple(s.name for s in value)
+            self.fan_starts.append((FanOutStart(result.item_id, result.stage, result.attempt, names), value))
+        else:
+            self.done.append((result, value))
 
-    def _commit(self, limit: int) -> CommitResult:
-        batch = self.done
-        result = self.store.commit(self.pipeline, self.owner, [t for t, _ in batch], limit,
-                                   self.only)
-        self.done = []
-        self._report(batch, result)
-        return result
+    def _commit(self, limit: int) -> list[Claim]:
+        batch, subs, starts = self.done, self.sub_done, self.fan_starts
+        result = self.store.commit(
+            self.pipeline, self.owner, [t for t, _ in batch], limit, self.only,
+            fanouts=[s for s, _ in starts], subtasks=[r for r, _ in subs],
+        )
+        self.done, self.sub_done, self.fan_starts = [], [], []
+        self._report(batch, subs, result)
+        self._fan_out(starts, result.fanouts)
+        self._collect_subtasks(subs, result)
+        self._dispatch(result.claims)
+        return result.claims
+
+    # -- fan-out -------------------------------------------------------------
+    def _fan_out(self, starts: list[tuple[FanOutStart, list[SubTask]]], plans: list[FanOutPlan]) -> None:
+        for (start, subtasks), plan in zip(starts, plans):
+            if plan.refused:
+                self.counters.refused += 1
+                continue
+            key = (start.item_id, start.stage)
+            by_name = {s.name: s for s in subtasks}
+            run = _FanRun(start.attempt, by_name, outputs=dict(plan.kept),
+                          remaining={n for n, _ in plan.run})
+            self.fanouts[key] = run
+            for name, sub_attempt in plan.run:
+                signals.send(signals.subtask_started, self.pipeline, item_id=start.item_id,
+                             stage=start.stage, subtask=name, attempt=sub_attempt)
+                self._submit((*key, start.attempt, name), execute_subtask, by_name[name],
+                             start.item_id, start.stage, sub_attempt)
+            if not run.remaining:
+                self._finish_fanout(key, run)
+
+    def _collect_subtasks(self, subs: list[tuple[SubResult, Any]], result: CommitResult) -> None:
+        values = {(r.item_id, r.stage, r.name, r.attempt): v for r, v in subs}
+        for r in result.sub_accepted:
+            key = (r.item_id, r.stage)
+            kw = dict(item_id=r.item_id, stage=r.stage, subtask=r.name, attempt=r.attempt)
+            if r.state == "completed":
+                signals.send(signals.subtask_completed, self.pipeline,
+                             data=values.get((r.item_id, r.stage, r.name, r.attempt)), **kw)
+            else:
+                signals.send(signals.subtask_failed, self.pipeline, error=r.error, **kw)
+            run = self.fanouts.get(key)
+            if run is None:
+                continue
+            run.remaining.discard(r.name)
+            if r.state == "completed":
+                run.outputs[r.name] = r.output
+            else:
+                run.errors[r.name] = r.error or "failed"
+            if not run.remaining and not run.cancelled:
+                self._finish_fanout(key, run)
+        self.counters.refused += len(result.sub_refused)
+
+    def _finish_fanout(self, key: tuple[str, str], run: _FanRun) -> None:
+        del self.fanouts[key]
+        (item_id, stage), attempt = key, run.attempt
+        names = list(run.subtasks)
+        if run.errors:
+            failed = [n for n in names if n in run.errors]
+            detail = "; ".join(f"{n}: {run.errors[n]}" for n in failed[:5])
+            t = Transition(item_id, stage, attempt, StageState.FAILED.value,
+                           error=f"{len(failed)} of {len(names)} subtasks failed ({detail})",
+                           details=json.dumps({"failed_subtasks": failed}))
+            self.done.append((t, None))
+            return
+        body = ",".join(f"{json.dumps(n)}:{run.outputs[n] or 'null'}" for n in names)
+        output = "{" + body + "}"
+        self.done.append((Transition(item_id, stage, attempt, StageState.COMPLETED.value,
+                                     output=output), None))
 
     # -- after commit --------------------------------------------------------
-    def _report(self, batch: list[tuple[Transition, Any]], result: CommitResult) -> None:
+    def _report(self, batch: list[tuple[Transition, Any]], subs: list[tuple[SubResult, Any]],
+                result: CommitResult) -> None:
         p = self.pipeline
         values = {(t.item_id, t.stage, t.attempt): v for t, v in batch}
         c = self.counters
-        c.executed += len(batch)
+        c.executed += len(batch) + len(subs)
         for t in result.refused:
             c.refused += 1
             _log.warning("treadle: result of %s/%s attempt %d refused: its claim was lost "
@@ -184,6 +282,8 @@ class Scheduler:
             kw = dict(item_id=t.item_id, stage=t.stage, attempt=t.attempt)
             if t.state == StageState.COMPLETED:
                 c.completed += 1
+                if value is None and t.output is not None:
+                    value = from_json(t.output)
                 signals.send(signals.stage_completed, p, data=value, **kw)
             elif t.state == StageState.FAILED:
                 c.failed += 1
@@ -203,7 +303,19 @@ class Scheduler:
         for item_id, state in result.finished:
             signals.send(signals.item_finished, p, item_id=item_id, state=state)
 
-    def _dispatch(self, pool: Executor, claims: list[Claim]) -> None:
+    def _submit(self, key: Union[StageKey, SubKey], fn: Callable[..., Any], *args: Any,
+                ctx: StageContext | None = None) -> None:
+        assert self._pool is not None
+        self.inflight[key] = ctx
+        try:
+            fut = self._pool.submit(fn, *args)
+        except BaseException as exc:  # noqa: BLE001 - a pool that is shutting down
+            fut = Future()
+            fut.set_exception(exc)
+        self.futures[key] = fut
+        fut.add_done_callback(lambda f, key=key: self.results.put((key, f)))
+
+    def _dispatch(self, claims: list[Claim]) -> None:
         p = self.pipeline
         for claim in claims:
             spec = p.stages[claim.stage]
@@ -216,17 +328,17 @@ class Scheduler:
                                       attempt=claim.attempt),
             )
             key = (claim.item_id, claim.stage, claim.attempt)
-            self.inflight[key] = _Unit(claim, ctx, time.monotonic())
             signals.send(signals.stage_started, p, item_id=claim.item_id, stage=claim.stage,
                          attempt=claim.attempt)
             try:
                 item = p.codec.load(claim.item)
-                fut = pool.submit(execute, spec, item, ctx)
-            except BaseException as exc:  # noqa: BLE001 - a bad stored item or a dead pool
-                from ._execute import failure
-                fut = Future()
+            except BaseException as exc:  # noqa: BLE001 - a stored item that no longer loads
+                self.inflight[key] = ctx
+                fut: Future[Any] = Future()
                 fut.set_result((failure(claim.item_id, claim.stage, claim.attempt, exc), None))
-            fut.add_done_callback(lambda f, key=key: self.results.put((key, f)))
+                fut.add_done_callback(lambda f, key=key: self.results.put((key, f)))
+                continue
+            self._submit(key, execute, spec, item, ctx, ctx=ctx)
 
     # -- leases, shutdown ------------------------------------------------------
     def _recover(self) -> None:
@@ -235,19 +347,42 @@ class Scheduler:
             _log.warning("treadle: recovered %d stale claim(s) of dead runners", len(stale))
 
     def _shutdown(self) -> None:
-        """Stop claiming; let in-flight stages finish for ``grace`` seconds; commit
-        what finished; give the rest back as pending for the next run."""
+        """Stop claiming; let running work finish for ``grace`` seconds; commit
+        what finished; give the rest back as pending for the next run.
+
+        Work claimed but not started yet (queued in the pool) is cancelled at
+        once and given back, so no new stage starts after a stop."""
+        queued = [k for k, f in list(self.futures.items()) if f.cancel()]
+        for key in queued:
+            self.inflight.pop(key, None)
+            self.futures.pop(key, None)
+        unstarted_subs = {(k[0], k[1]) for k in queued if len(k) == 4}
+        for key in unstarted_subs:
+            run = self.fanouts.get(key)
+            if run is not None:
+                run.cancelled = True  # it cannot finish now: its stage is released below
         deadline = time.monotonic() + self.grace
-        while self.inflight and time.monotonic() < deadline:
+        def waiting() -> bool:
+            return bool(self.inflight) or any(not r.cancelled for r in self.fanouts.values())
+
+        while waiting() and time.monotonic() < deadline:
             self._drain(block=True, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-        if self.done:
+            if self._pending_writes():
+                self._commit(0)
+        if self._pending_writes():
             self._commit(0)
-        if self.inflight:
-            for unit in self.inflight.values():
-                unit.ctx.cancelled.set()
-            keys = list(self.inflight)
-            self.inflight.clear()
-            self.store.release(self.pipeline, self.owner, keys)
+        self._abandoned = bool(self.inflight)
+        keys: set[StageKey] = {k for k in self.inflight if len(k) == 3}  # type: ignore[misc]
+        keys |= {k for k in queued if len(k) == 3}  # type: ignore[misc]
+        keys |= {(i, s, run.attempt) for (i, s), run in self.fanouts.items()}
+        keys |= {(s.item_id, s.stage, s.attempt) for s, _ in self.fan_starts}
+        for ctx in self.inflight.values():
+            if ctx is not None:
+                ctx.cancelled.set()
+        self.inflight.clear()
+        self.fanouts.clear()
+        if keys:
+            self.store.release(self.pipeline, self.owner, sorted(keys))
             _log.warning("treadle: %d stage(s) still running at shutdown were released; "
                          "they run again on the next run", len(keys))
 
@@ -273,4 +408,3 @@ class Scheduler:
                 _signal.signal(sig, old)
 
         return restore
-

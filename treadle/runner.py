@@ -16,7 +16,7 @@ from .errors import ItemNotFoundError, TreadleError
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
 from .states import ItemState, StageState, SubtaskState
-from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus
+from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
 from .store.base import StateStore
 from .store.logic import item_state
 
@@ -122,6 +122,10 @@ class Runner(ReviewMixin):
         key = normalize_id(item_id)
         _, submitted = self.store.item_data(self.pipeline, key)
         records = {r.stage: r for r in self.store.stage_records(self.pipeline, key)}
+        subtasks: dict[str, dict[str, SubtaskStatus]] = {}
+        for sub in self.store.subtask_records(self.pipeline, key):
+            subtasks.setdefault(sub.stage, {})[sub.name] = SubtaskStatus(
+                sub.name, SubtaskState(sub.state), sub.attempt, sub.error, from_json(sub.output))
         stages: dict[str, StageStatus] = {}
         for name in self.pipeline.order:
             r = records.get(name)
@@ -136,7 +140,7 @@ class Runner(ReviewMixin):
             stages[name] = StageStatus(
                 stage=name, state=StageState(r.state), attempts=r.attempt,
                 output=from_json(r.output), error=r.error, review=review,
-                updated_at=r.updated_at,
+                subtasks=subtasks.get(name, {}), updated_at=r.updated_at,
             )
         state = item_state(self.pipeline.order,
                            {n: (r.state, r.ready) for n, r in records.items()})

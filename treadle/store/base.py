@@ -19,6 +19,7 @@ import attrs
 
 from ..errors import InvalidTransitionError, ItemNotFoundError
 from ..states import DONE_STATES, FINISHED_ITEM_STATES, StageState
+from .fanout import FanOutOps, FanOutPlan, FanOutStart, SubRecord, SubResult
 from .human import HumanOps
 from .logic import deps_done, item_state
 
@@ -95,6 +96,9 @@ class CommitResult:
     skipped: list[tuple[str, str]]
     finished: list[tuple[str, str]]
     claims: list[Claim]
+    fanouts: list[FanOutPlan] = attrs.field(factory=list)
+    sub_accepted: list[SubResult] = attrs.field(factory=list)
+    sub_refused: list[SubResult] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -136,7 +140,10 @@ class StateStore(Protocol):
     def recover(self, shape: Shape, host: str, alive: Any) -> list[tuple[str, str, int]]: ...
     def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]]) -> None: ...
     def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
-               claim_limit: int, only: Sequence[str] | None = None) -> CommitResult: ...
+               claim_limit: int, only: Sequence[str] | None = None, *,
+               fanouts: Sequence[FanOutStart] = (),
+               subtasks: Sequence[SubResult] = ()) -> CommitResult: ...
+    def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook: ...
     def item_state_counts(self, shape: Shape) -> dict[str, int]: ...
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]: ...
@@ -219,6 +226,31 @@ class Tx(abc.ABC):
         """Items whose ``stage`` has awaited review since before ``before``, oldest first."""
 
     @abc.abstractmethod
+    def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
+        """The owner of a stage row's claim (None when unclaimed)."""
+
+    @abc.abstractmethod
+    def subtask_rows(self, pipeline: str, item_id: str, stage: str) -> dict[str, SubRecord]:
+        """The subtask rows of one (item, stage), by name, in creation order."""
+
+    @abc.abstractmethod
+    def upsert_subtasks(self, pipeline: str, item_id: str, stage: str,
+                        rows: Sequence[tuple[str, str, int, str | None]]) -> None:
+        """Insert or overwrite (name, state, attempt, owner) subtask rows."""
+
+    @abc.abstractmethod
+    def delete_subtasks(self, pipeline: str, item_id: str, stage: str, names: Sequence[str]) -> None:
+        """Remove subtask rows (the history keeps their past)."""
+
+    @abc.abstractmethod
+    def apply_subtasks(self, pipeline: str, owner: str, results: Sequence[SubResult]) -> list[bool]:
+        """Guarded update of running subtask rows; one accepted flag per result."""
+
+    @abc.abstractmethod
+    def reset_subtasks(self, pipeline: str, keys: Sequence[tuple[str, str]]) -> None:
+        """Running subtasks of these (item, stage) back to pending, unowned."""
+
+    @abc.abstractmethod
     def runners(self) -> list[tuple[str, str, int, float]]:
         """(owner, host, pid, expires_at) of registered runners."""
 
@@ -227,7 +259,7 @@ class Tx(abc.ABC):
         """(item_id, stage, attempt, owner) of running rows."""
 
 
-class BaseStore(HumanOps, abc.ABC):
+class BaseStore(HumanOps, FanOutOps, abc.ABC):
     """The transition algorithm, written once over :class:`Tx` primitives."""
 
     url: str = ""
@@ -265,17 +297,22 @@ class BaseStore(HumanOps, abc.ABC):
 
     # -- the hot path -------------------------------------------------------
     def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
-               claim_limit: int, only: Sequence[str] | None = None) -> CommitResult:
+               claim_limit: int, only: Sequence[str] | None = None, *,
+               fanouts: Sequence[FanOutStart] = (),
+               subtasks: Sequence[SubResult] = ()) -> CommitResult:
         """Apply finished stages, mark dependents ready, claim the next work: one transaction.
 
-        ``only`` restricts claims to those item ids.
+        ``only`` restricts claims to those item ids. ``fanouts`` start the
+        subtasks of stages that returned FanOut; ``subtasks`` are subtask results.
         """
         with self.transaction() as tx:
+            plans = self._start_fanouts(tx, shape, owner, fanouts) if fanouts else []
+            sub_ok, sub_refused = self._apply_subtasks(tx, shape, owner, subtasks)
             accepted, refused = self._apply(tx, shape, owner, transitions)
             skipped, check = self._advance(tx, shape, owner, accepted)
             finished = self._finish(tx, shape, check)
             claims = self._claim(tx, shape, owner, claim_limit, only) if claim_limit > 0 else []
-        return CommitResult(accepted, refused, skipped, finished, claims)
+        return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused)
 
     def _apply(self, tx: Tx, shape: Shape, owner: str, transitions: Sequence[Transition]
                ) -> tuple[list[Transition], list[Transition]]:
@@ -403,6 +440,7 @@ class BaseStore(HumanOps, abc.ABC):
                                error="claim recovered: its runner died or its lease lapsed")
                     for i, s, a in stale
                 ])
+                tx.reset_subtasks(shape.name, [(i, s) for i, s, _ in stale])
                 tx.set_item_states(shape.name, [(i, PENDING) for i in {r[0] for r in stale}])
         return stale
 
@@ -411,7 +449,8 @@ class BaseStore(HumanOps, abc.ABC):
         back = [Transition(i, s, a, PENDING, error="released at shutdown before it finished")
                 for i, s, a in keys]
         with self.transaction() as tx:
-            self._apply(tx, shape, owner, back)
+            accepted, _ = self._apply(tx, shape, owner, back)
+            tx.reset_subtasks(shape.name, [(t.item_id, t.stage) for t in accepted])
 
     # -- human operations ----------------------------------------------------
     def retry(self, shape: Shape, item_id: str | None, stage: str | None,

@@ -24,6 +24,7 @@ from ..states import DONE_STATES
 from .base import (
     PENDING, RUNNING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx,
 )
+from .fanout import SubRecord, SubResult
 
 
 @attrs.define
@@ -37,6 +38,17 @@ class _Row:
     output: str | None = None
     error: str | None = None
     review: str | None = None
+    updated_at: float = 0.0
+
+
+@attrs.define
+class _Sub:
+    id: int
+    state: str
+    attempt: int
+    owner: str | None
+    output: str | None = None
+    error: str | None = None
     updated_at: float = 0.0
 
 
@@ -198,6 +210,47 @@ class _MemoryTx(Tx):
         ]
         return [i for _, _, i in sorted(rows)]
 
+    def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
+        row = self.s._stages.get((pipeline, item_id, stage))
+        return row.owner if row is not None else None
+
+    def subtask_rows(self, pipeline: str, item_id: str, stage: str) -> dict[str, SubRecord]:
+        subs = self.s._subtasks.get((pipeline, item_id, stage), {})
+        return {n: SubRecord(stage, n, r.state, r.attempt, r.output, r.error)
+                for n, r in sorted(subs.items(), key=lambda kv: kv[1].id)}
+
+    def upsert_subtasks(self, pipeline: str, item_id: str, stage: str,
+                        rows: Sequence[tuple[str, str, int, str | None]]) -> None:
+        subs = self.s._subtasks.setdefault((pipeline, item_id, stage), {})
+        for name, state, attempt, owner in rows:
+            old = subs.get(name)
+            subs[name] = _Sub(old.id if old else next(self.s._ids), state, attempt, owner,
+                              old.output if old else None, old.error if old else None, self.now)
+
+    def delete_subtasks(self, pipeline: str, item_id: str, stage: str, names: Sequence[str]) -> None:
+        subs = self.s._subtasks.get((pipeline, item_id, stage), {})
+        for name in names:
+            subs.pop(name, None)
+
+    def apply_subtasks(self, pipeline: str, owner: str, results: Sequence[SubResult]) -> list[bool]:
+        flags = []
+        for r in results:
+            sub = self.s._subtasks.get((pipeline, r.item_id, r.stage), {}).get(r.name)
+            ok = (sub is not None and sub.state == RUNNING and sub.owner == owner
+                  and sub.attempt == r.attempt)
+            if ok:
+                assert sub is not None
+                sub.state, sub.owner, sub.output, sub.error = r.state, None, r.output, r.error
+                sub.updated_at = self.now
+            flags.append(ok)
+        return flags
+
+    def reset_subtasks(self, pipeline: str, keys: Sequence[tuple[str, str]]) -> None:
+        for item_id, stage in keys:
+            for sub in self.s._subtasks.get((pipeline, item_id, stage), {}).values():
+                if sub.state == RUNNING:
+                    sub.state, sub.owner = PENDING, None
+
     def runners(self) -> list[tuple[str, str, int, float]]:
         return [(o, h, p, e) for o, (h, p, e) in self.s._runners.items()]
 
@@ -223,6 +276,7 @@ class MemoryStore(BaseStore):
         self._runners: dict[str, tuple[str, int, float]] = {}
         self._shapes: dict[str, tuple[str, ...]] = {}
         self._deps_seen: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._subtasks: dict[tuple[str, str, str], dict[str, _Sub]] = {}
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -370,6 +424,8 @@ class MemoryStore(BaseStore):
                 "items": {p: {i: attrs.asdict(v) for i, v in d.items()} for p, d in self._items.items()},
                 "stages": {"|".join(k): attrs.asdict(v) for k, v in self._stages.items()},
                 "history": [(s, p, a, attrs.asdict(r)) for s, p, a, r in self._history],
+                "subtasks": {"|".join(k): {n: attrs.asdict(v) for n, v in d.items()}
+                             for k, d in self._subtasks.items()},
             }, sort_keys=True)
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import peewee as pw
 
 from ..errors import ItemNotFoundError, StoreError
 from .base import PENDING, RUNNING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx
+from .fanout import SubRecord, SubResult
 from .schema import SCHEMA_VERSION, make_models
 from .urls import mask_text, mask_url
 
@@ -188,6 +189,46 @@ class SqlTx(Tx):
         return [r[0] for r in self._exec(
             "SELECT item_id FROM treadle_stage WHERE pipeline=? AND stage=? AND state='awaiting_review' "
             "AND updated_at<=? ORDER BY updated_at, id", (pipeline, stage, before))]
+
+    def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
+        rows = list(self._exec("SELECT owner FROM treadle_stage WHERE pipeline=? AND item_id=? AND stage=?",
+                               (pipeline, item_id, stage)))
+        return rows[0][0] if rows else None
+
+    def subtask_rows(self, pipeline: str, item_id: str, stage: str) -> dict[str, SubRecord]:
+        return {r[0]: SubRecord(stage, *r) for r in self._exec(
+            "SELECT name, state, attempt, output, error FROM treadle_subtask "
+            "WHERE pipeline=? AND item_id=? AND stage=? ORDER BY id", (pipeline, item_id, stage))}
+
+    def upsert_subtasks(self, pipeline: str, item_id: str, stage: str,
+                        rows: Sequence[tuple[str, str, int, str | None]]) -> None:
+        self._many(
+            "INSERT INTO treadle_subtask (pipeline, item_id, stage, name, state, attempt, owner, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pipeline, item_id, stage, name) DO UPDATE SET "
+            "state=excluded.state, attempt=excluded.attempt, owner=excluded.owner, "
+            "updated_at=excluded.updated_at",
+            [(pipeline, item_id, stage, n, st, a, o, self.now) for n, st, a, o in rows])
+
+    def delete_subtasks(self, pipeline: str, item_id: str, stage: str, names: Sequence[str]) -> None:
+        self._many("DELETE FROM treadle_subtask WHERE pipeline=? AND item_id=? AND stage=? AND name=?",
+                   [(pipeline, item_id, stage, n) for n in names])
+
+    def apply_subtasks(self, pipeline: str, owner: str, results: Sequence[SubResult]) -> list[bool]:
+        sql = self.sql(
+            "UPDATE treadle_subtask SET state=?, output=?, error=?, owner=NULL, updated_at=? "
+            "WHERE pipeline=? AND item_id=? AND stage=? AND name=? AND owner=? AND attempt=? "
+            "AND state='running'")
+        flags = []
+        for r in results:
+            self.cur.execute(sql, (r.state, r.output, r.error, self.now, pipeline, r.item_id,
+                                   r.stage, r.name, owner, r.attempt))
+            flags.append(self.store._changes(self.cur) == 1)
+        return flags
+
+    def reset_subtasks(self, pipeline: str, keys: Sequence[tuple[str, str]]) -> None:
+        self._many("UPDATE treadle_subtask SET state='pending', owner=NULL WHERE pipeline=? "
+                   "AND item_id=? AND stage=? AND state='running'",
+                   [(pipeline, i, s) for i, s in keys])
 
     def runners(self) -> list[tuple[str, str, int, float]]:
         return list(self._exec("SELECT owner, host, pid, expires_at FROM treadle_runner"))

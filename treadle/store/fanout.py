@@ -1,0 +1,126 @@
+"""Fan-out bookkeeping in the store: subtask rows, their claims and results.
+
+A fan-out stage keeps its stage row ``running`` under its runner while its
+subtasks run. Starting a fan-out (in the same group commit as other work)
+claims every subtask that has not completed yet, keeps the stored outputs of
+those that have, and records subtasks that disappeared from the FanOut as
+dropped. Subtask results are guarded on owner and attempt like stage results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ..states import SubtaskState
+
+if TYPE_CHECKING:
+    from .base import Shape, Tx
+
+RUNNING = SubtaskState.RUNNING.value
+COMPLETED = SubtaskState.COMPLETED.value
+
+
+@attrs.frozen
+class FanOutStart:
+    """A stage returned FanOut with these subtask names (in order)."""
+
+    item_id: str
+    stage: str
+    attempt: int
+    names: tuple[str, ...]
+
+
+@attrs.frozen
+class FanOutPlan:
+    """What to run for a started fan-out; ``refused`` if the stage claim was lost."""
+
+    item_id: str
+    stage: str
+    attempt: int
+    run: list[tuple[str, int]]
+    kept: dict[str, str | None]
+    dropped: list[str]
+    refused: bool = False
+
+
+@attrs.frozen
+class SubResult:
+    """The result of one subtask run."""
+
+    item_id: str
+    stage: str
+    name: str
+    attempt: int
+    state: str
+    output: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+
+@attrs.frozen
+class SubRecord:
+    """A stored subtask row."""
+
+    stage: str
+    name: str
+    state: str
+    attempt: int
+    output: str | None
+    error: str | None
+
+
+class FanOutOps:
+    """Mixed into BaseStore: the fan-out steps of a group commit."""
+
+    def _start_fanouts(self, tx: Tx, shape: Shape, owner: str,
+                       starts: Sequence[FanOutStart]) -> list[FanOutPlan]:
+        from .base import HistoryRow
+
+        plans = []
+        for s in starts:
+            row = tx.rows(shape.name, s.item_id).get(s.stage)
+            if row is None or row.state != "running" or row.attempt != s.attempt or \
+                    tx.owner_of(shape.name, s.item_id, s.stage) != owner:
+                plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, [], {}, [], refused=True))
+                continue
+            existing = tx.subtask_rows(shape.name, s.item_id, s.stage)
+            kept = {n: existing[n].output for n in s.names
+                    if n in existing and existing[n].state == COMPLETED}
+            run = [(n, (existing[n].attempt if n in existing else 0) + 1)
+                   for n in s.names if n not in kept]
+            dropped = [n for n in existing if n not in s.names]
+            tx.upsert_subtasks(shape.name, s.item_id, s.stage, [(n, RUNNING, a, owner) for n, a in run])
+            tx.delete_subtasks(shape.name, s.item_id, s.stage, dropped)
+            tx.append_history(shape.name, [
+                *(HistoryRow(s.item_id, s.stage, RUNNING, a, owner, subtask=n) for n, a in run),
+                *(HistoryRow(s.item_id, s.stage, "dropped", existing[n].attempt, owner, subtask=n,
+                             details='{"reason":"no longer in the FanOut"}') for n in dropped),
+            ])
+            plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, run, kept, dropped))
+        return plans
+
+    def _apply_subtasks(self, tx: Tx, shape: Shape, owner: str, results: Sequence[SubResult]
+                        ) -> tuple[list[SubResult], list[SubResult]]:
+        from .base import HistoryRow
+
+        if not results:
+            return [], []
+        flags = tx.apply_subtasks(shape.name, owner, results)
+        accepted = [r for r, ok in zip(results, flags) if ok]
+        tx.append_history(shape.name, [
+            HistoryRow(r.item_id, r.stage, r.state, r.attempt, owner, r.error, r.traceback,
+                       subtask=r.name)
+            for r in accepted
+        ])
+        return accepted, [r for r, ok in zip(results, flags) if not ok]
+
+    def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]:
+        """Every subtask row of one item."""
+        with self.transaction() as tx:  # type: ignore[attr-defined]
+            out: list[SubRecord] = []
+            for stage in shape.order:
+                out.extend(tx.subtask_rows(shape.name, item_id, stage).values())
+            return out
