@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,3 +65,33 @@ def test_moderation_flags_then_publishes_only_what_a_moderator_approved(tmp_path
     assert "p4: published: 'I disagree with your code'" in second.stdout
     assert "p2: rejected" in second.stdout
     assert runner.status("p2").stages["publish"].state == "pending"
+
+
+def test_media_catalog_retries_only_the_flaky_lookup_and_exports(tmp_path, monkeypatch):
+    """media_catalog.py: the flaky source fails once, the rerun repeats only that lookup."""
+    db = f"sqlite:///{tmp_path / 'media.db'}"
+    first = run_example("media_catalog.py", db, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("lyrics=failed") == 3
+    assert "1 of 3 subtasks failed (lyrics: ConnectionError: lyrics service timed out)" in first.stdout
+    second = run_example("media_catalog.py", db, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("lyrics=completed") == 3
+    assert "2 track(s) await review" in second.stdout
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import media_catalog
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    runner = Runner(media_catalog.pipeline, open_store(db))
+    for status in runner.items():
+        subs = status.stages["enrich"].subtasks
+        assert (subs["genre"].attempts, subs["year"].attempts, subs["lyrics"].attempts) == (1, 1, 2)
+    approved = runner.approve_all("review", reviewer="test")
+    assert len(approved) == 2
+    monkeypatch.chdir(tmp_path)  # the example works in ./media_demo
+    runner.run()
+    catalogue = json.loads((tmp_path / "media_demo" / "catalogue.json").read_text())
+    assert len(catalogue) == 3
+    assert all(entry["lyrics"].startswith("la la la") for entry in catalogue.values())
