@@ -27,14 +27,36 @@ def _error_text(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def failure(item_id: str, stage: str, attempt: int, exc: BaseException) -> Transition:
-    """A failed Transition carrying the error and its traceback."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def _tb(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def retry_in(policy: Any, attempt: int, exc: BaseException) -> float | None:
+    """Seconds until the next attempt, or None when the policy gives up (or raises)."""
+    if policy is None:
+        return None
+    try:
+        delay = policy(attempt, exc)
+    except Exception:  # noqa: BLE001 - a broken policy must not crash the run
+        return None
+    return None if delay is None else max(0.0, float(delay))
+
+
+def failure(item_id: str, stage: str, attempt: int, exc: BaseException,
+            policy: Any = None) -> Transition:
+    """A failed Transition carrying the error and its traceback; when ``policy``
+    grants another attempt, a pending one with the wait as its delay."""
+    delay = retry_in(policy, attempt, exc)
+    if delay is not None:
+        return Transition(item_id, stage, attempt, StageState.PENDING.value,
+                          error=_error_text(exc), traceback=_tb(exc), delay=delay,
+                          logged_as=StageState.FAILED.value,
+                          details=json.dumps({"final": False, "retry_in": round(delay, 3)}))
     return Transition(item_id, stage, attempt, StageState.FAILED.value,
-                      error=_error_text(exc), traceback=tb)
+                      error=_error_text(exc), traceback=_tb(exc))
 
 
-def execute(spec: StageSpec, item: Any, ctx: Any) -> tuple[Transition, Any]:
+def execute(spec: StageSpec, item: Any, ctx: Any, policy: Any = None) -> tuple[Transition, Any]:
     """Run one stage for one item; never raises. Returns the transition and the
     Python value (output, review data or skip reason) for the signals."""
     item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
@@ -62,10 +84,10 @@ def execute(spec: StageSpec, item: Any, ctx: Any) -> tuple[Transition, Any]:
                     outcome.reason)
         assert isinstance(outcome, FanOut)
         return Transition(item_id, stage, attempt, FANOUT), subtasks_of(outcome, stage)
-    except SerializationError as exc:
+    except SerializationError as exc:  # retrying cannot make it serialisable
         return failure(item_id, stage, attempt, exc), None
     except BaseException as exc:  # noqa: BLE001 - a stage's error (even SystemExit) is its failure
-        return failure(item_id, stage, attempt, exc), None
+        return failure(item_id, stage, attempt, exc, policy), None
 
 
 def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
@@ -95,13 +117,26 @@ def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
     return subs
 
 
-def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int) -> tuple[SubResult, Any]:
+def sub_failure(item_id: str, stage: str, name: str, attempt: int, exc: BaseException,
+                policy: Any = None) -> SubResult:
+    """A failed SubResult; pending (with ``details.retry_in``) when the policy retries."""
+    delay = retry_in(policy, attempt, exc)
+    if delay is not None:
+        return SubResult(item_id, stage, name, attempt, "pending", error=_error_text(exc),
+                         traceback=_tb(exc), logged_as="failed",
+                         details=json.dumps({"final": False, "retry_in": round(delay, 3)}))
+    return SubResult(item_id, stage, name, attempt, "failed", error=_error_text(exc),
+                     traceback=_tb(exc))
+
+
+def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
+                    policy: Any = None) -> tuple[SubResult, Any]:
     """Run one subtask; never raises."""
     try:
         value = sub.fn(*sub.args, **sub.kwargs)
         output = to_json(value, what=f"output of subtask {sub.name!r}", item_id=item_id, stage=stage)
         return SubResult(item_id, stage, sub.name, attempt, "completed", output=output), value
+    except SerializationError as exc:
+        return sub_failure(item_id, stage, sub.name, attempt, exc), None
     except BaseException as exc:  # noqa: BLE001 - a subtask's error is its failure
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return SubResult(item_id, stage, sub.name, attempt, "failed", error=_error_text(exc),
-                         traceback=tb), None
+        return sub_failure(item_id, stage, sub.name, attempt, exc, policy), None

@@ -10,6 +10,8 @@ dependent starts, and signals report only committed transitions.
 
 from __future__ import annotations
 
+import collections
+import heapq
 import json
 import logging
 import os
@@ -27,8 +29,10 @@ import attrs
 import structlog
 
 from . import signals
-from ._execute import FANOUT, execute, execute_subtask, failure
+from ._execute import FANOUT, execute, execute_subtask, failure, sub_failure
 from .context import StageContext
+from .contrib.retry import resolve as resolve_retry
+from .errors import StageTimeout
 from .outcomes import SubTask
 from .pipeline import Pipeline
 from .serialization import from_json
@@ -108,6 +112,15 @@ class Scheduler:
         self._logger = structlog.get_logger("treadle")
         self._pool: Executor | None = None
         self._abandoned = False
+        self.policies = {n: resolve_retry(s.retry) for n, s in pipeline.stages.items()}
+        self.limits = {n: s.concurrency for n, s in pipeline.stages.items() if s.concurrency}
+        self.active: collections.Counter[str] = collections.Counter()  # running per limited stage
+        self.parked: dict[str, collections.deque[tuple[Any, ...]]] = {n: collections.deque() for n in self.limits}
+        self.deadlines: list[tuple[float, Any]] = []   # (monotonic deadline, key)
+        self.timers: list[tuple[float, tuple[str, str, str]]] = []  # subtask retries due
+        self.restarts: list[tuple[str, str, str]] = []
+        self._sub_attempts: dict[Any, int] = {}
+        self.zombies: set[Any] = set()  # timed out but still running: hold their slot
 
     # -- the loop ------------------------------------------------------------
     def run(self) -> Counters:
@@ -131,13 +144,14 @@ class Scheduler:
         return self.counters
 
     def _pending_writes(self) -> bool:
-        return bool(self.done or self.sub_done or self.fan_starts)
+        return bool(self.done or self.sub_done or self.fan_starts or self.restarts)
 
     def _loop(self) -> None:
         next_beat = time.monotonic() + self.lease / 3
         next_recover = time.monotonic() + 1.0
         while True:
             self._drain(block=False)
+            self._tick()
             stopping = self.stop.is_set()
             limit = 0 if stopping else self.capacity - len(self.inflight)
             claims: list[Claim] = []
@@ -153,7 +167,8 @@ class Scheduler:
                 continue  # e.g. a fan-out just finished: commit its stage now
             if self.inflight or self.fanouts:
                 if not claims or len(self.inflight) >= self.capacity:
-                    self._drain(block=True, timeout=min(self.POLL, max(0.0, next_beat - now)))
+                    wait = min(self.POLL, max(0.0, next_beat - now), self._next_event(now))
+                    self._drain(block=True, timeout=wait)
                 continue
             if claims:
                 continue
@@ -164,6 +179,36 @@ class Scheduler:
                 self._recover()
                 next_recover = now + 1.0
             self._drain(block=True, timeout=self.POLL)
+
+    def _next_event(self, now: float) -> float:
+        """Seconds until the next stage deadline or subtask retry."""
+        nxt = min([d for d, _ in self.deadlines[:1]] + [t for t, _ in self.timers[:1]], default=None)
+        return self.POLL if nxt is None else max(0.0, nxt - now)
+
+    def _tick(self) -> None:
+        """Fail stages and subtasks past their timeout; queue subtask retries that are due."""
+        now = time.monotonic()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, key = heapq.heappop(self.deadlines)
+            if key in self.inflight:
+                self._expire(key)
+        while self.timers and self.timers[0][0] <= now:
+            self.restarts.append(heapq.heappop(self.timers)[1])
+
+    def _expire(self, key: Union[StageKey, SubKey]) -> None:
+        ctx = self.inflight.pop(key)
+        self.futures.pop(key, None)
+        self.zombies.add(key)
+        if ctx is not None:
+            ctx.cancelled.set()
+        timeout = self.pipeline.stages[key[1]].timeout
+        exc = StageTimeout(f"timed out after {timeout:g} s")
+        policy = self.policies[key[1]]
+        if len(key) == 4:
+            attempt = self._sub_attempts.pop(key, 1)
+            self.sub_done.append((sub_failure(key[0], key[1], key[3], attempt, exc, policy), None))
+        else:
+            self.done.append((failure(key[0], key[1], key[2], exc, policy), None))
 
     def _drain(self, *, block: bool, timeout: float | None = None) -> None:
         try:
@@ -176,9 +221,14 @@ class Scheduler:
 
     def _take(self, key: Union[StageKey, SubKey], fut: Future[Any]) -> None:
         if key not in self.inflight:
-            return  # released at shutdown: its late result is not ours to record
+            if key in self.zombies:  # a timed-out run finally returned: free its slot
+                self.zombies.discard(key)
+                self._release_slot(key[1])
+            return  # timed out or released: its late result is not ours to record
         del self.inflight[key]
         self.futures.pop(key, None)
+        self._sub_attempts.pop(key, None)
+        self._release_slot(key[1])
         try:
             result, value = fut.result()
         except BaseException as exc:  # noqa: BLE001 - e.g. a process pool that broke
@@ -196,15 +246,19 @@ class Scheduler:
             self.done.append((result, value))
 
     def _commit(self, limit: int) -> list[Claim]:
-        batch, subs, starts = self.done, self.sub_done, self.fan_starts
+        batch, subs, starts, restarts = self.done, self.sub_done, self.fan_starts, self.restarts
         result = self.store.commit(
             self.pipeline, self.owner, [t for t, _ in batch], limit, self.only,
-            fanouts=[s for s, _ in starts], subtasks=[r for r, _ in subs],
+            fanouts=[s for s, _ in starts], subtasks=[r for r, _ in subs], restarts=restarts,
         )
-        self.done, self.sub_done, self.fan_starts = [], [], []
+        self.done, self.sub_done, self.fan_starts, self.restarts = [], [], [], []
         self._report(batch, subs, result)
         self._fan_out(starts, result.fanouts)
         self._collect_subtasks(subs, result)
+        for item_id, stage, name, attempt in result.restarted:
+            run = self.fanouts.get((item_id, stage))
+            if run is not None and not run.cancelled:
+                self._start_subtask(item_id, stage, run, name, attempt)
         self._dispatch(result.claims)
         return result.claims
 
@@ -220,12 +274,17 @@ class Scheduler:
                           remaining={n for n, _ in plan.run})
             self.fanouts[key] = run
             for name, sub_attempt in plan.run:
-                signals.send(signals.subtask_started, self.pipeline, item_id=start.item_id,
-                             stage=start.stage, subtask=name, attempt=sub_attempt)
-                self._submit((*key, start.attempt, name), execute_subtask, by_name[name],
-                             start.item_id, start.stage, sub_attempt)
+                self._start_subtask(start.item_id, start.stage, run, name, sub_attempt)
             if not run.remaining:
                 self._finish_fanout(key, run)
+
+    def _start_subtask(self, item_id: str, stage: str, run: _FanRun, name: str, attempt: int) -> None:
+        signals.send(signals.subtask_started, self.pipeline, item_id=item_id, stage=stage,
+                     subtask=name, attempt=attempt)
+        key = (item_id, stage, run.attempt, name)
+        self._sub_attempts[key] = attempt
+        self._submit(key, execute_subtask, run.subtasks[name], item_id, stage, attempt,
+                     self.policies[stage])
 
     def _collect_subtasks(self, subs: list[tuple[SubResult, Any]], result: CommitResult) -> None:
         values = {(r.item_id, r.stage, r.name, r.attempt): v for r, v in subs}
@@ -236,9 +295,14 @@ class Scheduler:
                 signals.send(signals.subtask_completed, self.pipeline,
                              data=values.get((r.item_id, r.stage, r.name, r.attempt)), **kw)
             else:
-                signals.send(signals.subtask_failed, self.pipeline, error=r.error, **kw)
+                signals.send(signals.subtask_failed, self.pipeline, error=r.error,
+                             final=r.state == "failed", **kw)
             run = self.fanouts.get(key)
             if run is None:
+                continue
+            if r.state == "pending":  # a retry: run it again once its wait is over
+                delay = json.loads(r.details or "{}").get("retry_in", 0.0)
+                heapq.heappush(self.timers, (time.monotonic() + delay, (r.item_id, r.stage, r.name)))
                 continue
             run.remaining.discard(r.name)
             if r.state == "completed":
@@ -291,6 +355,8 @@ class Scheduler:
             elif t.state == StageState.SKIPPED:
                 c.skipped += 1
                 signals.send(signals.stage_skipped, p, data=value, **kw)
+            elif t.state == StageState.PENDING:  # failed, with another attempt scheduled
+                signals.send(signals.stage_failed, p, error=t.error, final=False, **kw)
             elif t.state == StageState.AWAITING_REVIEW:
                 c.awaiting_review += 1
                 review = from_json(t.review) or {}
@@ -305,8 +371,31 @@ class Scheduler:
 
     def _submit(self, key: Union[StageKey, SubKey], fn: Callable[..., Any], *args: Any,
                 ctx: StageContext | None = None) -> None:
-        assert self._pool is not None
+        """Hand work to the pool, or park it while its stage is at its concurrency limit."""
         self.inflight[key] = ctx
+        stage = key[1]
+        if stage in self.limits:
+            if self.active[stage] >= self.limits[stage]:
+                self.parked[stage].append((key, fn, args))
+                return
+            self.active[stage] += 1
+        self._start(key, fn, args)
+
+    def _release_slot(self, stage: str) -> None:
+        if stage not in self.limits:
+            return
+        self.active[stage] -= 1
+        while self.parked[stage] and self.active[stage] < self.limits[stage]:
+            key, fn, args = self.parked[stage].popleft()
+            if key in self.inflight:
+                self.active[stage] += 1
+                self._start(key, fn, args)
+
+    def _start(self, key: Union[StageKey, SubKey], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        assert self._pool is not None
+        timeout = self.pipeline.stages[key[1]].timeout
+        if timeout is not None:
+            heapq.heappush(self.deadlines, (time.monotonic() + timeout, key))
         try:
             fut = self._pool.submit(fn, *args)
         except BaseException as exc:  # noqa: BLE001 - a pool that is shutting down
@@ -338,7 +427,7 @@ class Scheduler:
                 fut.set_result((failure(claim.item_id, claim.stage, claim.attempt, exc), None))
                 fut.add_done_callback(lambda f, key=key: self.results.put((key, f)))
                 continue
-            self._submit(key, execute, spec, item, ctx, ctx=ctx)
+            self._submit(key, execute, spec, item, ctx, self.policies[claim.stage], ctx=ctx)
 
     # -- leases, shutdown ------------------------------------------------------
     def _recover(self) -> None:
@@ -353,6 +442,9 @@ class Scheduler:
         Work claimed but not started yet (queued in the pool) is cancelled at
         once and given back, so no new stage starts after a stop."""
         queued = [k for k, f in list(self.futures.items()) if f.cancel()]
+        for parked in self.parked.values():
+            queued += [entry[0] for entry in parked]
+            parked.clear()
         for key in queued:
             self.inflight.pop(key, None)
             self.futures.pop(key, None)
@@ -371,7 +463,7 @@ class Scheduler:
                 self._commit(0)
         if self._pending_writes():
             self._commit(0)
-        self._abandoned = bool(self.inflight)
+        self._abandoned = bool(self.inflight or self.zombies)
         keys: set[StageKey] = {k for k in self.inflight if len(k) == 3}  # type: ignore[misc]
         keys |= {k for k in queued if len(k) == 3}  # type: ignore[misc]
         keys |= {(i, s, run.attempt) for (i, s), run in self.fanouts.items()}

@@ -59,6 +59,7 @@ class Transition:
     propagate: bool = False
     details: str | None = None
     delay: float = 0.0
+    logged_as: str | None = None  # history state when it differs (a retry: "failed")
 
 
 @attrs.frozen
@@ -99,6 +100,7 @@ class CommitResult:
     fanouts: list[FanOutPlan] = attrs.field(factory=list)
     sub_accepted: list[SubResult] = attrs.field(factory=list)
     sub_refused: list[SubResult] = attrs.field(factory=list)
+    restarted: list[tuple[str, str, str, int]] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -142,7 +144,8 @@ class StateStore(Protocol):
     def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
                claim_limit: int, only: Sequence[str] | None = None, *,
                fanouts: Sequence[FanOutStart] = (),
-               subtasks: Sequence[SubResult] = ()) -> CommitResult: ...
+               subtasks: Sequence[SubResult] = (),
+               restarts: Sequence[tuple[str, str, str]] = ()) -> CommitResult: ...
     def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook: ...
     def item_state_counts(self, shape: Shape) -> dict[str, int]: ...
@@ -299,20 +302,24 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
     def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
                claim_limit: int, only: Sequence[str] | None = None, *,
                fanouts: Sequence[FanOutStart] = (),
-               subtasks: Sequence[SubResult] = ()) -> CommitResult:
+               subtasks: Sequence[SubResult] = (),
+               restarts: Sequence[tuple[str, str, str]] = ()) -> CommitResult:
         """Apply finished stages, mark dependents ready, claim the next work: one transaction.
 
         ``only`` restricts claims to those item ids. ``fanouts`` start the
-        subtasks of stages that returned FanOut; ``subtasks`` are subtask results.
+        subtasks of stages that returned FanOut; ``subtasks`` are subtask
+        results; ``restarts`` (item, stage, subtask) claim retried subtasks again.
         """
         with self.transaction() as tx:
             plans = self._start_fanouts(tx, shape, owner, fanouts) if fanouts else []
             sub_ok, sub_refused = self._apply_subtasks(tx, shape, owner, subtasks)
+            restarted = self._restart_subtasks(tx, shape, owner, restarts) if restarts else []
             accepted, refused = self._apply(tx, shape, owner, transitions)
             skipped, check = self._advance(tx, shape, owner, accepted)
             finished = self._finish(tx, shape, check)
             claims = self._claim(tx, shape, owner, claim_limit, only) if claim_limit > 0 else []
-        return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused)
+        return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused,
+                            restarted)
 
     def _apply(self, tx: Tx, shape: Shape, owner: str, transitions: Sequence[Transition]
                ) -> tuple[list[Transition], list[Transition]]:
@@ -322,8 +329,8 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
         accepted = [t for t, ok in zip(transitions, flags) if ok]
         refused = [t for t, ok in zip(transitions, flags) if not ok]
         tx.append_history(shape.name, [
-            HistoryRow(t.item_id, t.stage, t.state, t.attempt, owner, t.error, t.traceback,
-                       t.details)
+            HistoryRow(t.item_id, t.stage, t.logged_as or t.state, t.attempt, owner, t.error,
+                       t.traceback, t.details)
             for t in accepted
         ])
         return accepted, refused

@@ -58,6 +58,8 @@ class SubResult:
     output: str | None = None
     error: str | None = None
     traceback: str | None = None
+    logged_as: str | None = None  # history state when it differs (a retry: "failed")
+    details: str | None = None
 
 
 @attrs.frozen
@@ -111,11 +113,29 @@ class FanOutOps:
         flags = tx.apply_subtasks(shape.name, owner, results)
         accepted = [r for r, ok in zip(results, flags) if ok]
         tx.append_history(shape.name, [
-            HistoryRow(r.item_id, r.stage, r.state, r.attempt, owner, r.error, r.traceback,
-                       subtask=r.name)
+            HistoryRow(r.item_id, r.stage, r.logged_as or r.state, r.attempt, owner, r.error,
+                       r.traceback, r.details, subtask=r.name)
             for r in accepted
         ])
         return accepted, [r for r, ok in zip(results, flags) if not ok]
+
+    def _restart_subtasks(self, tx: Tx, shape: Shape, owner: str,
+                          restarts: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, int]]:
+        """Claim pending subtasks again (a retry after its wait): (item, stage, name, attempt)."""
+        from .base import HistoryRow
+
+        out = []
+        for item_id, stage, name in restarts:
+            if tx.owner_of(shape.name, item_id, stage) != owner:
+                continue  # the stage's claim was lost meanwhile
+            row = tx.subtask_rows(shape.name, item_id, stage).get(name)
+            if row is None or row.state != SubtaskState.PENDING.value:
+                continue
+            tx.upsert_subtasks(shape.name, item_id, stage, [(name, RUNNING, row.attempt + 1, owner)])
+            out.append((item_id, stage, name, row.attempt + 1))
+        tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner, subtask=n)
+                                       for i, s, n, a in out])
+        return out
 
     def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]:
         """Every subtask row of one item."""
