@@ -360,3 +360,24 @@ def test_workers_must_be_positive(store):
     """Runner validates workers."""
     with pytest.raises(ValueError, match="workers"):
         Runner(pipelines_diamond.pipeline, store, workers=0)
+
+
+def test_any_executor_can_run_the_stages(store):
+    """executor= accepts any concurrent.futures.Executor; the runner does not shut it down."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        runner = Runner(pipelines_diamond.pipeline, store, executor=pool)
+        runner.submit({"id": "a", "n": 2}, {"id": "b", "n": 3})
+        report = runner.run()
+        assert report.completed == 10
+        assert pool.submit(lambda: 42).result() == 42  # still usable
+    assert runner.status("b").stages["join"].output == {"left": 4, "right": 6}
+
+
+def test_item_counts_settled_and_exact_agree_after_a_run(store):
+    """After a run, the fast settled item counts equal the exact ones."""
+    runner = Runner(pipelines_diamond.pipeline, store)
+    runner.submit(*({"id": i, "n": i} for i in range(5)))
+    runner.run()
+    assert runner.item_counts() == runner.item_counts(exact=True) == {"completed": 5}

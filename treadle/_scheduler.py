@@ -21,8 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from types import MappingProxyType
+from concurrent.futures import Executor, Future
 from typing import Any, Union
 
 import attrs
@@ -30,7 +29,8 @@ import structlog
 
 from . import signals
 from ._execute import FANOUT, execute, execute_subtask, failure, sub_failure
-from .context import StageContext
+from ._pool import WorkerPool
+from .context import Outputs, StageContext
 from .contrib.retry import resolve as resolve_retry
 from .errors import StageTimeout
 from .outcomes import SubTask
@@ -44,6 +44,14 @@ _log = logging.getLogger("treadle.runner")
 
 StageKey = tuple[str, str, int]            # item_id, stage, attempt
 SubKey = tuple[str, str, int, str]         # ... and subtask name
+
+
+def _outcome(fut: Future[Any]) -> Any:
+    """A finished future's result, or the exception it raised."""
+    try:
+        return fut.result()
+    except BaseException as exc:  # noqa: BLE001 - handed to the scheduler
+        return exc
 
 
 def pid_alive(pid: int) -> bool:
@@ -99,8 +107,8 @@ class Scheduler:
         self.grace = grace
         self.only = only
         self.host = socket.gethostname()
-        self.capacity = max(64, 8 * workers)
-        self.results: queue.SimpleQueue[tuple[Union[StageKey, SubKey], Future[Any]]] = queue.SimpleQueue()
+        self.capacity = max(128, 8 * workers)
+        self.results: queue.SimpleQueue[tuple[Union[StageKey, SubKey], Any]] = queue.SimpleQueue()
         self.inflight: dict[Union[StageKey, SubKey], StageContext | None] = {}
         self.futures: dict[Union[StageKey, SubKey], Future[Any]] = {}
         self.done: list[tuple[Transition, Any]] = []
@@ -110,7 +118,7 @@ class Scheduler:
         self.counters = Counters()
         self.stop = threading.Event()
         self._logger = structlog.get_logger("treadle")
-        self._pool: Executor | None = None
+        self._pool: WorkerPool | None = None
         self._abandoned = False
         self.policies = {n: resolve_retry(s.retry) for n, s in pipeline.stages.items()}
         self.limits = {n: s.concurrency for n, s in pipeline.stages.items() if s.concurrency}
@@ -124,8 +132,8 @@ class Scheduler:
 
     # -- the loop ------------------------------------------------------------
     def run(self) -> Counters:
-        own_pool = self.executor is None
-        self._pool = self.executor or ThreadPoolExecutor(self.workers, thread_name_prefix="treadle")
+        if self.executor is None:
+            self._pool = WorkerPool(self.workers, self.results)
         restore = self._install_signal_handlers()
         self.store.register_runner(self.owner, self.host, os.getpid(), self.lease)
         try:
@@ -137,10 +145,10 @@ class Scheduler:
             finally:
                 self.store.unregister_runner(self.owner)
                 restore()
-                if own_pool:
+                if self._pool is not None:
                     # Stages still running past the grace period were released; do not
                     # wait for them here (a thread cannot be stopped, only asked to).
-                    self._pool.shutdown(wait=not self._abandoned, cancel_futures=True)
+                    self._pool.shutdown(wait=not self._abandoned)
         return self.counters
 
     def _pending_writes(self) -> bool:
@@ -219,7 +227,7 @@ class Scheduler:
         except queue.Empty:
             pass
 
-    def _take(self, key: Union[StageKey, SubKey], fut: Future[Any]) -> None:
+    def _take(self, key: Union[StageKey, SubKey], outcome: Any) -> None:
         if key not in self.inflight:
             if key in self.zombies:  # a timed-out run finally returned: free its slot
                 self.zombies.discard(key)
@@ -229,14 +237,15 @@ class Scheduler:
         self.futures.pop(key, None)
         self._sub_attempts.pop(key, None)
         self._release_slot(key[1])
-        try:
-            result, value = fut.result()
-        except BaseException as exc:  # noqa: BLE001 - e.g. a process pool that broke
+        if isinstance(outcome, BaseException):  # e.g. a process pool that broke
+            exc = outcome
             if len(key) == 4:
                 result, value = SubResult(key[0], key[1], key[3], -1, "failed",
                                           error=f"{type(exc).__name__}: {exc}"), None
             else:
                 result, value = failure(key[0], key[1], key[2], exc), None
+        else:
+            result, value = outcome
         if isinstance(result, SubResult):
             self.sub_done.append((result, value))
         elif result.state == FANOUT:
@@ -392,30 +401,29 @@ class Scheduler:
                 self._start(key, fn, args)
 
     def _start(self, key: Union[StageKey, SubKey], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        assert self._pool is not None
         timeout = self.pipeline.stages[key[1]].timeout
         if timeout is not None:
             heapq.heappush(self.deadlines, (time.monotonic() + timeout, key))
+        if self._pool is not None:
+            self._pool.submit(key, fn, args)
+            return
+        assert self.executor is not None
         try:
-            fut = self._pool.submit(fn, *args)
-        except BaseException as exc:  # noqa: BLE001 - a pool that is shutting down
+            fut = self.executor.submit(fn, *args)
+        except BaseException as exc:  # noqa: BLE001 - an executor that is shutting down
             fut = Future()
             fut.set_exception(exc)
         self.futures[key] = fut
-        fut.add_done_callback(lambda f, key=key: self.results.put((key, f)))
+        fut.add_done_callback(lambda f, key=key: self.results.put((key, _outcome(f))))
 
     def _dispatch(self, claims: list[Claim]) -> None:
         p = self.pipeline
         for claim in claims:
             spec = p.stages[claim.stage]
             ancestors = p.ancestors[claim.stage]
-            outputs = {s: from_json(o) for s, o in claim.outputs.items() if s in ancestors}
-            ctx = StageContext(
-                item_id=claim.item_id, stage=claim.stage, attempt=claim.attempt,
-                outputs=MappingProxyType(outputs), pipeline=p.name,
-                log=self._logger.bind(pipeline=p.name, item_id=claim.item_id, stage=claim.stage,
-                                      attempt=claim.attempt),
-            )
+            raw = {s: o for s, o in claim.outputs.items() if s in ancestors}
+            ctx = StageContext(claim.item_id, claim.stage, claim.attempt, Outputs(raw),
+                               pipeline=p.name, logger=self._logger)
             key = (claim.item_id, claim.stage, claim.attempt)
             signals.send(signals.stage_started, p, item_id=claim.item_id, stage=claim.stage,
                          attempt=claim.attempt)
@@ -423,9 +431,7 @@ class Scheduler:
                 item = p.codec.load(claim.item)
             except BaseException as exc:  # noqa: BLE001 - a stored item that no longer loads
                 self.inflight[key] = ctx
-                fut: Future[Any] = Future()
-                fut.set_result((failure(claim.item_id, claim.stage, claim.attempt, exc), None))
-                fut.add_done_callback(lambda f, key=key: self.results.put((key, f)))
+                self.results.put((key, (failure(claim.item_id, claim.stage, claim.attempt, exc), None)))
                 continue
             self._submit(key, execute, spec, item, ctx, self.policies[claim.stage], ctx=ctx)
 
@@ -442,6 +448,8 @@ class Scheduler:
         Work claimed but not started yet (queued in the pool) is cancelled at
         once and given back, so no new stage starts after a stop."""
         queued = [k for k, f in list(self.futures.items()) if f.cancel()]
+        if self._pool is not None:
+            queued += self._pool.cancel_queued()
         for parked in self.parked.values():
             queued += [entry[0] for entry in parked]
             parked.clear()

@@ -3,28 +3,87 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import attrs
+from .serialization import from_json
+
+_lazy_lock = threading.Lock()
 
 
-@attrs.frozen
+class Outputs(Mapping[str, Any]):
+    """Read-only mapping of upstream stage name -> output, decoded on first access."""
+
+    __slots__ = ("_raw", "_decoded")
+
+    def __init__(self, raw: Mapping[str, str | None]) -> None:
+        self._raw = raw
+        self._decoded: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._decoded[name]
+        except KeyError:
+            value = self._decoded[name] = from_json(self._raw[name])
+            return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"Outputs({dict(self)!r})"
+
+
 class StageContext:
     """Facts about the running (item, stage).
 
-    ``outputs`` maps each upstream stage's name to its output (read-only);
-    ``attempt`` counts from 1; ``feedback`` lists earlier attempts' gate or
-    reviewer feedback, oldest first; ``log`` is a structlog bound logger with
-    ``item_id``, ``stage`` and ``attempt`` bound; ``cancelled`` is set when
-    the stage timed out or the runner is shutting down.
+    - ``item_id``, ``stage``, ``pipeline``: what is running;
+    - ``attempt``: from 1;
+    - ``outputs``: each upstream stage's output (read-only mapping);
+    - ``feedback``: earlier attempts' gate or reviewer feedback, oldest first;
+    - ``log``: a structlog logger bound with pipeline, item_id, stage, attempt;
+    - ``cancelled``: a ``threading.Event`` set when the stage timed out or the
+      runner gave it up at shutdown; long stages should check it.
     """
 
-    item_id: str
-    stage: str
-    attempt: int
-    outputs: Mapping[str, Any]
-    log: Any
-    cancelled: threading.Event = attrs.field(factory=threading.Event)
-    feedback: tuple[Any, ...] = ()
-    pipeline: str = ""
+    __slots__ = ("item_id", "stage", "attempt", "outputs", "feedback", "pipeline", "_log",
+                 "_cancelled", "_logger")
+
+    def __init__(self, item_id: str, stage: str, attempt: int, outputs: Mapping[str, Any], *,
+                 pipeline: str = "", feedback: tuple[Any, ...] = (), logger: Any = None) -> None:
+        self.item_id = item_id
+        self.stage = stage
+        self.attempt = attempt
+        self.outputs = outputs
+        self.feedback = feedback
+        self.pipeline = pipeline
+        self._logger = logger
+        self._log: Any = None
+        self._cancelled: threading.Event | None = None
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound with this stage's keys (created on first use)."""
+        if self._log is None:
+            import structlog
+
+            base = self._logger or structlog.get_logger("treadle")
+            self._log = base.bind(pipeline=self.pipeline, item_id=self.item_id, stage=self.stage,
+                                  attempt=self.attempt)
+        return self._log
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the stage should stop: timed out, or the runner is shutting down."""
+        if self._cancelled is None:
+            with _lazy_lock:
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+        return self._cancelled
+
+    def __repr__(self) -> str:
+        return (f"StageContext(item_id={self.item_id!r}, stage={self.stage!r}, "
+                f"attempt={self.attempt})")

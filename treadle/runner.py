@@ -196,7 +196,17 @@ class Runner(ReviewMixin):
 
     # -- summaries -------------------------------------------------------------
     def _item_counts(self) -> dict[str, int]:
-        return self.store.item_state_counts(self.pipeline)
+        # Every item this run touched has settled, so the stored item states
+        # are exact here, and counting them does not read every stage row.
+        return {k: v for k, v in self.store.settled_item_counts(self.pipeline).items() if v}
+
+    def item_counts(self, *, exact: bool = False) -> dict[str, int]:
+        """Items per item state. By default from each item's last settled state
+        (fast; items a runner is working on show their previous state);
+        ``exact=True`` derives every item's state from its stages (reads every row)."""
+        if exact:
+            return self.store.item_state_counts(self.pipeline)
+        return self._item_counts()
 
     def _failures(self) -> list[tuple[str, str, str | None]]:
         out = []

@@ -275,12 +275,12 @@ def _status(args, runner: Runner, url, stdin, stdout, stderr) -> int:
     if args.json:
         stdout.write(json.dumps({"pipeline": runner.pipeline.name, "store": mask_url(url),
                                  "stages": counts,
-                                 "items": runner.store.item_state_counts(runner.pipeline)},
+                                 "items": runner.item_counts()},
                                 indent=2) + "\n")
         return 0
     stdout.write(f"pipeline {runner.pipeline.name} in {mask_url(url)}\n")
     stdout.write(render.counts_table(counts) + "\n")
-    items = runner.store.item_state_counts(runner.pipeline)
+    items = runner.item_counts()
     stdout.write("items: " + (", ".join(f"{n} {s}" for s, n in sorted(items.items())) or "none") + "\n")
     return 0
 

@@ -149,6 +149,7 @@ class StateStore(Protocol):
     def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook: ...
     def item_state_counts(self, shape: Shape) -> dict[str, int]: ...
+    def settled_item_counts(self, shape: Shape) -> dict[str, int]: ...
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]: ...
     def item_ids(self, shape: Shape, stage: str | None, state: str | None,
                  limit: int | None) -> list[str]: ...
@@ -211,8 +212,12 @@ class Tx(abc.ABC):
         only of the items in ``only``: returns (item_id, stage, attempt)."""
 
     @abc.abstractmethod
-    def contexts(self, pipeline: str, item_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
-        """Item JSON by id, and completed stage outputs by item and stage."""
+    def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
+        """Item JSON by id."""
+
+    @abc.abstractmethod
+    def completed_outputs(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
+        """Completed stage outputs (JSON) by item and stage."""
 
     @abc.abstractmethod
     def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
@@ -266,6 +271,14 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
     """The transition algorithm, written once over :class:`Tx` primitives."""
 
     url: str = ""
+    ITEM_CACHE = 50_000  # item JSON kept for the claims to come (items are immutable)
+
+    @property
+    def _item_cache(self) -> dict[str, dict[str, str]]:
+        cache = self.__dict__.get("_items_json_cache")
+        if cache is None:
+            cache = self.__dict__["_items_json_cache"] = {}
+        return cache
 
     @abc.abstractmethod
     def transaction(self) -> Any:
@@ -292,10 +305,9 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
         with self.transaction() as tx:
             new = tx.insert_items(shape.name, items)
             roots = {s for s in shape.order if not shape.deps[s]}
-            tx.insert_stage_rows(
-                shape.name, [(i, s, s in roots) for i in new for s in shape.order]
-            )
-            tx.append_history(shape.name, [HistoryRow(i, None, "submitted", 0, actor) for i in new])
+            # generators: a large submission is streamed into the statements
+            tx.insert_stage_rows(shape.name, ((i, s, s in roots) for i in new for s in shape.order))
+            tx.append_history(shape.name, (HistoryRow(i, None, "submitted", 0, actor) for i in new))
         return new
 
     # -- the hot path -------------------------------------------------------
@@ -420,8 +432,16 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
         if not rows:
             return []
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])
-        items, outputs = tx.contexts(shape.name, {i for i, _, _ in rows})
-        return [Claim(i, s, a, items[i], outputs.get(i, {})) for i, s, a in rows]
+        # Items never change once stored: keep their JSON for the next stages.
+        cache = self._item_cache.setdefault(shape.name, {})
+        missing = {i for i, _, _ in rows if i not in cache}
+        if missing:
+            if len(cache) > self.ITEM_CACHE:
+                cache.clear()
+            cache.update(tx.items_json(shape.name, missing))
+        need = {i for i, s, _ in rows if shape.deps[s]}
+        outputs = tx.completed_outputs(shape.name, need) if need else {}
+        return [Claim(i, s, a, cache[i], outputs.get(i, {})) for i, s, a in rows]
 
     # -- leases ------------------------------------------------------------
     def recover(self, shape: Shape, host: str, alive: Any) -> list[tuple[str, str, int]]:

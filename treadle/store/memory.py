@@ -173,16 +173,16 @@ class _MemoryTx(Tx):
             heapq.heappush(heap, entry)
         return out
 
-    def contexts(self, pipeline: str, item_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+    def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
         items = self.s._items[pipeline]
-        data, outputs = {}, {}
-        for item_id in item_ids:
-            data[item_id] = items[item_id].data
-            outputs[item_id] = {
-                stage: row.output for stage, row in self.s._by_item(pipeline, item_id)
-                if row.state == "completed"
-            }
-        return data, outputs
+        return {i: items[i].data for i in item_ids}
+
+    def completed_outputs(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
+        return {
+            item_id: {stage: row.output for stage, row in self.s._by_item(pipeline, item_id)
+                      if row.state == "completed"}
+            for item_id in item_ids
+        }
 
     def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
         if item_id not in self.s._items.get(pipeline, {}):
@@ -382,6 +382,13 @@ class MemoryStore(BaseStore):
                 ]
                 ids = list(dict.fromkeys(i for _, _, i in sorted(rows)))
             return ids[:limit] if limit is not None else ids
+
+    def settled_item_counts(self, shape: Shape) -> dict[str, int]:
+        with self._lock:
+            out: dict[str, int] = {}
+            for item in self._items.get(shape.name, {}).values():
+                out[item.state] = out.get(item.state, 0) + 1
+            return out
 
     def counts(self, shape: Shape) -> dict[str, dict[str, int]]:
         with self._lock:

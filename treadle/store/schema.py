@@ -40,7 +40,7 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
 
         class Meta:
             table_name = "treadle_item"
-            indexes = ((("pipeline", "item_id"), True),)
+            indexes = ((("pipeline", "item_id"), True), (("pipeline", "state"), False))
 
     class StageRun(Base):
         id = pw.AutoField()
@@ -61,8 +61,8 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             table_name = "treadle_stage"
             indexes = (
                 (("pipeline", "item_id", "stage"), True),
-                (("pipeline", "stage", "state"), False),
-                (("pipeline", "state", "updated_at"), False),
+                # counts by stage and state; items(stage, state) oldest first
+                (("pipeline", "stage", "state", "updated_at"), False),
             )
 
     StageRun.add_index(

@@ -47,9 +47,10 @@ class SqlTx(Tx):
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.cur.execute(self.sql(sql), params)
 
-    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self.cur.executemany(self.sql(sql), rows)
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if isinstance(rows, (list, tuple)) and not rows:
+            return
+        self.cur.executemany(self.sql(sql), rows)
 
     def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
         known: set[str] = set()
@@ -73,7 +74,7 @@ class SqlTx(Tx):
         self._many(
             "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
             "VALUES (?,?,?,'pending',?,0,0,?) ON CONFLICT (pipeline, item_id, stage) DO NOTHING",
-            [(pipeline, i, s, 1 if r else 0, self.now) for i, s, r in rows],
+            ((pipeline, i, s, 1 if r else 0, self.now) for i, s, r in rows),
         )
 
     def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
@@ -134,8 +135,8 @@ class SqlTx(Tx):
         self._many(
             "INSERT INTO treadle_history (pipeline, item_id, stage, subtask, state, attempt, actor, at, "
             "error, traceback, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            [(pipeline, r.item_id, r.stage, r.subtask, r.state, r.attempt, r.actor, self.now,
-              r.error, r.traceback, r.details) for r in rows],
+            ((pipeline, r.item_id, r.stage, r.subtask, r.state, r.attempt, r.actor, self.now,
+              r.error, r.traceback, r.details) for r in rows),
         )
 
     def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
@@ -151,23 +152,27 @@ class SqlTx(Tx):
         rows.sort()
         return [(i, s, a) for _, i, s, a in rows]
 
-    def contexts(self, pipeline: str, item_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+    def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
         ids = list(item_ids)
         data: dict[str, str] = {}
+        for chunk in _chunks(ids):
+            data.update(self._exec(
+                f"SELECT item_id, data FROM treadle_item WHERE pipeline=? AND item_id IN ({_marks(len(chunk))})",
+                (pipeline, *chunk)))
+        return data
+
+    def completed_outputs(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
+        ids = list(item_ids)
         outputs: dict[str, dict[str, str | None]] = {i: {} for i in ids}
         for chunk in _chunks(ids):
-            marks = _marks(len(chunk))
-            data.update(self._exec(
-                f"SELECT item_id, data FROM treadle_item WHERE pipeline=? AND item_id IN ({marks})",
-                (pipeline, *chunk)))
             # Filter the state here, not in SQL: a state condition tempts the
-            # planner into the (pipeline, state) index and a scan of every row.
+            # planner into the (pipeline, stage, state) index and a long scan.
             for item_id, stage, state, output in self._exec(
                 "SELECT item_id, stage, state, output FROM treadle_stage WHERE pipeline=? "
-                f"AND item_id IN ({marks})", (pipeline, *chunk)):
+                f"AND item_id IN ({_marks(len(chunk))})", (pipeline, *chunk)):
                 if state == "completed":
                     outputs[item_id][stage] = output
-        return data, outputs
+        return outputs
 
     def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
         return {
@@ -405,20 +410,24 @@ class SqlStore(BaseStore):
         if stage is None and state is None:
             return [r[0] for r in self._read(
                 f"SELECT item_id FROM treadle_item WHERE pipeline=? ORDER BY id{lim}", (shape.name,))]
-        where, params = ["pipeline=?"], [shape.name]
-        if stage is not None:
-            where.append("stage=?")
-            params.append(stage)
-        else:
-            where.append(f"stage IN ({_marks(len(shape.order))})")
-            params.extend(shape.order)
-        if state is not None:
-            where.append("state=?")
-            params.append(state)
-        rows = self._read(
-            f"SELECT item_id, min(updated_at) AS t, min(id) FROM treadle_stage WHERE {' AND '.join(where)} "
-            f"GROUP BY item_id ORDER BY t, min(id){lim}", params)
-        return [r[0] for r in rows]
+        if state is None:  # every state of one stage: all items, in submission order
+            return [r[0] for r in self._read(
+                f"SELECT item_id FROM treadle_stage WHERE pipeline=? AND stage=? ORDER BY id{lim}",
+                (shape.name, stage))]
+        # One indexed, ordered query per stage (pipeline, stage, state, updated_at),
+        # merged here: never a scan of the whole table.
+        rows: list[tuple[float, int, str]] = []
+        for name in ([stage] if stage is not None else shape.order):
+            rows.extend((r[1], r[2], r[0]) for r in self._read(
+                "SELECT item_id, updated_at, id FROM treadle_stage WHERE pipeline=? AND stage=? "
+                f"AND state=? ORDER BY updated_at, id{lim}", (shape.name, name, state)))
+        rows.sort()
+        ids = list(dict.fromkeys(i for _, _, i in rows))
+        return ids[:limit] if limit is not None else ids
+
+    def settled_item_counts(self, shape: Shape) -> dict[str, int]:
+        return dict(self._read(
+            "SELECT state, count(*) FROM treadle_item WHERE pipeline=? GROUP BY state", (shape.name,)))
 
     def counts(self, shape: Shape) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {s: {} for s in shape.order}

@@ -1,0 +1,112 @@
+"""``python -m benchmarks``: run the suite, print a table, optionally write JSON / markdown."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import tempfile
+import time
+from typing import Any
+
+from .report import format_markdown, format_text, load_average, machine_info
+from .suite import PRESETS, STORES, WORKLOADS, Settings, Suite
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(x.replace("_", "")) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive integers")
+    return sizes
+
+
+def _choices(allowed: tuple[str, ...] | list[str]) -> Any:
+    def parse(text: str) -> list[str]:
+        picked = [x.strip() for x in text.split(",") if x.strip()]
+        unknown = [x for x in picked if x not in allowed]
+        if unknown or not picked:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(allowed)}")
+        return picked
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark treadle against a plain-sqlite3 floor. Full mode takes "
+                    "several minutes; --quick well under two.")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes (W1 N=1,000 and 5,000; W4 50,000 rows; W5 5,000 items)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write a markdown report")
+    p.add_argument("--workloads", type=_choices(WORKLOADS), metavar="LIST",
+                   help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    p.add_argument("--stores", type=_choices(list(STORES)), metavar="LIST",
+                   help=f"comma-separated subset of {','.join(STORES)}")
+    p.add_argument("--w1-sizes", type=_sizes, metavar="N,N,...", help="W1 item counts")
+    p.add_argument("--w4-rows", type=int, metavar="ROWS", help="W4 (item, stage) rows")
+    p.add_argument("--w5-items", type=int, metavar="N", help="W5 items (half complete)")
+    p.add_argument("--w5-repeats", type=int, metavar="K", help="W5 resumes per store (default 3)")
+    p.add_argument("--repeats", type=int, metavar="K",
+                   help="W1 and floor runs per N up to 10,000, median kept (default 1 quick, 3 full)")
+    p.add_argument("--workers", type=int, help="Runner workers (default 4)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="limit per measurement (default 300 quick, 900 full)")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    mode = "quick" if args.quick else "full"
+    s = Settings(mode=mode, **PRESETS[mode])
+    for attr in ("workloads", "stores", "w1_sizes", "w4_rows", "w5_items", "w5_repeats",
+                 "repeats", "workers", "timeout"):
+        value = getattr(args, attr)
+        if value is not None:
+            setattr(s, attr, value)
+    for attr in ("w4_rows", "w5_items", "w5_repeats", "repeats", "workers"):
+        if getattr(s, attr) < (2 if attr == "w5_items" else 1):
+            raise SystemExit(f"python -m benchmarks: --{attr.replace('_', '-')} is too small")
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    settings = settings_from(args)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    started = time.perf_counter()
+    header: dict[str, Any] = {
+        "schema": 1,
+        "mode": settings.mode,
+        "command": shlex.join(["python", "-m", "benchmarks", *argv]),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "load_start": load_average(),
+    }
+    log(f"treadle benchmarks, {settings.mode} mode")
+    with tempfile.TemporaryDirectory(prefix="treadle-bench-") as tmp:
+        body = Suite(settings, tmp, log).run()
+    results = {**header, **body, "load_end": load_average(),
+               "duration_s": time.perf_counter() - started}
+    print(format_text(results), end="")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)
+            fh.write("\n")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as fh:
+            fh.write(format_markdown(results))
+    if results["errors"]:
+        log(f"{len(results['errors'])} measurement(s) failed; see the notes above.")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
