@@ -22,6 +22,17 @@ def _make_converter() -> cattrs.Converter:
 CONVERTER = _make_converter()
 
 
+def _unstructure(obj: Any) -> Any:
+    plain = CONVERTER.unstructure(obj)
+    if plain is obj:  # cattrs does not know it either
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    return plain
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            default=_unstructure)
+
+
 def to_json(value: Any, *, what: str = "value", item_id: str | None = None,
             stage: str | None = None) -> str:
     """Unstructure ``value`` with cattrs and encode it as compact JSON.
@@ -29,8 +40,9 @@ def to_json(value: Any, *, what: str = "value", item_id: str | None = None,
     Raises :class:`SerializationError` naming ``what`` when that is impossible.
     """
     try:
-        plain = CONVERTER.unstructure(value)
-        return json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        # Plain JSON data goes straight to the encoder; cattrs unstructures only
+        # what the encoder does not know (attrs, dataclasses, datetimes, sets...).
+        return _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         where = "".join(
             part for part in (

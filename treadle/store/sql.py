@@ -35,6 +35,7 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+
 class SqlTx(Tx):
     """Tx primitives as SQL over one connection's open transaction."""
 

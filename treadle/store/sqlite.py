@@ -10,6 +10,7 @@ through apsw, whose wheels bundle a current SQLite. See docs/sqlite.md.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import apsw
@@ -93,7 +94,8 @@ class SqliteStore(SqlStore):
             self._check_version(int(rows[0][0]))
 
     def _now(self, cur: Any) -> float:
-        return float(next(cur.execute("SELECT unixepoch('subsec')"))[0])
+        # One host, one clock: the database's clock is this machine's clock.
+        return time.time()
 
     def _changes(self, cur: Any) -> int:
         return int(cur.connection.changes())
