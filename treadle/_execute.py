@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import SerializationError
 from .outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
-from .serialization import to_json
+from .serialization import ItemCodec, to_json
 from .stage import StageSpec
 from .states import StageState
 from .store.base import Transition
@@ -56,11 +56,14 @@ def failure(item_id: str, stage: str, attempt: int, exc: BaseException,
                       error=_error_text(exc), traceback=_tb(exc))
 
 
-def execute(spec: StageSpec, item: Any, ctx: Any, policy: Any = None) -> tuple[Transition, Any]:
-    """Run one stage for one item; never raises. Returns the transition and the
-    Python value (output, review data or skip reason) for the signals."""
+def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
+            policy: Any = None) -> tuple[Transition, Any]:
+    """Restore the item and run one stage for it; never raises. Returns the
+    transition and the Python value (output, review data or skip reason) for
+    the signals."""
     item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
     try:
+        item = codec.load(item_json)
         if spec.when is not None:
             if not (spec.when(item, ctx) if spec.when_takes_ctx else spec.when(item)):
                 reason = "condition false"

@@ -427,13 +427,8 @@ class Scheduler:
             key = (claim.item_id, claim.stage, claim.attempt)
             signals.send(signals.stage_started, p, item_id=claim.item_id, stage=claim.stage,
                          attempt=claim.attempt)
-            try:
-                item = p.codec.load(claim.item)
-            except BaseException as exc:  # noqa: BLE001 - a stored item that no longer loads
-                self.inflight[key] = ctx
-                self.results.put((key, (failure(claim.item_id, claim.stage, claim.attempt, exc), None)))
-                continue
-            self._submit(key, execute, spec, item, ctx, self.policies[claim.stage], ctx=ctx)
+            self._submit(key, execute, spec, p.codec, claim.item, ctx, self.policies[claim.stage],
+                         ctx=ctx)
 
     # -- leases, shutdown ------------------------------------------------------
     def _recover(self) -> None:

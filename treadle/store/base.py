@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
@@ -73,9 +73,8 @@ class Claim:
     outputs: Mapping[str, str | None]
 
 
-@attrs.frozen
-class HistoryRow:
-    """One transition to append to the history."""
+class HistoryRow(NamedTuple):
+    """One transition to append to the history (a tuple: many are made per commit)."""
 
     item_id: str
     stage: str | None

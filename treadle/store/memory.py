@@ -430,7 +430,7 @@ class MemoryStore(BaseStore):
             return json.dumps({
                 "items": {p: {i: attrs.asdict(v) for i, v in d.items()} for p, d in self._items.items()},
                 "stages": {"|".join(k): attrs.asdict(v) for k, v in self._stages.items()},
-                "history": [(s, p, a, attrs.asdict(r)) for s, p, a, r in self._history],
+                "history": [(s, p, a, r._asdict()) for s, p, a, r in self._history],
                 "subtasks": {"|".join(k): {n: attrs.asdict(v) for n, v in d.items()}
                              for k, d in self._subtasks.items()},
             }, sort_keys=True)
