@@ -120,7 +120,8 @@ def test_graph_formats():
     (["approve", TARGET, "ghost", "chek"], "Did you mean 'check'"),
     (["approve", TARGET, "x", "check", "--data", "{bad"], "--data is not valid JSON"),
     (["run", TARGET, "--item", '{"size": 1}'], "Cannot build a Rec"),
-    (["status", TARGET, "--db", "postgresql://u:hunter2@127.0.0.1:1/x"], "Unknown store URL"),
+    (["status", TARGET, "--db", "postgresql://u:hunter2@127.0.0.1:1/x"], "Cannot use the store postgresql://u:***@127.0.0.1:1/x"),
+    (["status", TARGET, "--db", "mysql://u:hunter2@h/x"], "Unknown store URL 'mysql://u:***@h/x'"),
     (["frobnicate", TARGET], ""),
 ])
 def test_errors_are_one_line_exit_2_no_traceback(args, fragment, db):

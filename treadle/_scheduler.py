@@ -120,6 +120,7 @@ class Scheduler:
         self._logger = structlog.get_logger("treadle")
         self._pool: WorkerPool | None = None
         self._abandoned = False
+        self._orphans_possible = False
         self.policies = {n: resolve_retry(s.retry) for n, s in pipeline.stages.items()}
         self.limits = {n: s.concurrency for n, s in pipeline.stages.items() if s.concurrency}
         self.active: collections.Counter[str] = collections.Counter()  # running per limited stage
@@ -167,7 +168,7 @@ class Scheduler:
                 claims = self._commit(max(limit, 0))
             now = time.monotonic()
             if now >= next_beat:
-                self.store.heartbeat(self.owner, self.lease)
+                self._call(self.store.heartbeat, self.owner, self.lease)
                 next_beat = now + self.lease / 3
             if stopping:
                 return
@@ -180,7 +181,7 @@ class Scheduler:
                 continue
             if claims:
                 continue
-            look = self.store.outlook(self.pipeline, self.only)
+            look = self._call(self.store.outlook, self.pipeline, self.only)
             if look.ready == 0 and look.running == 0:
                 return
             if now >= next_recover:
@@ -256,10 +257,19 @@ class Scheduler:
 
     def _commit(self, limit: int) -> list[Claim]:
         batch, subs, starts, restarts = self.done, self.sub_done, self.fan_starts, self.restarts
-        result = self.store.commit(
+        result = self._call(
+            self.store.commit,
             self.pipeline, self.owner, [t for t, _ in batch], limit, self.only,
             fanouts=[s for s, _ in starts], subtasks=[r for r, _ in subs], restarts=restarts,
         )
+        if self._orphans_possible:
+            self._orphans_possible = False
+            keep = {k for k in self.inflight if len(k) == 3}
+            keep |= {(i, s, r.attempt) for (i, s), r in self.fanouts.items()}
+            keep |= {(c.item_id, c.stage, c.attempt) for c in result.claims}
+            released = self._call(self.store.release_orphans, self.pipeline, self.owner, keep)
+            if released:
+                _log.warning("treadle: gave back %d claim(s) whose commit reply was lost", released)
         self.done, self.sub_done, self.fan_starts, self.restarts = [], [], [], []
         self._report(batch, subs, result)
         self._fan_out(starts, result.fanouts)
@@ -430,9 +440,33 @@ class Scheduler:
             self._submit(key, execute, spec, p.codec, claim.item, ctx, self.policies[claim.stage],
                          ctx=ctx)
 
+    # -- the store connection ----------------------------------------------------
+    RECONNECT_FOR = 60.0  # seconds of retrying a lost database connection
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the store; while the connection is lost, retry with back-off.
+
+        A transaction cut by a lost connection is rolled back by the server,
+        or committed with its reply lost: the retried results are then refused
+        (already applied), and claims it made are given back afterwards.
+        """
+        deadline = time.monotonic() + self.RECONNECT_FOR
+        pause = 0.05
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the store says which are retryable
+                if not self.store.is_disconnect(exc) or time.monotonic() > deadline:
+                    raise
+                self._orphans_possible = True
+                _log.warning("treadle: lost the database connection (%s); reconnecting",
+                             type(exc).__name__)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
     # -- leases, shutdown ------------------------------------------------------
     def _recover(self) -> None:
-        stale = self.store.recover(self.pipeline, self.host, pid_alive)
+        stale = self._call(self.store.recover, self.pipeline, self.host, pid_alive)
         if stale:
             _log.warning("treadle: recovered %d stale claim(s) of dead runners", len(stale))
 

@@ -1,6 +1,6 @@
 """A runner process for the crash tests: ``python tests/crash/worker.py DB LOG [options]``.
 
-Opens the SQLite store at DB, submits the crash pipeline's items (known ids
+Opens the store at DB (an SQLite path, or any store URL), submits the crash pipeline's items (known ids
 are ignored) and runs until nothing more can move. Stages log to LOG (see
 pipeline.py). At the end it prints one JSON line with the RunReport's
 ``interrupted``, ``executed`` and ``completed`` and the runner's owner.
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = crash_pipeline.build(args.log, sleep_min=args.sleep_min, sleep_max=args.sleep_max,
                                 tail=not args.no_tail)
-    store = open_store(f"sqlite:///{args.db}")
+    store = open_store(args.db if "://" in args.db else f"sqlite:///{args.db}")
     runner = Runner(pipe, store, workers=args.workers, lease=args.lease, grace=args.grace)
     runner.submit(*crash_pipeline.items(args.items))
     if args.ready:

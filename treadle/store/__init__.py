@@ -15,6 +15,7 @@ def open_store(url: str = "sqlite:///treadle.db") -> StateStore:
 
     - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``; query
       options ``synchronous=full|normal`` and ``busy_timeout=SECONDS``.
+    - ``postgresql://user:password@host:5432/db``: PostgreSQL (``treadle[postgres]``).
     - ``memory://``: an in-process store, gone when the process ends.
 
     Raises :class:`~treadle.StoreError` for an unknown scheme, an unreachable
@@ -43,6 +44,11 @@ def open_store(url: str = "sqlite:///treadle.db") -> StateStore:
             raise StoreError(f"busy_timeout in {url!r} must be a number of seconds.") from None
         return SqliteStore(url, path, synchronous=query.get("synchronous", "full").lower(),
                            busy_timeout=timeout)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
     raise StoreError(
-        f"Unknown store URL {mask_url(url)!r}; use sqlite:///path/to/file.db or memory://."
+        f"Unknown store URL {mask_url(url)!r}; use sqlite:///path/to/file.db, "
+        "postgresql://user@host/db or memory://."
     )

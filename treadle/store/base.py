@@ -140,6 +140,8 @@ class StateStore(Protocol):
     def unregister_runner(self, owner: str) -> None: ...
     def recover(self, shape: Shape, host: str, alive: Any) -> list[tuple[str, str, int]]: ...
     def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]]) -> None: ...
+    def release_orphans(self, shape: Shape, owner: str, keep: set[tuple[str, str, int]]) -> int: ...
+    def is_disconnect(self, exc: BaseException) -> bool: ...
     def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
                claim_limit: int, only: Sequence[str] | None = None, *,
                fanouts: Sequence[FanOutStart] = (),
@@ -181,6 +183,13 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
         """item_id -> stage -> (state, ready)."""
+
+    def lock_items(self, pipeline: str, item_ids: Iterable[str]) -> None:
+        """Serialise, until commit, other writers that read these items' states.
+
+        Stores whose write transactions already exclude each other (SQLite,
+        memory) need nothing; PostgreSQL locks the item rows.
+        """
 
     @abc.abstractmethod
     def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
@@ -372,6 +381,8 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
                         need_states.add(t.item_id)
             else:
                 check.add(t.item_id)
+        if need_states or check:
+            tx.lock_items(shape.name, need_states | check)
         skipped: list[tuple[str, str]] = []
         if to_skip:
             skipped = tx.set_state(shape.name, to_skip, SKIPPED, (PENDING,), ready=False,
@@ -469,6 +480,20 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
                 tx.reset_subtasks(shape.name, [(i, s) for i, s, _ in stale])
                 tx.set_item_states(shape.name, [(i, PENDING) for i in {r[0] for r in stale}])
         return stale
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """True if ``exc`` means the connection was lost and the call may be retried."""
+        return False
+
+    def release_orphans(self, shape: Shape, owner: str, keep: set[tuple[str, str, int]]) -> int:
+        """Give back claims of ``owner`` it does not know about (a commit whose reply
+        was lost with the connection); returns how many."""
+        with self.transaction() as tx:
+            orphans = [(i, s, a) for i, s, a, o in tx.running_rows(shape.name)
+                       if o == owner and (i, s, a) not in keep]
+        if orphans:
+            self.release(shape, owner, orphans)
+        return len(orphans)
 
     def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]]) -> None:
         """Give claims back as pending (shutdown); a claim no longer ours is left alone."""

@@ -46,14 +46,23 @@ class SqlTx(Tx):
         self.now = store._now(cur)
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self.cur.execute(self.sql(sql), params)
+        self.cur.execute(self.sql(sql), params)
+        return self.cur
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         if isinstance(rows, (list, tuple)) and not rows:
             return
-        self.cur.executemany(self.sql(sql), rows)
+        self.store._executemany(self.cur, self.sql(sql), rows)
 
     def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+        if self.store._insert_returning is not None:
+            first: dict[str, tuple[Any, ...]] = {}
+            for item_id, data in rows:  # the first of repeated ids wins
+                first.setdefault(item_id, (pipeline, item_id, data, PENDING, self.now, self.now))
+            return self.store._insert_returning(
+                self.cur, "INSERT INTO treadle_item (pipeline, item_id, data, state, submitted_at, "
+                "updated_at) VALUES %s ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING item_id",
+                list(first.values()))
         known: set[str] = set()
         ids = list(dict.fromkeys(i for i, _ in rows))
         for chunk in _chunks(ids):
@@ -77,6 +86,14 @@ class SqlTx(Tx):
             "VALUES (?,?,?,'pending',?,0,0,?) ON CONFLICT (pipeline, item_id, stage) DO NOTHING",
             ((pipeline, i, s, 1 if r else 0, self.now) for i, s, r in rows),
         )
+
+    def lock_items(self, pipeline: str, item_ids: Iterable[str]) -> None:
+        if not self.store._lock_rows:
+            return  # SQLite: BEGIN IMMEDIATE already serialises writers
+        ids = sorted(item_ids)
+        for chunk in _chunks(ids):
+            self._exec(f"SELECT 1 FROM treadle_item WHERE pipeline=? AND item_id IN ({_marks(len(chunk))}) "
+                       "ORDER BY item_id FOR UPDATE", (pipeline, *chunk)).fetchall()
 
     def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
         out: dict[str, dict[str, tuple[str, bool]]] = {}
@@ -249,6 +266,8 @@ class SqlStore(BaseStore):
     """The durable store. Build it with :func:`treadle.open_store`."""
 
     _skip_locked = ""
+    _lock_rows = False  # lock item rows before reading sibling states (concurrent writers)
+    _insert_returning: Any = None  # (cur, sql, rows) -> inserted ids, for concurrent submitters
 
     def __init__(self, url: str, database: pw.Database) -> None:
         self.url = url
@@ -273,6 +292,9 @@ class SqlStore(BaseStore):
 
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN")
+
+    def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        cur.executemany(sql, rows)
 
     # -- connections ---------------------------------------------------------
     @property
@@ -300,24 +322,72 @@ class SqlStore(BaseStore):
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTx]:
-        conn = self._connection()
-        cur = conn.cursor()
-        self._begin(cur)
+        cur = self._retry_once(lambda: self._begin_cursor())
         try:
             yield SqlTx(self, cur)
         except BaseException:
-            cur.execute("ROLLBACK")
+            try:
+                cur.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - a dead connection rolls back by itself
+                pass
             raise
         else:
             cur.execute("COMMIT")
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """True if ``exc`` means the connection to the database was lost (retry it)."""
+        return False
+
+    def _end_read(self) -> None:
+        """Hook: end the implicit read transaction a driver may hold open."""
+
+    def _exclusive(self, tx: SqlTx) -> None:
+        """Hook: serialise, until commit, schema creation and reconciliation
+        between processes sharing one store (SQLite's BEGIN IMMEDIATE does)."""
+
+    def _begin_cursor(self) -> Any:
         cur = self._connection().cursor()
-        return list(cur.execute(self._sql(sql), params))
+        self._begin(cur)
+        return cur
+
+    def _retry_once(self, fn: Any) -> Any:
+        """Run ``fn``; if the connection turns out to be dead, reconnect and run it again.
+
+        Only for steps that changed nothing yet: a read, or BEGIN.
+        """
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - the dialect decides
+            if not self.is_disconnect(exc):
+                raise
+            self._drop_connection()
+            return fn()
+
+    def _drop_connection(self) -> None:
+        try:
+            self._database.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection may fail
+            self._database._state.reset()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            cur = self._connection().cursor()
+            cur.execute(self._sql(sql), params)
+            return list(cur)
+
+        return self._retry_once(run)
 
     # -- schema ------------------------------------------------------------
     def _create_schema(self) -> None:
+        if self.db.table_exists("treadle_meta"):  # refuse a newer schema before writing
+            rows = self._read("SELECT value FROM treadle_meta WHERE key='schema_version'")
+            self._end_read()
+            if rows:
+                self._check_version(int(rows[0][0]))
+                if int(rows[0][0]) == SCHEMA_VERSION:
+                    return  # nothing to create: no DDL, no locks taken
         with self.transaction() as tx:
+            self._exclusive(tx)
             self.db.create_tables(list(self.models.values()), safe=True)
             tx._exec("INSERT INTO treadle_meta (key, value) VALUES ('schema_version', ?) "
                      "ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
@@ -340,6 +410,10 @@ class SqlStore(BaseStore):
         rows = list(tx._exec("SELECT value FROM treadle_meta WHERE key=?", (key,)))
         if rows and rows[0][0] == fingerprint:
             return
+        self._exclusive(tx)
+        rows = list(tx._exec("SELECT value FROM treadle_meta WHERE key=?", (key,)))
+        if rows and rows[0][0] == fingerprint:
+            return  # another process reconciled it while we waited
         for stage in shape.order:
             tx._exec(
                 "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
