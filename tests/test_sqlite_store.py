@@ -122,3 +122,31 @@ def test_two_processes_submit_concurrently(tmp_path):
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     runner = Runner(pipelines_diamond.pipeline, open_store(f"sqlite:///{db}"))
     assert len(runner.items()) == 400
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_older_schema_is_migrated_in_place(kind, tmp_path, monkeypatch, request):
+    """Opening a store of an older schema runs the migration steps and keeps the data."""
+    from playhouse.migrate import migrate
+    import peewee as pw
+
+    from treadle.store import schema
+
+    url = (f"sqlite:///{tmp_path / 'old.db'}" if kind == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    old = open_store(url)
+    Runner(pipelines_diamond.pipeline, old).submit({"id": "kept", "n": 1})
+    old.close()
+
+    def add_priority(migrator):
+        migrate(migrator.add_column("treadle_item", "priority", pw.IntegerField(default=0)))
+
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(schema.MIGRATIONS, SCHEMA_VERSION + 1, add_priority)
+    new = open_store(url)
+    assert new._read("SELECT value FROM treadle_meta WHERE key='schema_version'") == [
+        (str(SCHEMA_VERSION + 1),)]
+    assert new._read("SELECT item_id, priority FROM treadle_item") == [("kept", 0)]
+    runner = Runner(pipelines_diamond.pipeline, new)
+    runner.run()
+    assert runner.status("kept").state == "completed"

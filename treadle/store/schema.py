@@ -7,12 +7,18 @@ connections (see ``sql.py``), so no query is built per transition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import peewee as pw
 
-#: Bump when the tables change; add a migration step in ``sql.py``.
+#: Bump when the tables change, and add the step that gets there to MIGRATIONS.
 SCHEMA_VERSION = 1
+
+#: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
+#: (call ``playhouse.migrate.migrate(migrator.add_column(...), ...)``). Steps run
+#: in order, in one transaction, under the store's exclusive lock.
+MIGRATIONS: dict[int, Callable[[Any], None]] = {}
 
 
 def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:

@@ -20,7 +20,8 @@ import peewee as pw
 from ..errors import ItemNotFoundError, StoreError
 from .base import PENDING, RUNNING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx
 from .fanout import SubRecord, SubResult
-from .schema import SCHEMA_VERSION, make_models
+from . import schema
+from .schema import make_models
 from .urls import mask_text, mask_url
 
 _CHUNK = 400  # ids per IN (...) list: far below every database's parameter limit
@@ -378,24 +379,43 @@ class SqlStore(BaseStore):
         return self._retry_once(run)
 
     # -- schema ------------------------------------------------------------
+    def _stored_version(self, tx: SqlTx | None = None) -> int | None:
+        if not self.db.table_exists("treadle_meta"):
+            return None
+        sql = "SELECT value FROM treadle_meta WHERE key='schema_version'"
+        rows = list(tx._exec(sql)) if tx is not None else self._read(sql)
+        return int(rows[0][0]) if rows else None
+
     def _create_schema(self) -> None:
-        if self.db.table_exists("treadle_meta"):  # refuse a newer schema before writing
-            rows = self._read("SELECT value FROM treadle_meta WHERE key='schema_version'")
-            self._end_read()
-            if rows:
-                self._check_version(int(rows[0][0]))
-                if int(rows[0][0]) == SCHEMA_VERSION:
-                    return  # nothing to create: no DDL, no locks taken
+        """Create the tables of a new store, or migrate an older one, or refuse a newer one."""
+        version = self._stored_version()
+        self._end_read()
+        if version is not None:
+            self._check_version(version)  # before writing anything
+            if version == schema.SCHEMA_VERSION:
+                return  # nothing to do: no DDL, no locks taken
         with self.transaction() as tx:
             self._exclusive(tx)
-            self.db.create_tables(list(self.models.values()), safe=True)
-            tx._exec("INSERT INTO treadle_meta (key, value) VALUES ('schema_version', ?) "
-                     "ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
-            version = int(list(tx._exec(
-                "SELECT value FROM treadle_meta WHERE key='schema_version'"))[0][0])
-        self._check_version(version)
+            version = self._stored_version(tx)  # another process may have done it meanwhile
+            if version is None:
+                self.db.create_tables(list(self.models.values()), safe=True)
+                tx._exec("INSERT INTO treadle_meta (key, value) VALUES ('schema_version', ?) "
+                         "ON CONFLICT (key) DO NOTHING", (str(schema.SCHEMA_VERSION),))
+            else:
+                self._check_version(version)
+                self._migrate(tx, version)
+
+    def _migrate(self, tx: SqlTx, version: int) -> None:
+        """Apply ``schema.MIGRATIONS`` from ``version`` up, in this transaction."""
+        from playhouse.migrate import SchemaMigrator
+
+        migrator = SchemaMigrator.from_database(self.db)
+        for target in range(version + 1, schema.SCHEMA_VERSION + 1):
+            schema.MIGRATIONS[target](migrator)
+            tx._exec("UPDATE treadle_meta SET value=? WHERE key='schema_version'", (str(target),))
 
     def _check_version(self, version: int) -> None:
+        SCHEMA_VERSION = schema.SCHEMA_VERSION
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"The store {mask_url(self.url)} was written by a newer treadle (schema "

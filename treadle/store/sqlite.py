@@ -17,7 +17,6 @@ import apsw
 from playhouse.apsw_ext import APSWDatabase
 
 from ..errors import StoreError
-from .schema import SCHEMA_VERSION
 from .sql import SqlStore
 
 #: The oldest SQLite without the WAL-reset bug.
