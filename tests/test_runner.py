@@ -381,3 +381,23 @@ def test_item_counts_settled_and_exact_agree_after_a_run(store):
     runner.submit(*({"id": i, "n": i} for i in range(5)))
     runner.run()
     assert runner.item_counts() == runner.item_counts(exact=True) == {"completed": 5}
+
+
+def test_stages_can_run_in_a_process_pool(tmp_path):
+    """A ProcessPoolExecutor runs importable stage functions in other processes."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from treadle import open_store
+
+    from . import pipelines_pid
+
+    with ProcessPoolExecutor(2) as pool:
+        runner = Runner(pipelines_pid.pipeline, open_store(f"sqlite:///{tmp_path / 'p.db'}"),
+                        executor=pool)
+        runner.submit({"id": 1}, {"id": 2})
+        report = runner.run()
+    assert report.failed == 0, report.failures
+    st = runner.status(1)
+    assert st.stages["where"].output["pid"] != os.getpid()
+    assert st.stages["fan"].output == {"s0": 0, "s1": 1, "s2": 4}

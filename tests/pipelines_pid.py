@@ -1,0 +1,22 @@
+"""Module-level (picklable) stages for the process-pool test."""
+
+import os
+
+from treadle import FanOut, Pipeline, SubTask, stage
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+@stage()
+def where(item):
+    return {"pid": os.getpid()}
+
+
+@stage(after=[where])
+def fan(item, ctx):
+    return FanOut([SubTask(f"s{i}", square, i) for i in range(3)])
+
+
+pipeline = Pipeline("pid", [where, fan])
