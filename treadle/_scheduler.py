@@ -32,7 +32,8 @@ from ._execute import FANOUT, execute, execute_subtask, failure, sub_failure
 from ._pool import WorkerPool
 from .context import Outputs, StageContext
 from .contrib.retry import resolve as resolve_retry
-from .errors import StageTimeout
+from .errors import StageTimeout, StoreError
+from .store.urls import mask_url
 from .outcomes import SubTask
 from .pipeline import Pipeline
 from .serialization import from_json
@@ -456,8 +457,14 @@ class Scheduler:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - the store says which are retryable
-                if not self.store.is_disconnect(exc) or time.monotonic() > deadline:
+                if not self.store.is_disconnect(exc):
                     raise
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"Lost the connection to the store {mask_url(self.store.url)} for "
+                        f"{self.RECONNECT_FOR:g} s ({type(exc).__name__}); giving up. Nothing "
+                        "committed is lost: run again once the database is reachable."
+                    ) from None
                 self._orphans_possible = True
                 _log.warning("treadle: lost the database connection (%s); reconnecting",
                              type(exc).__name__)
