@@ -143,3 +143,18 @@ def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
         return sub_failure(item_id, stage, sub.name, attempt, exc), None
     except BaseException as exc:  # noqa: BLE001 - a subtask's error is its failure
         return sub_failure(item_id, stage, sub.name, attempt, exc, policy), None
+
+
+def execute_rollback(spec: StageSpec, codec: ItemCodec, item_json: str,
+                     ctx: Any) -> tuple[str | None, str | None]:
+    """Run one stage's rollback; returns (error, traceback), both None on success."""
+    try:
+        item = codec.load(item_json)
+        assert spec.rollback is not None
+        if spec.rollback_takes_ctx:
+            spec.rollback(item, ctx)
+        else:
+            spec.rollback(item)
+        return None, None
+    except BaseException as exc:  # noqa: BLE001 - recorded as the rollback's failure
+        return _error_text(exc), _tb(exc)

@@ -28,7 +28,7 @@ import attrs
 import structlog
 
 from . import signals
-from ._execute import FANOUT, execute, execute_subtask, failure, sub_failure
+from ._execute import FANOUT, execute, execute_rollback, execute_subtask, failure, sub_failure
 from ._pool import WorkerPool
 from .context import Outputs, StageContext
 from .contrib.retry import resolve as resolve_retry
@@ -122,6 +122,8 @@ class Scheduler:
         self._pool: WorkerPool | None = None
         self._abandoned = False
         self._orphans_possible = False
+        self._rollback = pipeline.on_failure == "rollback"
+        self.rollbacks: dict[str, list[str]] = {}  # item -> stages still to roll back
         self.policies = {n: resolve_retry(s.retry) for n, s in pipeline.stages.items()}
         self.limits = {n: s.concurrency for n, s in pipeline.stages.items() if s.concurrency}
         self.active: collections.Counter[str] = collections.Counter()  # running per limited stage
@@ -140,6 +142,7 @@ class Scheduler:
         self.store.register_runner(self.owner, self.host, os.getpid(), self.lease)
         try:
             self._recover()
+            self._pump_rollbacks()
             self._loop()
         finally:
             try:
@@ -184,6 +187,8 @@ class Scheduler:
                 continue
             look = self._call(self.store.outlook, self.pipeline, self.only)
             if look.ready == 0 and look.running == 0:
+                if self._pump_rollbacks():
+                    continue
                 return
             if now >= next_recover:
                 self._recover()
@@ -230,6 +235,9 @@ class Scheduler:
             pass
 
     def _take(self, key: Union[StageKey, SubKey], outcome: Any) -> None:
+        if len(key) == 2:
+            self._rollback_done(key, outcome)  # type: ignore[arg-type]
+            return
         if key not in self.inflight:
             if key in self.zombies:  # a timed-out run finally returned: free its slot
                 self.zombies.discard(key)
@@ -273,6 +281,8 @@ class Scheduler:
                 _log.warning("treadle: gave back %d claim(s) whose commit reply was lost", released)
         self.done, self.sub_done, self.fan_starts, self.restarts = [], [], [], []
         self._report(batch, subs, result)
+        if self._rollback and any(t.state == StageState.FAILED for t in result.accepted):
+            self._pump_rollbacks()
         self._fan_out(starts, result.fanouts)
         self._collect_subtasks(subs, result)
         for item_id, stage, name, attempt in result.restarted:
@@ -413,7 +423,7 @@ class Scheduler:
 
     def _start(self, key: Union[StageKey, SubKey], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         timeout = self.pipeline.stages[key[1]].timeout
-        if timeout is not None:
+        if timeout is not None and len(key) > 2:
             heapq.heappush(self.deadlines, (time.monotonic() + timeout, key))
         if self._pool is not None:
             self._pool.submit(key, fn, args)
@@ -440,6 +450,54 @@ class Scheduler:
                          attempt=claim.attempt)
             self._submit(key, execute, spec, p.codec, claim.item, ctx, self.policies[claim.stage],
                          ctx=ctx)
+
+    # -- rollback ----------------------------------------------------------------
+    def _pump_rollbacks(self) -> bool:
+        """Claim items waiting for their rollbacks and start them; True if any."""
+        if not self._rollback or self.stop.is_set():
+            return False
+        claimed = self._call(self.store.claim_rollbacks, self.pipeline, self.owner, 16)
+        for item_id, plan in claimed:
+            self.rollbacks[item_id] = plan
+            self._next_rollback(item_id)
+        return bool(claimed)
+
+    def _next_rollback(self, item_id: str) -> None:
+        plan = self.rollbacks[item_id]
+        if plan and self.stop.is_set():
+            del self.rollbacks[item_id]  # shutting down: the next run resumes it
+            return
+        if not plan:
+            del self.rollbacks[item_id]
+            state = self._call(self.store.finish_rollback, self.pipeline, self.owner, item_id)
+            if state is not None:
+                signals.send(signals.item_finished, self.pipeline, item_id=item_id, state=state)
+            return
+        stage = plan[0]
+        records = self.store.stage_records(self.pipeline, item_id)
+        outputs = {r.stage: r.output for r in records if r.state == StageState.COMPLETED}
+        attempt = next((r.attempt for r in records if r.stage == stage), 0)
+        ctx = StageContext(item_id, stage, attempt, Outputs(outputs), pipeline=self.pipeline.name,
+                           logger=self._logger)
+        item_json, _ = self.store.item_data(self.pipeline, item_id)
+        key = (item_id, stage)
+        self.inflight[key] = ctx  # type: ignore[index]
+        self._start(key, execute_rollback, (self.pipeline.stages[stage], self.pipeline.codec,
+                                            item_json, ctx))
+
+    def _rollback_done(self, key: tuple[str, str], outcome: Any) -> None:
+        if self.inflight.pop(key, None) is None:  # type: ignore[call-overload]
+            return
+        item_id, stage = key
+        error, tb = (f"{type(outcome).__name__}: {outcome}", None) if isinstance(outcome, BaseException) else outcome
+        if error is not None:
+            _log.warning("treadle: rollback of %s/%s failed: %s", item_id, stage, error)
+        if not self._call(self.store.record_rollback, self.pipeline, self.owner, item_id, stage,
+                          error=error, traceback=tb):
+            self.rollbacks.pop(item_id, None)  # no longer ours
+            return
+        self.rollbacks[item_id].pop(0)
+        self._next_rollback(item_id)
 
     # -- the store connection ----------------------------------------------------
     RECONNECT_FOR = 60.0  # seconds of retrying a lost database connection

@@ -71,6 +71,9 @@ class Pipeline:
         self.descendants: Mapping[str, frozenset[str]] = MappingProxyType(
             self._closure(self.dependents)
         )
+        #: Stages with a ``rollback`` (compensation) callable.
+        self.rollback_stages: frozenset[str] = frozenset(
+            n for n in order if specs[n].rollback is not None)
 
     @property
     def item_type(self) -> type | None:

@@ -40,6 +40,7 @@ class StageSpec:
     on_timeout: str = "reject"
     takes_ctx: bool = True
     when_takes_ctx: bool = True
+    rollback_takes_ctx: bool = True
 
     def call(self, item: Any, ctx: Any) -> Any:
         """Call the stage function with ``(item, ctx)`` or ``(item)`` as it accepts."""
@@ -139,9 +140,11 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     _check_options(name, options)
     when = options.get("when")
     when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
+    rollback = options.get("rollback")
+    rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
-        takes_ctx=takes_ctx, when_takes_ctx=when_ctx, **options,
+        takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
     )
 
 

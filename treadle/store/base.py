@@ -21,6 +21,7 @@ from ..errors import InvalidTransitionError, ItemNotFoundError
 from ..states import DONE_STATES, FINISHED_ITEM_STATES, StageState
 from .fanout import FanOutOps, FanOutPlan, FanOutStart, SubRecord, SubResult
 from .human import HumanOps
+from .rollback import ROLLING_BACK, RollbackOps, wants_rollback
 from .logic import deps_done, item_state
 
 PENDING = StageState.PENDING.value
@@ -37,6 +38,8 @@ class Shape(Protocol):
     deps: Mapping[str, tuple[str, ...]]
     dependents: Mapping[str, tuple[str, ...]]
     descendants: Mapping[str, frozenset[str]]
+    rollback_stages: frozenset[str]
+    on_failure: str
 
 
 @attrs.frozen
@@ -242,6 +245,23 @@ class Tx(abc.ABC):
         """Items whose ``stage`` has awaited review since before ``before``, oldest first."""
 
     @abc.abstractmethod
+    def items_in_state(self, pipeline: str, state: str, limit: int | None,
+                       prefix: bool = False) -> list[str]:
+        """Items whose recorded item state is ``state`` (or starts with it), oldest first."""
+
+    @abc.abstractmethod
+    def item_state_of(self, pipeline: str, item_id: str) -> str | None:
+        """The recorded item state of one item."""
+
+    @abc.abstractmethod
+    def cas_item_state(self, pipeline: str, item_id: str, expect: str, state: str) -> bool:
+        """Set an item's recorded state if it is ``expect``."""
+
+    @abc.abstractmethod
+    def set_error(self, pipeline: str, item_id: str, stage: str, expect: str, error: str) -> bool:
+        """Set a stage row's error if its state is ``expect``."""
+
+    @abc.abstractmethod
     def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
         """The owner of a stage row's claim (None when unclaimed)."""
 
@@ -275,7 +295,7 @@ class Tx(abc.ABC):
         """(item_id, stage, attempt, owner) of running rows."""
 
 
-class BaseStore(HumanOps, FanOutOps, abc.ABC):
+class BaseStore(HumanOps, FanOutOps, RollbackOps, abc.ABC):
     """The transition algorithm, written once over :class:`Tx` primitives."""
 
     url: str = ""
@@ -415,6 +435,9 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
         settled, finished = [], []
         for item_id in sorted(check):
             state = item_state(shape.order, states.get(item_id, {})).value
+            if wants_rollback(shape, state):
+                settled.append((item_id, ROLLING_BACK))  # finished once rolled back
+                continue
             settled.append((item_id, state))
             if state in FINISHED_ITEM_STATES:
                 finished.append((item_id, state))
@@ -462,10 +485,17 @@ class BaseStore(HumanOps, FanOutOps, abc.ABC):
         """
         with self.transaction() as tx:
             runners = {o: (h, p, exp) for o, h, p, exp in tx.runners()}
+
+            def dead(owner: str | None) -> bool:
+                info = runners.get(owner or "")
+                return info is None or info[2] < tx.now or (info[0] == host and not alive(info[1]))
+
+            claimed = tx.items_in_state(shape.name, f"{ROLLING_BACK}:", None, prefix=True)
+            owners = {(tx.item_state_of(shape.name, i) or "")[len(ROLLING_BACK) + 1:] for i in claimed}
+            self._recover_rollbacks(tx, shape, sorted(o for o in owners if dead(o)))
             stale: list[tuple[str, str, int]] = []
             for item_id, stage, attempt, owner in tx.running_rows(shape.name):
-                info = runners.get(owner or "")
-                if info is None or info[2] < tx.now or (info[0] == host and not alive(info[1])):
+                if dead(owner):
                     stale.append((item_id, stage, attempt))
             if stale:
                 moved = tx.set_state(shape.name, [(i, s) for i, s, _ in stale], PENDING,

@@ -210,6 +210,31 @@ class _MemoryTx(Tx):
         ]
         return [i for _, _, i in sorted(rows)]
 
+    def items_in_state(self, pipeline: str, state: str, limit: int | None,
+                       prefix: bool = False) -> list[str]:
+        items = self.s._items.get(pipeline, {})
+        ids = [i for i, it in sorted(items.items(), key=lambda kv: kv[1].id)
+               if (it.state.startswith(state) if prefix else it.state == state)]
+        return ids[:limit] if limit is not None else ids
+
+    def item_state_of(self, pipeline: str, item_id: str) -> str | None:
+        item = self.s._items.get(pipeline, {}).get(item_id)
+        return item.state if item is not None else None
+
+    def cas_item_state(self, pipeline: str, item_id: str, expect: str, state: str) -> bool:
+        item = self.s._items.get(pipeline, {}).get(item_id)
+        if item is None or item.state != expect:
+            return False
+        item.state = state
+        return True
+
+    def set_error(self, pipeline: str, item_id: str, stage: str, expect: str, error: str) -> bool:
+        row = self.s._stages.get((pipeline, item_id, stage))
+        if row is None or row.state != expect:
+            return False
+        row.error, row.updated_at = error, self.now
+        return True
+
     def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
         row = self.s._stages.get((pipeline, item_id, stage))
         return row.owner if row is not None else None

@@ -214,6 +214,29 @@ class SqlTx(Tx):
             "SELECT item_id FROM treadle_stage WHERE pipeline=? AND stage=? AND state='awaiting_review' "
             "AND updated_at<=? ORDER BY updated_at, id", (pipeline, stage, before))]
 
+    def items_in_state(self, pipeline: str, state: str, limit: int | None,
+                       prefix: bool = False) -> list[str]:
+        cond, value = ("state LIKE ?", state.replace("%", "") + "%") if prefix else ("state=?", state)
+        lim = f" LIMIT {int(limit)}" if limit is not None else ""
+        return [r[0] for r in self._exec(
+            f"SELECT item_id FROM treadle_item WHERE pipeline=? AND {cond} ORDER BY id{lim}",
+            (pipeline, value))]
+
+    def item_state_of(self, pipeline: str, item_id: str) -> str | None:
+        rows = list(self._exec("SELECT state FROM treadle_item WHERE pipeline=? AND item_id=?",
+                               (pipeline, item_id)))
+        return rows[0][0] if rows else None
+
+    def cas_item_state(self, pipeline: str, item_id: str, expect: str, state: str) -> bool:
+        self._exec("UPDATE treadle_item SET state=?, updated_at=? WHERE pipeline=? AND item_id=? AND state=?",
+                   (state, self.now, pipeline, item_id, expect))
+        return self.store._changes(self.cur) == 1
+
+    def set_error(self, pipeline: str, item_id: str, stage: str, expect: str, error: str) -> bool:
+        self._exec("UPDATE treadle_stage SET error=?, updated_at=? WHERE pipeline=? AND item_id=? "
+                   "AND stage=? AND state=?", (error, self.now, pipeline, item_id, stage, expect))
+        return self.store._changes(self.cur) == 1
+
     def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
         rows = list(self._exec("SELECT owner FROM treadle_stage WHERE pipeline=? AND item_id=? AND stage=?",
                                (pipeline, item_id, stage)))
