@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,39 @@ def test_progress_display_on_a_terminal(db):
     assert proc.returncode == 0
     assert "\x1b[2K" in out  # redrawn in place
     assert "stages: 6 completed, 0 failed, 0 skipped, 0 to review | items finished 2" in out
+
+
+def test_run_item_id_advances_just_that_item(db):
+    """run --item-id ID moves only that item."""
+    cli("submit", TARGET, "--item", '{"id": "one"}', "--item", '{"id": "two"}', db=db)
+    res = cli("run", TARGET, "--item-id", "two", db=db)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(cli("status", TARGET, "two", "--json", db=db).stdout)["state"] == "completed"
+    assert json.loads(cli("status", TARGET, "one", "--json", db=db).stdout)["state"] == "pending"
+
+
+def test_run_watch_picks_up_new_items_until_interrupted(db):
+    """run --watch keeps going: items submitted later are run; Ctrl-C ends it cleanly."""
+    import signal as sig
+
+    env = {**os.environ, "TREADLE_DB": db}
+    proc = subprocess.Popen([sys.executable, "-m", "treadle", "run", TARGET, "--watch"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        assert cli("submit", TARGET, "--item", '{"id": "late"}', db=db).returncode == 0
+        deadline = time.time() + 30
+        while True:
+            res = cli("status", TARGET, "late", "--json", db=db)
+            if res.returncode == 0 and json.loads(res.stdout)["state"] == "completed":
+                break
+            assert time.time() < deadline, "the watching runner did not pick up the new item"
+            time.sleep(0.2)
+        proc.send_signal(sig.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "items: 1 completed" in out
