@@ -161,7 +161,7 @@ def test_interactive_review_approves_edits_and_rejects(tmp_path, db):
     res = cli("review", TARGET, "--reviewer", "zoe", input=answers, db=db,
               env={"EDITOR": f"{sys.executable} {editor}"})
     assert res.returncode == 0, res.stderr
-    assert "1 approved, 1 edited, 1 rejected, 1 skipped" in res.stdout
+    assert "1 approved, 1 edited, 1 rejected, 0 changes, 1 skipped" in res.stdout
     assert '"size": 20' in res.stdout  # the data was shown
     cli("run", TARGET, db=db)
     state = {i: json.loads(cli("status", TARGET, i, "--json", db=db).stdout) for i in ("r0", "r1", "r2", "r3")}

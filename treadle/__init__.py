@@ -22,6 +22,7 @@ from .stage import StageSpec, stage
 from .states import ItemState, StageState, SubtaskState
 from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
 from .store import MemoryStore, StateStore, open_store
+from .verdicts import Accepted, Rejected, Uncertain
 
 try:
     __version__ = version("treadle")
@@ -29,6 +30,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = sorted([
+    "Accepted", "Rejected", "Uncertain",
     "Completed", "CycleError", "DuplicateStageError", "FanOut", "HistoryEntry",
     "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
     "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",

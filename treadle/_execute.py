@@ -57,7 +57,7 @@ def failure(item_id: str, stage: str, attempt: int, exc: BaseException,
 
 
 def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
-            policy: Any = None) -> tuple[Transition, Any]:
+            policy: Any = None, gate_state: Any = None) -> tuple[Transition, Any]:
     """Restore the item and run one stage for it; never raises. Returns the
     transition and the Python value (output, review data or skip reason) for
     the signals."""
@@ -72,6 +72,10 @@ def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
         outcome = to_outcome(spec.call(item, ctx))
         if isinstance(outcome, Completed):
             output = to_json(outcome.output, what="output", item_id=item_id, stage=stage)
+            if spec.gate is not None:
+                from ._gate import judge
+
+                return judge(spec, item, ctx, outcome.output, output, policy, gate_state)
             return Transition(item_id, stage, attempt, StageState.COMPLETED.value,
                               output=output), outcome.output
         if isinstance(outcome, Review):

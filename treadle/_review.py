@@ -26,7 +26,7 @@ class ReviewMixin:
     def _prepare(self) -> None: ...
 
     def approve(self, item_id: Any, stage: str, *, data: Any = _UNSET, note: str | None = None,
-                reviewer: str | None = None) -> None:
+                reviewer: str | None = None, attempt: int | None = None) -> None:
         """Complete a stage awaiting review.
 
         Its output becomes ``data`` when given (the reviewer's edit), else the
@@ -35,10 +35,15 @@ class ReviewMixin:
         a JSON diff. Raises ``InvalidTransitionError`` if the stage is not
         awaiting review, ``ItemNotFoundError`` for an unknown item,
         ``SerializationError`` for data that is not JSON; the store is then
-        unchanged.
+        unchanged. For a gated stage, ``attempt=N`` approves the output of
+        attempt N (listed in the review's ``attempts``) instead.
         """
         key, stage = self._decision_target(item_id, stage)
         output = None
+        if data is not _UNSET and attempt is not None:
+            raise ValueError("approve() takes data= or attempt=, not both")
+        if attempt is not None:
+            data = self._attempt_output(key, stage, attempt)
         if data is not _UNSET:
             output = to_json(data, what="approved data", item_id=key, stage=stage)
         self._decide(key, stage, approve=True, output=output, note=note, reviewer=reviewer,
@@ -54,6 +59,40 @@ class ReviewMixin:
         key, stage = self._decision_target(item_id, stage)
         self._decide(key, stage, approve=False, output=None, note=reason, reviewer=reviewer,
                      actor=reviewer or "human")
+
+    def request_changes(self, item_id: Any, stage: str, *, feedback: Any,
+                        reviewer: str | None = None) -> None:
+        """Send a stage awaiting review back to run again, with ``feedback``.
+
+        The next attempt sees the feedback in ``ctx.feedback`` (after earlier
+        gate feedback) and, for a gated stage, gets a fresh attempt budget.
+        """
+        if feedback is None or (isinstance(feedback, str) and not feedback.strip()):
+            raise ValueError("request_changes() needs feedback saying what to change")
+        key, stage = self._decision_target(item_id, stage)
+        to_json(feedback, what="feedback", item_id=key, stage=stage)
+        self.store.request_changes(self.pipeline, key, stage, feedback=feedback,
+                                   actor=reviewer or "human", reviewer=reviewer)
+        signals.send(signals.review_decided, self.pipeline, item_id=key, stage=stage,
+                     decision="changes_requested", data=feedback, reviewer=reviewer, note=None,
+                     actor=reviewer or "human")
+
+    def _attempt_output(self, key: str, stage: str, attempt: int) -> Any:
+        from .errors import InvalidTransitionError
+
+        for rec in self.store.stage_records(self.pipeline, key):
+            if rec.stage == stage and rec.review:
+                attempts = json.loads(rec.review).get("attempts") or []
+                for a in attempts:
+                    if a.get("attempt") == attempt:
+                        return a.get("output")
+                known = [a.get("attempt") for a in attempts]
+                raise InvalidTransitionError(
+                    f"Stage {stage!r} of item {key!r} has no attempt {attempt} to approve; "
+                    f"its review lists attempts {known}.", item_id=key, stage=stage)
+        raise InvalidTransitionError(
+            f"Stage {stage!r} of item {key!r} is not awaiting review; nothing to approve.",
+            item_id=key, stage=stage)
 
     def approve_all(self, stage: str, *, note: str | None = None,
                     reviewer: str | None = None) -> list[str]:

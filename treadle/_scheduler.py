@@ -29,6 +29,7 @@ import structlog
 
 from . import signals
 from ._execute import FANOUT, execute, execute_rollback, execute_subtask, failure, sub_failure
+from ._gate import gate_history
 from ._pool import WorkerPool
 from .context import Outputs, StageContext
 from .contrib.retry import resolve as resolve_retry
@@ -374,6 +375,8 @@ class Scheduler:
         for t in result.accepted:
             value = values.get((t.item_id, t.stage, t.attempt))
             kw = dict(item_id=t.item_id, stage=t.stage, attempt=t.attempt)
+            if t.details is not None and '"verdict"' in t.details:
+                self._report_gate(t, value, kw)
             if t.state == StageState.COMPLETED:
                 c.completed += 1
                 if value is None and t.output is not None:
@@ -386,7 +389,9 @@ class Scheduler:
                 c.skipped += 1
                 signals.send(signals.stage_skipped, p, data=value, **kw)
             elif t.state == StageState.PENDING:  # failed, with another attempt scheduled
-                signals.send(signals.stage_failed, p, error=t.error, final=False, **kw)
+                if t.error is not None:
+                    signals.send(signals.stage_failed, p, error=t.error, final=False, **kw)
+                signals.send(signals.retry_scheduled, p, error=t.error, data=value, **kw)
             elif t.state == StageState.AWAITING_REVIEW:
                 c.awaiting_review += 1
                 review = from_json(t.review) or {}
@@ -398,6 +403,14 @@ class Scheduler:
                          data="upstream skipped")
         for item_id, state in result.finished:
             signals.send(signals.item_finished, p, item_id=item_id, state=state)
+
+    def _report_gate(self, t: Transition, value: Any, kw: dict[str, Any]) -> None:
+        record = json.loads(t.details or "{}")
+        verdict = record["verdict"]
+        signal = signals.quality_passed if verdict["verdict"] == "accepted" else signals.quality_failed
+        signals.send(signal, self.pipeline, data=verdict, **kw)
+        if t.state == StageState.AWAITING_REVIEW and '"escalated":true' in (t.review or ""):
+            signals.send(signals.escalated, self.pipeline, data=verdict, **kw)
 
     def _submit(self, key: Union[StageKey, SubKey], fn: Callable[..., Any], *args: Any,
                 ctx: StageContext | None = None) -> None:
@@ -443,13 +456,18 @@ class Scheduler:
             spec = p.stages[claim.stage]
             ancestors = p.ancestors[claim.stage]
             raw = {s: o for s, o in claim.outputs.items() if s in ancestors}
+            gate_state = None
+            if spec.gate is not None:  # earlier verdicts and feedback, from the history
+                gate_state = gate_history(self._call(self.store.history, p, claim.item_id),
+                                          claim.stage)
             ctx = StageContext(claim.item_id, claim.stage, claim.attempt, Outputs(raw),
-                               pipeline=p.name, logger=self._logger)
+                               pipeline=p.name, logger=self._logger,
+                               feedback=gate_state.feedback if gate_state else ())
             key = (claim.item_id, claim.stage, claim.attempt)
             signals.send(signals.stage_started, p, item_id=claim.item_id, stage=claim.stage,
                          attempt=claim.attempt)
             self._submit(key, execute, spec, p.codec, claim.item, ctx, self.policies[claim.stage],
-                         ctx=ctx)
+                         gate_state, ctx=ctx)
 
     # -- rollback ----------------------------------------------------------------
     def _pump_rollbacks(self) -> bool:

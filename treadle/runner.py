@@ -126,6 +126,13 @@ class Runner(ReviewMixin):
         for sub in self.store.subtask_records(self.pipeline, key):
             subtasks.setdefault(sub.stage, {})[sub.name] = SubtaskStatus(
                 sub.name, SubtaskState(sub.state), sub.attempt, sub.error, from_json(sub.output))
+        gated = [n for n, s in self.pipeline.stages.items() if s.gate is not None]
+        logs: dict[str, list[dict[str, Any]]] = {}
+        if gated:
+            from ._gate import gate_history
+
+            entries = self.store.history(self.pipeline, key)
+            logs = {n: list(gate_history(entries, n).attempts) for n in gated}
         stages: dict[str, StageStatus] = {}
         for name in self.pipeline.order:
             r = records.get(name)
@@ -141,6 +148,7 @@ class Runner(ReviewMixin):
                 stage=name, state=StageState(r.state), attempts=r.attempt,
                 output=from_json(r.output), error=r.error, review=review,
                 subtasks=subtasks.get(name, {}), updated_at=r.updated_at,
+                attempt_log=logs.get(name, []),
             )
         state = item_state(self.pipeline.order,
                            {n: (r.state, r.ready) for n, r in records.items()})

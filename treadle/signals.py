@@ -27,12 +27,16 @@ subtask_started = _signals.signal("subtask_started", doc="A fan-out subtask star
 subtask_completed = _signals.signal("subtask_completed", doc="A subtask completed (item_id, stage, subtask, attempt, data).")
 subtask_failed = _signals.signal("subtask_failed", doc="A subtask failed (item_id, stage, subtask, attempt, error).")
 item_finished = _signals.signal("item_finished", doc="An item reached a finished state (item_id, state).")
+quality_passed = _signals.signal("quality_passed", doc="A gate accepted an output (item_id, stage, attempt, data).")
+quality_failed = _signals.signal("quality_failed", doc="A gate rejected an output or was uncertain (item_id, stage, attempt, data).")
+retry_scheduled = _signals.signal("retry_scheduled", doc="Another attempt was scheduled (item_id, stage, attempt, error, data).")
+escalated = _signals.signal("escalated", doc="A gated stage went to human review (item_id, stage, attempt, data).")
 
 ALL = {
     s.name: s for s in (
         item_submitted, stage_started, stage_completed, stage_failed, stage_skipped,
         review_required, review_decided, subtask_started, subtask_completed, subtask_failed,
-        item_finished,
+        item_finished, quality_passed, quality_failed, retry_scheduled, escalated,
     )
 }
 

@@ -43,6 +43,8 @@ class StageStatus:
     review: ReviewInfo | None = None
     subtasks: dict[str, SubtaskStatus] = attrs.field(factory=dict)
     updated_at: float | None = None
+    #: For a gated stage: every judged attempt (attempt, at, verdict, output).
+    attempt_log: list[dict[str, Any]] = attrs.field(factory=list)
 
 
 @attrs.frozen

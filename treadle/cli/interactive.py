@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from ..errors import InvalidTransitionError
 from ..runner import Runner
 
-PROMPT = "[a]pprove, [e]dit, [r]eject, [s]kip, [q]uit? "
+PROMPT = "[a]pprove, [e]dit, [r]eject, [c]hanges, [s]kip, [q]uit? "
 
 
 def edit_json(data: Any, ask: Callable[[str], str], out: TextIO) -> tuple[bool, Any]:
@@ -42,7 +42,7 @@ def edit_json(data: Any, ask: Callable[[str], str], out: TextIO) -> tuple[bool, 
 def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out: TextIO,
                 stage: str | None = None) -> dict[str, int]:
     """Walk the inbox oldest first; each decision is written as it is made."""
-    tally = dict.fromkeys(("approved", "edited", "rejected", "skipped"), 0)
+    tally = dict.fromkeys(("approved", "edited", "rejected", "changes", "skipped"), 0)
     inbox = [(s.item_id, name, st) for s in runner.items(state="awaiting_review")
              for name, st in s.stages.items()
              if st.state == "awaiting_review" and (stage is None or name == stage)]
@@ -55,6 +55,11 @@ def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out
         if review and review.message:
             out.write(f"{review.message}\n")
         out.write(json.dumps(review.data if review else None, indent=2, ensure_ascii=False) + "\n")
+        for rec in st.attempt_log:
+            v = rec.get("verdict", {})
+            why = v.get("message") or v.get("reason") or v.get("note") or ""
+            out.write(f"  attempt {rec.get('attempt')}: {v.get('verdict')} {why} -> "
+                      f"{json.dumps(rec.get('output'), ensure_ascii=False)}\n")
         while True:
             try:
                 choice = ask(PROMPT).strip().lower()
@@ -77,12 +82,19 @@ def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out
                         continue
                     runner.reject(item_id, name, reason=reason, reviewer=reviewer)
                     tally["rejected"] += 1
+                elif choice in ("c", "changes"):
+                    feedback = ask("what should change? ").strip()
+                    if not feedback:
+                        out.write("changes need feedback\n")
+                        continue
+                    runner.request_changes(item_id, name, feedback=feedback, reviewer=reviewer)
+                    tally["changes"] += 1
                 elif choice in ("s", "skip"):
                     tally["skipped"] += 1
                 elif choice in ("q", "quit"):
                     return tally
                 else:
-                    out.write("please answer a, e, r, s or q\n")
+                    out.write("please answer a, e, r, c, s or q\n")
                     continue
             except InvalidTransitionError as exc:
                 out.write(f"not decided: {exc}\n")

@@ -55,6 +55,11 @@ def item_table(status: ItemStatus) -> str:
         rows.append([name, st.state.value, st.attempts, when(st.updated_at), extra])
         for sub in st.subtasks.values():
             rows.append([f"  - {sub.name}", sub.state.value, sub.attempts, "", short(sub.error or "", 60)])
+        for rec in st.attempt_log:
+            v = rec.get("verdict", {})
+            why = v.get("message") or v.get("reason") or v.get("note") or ""
+            rows.append([f"  #{rec.get('attempt')}", v.get("verdict", ""), "", when(rec.get("at")),
+                         short(f"{why} | output {short(rec.get('output'), 30)}", 70)])
     return f"item {status.item_id}: {status.state.value}\n" + table(
         ["stage", "state", "attempts", "updated", "output / error / review"], rows)
 
@@ -72,6 +77,7 @@ def item_json(status: ItemStatus) -> dict[str, Any]:
                 "review": attrs.asdict(st.review) if st.review else None,
                 "subtasks": {n: {"state": s.state.value, "attempts": s.attempts, "error": s.error}
                              for n, s in st.subtasks.items()},
+                "attempt_log": st.attempt_log,
             }
             for name, st in status.stages.items()
         },

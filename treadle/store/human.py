@@ -57,6 +57,22 @@ class HumanOps:
             finished = self._finish(tx, shape, check)  # type: ignore[attr-defined]
         return CommitResult([t], [], skipped, finished, [])
 
+    def request_changes(self, shape: Shape, item_id: str, stage: str, *, feedback: Any,
+                        actor: str, reviewer: str | None) -> None:
+        """Send a stage awaiting review back to pending with the reviewer's feedback."""
+        from .base import HistoryRow
+
+        with self.transaction() as tx:  # type: ignore[attr-defined]
+            row = self._awaiting_row(tx, shape, item_id, stage)
+            if not tx.set_state(shape.name, [(item_id, stage)], StageState.PENDING.value,
+                                (AWAITING,), ready=True):
+                raise not_awaiting(item_id, stage, "changed concurrently")
+            tx.append_history(shape.name, [HistoryRow(
+                item_id, stage, "changes_requested", row.attempt, actor,
+                details=json.dumps({"feedback": feedback, "reviewer": reviewer},
+                                   separators=(",", ":")))])
+            tx.set_item_states(shape.name, [(item_id, StageState.PENDING.value)])
+
     def _awaiting_row(self, tx: Tx, shape: Shape, item_id: str, stage: str) -> Any:
         rows = tx.rows(shape.name, item_id)
         if not rows:
