@@ -95,3 +95,28 @@ def test_media_catalog_retries_only_the_flaky_lookup_and_exports(tmp_path, monke
     catalogue = json.loads((tmp_path / "media_demo" / "catalogue.json").read_text())
     assert len(catalogue) == 3
     assert all(entry["lyrics"].startswith("la la la") for entry in catalogue.values())
+
+
+def test_documents_retries_with_feedback_and_escalates_the_hopeless_one(tmp_path):
+    """documents.py: gated extraction retries with feedback; the unreadable invoice escalates."""
+    db = f"sqlite:///{tmp_path / 'docs.db'}"
+    res = run_example("documents.py", db, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "invoice-003: awaiting_review  extract attempts: #1 rejected, #2 rejected, #3 rejected" in res.stdout
+    assert "1 document(s) escalated to a human" in res.stdout
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import documents
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    runner = Runner(documents.pipeline, open_store(db))
+    for item_id in ("invoice-001", "invoice-002", "invoice-004"):
+        st = runner.status(item_id)
+        assert st.state == ItemState.COMPLETED
+        assert st.stages["extract"].attempt_log[-1]["verdict"]["verdict"] == "accepted"
+    escalated = runner.status("invoice-003").stages["extract"]
+    assert escalated.review.message.startswith("Escalated after 3 attempt(s)")
+    runner.reject("invoice-003", "extract", reason="illegible scan", reviewer="ops")
+    runner.run()
+    assert runner.status("invoice-003").state == ItemState.REJECTED
