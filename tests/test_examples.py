@@ -10,6 +10,8 @@ from pathlib import Path
 
 from treadle import ItemState, Runner, open_store
 
+from .procs import import_from
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,11 +31,7 @@ def test_quickstart_runs_then_resumes_without_redoing_work(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "this run executed 0 stage(s)" in second.stdout
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import quickstart
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    quickstart = import_from(ROOT / "examples", "quickstart")
     runner = Runner(quickstart.pipeline, open_store(db))
     states = {s.item_id: s.state for s in runner.items()}
     assert states == {"memo-1": ItemState.COMPLETED, "memo-2": ItemState.COMPLETED,
@@ -51,11 +49,7 @@ def test_moderation_flags_then_publishes_only_what_a_moderator_approved(tmp_path
     assert "p2: awaiting_review" in first.stdout and "p4: awaiting_review" in first.stdout
     assert "2 post(s) await a moderator" in first.stdout
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import moderation
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    moderation = import_from(ROOT / "examples", "moderation")
     runner = Runner(moderation.pipeline, open_store(db))
     assert runner.status("p2").stages["moderate"].review.data["labels"] == ["spam"]
     runner.reject("p2", "moderate", reason="spam", reviewer="mod")
@@ -79,11 +73,7 @@ def test_media_catalog_retries_only_the_flaky_lookup_and_exports(tmp_path, monke
     assert second.stdout.count("lyrics=completed") == 3
     assert "2 track(s) await review" in second.stdout
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import media_catalog
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    media_catalog = import_from(ROOT / "examples", "media_catalog")
     runner = Runner(media_catalog.pipeline, open_store(db))
     for status in runner.items():
         subs = status.stages["enrich"].subtasks
@@ -105,11 +95,7 @@ def test_documents_retries_with_feedback_and_escalates_the_hopeless_one(tmp_path
     assert "invoice-003: awaiting_review  extract attempts: #1 rejected, #2 rejected, #3 rejected" in res.stdout
     assert "1 document(s) escalated to a human" in res.stdout
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import documents
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    documents = import_from(ROOT / "examples", "documents")
     runner = Runner(documents.pipeline, open_store(db))
     for item_id in ("invoice-001", "invoice-002", "invoice-004"):
         st = runner.status(item_id)

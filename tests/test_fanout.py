@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +10,8 @@ import pytest
 
 from treadle import FanOut, ItemState, Pipeline, Runner, StageState, SubTask, open_store, stage
 from treadle.testing import capture_signals
+
+from .procs import Script, import_from
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,26 +169,16 @@ def test_empty_fanout_completes_with_empty_output(store):
 def test_sigkill_during_fanout_does_not_rerun_completed_subtasks(tmp_path):
     """After SIGKILL mid fan-out, resuming runs only subtasks that had not completed."""
     db = f"sqlite:///{tmp_path / 'fan.db'}"
-    log = tmp_path / "fan.log"
-    env = {**os.environ, "FANOUT_LOG": str(log), "PYTHONPATH": str(ROOT)}
-    script = str(ROOT / "tests" / "fanout" / "slow_fanout.py")
-    proc = subprocess.Popen([sys.executable, script, db], env=env)
-    deadline = time.time() + 60
-    while (not log.exists() or len(log.read_text().split()) < 12) and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    sys.path.insert(0, str(ROOT / "tests" / "fanout"))
-    try:
-        import slow_fanout
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "fanout"))
+    script = Script(ROOT / "tests" / "fanout" / "slow_fanout.py", db, tmp_path / "fan.log",
+                    "FANOUT_LOG")
+    script.kill_after(12)
+    slow_fanout = import_from(ROOT / "tests" / "fanout", "slow_fanout")
     runner = Runner(slow_fanout.pipeline, open_store(db))
     before = runner.status("only").stages["spread"].subtasks
     completed_before = {n for n, s in before.items() if s.state == "completed"}
     assert 0 < len(completed_before) < 50
-    subprocess.run([sys.executable, script, db], env=env, check=True, timeout=120)
-    runs = Counter(log.read_text().split())
+    script.run()
+    runs = Counter(script.lines())
     assert set(runs) == {f"s{i:02d}" for i in range(50)}
     for name in completed_before:
         assert runs[name] == 1, f"{name} completed before the kill but ran again"

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,8 @@ from treadle import (
     Uncertain, open_store, stage,
 )
 from treadle.testing import capture_signals
+
+from .procs import Script, import_from
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,22 +174,12 @@ def test_a_gate_that_raises_fails_that_attempt_only(store):
 def test_sigkill_before_the_verdict_is_stored_does_not_use_up_the_budget(tmp_path):
     """Killed after an attempt but before its verdict commits: it reruns, counted once."""
     db = f"sqlite:///{tmp_path / 'g.db'}"
-    log = tmp_path / "gate.log"
-    env = {**os.environ, "GATE_LOG": str(log), "PYTHONPATH": str(ROOT)}
-    script = str(ROOT / "tests" / "gates" / "killed_gate.py")
-    proc = subprocess.Popen([sys.executable, script, db], env=env)
-    deadline = time.time() + 60
-    while not log.exists() and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    subprocess.run([sys.executable, script, db], env=env, check=True, timeout=60)
-    assert log.read_text().split() == ["1", "2", "3"]
-    sys.path.insert(0, str(ROOT / "tests" / "gates"))
-    try:
-        import killed_gate
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "gates"))
+    script = Script(ROOT / "tests" / "gates" / "killed_gate.py", db, tmp_path / "gate.log",
+                    "GATE_LOG")
+    script.kill_after(1)
+    script.run()
+    assert script.lines() == ["1", "2", "3"]
+    killed_gate = import_from(ROOT / "tests" / "gates", "killed_gate")
     runner = Runner(killed_gate.pipeline, open_store(db))
     st = runner.status("doc").stages["extract"]
     assert st.state == StageState.AWAITING_REVIEW

@@ -199,3 +199,12 @@ def test_on_failure_and_source_validated():
         Pipeline("p", [pipelines_diamond.fetch], on_failure="explode")
     with pytest.raises(PipelineDefinitionError, match="source"):
         Pipeline("p", [pipelines_diamond.fetch], source=[1, 2])
+
+
+def test_public_api_is_exported_and_sorted():
+    """treadle.__all__ is sorted and every name in it is importable."""
+    import treadle
+
+    assert treadle.__all__ == sorted(treadle.__all__)
+    assert all(hasattr(treadle, name) for name in treadle.__all__)
+    assert treadle.__version__

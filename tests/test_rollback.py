@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from treadle import ItemState, Pipeline, Review, Runner, StageState, open_store, stage
 from treadle.testing import capture_signals
+
+from .procs import Script, import_from
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,25 +110,15 @@ def test_stop_policy_runs_no_rollback(store):
 def test_sigkill_mid_rollback_resumes_without_repeating(tmp_path):
     """Killed during its rollbacks, the next run finishes them and repeats none that completed."""
     db = f"sqlite:///{tmp_path / 'rb.db'}"
-    log = tmp_path / "rb.log"
-    env = {**os.environ, "ROLLBACK_LOG": str(log), "PYTHONPATH": str(ROOT)}
-    script = str(ROOT / "tests" / "rollback" / "slow_rollback.py")
-    proc = subprocess.Popen([sys.executable, script, db], env=env)
-    deadline = time.time() + 60
-    while (not log.exists() or len(log.read_text().split()) < 2) and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    sys.path.insert(0, str(ROOT / "tests" / "rollback"))
-    try:
-        import slow_rollback
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "rollback"))
+    script = Script(ROOT / "tests" / "rollback" / "slow_rollback.py", db, tmp_path / "rb.log",
+                    "ROLLBACK_LOG")
+    script.kill_after(2)
+    slow_rollback = import_from(ROOT / "tests" / "rollback", "slow_rollback")
     runner = Runner(slow_rollback.pipeline, open_store(db))
     done_before = [h.stage for h in runner.history("only") if h.state == "rolled_back"]
     assert done_before == ["s3"]  # s3 recorded, s2 was running when killed
-    subprocess.run([sys.executable, script, db], env=env, check=True, timeout=60)
-    calls = log.read_text().split()
+    script.run()
+    calls = script.lines()
     assert calls.count("s3") == 1, calls
     assert calls.count("s1") == 1 and calls.count("s2") in (1, 2)
     st = runner.status("only")

@@ -29,13 +29,12 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = sorted([
-    "Accepted", "Rejected", "Uncertain",
-    "Completed", "CycleError", "DuplicateStageError", "FanOut", "HistoryEntry",
+__all__ = [
+    "Accepted", "Completed", "CycleError", "DuplicateStageError", "FanOut", "HistoryEntry",
     "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
     "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
-    "ReviewInfo", "Review", "RunReport", "Runner", "SerializationError", "Skipped",
+    "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",
     "StageContext", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
-    "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError",
+    "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
     "UnknownStageError", "open_store", "stage",
-])
+]

@@ -12,12 +12,12 @@ items finished, and claims the next batch of ready work.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
-from ..errors import InvalidTransitionError, ItemNotFoundError
+from ..errors import ItemNotFoundError
 from ..states import DONE_STATES, FINISHED_ITEM_STATES, StageState
 from .fanout import FanOutOps, FanOutPlan, FanOutStart, SubRecord, SubResult
 from .human import HumanOps

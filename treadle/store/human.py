@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidTransitionError, ItemNotFoundError
+from ..errors import InvalidTransitionError
 from ..states import StageState
 
 if TYPE_CHECKING:

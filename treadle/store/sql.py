@@ -18,7 +18,7 @@ from typing import Any
 import peewee as pw
 
 from ..errors import ItemNotFoundError, StoreError
-from .base import PENDING, RUNNING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx
+from .base import PENDING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx
 from .fanout import SubRecord, SubResult
 from . import schema
 from .schema import make_models
@@ -571,7 +571,7 @@ class SqlStore(BaseStore):
     def _find(self, tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
               states: Sequence[str]) -> list[tuple[str, str]]:
         assert isinstance(tx, SqlTx)
-        where = [f"pipeline=?", f"state IN ({_marks(len(states))})",
+        where = ["pipeline=?", f"state IN ({_marks(len(states))})",
                  f"stage IN ({_marks(len(shape.order))})"]
         params: list[Any] = [shape.name, *states, *shape.order]
         if item_id is not None:
