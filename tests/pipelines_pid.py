@@ -20,3 +20,15 @@ def fan(item, ctx):
 
 
 pipeline = Pipeline("pid", [where, fan])
+
+
+def die(n: int) -> int:
+    os._exit(1)  # the worker process dies: the pool breaks
+
+
+@stage()
+def split(item):
+    return FanOut([SubTask("ok", square, 2), SubTask("dies", die, 2)])
+
+
+breaking = Pipeline("breaking", [split])

@@ -21,14 +21,19 @@ from .store.fanout import SubResult
 FANOUT = "fanout"
 
 
+def _clean(text: str) -> str:
+    """No NUL characters: PostgreSQL text cannot hold them."""
+    return text.replace("\x00", "\\x00")
+
+
 def _error_text(exc: BaseException) -> str:
-    text = str(exc)
+    text = _clean(str(exc))
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
 
 def _tb(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return _clean("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
 def retry_in(policy: Any, attempt: int, exc: BaseException) -> float | None:
@@ -57,11 +62,13 @@ def failure(item_id: str, stage: str, attempt: int, exc: BaseException,
 
 
 def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
-            policy: Any = None, gate_state: Any = None) -> tuple[Transition, Any]:
+            policy: Any = None, gate_state: Any = None, mark: Any = None) -> tuple[Transition, Any]:
     """Restore the item and run one stage for it; never raises. Returns the
     transition and the Python value (output, review data or skip reason) for
     the signals."""
     item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
+    if mark is not None:
+        mark.start()
     try:
         item = codec.load(item_json)
         if spec.when is not None:
@@ -137,8 +144,10 @@ def sub_failure(item_id: str, stage: str, name: str, attempt: int, exc: BaseExce
 
 
 def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
-                    policy: Any = None) -> tuple[SubResult, Any]:
+                    policy: Any = None, mark: Any = None) -> tuple[SubResult, Any]:
     """Run one subtask; never raises."""
+    if mark is not None:
+        mark.start()
     try:
         value = sub.fn(*sub.args, **sub.kwargs)
         output = to_json(value, what=f"output of subtask {sub.name!r}", item_id=item_id, stage=stage)

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, Union
 
 import attrs
@@ -31,7 +31,7 @@ from . import signals
 from ._execute import FANOUT, execute, execute_rollback, execute_subtask, failure, sub_failure
 from ._gate import gate_history
 from ._pool import WorkerPool
-from .context import Outputs, StageContext
+from .context import Outputs, StageContext, StartMark
 from .contrib.retry import resolve as resolve_retry
 from .errors import StageTimeout, StoreError
 from .store.urls import mask_url
@@ -134,6 +134,9 @@ class Scheduler:
         self.restarts: list[tuple[str, str, str]] = []
         self._sub_attempts: dict[Any, int] = {}
         self.zombies: set[Any] = set()  # timed out but still running: hold their slot
+        self.marks: dict[Any, StartMark] = {}  # when each task with a timeout started
+        # In another process a task cannot tell us when it started: time from submission.
+        self._remote = isinstance(executor, ProcessPoolExecutor)
 
     # -- the loop ------------------------------------------------------------
     def run(self) -> Counters:
@@ -206,14 +209,23 @@ class Scheduler:
         now = time.monotonic()
         while self.deadlines and self.deadlines[0][0] <= now:
             _, key = heapq.heappop(self.deadlines)
-            if key in self.inflight:
-                self._expire(key)
+            if key not in self.inflight:
+                continue
+            mark = self.marks.get(key)
+            if mark is not None:  # the clock starts when a worker starts the task
+                timeout = self.pipeline.stages[key[1]].timeout or 0.0
+                if mark.started is None or mark.started + timeout > now:
+                    due = (mark.started if mark.started is not None else now) + timeout
+                    heapq.heappush(self.deadlines, (due, key))
+                    continue
+            self._expire(key)
         while self.timers and self.timers[0][0] <= now:
             self.restarts.append(heapq.heappop(self.timers)[1])
 
     def _expire(self, key: Union[StageKey, SubKey]) -> None:
         ctx = self.inflight.pop(key)
         self.futures.pop(key, None)
+        self.marks.pop(key, None)
         self.zombies.add(key)
         if ctx is not None:
             ctx.cancelled.set()
@@ -246,13 +258,14 @@ class Scheduler:
             return  # timed out or released: its late result is not ours to record
         del self.inflight[key]
         self.futures.pop(key, None)
-        self._sub_attempts.pop(key, None)
+        self.marks.pop(key, None)
+        sub_attempt = self._sub_attempts.pop(key, 1)
         self._release_slot(key[1])
         if isinstance(outcome, BaseException):  # e.g. a process pool that broke
             exc = outcome
             if len(key) == 4:
-                result, value = SubResult(key[0], key[1], key[3], -1, "failed",
-                                          error=f"{type(exc).__name__}: {exc}"), None
+                result, value = sub_failure(key[0], key[1], key[3], sub_attempt, exc,
+                                            self.policies[key[1]]), None
             else:
                 result, value = failure(key[0], key[1], key[2], exc), None
         else:
@@ -286,9 +299,13 @@ class Scheduler:
             self._pump_rollbacks()
         self._fan_out(starts, result.fanouts)
         self._collect_subtasks(subs, result)
+        restarted = {(i, s, n) for i, s, n, _ in result.restarted}
+        for item_id, stage, name in restarts:
+            if (item_id, stage, name) not in restarted:
+                self._drop_fanout((item_id, stage))  # refused: the stage is no longer ours
         for item_id, stage, name, attempt in result.restarted:
             run = self.fanouts.get((item_id, stage))
-            if run is not None and not run.cancelled:
+            if run is not None and not run.cancelled and not self.stop.is_set():
                 self._start_subtask(item_id, stage, run, name, attempt)
         self._dispatch(result.claims)
         return result.claims
@@ -304,6 +321,9 @@ class Scheduler:
             run = _FanRun(start.attempt, by_name, outputs=dict(plan.kept),
                           remaining={n for n, _ in plan.run})
             self.fanouts[key] = run
+            if self.stop.is_set():  # shutting down: start nothing; the stage is released
+                run.cancelled = True
+                continue
             for name, sub_attempt in plan.run:
                 self._start_subtask(start.item_id, start.stage, run, name, sub_attempt)
             if not run.remaining:
@@ -315,7 +335,7 @@ class Scheduler:
         key = (item_id, stage, run.attempt, name)
         self._sub_attempts[key] = attempt
         self._submit(key, execute_subtask, run.subtasks[name], item_id, stage, attempt,
-                     self.policies[stage])
+                     self.policies[stage], StartMark())
 
     def _collect_subtasks(self, subs: list[tuple[SubResult, Any]], result: CommitResult) -> None:
         values = {(r.item_id, r.stage, r.name, r.attempt): v for r, v in subs}
@@ -343,6 +363,19 @@ class Scheduler:
             if not run.remaining and not run.cancelled:
                 self._finish_fanout(key, run)
         self.counters.refused += len(result.sub_refused)
+        for r in result.sub_refused:  # the stage's claim was lost: this fan-out is not ours
+            self._drop_fanout((r.item_id, r.stage))
+
+    def _drop_fanout(self, key: tuple[str, str]) -> None:
+        """Forget a fan-out whose stage claim this runner lost (another took it over)."""
+        run = self.fanouts.pop(key, None)
+        if run is None:
+            return
+        for sub_key in [k for k in self.inflight if len(k) == 4 and k[:2] == key]:
+            self.inflight.pop(sub_key, None)  # late results are ignored
+            fut = self.futures.pop(sub_key, None)
+            if fut is not None:
+                fut.cancel()
 
     def _finish_fanout(self, key: tuple[str, str], run: _FanRun) -> None:
         del self.fanouts[key]
@@ -438,6 +471,9 @@ class Scheduler:
         timeout = self.pipeline.stages[key[1]].timeout
         if timeout is not None and len(key) > 2:
             heapq.heappush(self.deadlines, (time.monotonic() + timeout, key))
+            mark = args[-1] if args and isinstance(args[-1], StartMark) else None
+            if mark is not None and not self._remote:
+                self.marks[key] = mark
         if self._pool is not None:
             self._pool.submit(key, fn, args)
             return
@@ -467,7 +503,7 @@ class Scheduler:
             signals.send(signals.stage_started, p, item_id=claim.item_id, stage=claim.stage,
                          attempt=claim.attempt)
             self._submit(key, execute, spec, p.codec, claim.item, ctx, self.policies[claim.stage],
-                         gate_state, ctx=ctx)
+                         gate_state, ctx.mark, ctx=ctx)
 
     # -- rollback ----------------------------------------------------------------
     def _pump_rollbacks(self) -> bool:
@@ -558,7 +594,9 @@ class Scheduler:
         what finished; give the rest back as pending for the next run.
 
         Work claimed but not started yet (queued in the pool) is cancelled at
-        once and given back, so no new stage starts after a stop."""
+        once and given back, so no new stage starts after a stop. Whatever
+        goes wrong while finishing up, the claims are given back."""
+        self.stop.set()
         queued = [k for k, f in list(self.futures.items()) if f.cancel()]
         if self._pool is not None:
             queued += self._pool.cancel_queued()
@@ -577,24 +615,34 @@ class Scheduler:
         def waiting() -> bool:
             return bool(self.inflight) or any(not r.cancelled for r in self.fanouts.values())
 
-        while waiting() and time.monotonic() < deadline:
-            self._drain(block=True, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+        next_beat = time.monotonic() + self.lease / 3
+        try:
+            while waiting() and time.monotonic() < deadline:
+                self._drain(block=True, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                if self._pending_writes():
+                    self._commit(0)
+                if time.monotonic() >= next_beat:  # keep our claims while we wait
+                    self._call(self.store.heartbeat, self.owner, self.lease)
+                    next_beat = time.monotonic() + self.lease / 3
             if self._pending_writes():
                 self._commit(0)
-        if self._pending_writes():
-            self._commit(0)
+        except Exception:  # noqa: BLE001 - release below no matter what
+            _log.exception("treadle: could not commit the last results at shutdown; "
+                           "their stages run again on the next run")
         self._abandoned = bool(self.inflight or self.zombies)
         keys: set[StageKey] = {k for k in self.inflight if len(k) == 3}  # type: ignore[misc]
-        keys |= {k for k in queued if len(k) == 3}  # type: ignore[misc]
+        unstarted: set[StageKey] = {k for k in queued if len(k) == 3}  # type: ignore[misc]
         keys |= {(i, s, run.attempt) for (i, s), run in self.fanouts.items()}
         keys |= {(s.item_id, s.stage, s.attempt) for s, _ in self.fan_starts}
+        keys |= {(t.item_id, t.stage, t.attempt) for t, _ in self.done}  # never committed
         for ctx in self.inflight.values():
             if ctx is not None:
                 ctx.cancelled.set()
         self.inflight.clear()
         self.fanouts.clear()
+        if keys or unstarted:
+            self.store.release(self.pipeline, self.owner, sorted(keys), sorted(unstarted - keys))
         if keys:
-            self.store.release(self.pipeline, self.owner, sorted(keys))
             _log.warning("treadle: %d stage(s) still running at shutdown were released; "
                          "they run again on the next run", len(keys))
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .serialization import from_json
 
 _lazy_lock = threading.Lock()
+
+
+class StartMark:
+    """Set by the worker when it starts a task: timeouts count from then."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def start(self) -> None:
+        self.started = time.monotonic()
 
 
 class Outputs(Mapping[str, Any]):
@@ -50,7 +63,7 @@ class StageContext:
     """
 
     __slots__ = ("item_id", "stage", "attempt", "outputs", "feedback", "pipeline", "_log",
-                 "_cancelled", "_logger")
+                 "_cancelled", "_logger", "mark")
 
     def __init__(self, item_id: str, stage: str, attempt: int, outputs: Mapping[str, Any], *,
                  pipeline: str = "", feedback: tuple[Any, ...] = (), logger: Any = None) -> None:
@@ -63,6 +76,7 @@ class StageContext:
         self._logger = logger
         self._log: Any = None
         self._cancelled: threading.Event | None = None
+        self.mark = StartMark()
 
     @property
     def log(self) -> Any:

@@ -46,11 +46,17 @@ class Runner(ReviewMixin):
         self.executor = executor
         self.lease = float(lease)
         self.grace = float(grace)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        #: The identity of this runner's claims (``host:pid:random``); a new one
+        #: for each run, so two runs never share (or release) each other's claims.
+        self.owner = self._new_owner()
         self._prepared = False
 
     def __repr__(self) -> str:
         return f"Runner({self.pipeline.name!r}, {self.store!r}, workers={self.workers})"
+
+    @staticmethod
+    def _new_owner() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
     def _prepare(self) -> None:
         if not self._prepared:
@@ -100,6 +106,7 @@ class Runner(ReviewMixin):
         only = None
         if item_id is not None:
             only = [self._known(item_id)]
+        self.owner = self._new_owner()
         sched = Scheduler(self.pipeline, self.store, owner=self.owner, workers=self.workers,
                           executor=self.executor, lease=self.lease, grace=self.grace, only=only)
         c = sched.run()

@@ -69,8 +69,8 @@ def normalize_id(item_id: Any) -> str:
             f"Item id {item_id!r} must be a str or an int."
         )
     text = str(item_id)
-    if not text:
-        raise InvalidItemError("Item id must not be empty.")
+    if not text or "\x00" in text:
+        raise InvalidItemError(f"Item id {item_id!r} must be non-empty and without NUL characters.")
     return text
 
 

@@ -142,7 +142,8 @@ class StateStore(Protocol):
     def heartbeat(self, owner: str, lease: float) -> None: ...
     def unregister_runner(self, owner: str) -> None: ...
     def recover(self, shape: Shape, host: str, alive: Any) -> list[tuple[str, str, int]]: ...
-    def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]]) -> None: ...
+    def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]],
+                unstarted: Sequence[tuple[str, str, int]] = ()) -> None: ...
     def release_orphans(self, shape: Shape, owner: str, keep: set[tuple[str, str, int]]) -> int: ...
     def is_disconnect(self, exc: BaseException) -> bool: ...
     def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
@@ -189,6 +190,12 @@ class Tx(abc.ABC):
     def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
         """item_id -> stage -> (state, ready)."""
 
+    def lock_stage_rows(self, pipeline: str, item_id: str) -> None:
+        """Lock one item's stage rows until commit (claims skip them meanwhile).
+
+        Needed only where writers run concurrently (PostgreSQL).
+        """
+
     def lock_items(self, pipeline: str, item_ids: Iterable[str]) -> None:
         """Serialise, until commit, other writers that read these items' states.
 
@@ -199,6 +206,10 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
         """Guarded update of running rows; one accepted flag per transition."""
+
+    @abc.abstractmethod
+    def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
+        """Undo claims that never ran: back to pending and ready, attempt - 1 (guarded)."""
 
     @abc.abstractmethod
     def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
@@ -322,11 +333,21 @@ class BaseStore(HumanOps, FanOutOps, RollbackOps, abc.ABC):
         between runs (a new stage runs for items already past its deps).
         """
         with self.transaction() as tx:
-            self._reconcile(tx, shape)
+            if self._reconcile(tx, shape):
+                self._resettle(tx, shape)
 
     @abc.abstractmethod
-    def _reconcile(self, tx: Tx, shape: Shape) -> None:
-        """Insert missing stage rows for known items and recompute ``ready``."""
+    def _reconcile(self, tx: Tx, shape: Shape) -> bool:
+        """Insert missing stage rows for known items and recompute ``ready``;
+        False when the shape is the one already reconciled (nothing done)."""
+
+    def _resettle(self, tx: Tx, shape: Shape) -> None:
+        """Recompute every item's recorded state after the pipeline changed shape."""
+        ids = [i for i in tx.items_in_state(shape.name, "", None, prefix=True)
+               if not (tx.item_state_of(shape.name, i) or "").startswith(ROLLING_BACK)]
+        states = tx.stage_states(shape.name, ids)
+        tx.set_item_states(shape.name, [(i, item_state(shape.order, states.get(i, {})).value)
+                                        for i in ids])
 
     def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str) -> list[str]:
         """Store new items (id, JSON) with pending stage rows; known ids are ignored."""
@@ -495,15 +516,18 @@ class BaseStore(HumanOps, FanOutOps, RollbackOps, abc.ABC):
             claimed = tx.items_in_state(shape.name, f"{ROLLING_BACK}:", None, prefix=True)
             owners = {(tx.item_state_of(shape.name, i) or "")[len(ROLLING_BACK) + 1:] for i in claimed}
             self._recover_rollbacks(tx, shape, sorted(o for o in owners if dead(o)))
-            stale: list[tuple[str, str, int]] = []
+            by_owner: dict[str, list[Transition]] = {}
             for item_id, stage, attempt, owner in tx.running_rows(shape.name):
                 if dead(owner):
-                    stale.append((item_id, stage, attempt))
+                    by_owner.setdefault(owner or "", []).append(Transition(
+                        item_id, stage, attempt, PENDING,
+                        error="claim recovered: its runner died or its lease lapsed"))
+            stale: list[tuple[str, str, int]] = []
+            for owner, back in by_owner.items():
+                # guarded on owner and attempt: a claim re-taken meanwhile is left alone
+                flags = tx.apply(shape.name, owner, back)
+                stale += [(t.item_id, t.stage, t.attempt) for t, ok in zip(back, flags) if ok]
             if stale:
-                moved = tx.set_state(shape.name, [(i, s) for i, s, _ in stale], PENDING,
-                                     (RUNNING,), ready=True)
-                moved_set = set(moved)
-                stale = [r for r in stale if (r[0], r[1]) in moved_set]
                 tx.append_history(shape.name, [
                     HistoryRow(i, s, PENDING, a, "recovery",
                                error="claim recovered: its runner died or its lease lapsed")
@@ -527,13 +551,23 @@ class BaseStore(HumanOps, FanOutOps, RollbackOps, abc.ABC):
             self.release(shape, owner, orphans)
         return len(orphans)
 
-    def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]]) -> None:
-        """Give claims back as pending (shutdown); a claim no longer ours is left alone."""
+    def release(self, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int]],
+                unstarted: Sequence[tuple[str, str, int]] = ()) -> None:
+        """Give claims back as pending (shutdown); a claim no longer ours is left alone.
+
+        Claims in ``unstarted`` never ran: they go back with their attempt
+        number, so the next run does not count an attempt that never happened.
+        """
         back = [Transition(i, s, a, PENDING, error="released at shutdown before it finished")
                 for i, s, a in keys]
         with self.transaction() as tx:
             accepted, _ = self._apply(tx, shape, owner, back)
             tx.reset_subtasks(shape.name, [(t.item_id, t.stage) for t in accepted])
+            flags = tx.unclaim(shape.name, owner, unstarted)
+            tx.append_history(shape.name, [
+                HistoryRow(i, s, PENDING, a - 1, owner,
+                           details='{"reason":"released before it started"}')
+                for (i, s, a), ok in zip(unstarted, flags) if ok])
 
     # -- human operations ----------------------------------------------------
     def retry(self, shape: Shape, item_id: str | None, stage: str | None,
@@ -543,8 +577,14 @@ class BaseStore(HumanOps, FanOutOps, RollbackOps, abc.ABC):
             rows = self._find(tx, shape, item_id, stage, (FAILED, StageState.REJECTED.value))
             if item_id is not None and not rows:
                 self._require_item(tx, shape, item_id)
-            moved = tx.set_state(shape.name, rows, PENDING,
+            # Ready only if its dependencies are done (a stage may have gained some).
+            states = tx.stage_states(shape.name, {i for i, _ in rows})
+            ready = [(i, s) for i, s in rows if deps_done(shape.deps[s], states.get(i, {}))]
+            waiting = [(i, s) for i, s in rows if (i, s) not in set(ready)]
+            moved = tx.set_state(shape.name, ready, PENDING,
                                  (FAILED, StageState.REJECTED.value), ready=True, error=None)
+            moved += tx.set_state(shape.name, waiting, PENDING,
+                                  (FAILED, StageState.REJECTED.value), ready=False, error=None)
             tx.append_history(shape.name, [HistoryRow(i, s, PENDING, 0, actor,
                                                       details='{"reason":"retry"}')
                                            for i, s in moved])

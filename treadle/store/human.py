@@ -90,6 +90,7 @@ class HumanOps:
 
         targets = [s for s in shape.order if s == stage or s in shape.descendants[stage]]
         with self.transaction() as tx:  # type: ignore[attr-defined]
+            tx.lock_stage_rows(shape.name, item_id)  # no claim may slip in meanwhile
             rows = tx.rows(shape.name, item_id)
             if not rows:
                 self._require_item(tx, shape, item_id)  # type: ignore[attr-defined]
@@ -111,6 +112,13 @@ class HumanOps:
             if stage in reset:
                 moved += tx.set_state(shape.name, [(item_id, stage)], StageState.PENDING.value,
                                       all_states, ready=first_ready, clear_output=True)
+            # Stages already pending keep no stale readiness: downstream ones wait again.
+            pending = StageState.PENDING.value
+            waiting = [(item_id, s) for s in targets
+                       if s in rows and rows[s].state == pending and s != stage]
+            tx.set_state(shape.name, waiting, pending, (pending,), ready=False)
+            if stage in rows and rows[stage].state == pending:
+                tx.set_state(shape.name, [(item_id, stage)], pending, (pending,), ready=first_ready)
             history = []
             for s in reset:
                 old = rows[s]

@@ -115,6 +115,21 @@ class _MemoryTx(Tx):
             flags.append(ok)
         return flags
 
+    def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
+        flags = []
+        for item_id, stage, attempt in keys:
+            key = (pipeline, item_id, stage)
+            row = self.s._stages.get(key)
+            ok = (row is not None and row.state == RUNNING and row.owner == owner
+                  and row.attempt == attempt)
+            if ok:
+                assert row is not None
+                row.state, row.owner, row.ready, row.updated_at = PENDING, None, True, self.now
+                row.attempt -= 1
+                self.s._push(pipeline, row, key)
+            flags.append(ok)
+        return flags
+
     def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
         for item_id, stage in rows:
             key = (pipeline, item_id, stage)
@@ -320,12 +335,12 @@ class MemoryStore(BaseStore):
             if row is not None:
                 yield stage, row
 
-    def _reconcile(self, tx: Tx, shape: Shape) -> None:
+    def _reconcile(self, tx: Tx, shape: Shape) -> bool:
         self._shapes[shape.name] = tuple(
             dict.fromkeys(self._shapes.get(shape.name, ()) + shape.order)
         )
         if self._deps_seen.get(shape.name) == dict(shape.deps):
-            return
+            return False
         for item_id in self._items.get(shape.name, {}):
             tx.insert_stage_rows(shape.name, [(item_id, s, False) for s in shape.order])
             states = tx.stage_states(shape.name, [item_id])[item_id]
@@ -337,6 +352,7 @@ class MemoryStore(BaseStore):
                     if row.ready:
                         self._push(shape.name, row, (shape.name, item_id, s))
         self._deps_seen[shape.name] = dict(shape.deps)
+        return True
 
     def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str) -> list[str]:
         if shape.name not in self._shapes:

@@ -88,6 +88,11 @@ class SqlTx(Tx):
             ((pipeline, i, s, 1 if r else 0, self.now) for i, s, r in rows),
         )
 
+    def lock_stage_rows(self, pipeline: str, item_id: str) -> None:
+        if self.store._lock_rows:
+            self._exec("SELECT 1 FROM treadle_stage WHERE pipeline=? AND item_id=? ORDER BY id FOR UPDATE",
+                       (pipeline, item_id)).fetchall()
+
     def lock_items(self, pipeline: str, item_ids: Iterable[str]) -> None:
         if not self.store._lock_rows:
             return  # SQLite: BEGIN IMMEDIATE already serialises writers
@@ -122,6 +127,16 @@ class SqlTx(Tx):
                               self.now + t.delay, self.now,
                               pipeline, t.item_id, t.stage, owner, t.attempt))
             flags.append(changes(cur) == 1)
+        return flags
+
+    def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
+        sql = self.sql("UPDATE treadle_stage SET state='pending', ready=1, owner=NULL, attempt=attempt-1, "
+                       "updated_at=? WHERE pipeline=? AND item_id=? AND stage=? AND owner=? "
+                       "AND attempt=? AND state='running'")
+        flags = []
+        for item_id, stage, attempt in keys:
+            self.cur.execute(sql, (self.now, pipeline, item_id, stage, owner, attempt))
+            flags.append(self.store._changes(self.cur) == 1)
         return flags
 
     def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
@@ -446,17 +461,17 @@ class SqlStore(BaseStore):
                 "pip install -U treadle. Nothing was changed."
             )
 
-    def _reconcile(self, tx: Tx, shape: Shape) -> None:
+    def _reconcile(self, tx: Tx, shape: Shape) -> bool:
         assert isinstance(tx, SqlTx)
         fingerprint = json.dumps({s: list(shape.deps[s]) for s in shape.order}, sort_keys=True)
         key = f"shape:{shape.name}"
         rows = list(tx._exec("SELECT value FROM treadle_meta WHERE key=?", (key,)))
         if rows and rows[0][0] == fingerprint:
-            return
+            return False
         self._exclusive(tx)
         rows = list(tx._exec("SELECT value FROM treadle_meta WHERE key=?", (key,)))
         if rows and rows[0][0] == fingerprint:
-            return  # another process reconciled it while we waited
+            return False  # another process reconciled it while we waited
         for stage in shape.order:
             tx._exec(
                 "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
@@ -476,6 +491,7 @@ class SqlStore(BaseStore):
                 (*deps, shape.name, stage))
         tx._exec("INSERT INTO treadle_meta (key, value) VALUES (?, ?) "
                  "ON CONFLICT (key) DO UPDATE SET value=excluded.value", (key, fingerprint))
+        return True
 
     # -- runners -----------------------------------------------------------
     def register_runner(self, owner: str, host: str, pid: int, lease: float) -> None:
