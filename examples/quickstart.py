@@ -93,7 +93,9 @@ def main() -> int:
     print(f"store: {url}")
     print(f"this run executed {report.executed} stage(s): {report.completed} completed, "
           f"{report.skipped} skipped, {report.failed} failed, "
-          f"{report.awaiting_review} sent to review")
+          f"{report.awaiting_review} sent to review"
+          + (f" ({report.skipped_downstream} more skipped downstream)"
+             if report.skipped_downstream else ""))
     for status in runner.items():
         print(f"  {status.item_id:8} {status.state.value}")
     waiting = runner.items(state="awaiting_review")

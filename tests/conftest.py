@@ -19,6 +19,15 @@ POSTGRES_URL = os.environ.get("TREADLE_TEST_POSTGRES_URL")
 NO_POSTGRES = "TREADLE_TEST_POSTGRES_URL is not set: no PostgreSQL server to test against"
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say once whether the PostgreSQL tests run."""
+    if POSTGRES_URL:
+        from treadle.store.urls import mask_url
+
+        return f"treadle: PostgreSQL tests run against {mask_url(POSTGRES_URL)}"
+    return f"treadle: PostgreSQL tests are skipped ({NO_POSTGRES})"
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """The URL of an empty PostgreSQL schema of this test's own."""

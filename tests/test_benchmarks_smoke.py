@@ -1,6 +1,8 @@
 """``python -m benchmarks --quick`` runs to the end and writes well-formed JSON.
 
 Only the shape of the results is checked, never a speed: timings depend on the machine.
+PostgreSQL (``$TREADLE_TEST_POSTGRES_URL``) and the peers (DBOS, LangGraph) are
+optional: each is either measured or reported as skipped.
 """
 
 from __future__ import annotations
@@ -42,23 +44,52 @@ def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
 
     workloads = data["workloads"]
     assert {name: w["name"] for name, w in workloads.items()} == {
-        "W1": "linear", "W4": "status", "W5": "resume"}
+        "W1": "linear", "W2": "fan-out", "W3": "diamond + review", "W4": "status",
+        "W5": "resume"}
+    settings = data["settings"]
+    skipped = {sk["store"] for sk in data["skipped"]}
+
+    local = {"memory", "sqlite", "sqlite-normal"}
+    pg = data["postgres"]["measured"]
+    assert pg or "postgresql" in skipped
+    assert set(data["stores_measured"]) == local | ({"postgresql"} if pg else set())
+
+    def expected(name: str) -> set[tuple[str, int]]:
+        sizes = workloads[name]["sizes"]
+        want = {(s, n) for s in local for n in sizes}
+        if pg and name in settings["postgres_workloads"]:
+            want |= {("postgresql", n) for n in sizes if n <= settings["postgres_max_n"]}
+        return want
 
     w1 = workloads["W1"]
-    stores = {"memory", "sqlite", "sqlite-normal"}
-    assert {(r["store"], r["n"]) for r in w1["results"]} == {
-        (s, n) for s in stores for n in w1["sizes"]}
+    assert {(r["store"], r["n"]) for r in w1["results"]} == expected("W1")
     for r in w1["results"]:
         for key in ("wall_s", "run_s", "transitions_per_s", "ratio_floor_normal",
                     "ratio_floor_full", "peak_rss_kb"):
             assert positive(r[key]), (r["store"], r["n"], key, r[key])
         assert r["transitions"] == r["n"] * 5
         assert r["rss_per_item_kb"] >= 0
-    assert set(w1["scaling"]) == stores
+    assert local <= set(w1["scaling"])
     assert all(positive(v["ratio"]) for v in w1["scaling"].values())
 
+    w2 = workloads["W2"]
+    assert {(r["store"], r["n"]) for r in w2["results"]} == expected("W2")
+    for r in w2["results"]:
+        assert r["stage_completions"] == 2 * r["n"] and r["subtask_completions"] == 8 * r["n"]
+        assert r["transitions"] == 10 * r["n"]
+        for key in ("run_s", "transitions_per_s", "us_per_transition", "peak_rss_kb"):
+            assert positive(r[key]), (r["store"], r["n"], key, r[key])
+
+    w3 = workloads["W3"]
+    assert {(r["store"], r["n"]) for r in w3["results"]} == expected("W3")
+    for r in w3["results"]:
+        assert r["approved"] == r["n"] // 2
+        assert r["transitions"] == 4 * r["n"] + 2 * r["approved"]
+        for key in ("run1_s", "list_s", "approve_s", "run2_s", "total_s", "transitions_per_s"):
+            assert positive(r[key]), (r["store"], r["n"], key, r[key])
+
     w4 = workloads["W4"]
-    assert {r["store"] for r in w4["results"]} == stores
+    assert {r["store"] for r in w4["results"]} == local
     for r in w4["results"]:
         assert r["rows"] > 0
         for query in ("counts", "items_many", "items_none"):
@@ -69,3 +100,23 @@ def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
     for r in w5["results"]:
         assert positive(r["first_stage_s"]) and positive(r["peak_rss_kb"])
         assert r["completed_items"] + r["pending_items"] == r["n"]
+
+    peers = data["peers"]
+    assert "pip install" in peers["install"]
+    measured = {name for name, versions in peers["installed"].items() if versions}
+    for name in set(settings["peers"]) - measured:
+        assert any(sk.get("peer") == name and "pip install" in sk["reason"]
+                   for sk in data["skipped"]), name
+    assert {(r["peer"], r["workload"]) for r in peers["results"]} == {
+        (p, w) for p in measured for w in ("W1", "W2")}
+    for r in peers["results"]:
+        assert r["transitions"] == r["n"] * (5 if r["workload"] == "W1" else 10)
+        assert positive(r["transitions_per_s"]) and positive(r["run_s"])
+    assert {c["workload"] for c in peers["comparison"]} == ({"W1", "W2"} if measured else set())
+    for c in peers["comparison"]:
+        assert c["faster_peer"] in measured and positive(c["faster_peer_transitions_per_s"])
+        assert all(positive(t["ratio"]) for t in c["treadle"].values())
+
+    assert len(data["targets"]) == 7
+    for t in data["targets"]:
+        assert t["target"] and t["measured"] and t["met"] in (True, False, None)

@@ -58,7 +58,7 @@ def test_run_exit_zero_and_db_flag_wins_over_env(tmp_path, db):
 def test_status_of_one_item_json_schema(db):
     """status ITEM --json has state, and per stage state, attempts, output, error, review."""
     cli("run", TARGET, "--item", '{"id": "big", "size": 50}', db=db)
-    data = json.loads(cli("status", TARGET, "big", "--json", db=db).stdout)
+    data = json.loads(cli("status", TARGET, "--json", "big", db=db).stdout)  # any order
     assert data["item_id"] == "big" and data["state"] == "awaiting_review"
     assert list(data["stages"]) == ["load", "check", "save"]
     check = data["stages"]["check"]
@@ -110,7 +110,8 @@ def test_graph_formats():
     """graph prints text, mermaid and dot."""
     assert "flowchart TD" in cli("graph", TARGET, "--format", "mermaid").stdout
     assert '"load" -> "check";' in cli("graph", TARGET, "--format", "dot").stdout
-    assert "└─ check  (after load)" in cli("graph", TARGET).stdout
+    text = cli("graph", TARGET).stdout
+    assert "   2  check  <- load" in text and "   1  load   (first)" in text
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -124,9 +125,13 @@ def test_graph_formats():
     (["status", TARGET, "--db", "postgresql://u:hunter2@127.0.0.1:1/x"], "Cannot use the store postgresql://u:***@127.0.0.1:1/x"),
     (["status", TARGET, "--db", "mysql://u:hunter2@h/x"], "Unknown store URL 'mysql://u:***@h/x'"),
     (["frobnicate", TARGET], ""),
+    (["status", TARGET], "no store at sqlite:///"),
+    (["status", TARGET, "--db", "bob:hunter2@localhost"], "Unknown store URL 'bob:***@localhost'"),
 ])
 def test_errors_are_one_line_exit_2_no_traceback(args, fragment, db):
     """Bad usage and treadle errors exit 2 with one line on stderr and no traceback."""
+    if "ghost" in args:
+        cli("submit", TARGET, "--item", '{"id": "seed"}', db=db)  # the store exists
     res = cli(*args, db=db)
     assert res.returncode == 2
     assert fragment in res.stderr
@@ -138,6 +143,7 @@ def test_errors_are_one_line_exit_2_no_traceback(args, fragment, db):
 
 def test_debug_shows_the_traceback(db):
     """--debug prints the traceback of an error."""
+    cli("submit", TARGET, "--item", '{"id": "seed"}', db=db)
     res = cli("status", TARGET, "ghost", "--debug", db=db)
     assert res.returncode == 2 and "Traceback" in res.stderr
 
@@ -257,3 +263,27 @@ def test_run_watch_picks_up_new_items_until_interrupted(db):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "items: 1 completed" in out
+
+
+def test_interrupted_run_exits_130_and_says_so(tmp_path, db):
+    """Ctrl-C during run: exit status 130 and a summary saying to run again."""
+    import signal as sig
+
+    target = tmp_path / "slowpipe.py"
+    target.write_text("import time\nfrom treadle import Pipeline, stage\n\n"
+                      "@stage()\ndef slow(item):\n    time.sleep(0.5)\n\n"
+                      "pipeline = Pipeline('slowcli', [slow])\n")
+    items = "".join(f'{{"id": "s{i}"}}\n' for i in range(20))
+    env = {**os.environ, "TREADLE_DB": db}
+    proc = subprocess.Popen([sys.executable, "-m", "treadle", "run", f"{target}:pipeline",
+                             "--items", "-", "--workers", "2"], cwd=tmp_path, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.stdin.write(items)
+    proc.stdin.close()
+    time.sleep(2.0)
+    proc.send_signal(sig.SIGINT)
+    out = proc.stdout.read()
+    proc.wait(timeout=30)
+    assert proc.returncode == 130, proc.stderr.read()
+    assert "interrupted: run again to continue" in out

@@ -87,6 +87,7 @@ class Counters:
     completed: int = 0
     failed: int = 0
     skipped: int = 0
+    skipped_downstream: int = 0
     awaiting_review: int = 0
     refused: int = 0
     interrupted: bool = False
@@ -431,7 +432,7 @@ class Scheduler:
                 signals.send(signals.review_required, p, data=review.get("data"),
                              message=review.get("message", ""), **kw)
         for item_id, stage in result.skipped:
-            c.skipped += 1
+            c.skipped_downstream += 1
             signals.send(signals.stage_skipped, p, item_id=item_id, stage=stage, attempt=0,
                          data="upstream skipped")
         for item_id, state in result.finished:

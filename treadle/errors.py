@@ -77,8 +77,8 @@ class ItemNotFoundError(TreadleError, KeyError):
 
     def __init__(self, item_id: str, pipeline: str) -> None:
         super().__init__(
-            f"Item {item_id!r} is not in pipeline {pipeline!r}; "
-            "submit it first, or check the id (runner.items() lists the known ones)."
+            f"Item {item_id!r} is not in pipeline {pipeline!r}; submit it first, or check the id "
+            "and the store (python -m treadle status TARGET, or runner.items(), lists the known ones)."
         )
         self.item_id = item_id
         self.pipeline = pipeline

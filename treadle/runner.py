@@ -114,7 +114,7 @@ class Runner(ReviewMixin):
             executed=c.executed, completed=c.completed, failed=c.failed, skipped=c.skipped,
             awaiting_review=c.awaiting_review, refused=c.refused,
             items=self._item_counts(), interrupted=c.interrupted,
-            failures=self._failures(),
+            failures=self._failures(), skipped_downstream=c.skipped_downstream,
         )
 
     # -- inspecting ----------------------------------------------------------

@@ -87,6 +87,8 @@ class RunReport:
     items: dict[str, int]
     interrupted: bool = False
     failures: list[tuple[str, str, str | None]] = attrs.field(factory=list)
+    #: Stages skipped without running because an upstream Skipped(propagate=True).
+    skipped_downstream: int = 0
 
     @property
     def ok(self) -> bool:

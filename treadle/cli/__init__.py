@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -24,24 +25,29 @@ from .target import load_target
 DEFAULT_DB = "sqlite:///treadle.db"
 
 EPILOG = """examples:
-  python -m treadle run examples/quickstart.py:pipeline
-  python -m treadle status examples/quickstart.py:pipeline
-  python -m treadle review examples/quickstart.py:pipeline
-  python -m treadle approve examples/quickstart.py:pipeline essay-3 review --data '{"summary": "ok"}'
+  python -m treadle run examples/quickstart.py:pipeline --db sqlite:///quickstart.db
+  python -m treadle status examples/quickstart.py:pipeline --db sqlite:///quickstart.db
+  python -m treadle review examples/quickstart.py:pipeline --db sqlite:///quickstart.db
+  python -m treadle approve examples/quickstart.py:pipeline essay-3 review --data '{"summary": "ok"}' --db sqlite:///quickstart.db
   python -m treadle graph mypkg.pipelines:tracks --format mermaid
 
 The store is --db URL, else $TREADLE_DB, else sqlite:///treadle.db.
-Exit status: 0 ok; 1 the run ended with failed items; 2 bad usage or any treadle error."""
+Exit status: 0 ok; 1 the run ended with failed items; 2 bad usage or any treadle error;
+130 the run was interrupted (Ctrl-C / SIGTERM): run it again to continue."""
 
 
 class UsageError(Exception):
     """Bad command-line usage (exit 2)."""
 
 
-def _parser() -> argparse.ArgumentParser:
+READ_ONLY = {"status", "reviews", "history"}
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(prog="python -m treadle", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands: dict[str, argparse.ArgumentParser] = {}
 
     def cmd(name: str, help_text: str, example: str, item: str | None = None) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text, description=help_text,
@@ -55,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("item", metavar="ITEM", nargs="?", help="item id")
         c.add_argument("--db", metavar="URL", help="store URL (default $TREADLE_DB or sqlite:///treadle.db)")
         c.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        commands[name] = c
         return c
 
     run = cmd("run", "submit new items and advance everything; show progress and a summary",
@@ -107,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rerun = cmd("rerun", "a stage and everything downstream back to pending",
                 "python -m treadle rerun app.py:pipeline t1 --from identify", item="required")
-    rerun.add_argument("--from", dest="from_stage", required=True, metavar="STAGE")
+    rerun.add_argument("--from", dest="from_stage", required=True, metavar="STAGE",
+                       help="the first stage to redo (everything downstream is redone too)")
 
     history = cmd("history", "every recorded transition of an item",
                   "python -m treadle history app.py:pipeline t1", item="required")
@@ -115,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
     graph = cmd("graph", "print the DAG", "python -m treadle graph app.py:pipeline --format mermaid")
     graph.add_argument("--format", choices=sorted(FORMATS), default="text")
-    return p
+    return p, commands
 
 
 def _item_options(c: argparse.ArgumentParser) -> None:
@@ -157,9 +165,14 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
          stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the command line; returns the exit status."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    parser = _parser()
+    parser, commands = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        if argv and argv[0] in commands:  # options and ITEM in any order after COMMAND
+            args = commands[argv[0]].parse_intermixed_args(argv[1:])
+            args.command = argv[0]
+        else:
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else 2
     url = args.db or os.environ.get("TREADLE_DB") or DEFAULT_DB
@@ -168,8 +181,16 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
         if args.command == "graph":
             stdout.write(FORMATS[args.format](pipeline) + "\n")
             return 0
+        if args.command in READ_ONLY:
+            _require_existing(url)
         runner = Runner(pipeline, open_store(url), workers=getattr(args, "workers", 4))
         return COMMANDS[args.command](args, runner, url, stdin, stdout, stderr)
+    except BrokenPipeError:  # e.g. piped into head: not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 0
     except (TreadleError, UsageError, ValueError, KeyError) as exc:
         if args.debug:
             traceback.print_exc(file=stderr)
@@ -184,9 +205,26 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
         return 2
 
 
+def _require_existing(url: str) -> None:
+    """Read-only commands never create an empty SQLite store by mistake."""
+    from ..store.urls import split
+
+    scheme, rest, _ = split(url)
+    path = rest[1:] if rest.startswith("/") else rest
+    if scheme == "sqlite" and path and not os.path.exists(path):
+        raise UsageError(
+            f"no store at {url} (the file {path!r} does not exist); nothing has run with it yet. "
+            "Pass the store you ran with: --db URL, or set TREADLE_DB."
+        )
+
+
 def _target_hint(args: argparse.Namespace, url: str) -> str:
-    db = "" if url == DEFAULT_DB and not args.db else f" --db {mask_url(url)}"
-    return f"{args.target}{db}"
+    """TARGET and --db for a next-step command the user can copy and paste."""
+    if not args.db:  # the default, or $TREADLE_DB: the same command finds it again
+        return shlex.quote(args.target)
+    if mask_url(url) != url:  # never print the password: let the shell supply it
+        return f"{shlex.quote(args.target)} --db \"$TREADLE_DB\"  (with TREADLE_DB set to your URL)"
+    return f"{shlex.quote(args.target)} --db {shlex.quote(url)}"
 
 
 # -- commands -------------------------------------------------------------------
@@ -220,6 +258,8 @@ def _run(args, runner: Runner, url: str, stdin, stdout, stderr) -> int:
         if disconnect:
             disconnect()
     _summary(args, runner, report, url, stdout, submitted=len(new))
+    if report.interrupted:
+        return 130
     return 1 if report.items.get("failed") else 0
 
 

@@ -24,14 +24,15 @@ def dot(p: Pipeline) -> str:
 
 
 def text(p: Pipeline) -> str:
-    """One line per stage in run order, with what it waits for, indented by depth."""
-    depth: dict[str, int] = {}
+    """One line per stage in run order: its level, its name, what it waits for."""
+    level: dict[str, int] = {}
     for s in p.order:
-        depth[s] = 1 + max((depth[d] for d in p.deps[s]), default=-1)
-    lines = [f"pipeline {p.name}"]
+        level[s] = 1 + max((level[d] for d in p.deps[s]), default=0)
+    width = max(len(s) for s in p.order)
+    lines = [f"pipeline {p.name}: {len(p.order)} stages (level: stages of one level can run together)"]
     for s in p.order:
-        after = f"  (after {', '.join(p.deps[s])})" if p.deps[s] else ""
-        lines.append(f"{'    ' * depth[s]}└─ {s}{after}")
+        after = f"<- {', '.join(p.deps[s])}" if p.deps[s] else "(first)"
+        lines.append(f"  {level[s]:>2}  {s:<{width}}  {after}")
     return "\n".join(lines)
 
 

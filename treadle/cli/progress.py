@@ -36,6 +36,12 @@ class Progress:
 
     def _on(self, kind: str) -> Any:
         def receive(sender: Any, **data: Any) -> None:
+            if kind == "failed" and data.get("final") is False:  # another attempt is coming
+                if not self.tty:
+                    self.out.write(f"retrying: {data.get('item_id')} {data.get('stage')} after attempt "
+                                   f"{data.get('attempt')}: {data.get('error')}\n")
+                    self.out.flush()
+                return
             with self._lock:
                 if kind == "item_finished":
                     self.items_done += 1

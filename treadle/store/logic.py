@@ -22,9 +22,10 @@ def deps_done(deps: Iterable[str], states: Mapping[str, StageRow]) -> bool:
 def item_state(order: Iterable[str], states: Mapping[str, StageRow]) -> ItemState:
     """The item-level state implied by its stages (see docs/concepts.md).
 
-    Work still able to move (running, or pending and ready) makes the item
-    ``running``; otherwise a review wait, a rejection, a failure or a rollback
-    decides, in that order; all stages done means ``completed``.
+    A stage claimed by a runner makes the item ``running``; a stage ready for
+    the next runner makes it ``pending``; otherwise a review wait, a
+    rejection, a failure or a rollback decides, in that order; all stages done
+    means ``completed``.
     """
     seen = [states.get(s, _PENDING) for s in order]
     values = {st for st, _ in seen}
@@ -32,12 +33,10 @@ def item_state(order: Iterable[str], states: Mapping[str, StageRow]) -> ItemStat
         return ItemState.COMPLETED
     if StageState.ROLLED_BACK.value in values:
         return ItemState.ROLLED_BACK
-    movable = StageState.RUNNING.value in values or any(
-        st == StageState.PENDING.value and ready for st, ready in seen
-    )
-    if movable:
-        started = values - {StageState.PENDING.value}
-        return ItemState.RUNNING if started else ItemState.PENDING
+    if StageState.RUNNING.value in values:
+        return ItemState.RUNNING
+    if any(st == StageState.PENDING.value and ready for st, ready in seen):
+        return ItemState.PENDING  # waiting for a runner to take its next stage
     if StageState.AWAITING_REVIEW.value in values:
         return ItemState.AWAITING_REVIEW
     if StageState.REJECTED.value in values:

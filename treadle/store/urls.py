@@ -8,8 +8,14 @@ from urllib.parse import parse_qsl, urlsplit
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
 
 
+_BARE = re.compile(r"^(?P<user>[^:@/]*):[^@/]*@")
+
+
 def mask_url(url: str) -> str:
-    """Replace any password in a URL with ``***`` (``postgresql://u:***@h/db``)."""
+    """Replace any password in a URL with ``***`` (``postgresql://u:***@h/db``),
+    also in a URL given without its scheme (``u:secret@host``)."""
+    if "://" not in url:
+        return _BARE.sub(lambda m: f"{m['user']}:***@", url)
     return _CREDENTIALS.sub(
         lambda m: f"{m['scheme']}{m['user']}{':***' if ':' in m.group(0)[len(m['scheme']):] else ''}@",
         url,
@@ -19,6 +25,8 @@ def mask_url(url: str) -> str:
 def mask_text(text: str, url: str) -> str:
     """Remove the password of ``url`` from ``text`` (e.g. a driver's error message)."""
     password = urlsplit(url).password if "://" in url else None
+    if password is None and "://" not in url and _BARE.match(url):
+        password = url.split(":", 1)[1].split("@", 1)[0]
     text = text.replace(url, mask_url(url))
     if password:
         text = text.replace(password, "***")
