@@ -63,6 +63,7 @@ def test_status_of_one_item_json_schema(db):
     assert list(data["stages"]) == ["load", "check", "save"]
     check = data["stages"]["check"]
     assert check["state"] == "awaiting_review" and check["attempts"] == 1
+    assert data["stages"]["load"]["duration_s"] >= 0 and data["stages"]["save"]["duration_s"] is None
     assert check["review"]["data"] == {"size": 50} and check["review"]["message"] == "Big one: confirm"
     text = cli("status", TARGET, "big", db=db).stdout
     assert "item big: awaiting_review" in text and "review: waiting" in text

@@ -307,8 +307,9 @@ def _submit(args, runner: Runner, url, stdin, stdout, stderr) -> int:
 def _status(args, runner: Runner, url, stdin, stdout, stderr) -> int:
     if args.item is not None:
         status = runner.status(args.item)
-        text = (json.dumps(render.item_json(status), indent=2, default=str) if args.json
-                else render.item_table(status))
+        took = render.durations(runner.history(args.item))
+        text = (json.dumps(render.item_json(status, took), indent=2, default=str) if args.json
+                else render.item_table(status, took))
         stdout.write(text + "\n")
         return 0
     counts = runner.counts()

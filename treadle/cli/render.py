@@ -42,7 +42,22 @@ def short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def item_table(status: ItemStatus) -> str:
+def durations(entries: Sequence[HistoryEntry]) -> dict[str, float]:
+    """Seconds each stage's last run took (claim to result), from the history."""
+    started: dict[str, float] = {}
+    out: dict[str, float] = {}
+    for h in entries:
+        if h.stage is None or h.subtask is not None:
+            continue
+        if h.state == "running":
+            started[h.stage] = h.at
+        elif h.stage in started:
+            out[h.stage] = max(0.0, h.at - started.pop(h.stage))
+    return out
+
+
+def item_table(status: ItemStatus, took: dict[str, float] | None = None) -> str:
+    took = took or {}
     rows = []
     for name, st in status.stages.items():
         extra = ""
@@ -52,20 +67,23 @@ def item_table(status: ItemStatus) -> str:
             extra = short(st.error, 70)
         elif st.output is not None:
             extra = short(st.output, 50)
-        rows.append([name, st.state.value, st.attempts, when(st.updated_at), extra])
+        secs = f"{took[name]:.2f}s" if name in took else ""
+        rows.append([name, st.state.value, st.attempts, secs, when(st.updated_at), extra])
         for sub in st.subtasks.values():
-            rows.append([f"  - {sub.name}", sub.state.value, sub.attempts, "", short(sub.error or "", 60)])
+            rows.append([f"  - {sub.name}", sub.state.value, sub.attempts, "", "",
+                         short(sub.error or "", 60)])
         for rec in st.attempt_log:
             v = rec.get("verdict", {})
             why = v.get("message") or v.get("reason") or v.get("note") or ""
-            rows.append([f"  #{rec.get('attempt')}", v.get("verdict", ""), "", when(rec.get("at")),
+            rows.append([f"  #{rec.get('attempt')}", v.get("verdict", ""), "", "", when(rec.get("at")),
                          short(f"{why} | output {short(rec.get('output'), 30)}", 70)])
     return f"item {status.item_id}: {status.state.value}\n" + table(
-        ["stage", "state", "attempts", "updated", "output / error / review"], rows)
+        ["stage", "state", "attempts", "took", "updated", "output / error / review"], rows)
 
 
-def item_json(status: ItemStatus) -> dict[str, Any]:
+def item_json(status: ItemStatus, took: dict[str, float] | None = None) -> dict[str, Any]:
     """The documented ``status ITEM --json`` schema."""
+    took = took or {}
     return {
         "item_id": status.item_id,
         "state": status.state.value,
@@ -74,6 +92,7 @@ def item_json(status: ItemStatus) -> dict[str, Any]:
             name: {
                 "state": st.state.value, "attempts": st.attempts, "output": st.output,
                 "error": st.error, "updated_at": st.updated_at,
+                "duration_s": round(took[name], 4) if name in took else None,
                 "review": attrs.asdict(st.review) if st.review else None,
                 "subtasks": {n: {"state": s.state.value, "attempts": s.attempts, "error": s.error}
                              for n, s in st.subtasks.items()},
