@@ -401,3 +401,50 @@ def test_stages_can_run_in_a_process_pool(tmp_path):
     st = runner.status(1)
     assert st.stages["where"].output["pid"] != os.getpid()
     assert st.stages["fan"].output == {"s0": 0, "s1": 1, "s2": 4}
+
+
+def test_declared_renames_carry_records_over(store):
+    """Pipeline(renames={old: new}) keeps the renamed stage's results; nothing reruns."""
+    calls = []
+
+    @stage()
+    def fetch(item):
+        calls.append("fetch")
+        return {"v": 1}
+
+    @stage(after=[fetch])
+    def old_name(item, ctx):
+        calls.append("old")
+        return ctx.outputs["fetch"]["v"] + 1
+
+    runner = Runner(Pipeline("ren", [fetch, old_name]), store)
+    runner.submit({"id": 1})
+    runner.run()
+
+    @stage(after=[fetch], name="new_name")
+    def renamed(item, ctx):
+        calls.append("new")
+        return -1
+
+    @stage(after=["new_name"])
+    def after(item, ctx):
+        return ctx.outputs["new_name"] * 10
+
+    runner2 = Runner(Pipeline("ren", [fetch, renamed, after], renames={"old_name": "new_name"}),
+                     store)
+    runner2.run()
+    st = runner2.status(1)
+    assert calls == ["fetch", "old"]
+    assert st.stages["new_name"].output == 2 and st.stages["after"].output == 20
+    assert any(h.state == "renamed" and h.details == {"renamed_from": "old_name"}
+               for h in runner2.history(1))
+
+
+def test_renames_are_validated():
+    """A rename to an unknown stage, or of a stage still present, is a definition error."""
+    from treadle import PipelineDefinitionError
+
+    with pytest.raises(PipelineDefinitionError, match="not one of its stages"):
+        Pipeline("r", [pipelines_diamond.fetch], renames={"a": "nope"})
+    with pytest.raises(PipelineDefinitionError, match="is still a stage"):
+        Pipeline("r", [pipelines_diamond.fetch], renames={"fetch": "fetch"})

@@ -26,7 +26,8 @@ class Pipeline:
     naming the culprit. ``item_type`` (an attrs class or dataclass) tells
     treadle how to restore stored items; without it items are dicts.
     ``source`` is an optional callable yielding items: each run submits the
-    ones whose id is not yet known.
+    ones whose id is not yet known. ``renames`` maps old stage names to
+    current ones: the stored records of a renamed stage carry over.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class Pipeline:
         item_type: type | None = None,
         source: Callable[[], Iterable[Any]] | None = None,
         on_failure: Literal["stop", "rollback"] = "stop",
+        renames: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise PipelineDefinitionError(f"Pipeline name must be a non-empty string, got {name!r}.")
@@ -71,6 +73,7 @@ class Pipeline:
         self.descendants: Mapping[str, frozenset[str]] = MappingProxyType(
             self._closure(self.dependents)
         )
+        self.renames: Mapping[str, str] = MappingProxyType(self._check_renames(renames or {}))
         #: Stages with a ``rollback`` (compensation) callable.
         self.rollback_stages: frozenset[str] = frozenset(
             n for n in order if specs[n].rollback is not None)
@@ -176,6 +179,18 @@ class Pipeline:
         for n in edges:
             visit(n)
         return out
+
+    def _check_renames(self, renames: Mapping[str, str]) -> dict[str, str]:
+        for old, new in renames.items():
+            if new not in self.stages:
+                raise UnknownStageError(
+                    f"Pipeline {self.name!r}: renames maps {old!r} to {new!r}, which is not one of "
+                    f"its stages.{did_you_mean(new, self.stages)}", stage=new)
+            if old in self.stages:
+                raise PipelineDefinitionError(
+                    f"Pipeline {self.name!r}: renames maps {old!r} to {new!r}, but {old!r} is still "
+                    "a stage; remove the rename or the stage.", stage=old)
+        return dict(renames)
 
     def check_stage(self, stage: str) -> str:
         """Return ``stage`` if the pipeline has it, else raise UnknownStageError."""

@@ -12,6 +12,7 @@ items finished, and claims the next batch of ready work.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -208,6 +209,11 @@ class Tx(abc.ABC):
         """Guarded update of running rows; one accepted flag per transition."""
 
     @abc.abstractmethod
+    def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
+        """Rename ``old`` stage rows (and their subtasks) to ``new``, replacing
+        ``new`` rows that never started; returns the items moved."""
+
+    @abc.abstractmethod
     def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
         """Undo claims that never ran: back to pending and ready, attempt - 1 (guarded)."""
 
@@ -333,8 +339,21 @@ class BaseStore(HumanOps, FanOutOps, RollbackOps, abc.ABC):
         between runs (a new stage runs for items already past its deps).
         """
         with self.transaction() as tx:
-            if self._reconcile(tx, shape):
+            renamed = self._rename(tx, shape)
+            if self._reconcile(tx, shape) or renamed:
                 self._resettle(tx, shape)
+
+    def _rename(self, tx: Tx, shape: Shape) -> bool:
+        """Carry the records of renamed stages over to their new names (declared
+        in ``Pipeline(renames=...)``); returns True if any row moved."""
+        moved = False
+        for old, new in getattr(shape, "renames", {}).items():
+            items = tx.rename_stage(shape.name, old, new)
+            tx.append_history(shape.name, [
+                HistoryRow(i, new, "renamed", 0, "definition",
+                           details=json.dumps({"renamed_from": old})) for i in items])
+            moved = moved or bool(items)
+        return moved
 
     @abc.abstractmethod
     def _reconcile(self, tx: Tx, shape: Shape) -> bool:

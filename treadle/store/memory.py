@@ -115,6 +115,24 @@ class _MemoryTx(Tx):
             flags.append(ok)
         return flags
 
+    def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
+        moved = []
+        for (p, item_id, stage) in list(self.s._stages):
+            if p != pipeline or stage != old:
+                continue
+            target = self.s._stages.get((p, item_id, new))
+            if target is not None and (target.state != PENDING or target.attempt):
+                continue  # the new stage has its own history: keep both
+            row = self.s._stages.pop((p, item_id, old))
+            self.s._stages[(p, item_id, new)] = row
+            if row.ready and row.state == PENDING:
+                self.s._push(pipeline, row, (p, item_id, new))
+            subs = self.s._subtasks.pop((p, item_id, old), None)
+            if subs is not None:
+                self.s._subtasks[(p, item_id, new)] = subs
+            moved.append(item_id)
+        return moved
+
     def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
         flags = []
         for item_id, stage, attempt in keys:

@@ -129,6 +129,22 @@ class SqlTx(Tx):
             flags.append(changes(cur) == 1)
         return flags
 
+    def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
+        items = [r[0] for r in self._exec(
+            "SELECT o.item_id FROM treadle_stage o WHERE o.pipeline=? AND o.stage=? AND NOT EXISTS "
+            "(SELECT 1 FROM treadle_stage n WHERE n.pipeline=o.pipeline AND n.item_id=o.item_id "
+            "AND n.stage=? AND (n.state<>'pending' OR n.attempt>0))", (pipeline, old, new))]
+        for item_id in items:
+            self._exec("DELETE FROM treadle_stage WHERE pipeline=? AND item_id=? AND stage=?",
+                       (pipeline, item_id, new))
+            self._exec("UPDATE treadle_stage SET stage=? WHERE pipeline=? AND item_id=? AND stage=?",
+                       (new, pipeline, item_id, old))
+            self._exec("DELETE FROM treadle_subtask WHERE pipeline=? AND item_id=? AND stage=?",
+                       (pipeline, item_id, new))
+            self._exec("UPDATE treadle_subtask SET stage=? WHERE pipeline=? AND item_id=? AND stage=?",
+                       (new, pipeline, item_id, old))
+        return items
+
     def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
         sql = self.sql("UPDATE treadle_stage SET state='pending', ready=1, owner=NULL, attempt=attempt-1, "
                        "updated_at=? WHERE pipeline=? AND item_id=? AND stage=? AND owner=? "
