@@ -18,6 +18,27 @@ from .sql import SqlStore
 from .urls import mask_text, mask_url
 
 
+_APPLY = (
+    "UPDATE treadle_stage AS s SET state=v.state, "
+    "output=CASE WHEN v.set_output THEN v.output ELSE s.output END, error=v.error, "
+    "review=COALESCE(v.review, s.review), owner=NULL, ready=v.ready, "
+    "not_before=v.not_before::float8, updated_at=v.now::float8 "
+    "FROM (VALUES %s) AS v(pipeline, owner, now, item_id, stage, attempt, state, set_output, "
+    "output, error, review, ready, not_before) "
+    "WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id AND s.stage=v.stage "
+    "AND s.owner=v.owner AND s.attempt=v.attempt AND s.state='running' "
+    "RETURNING s.item_id, s.stage, s.attempt"
+)
+_APPLY_SUB = (
+    "UPDATE treadle_subtask AS s SET state=v.state, output=v.output, error=v.error, owner=NULL, "
+    "updated_at=v.now::float8 "
+    "FROM (VALUES %s) AS v(pipeline, owner, now, item_id, stage, name, attempt, state, output, error) "
+    "WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id AND s.stage=v.stage AND s.name=v.name "
+    "AND s.owner=v.owner AND s.attempt=v.attempt AND s.state='running' "
+    "RETURNING s.item_id, s.stage, s.name, s.attempt"
+)
+
+
 @functools.lru_cache(maxsize=512)
 def _pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
@@ -82,6 +103,29 @@ class PostgresStore(SqlStore):
         # CREATE TABLE IF NOT EXISTS and bulk reconciliation race between
         # sessions: one at a time, until the transaction ends.
         tx._exec("SELECT pg_advisory_xact_lock(7465656164)")  # "treadle"
+
+    @staticmethod
+    def _apply_batch(tx: Any, pipeline: str, owner: str, transitions: Sequence[Any]) -> list[bool]:
+        """Guarded stage results as one ``UPDATE ... FROM (VALUES ...)`` per page:
+        one round trip instead of one per result."""
+        from psycopg2.extras import execute_values
+
+        rows = [(pipeline, owner, tx.now, t.item_id, t.stage, t.attempt, t.state,
+                 t.output is not None or t.state in ("completed", "skipped"), t.output, t.error,
+                 t.review, 1 if t.state == "pending" else 0, tx.now + t.delay)
+                for t in transitions]
+        done = {tuple(r) for r in execute_values(tx.cur, _APPLY, rows, page_size=500, fetch=True)}
+        return [(t.item_id, t.stage, t.attempt) in done for t in transitions]
+
+    @staticmethod
+    def _apply_sub_batch(tx: Any, pipeline: str, owner: str, results: Sequence[Any]) -> list[bool]:
+        """Guarded subtask results in one round trip per page."""
+        from psycopg2.extras import execute_values
+
+        rows = [(pipeline, owner, tx.now, r.item_id, r.stage, r.name, r.attempt, r.state,
+                 r.output, r.error) for r in results]
+        done = {tuple(r) for r in execute_values(tx.cur, _APPLY_SUB, rows, page_size=500, fetch=True)}
+        return [(r.item_id, r.stage, r.name, r.attempt) in done for r in results]
 
     @staticmethod
     def _insert_returning(cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> list[str]:

@@ -112,6 +112,8 @@ class SqlTx(Tx):
         return out
 
     def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
+        if self.store._apply_batch is not None and len(transitions) > 1:
+            return self.store._apply_batch(self, pipeline, owner, transitions)
         sql = self.sql(
             "UPDATE treadle_stage SET state=?, output=CASE WHEN ? THEN ? ELSE output END, "
             "error=?, review=COALESCE(?, review), owner=NULL, ready=?, not_before=?, updated_at=? "
@@ -292,6 +294,8 @@ class SqlTx(Tx):
                    [(pipeline, item_id, stage, n) for n in names])
 
     def apply_subtasks(self, pipeline: str, owner: str, results: Sequence[SubResult]) -> list[bool]:
+        if self.store._apply_sub_batch is not None and len(results) > 1:
+            return self.store._apply_sub_batch(self, pipeline, owner, results)
         sql = self.sql(
             "UPDATE treadle_subtask SET state=?, output=?, error=?, owner=NULL, updated_at=? "
             "WHERE pipeline=? AND item_id=? AND stage=? AND name=? AND owner=? AND attempt=? "
@@ -323,6 +327,9 @@ class SqlStore(BaseStore):
     _skip_locked = ""
     _lock_rows = False  # lock item rows before reading sibling states (concurrent writers)
     _insert_returning: Any = None  # (cur, sql, rows) -> inserted ids, for concurrent submitters
+    # (tx, pipeline, owner, results) -> accepted flags, in one round trip per page
+    _apply_batch: Any = None
+    _apply_sub_batch: Any = None
 
     def __init__(self, url: str, database: pw.Database) -> None:
         self.url = url
