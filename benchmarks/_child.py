@@ -24,10 +24,18 @@ def main(argv: list[str]) -> int:
     kind = spec["kind"]
     if kind == "floor":
         from .floor import run_floor as fn
+    elif kind == "peer":
+        from .peers import run_peer as fn
     else:
         from .workloads import KINDS
 
         fn = KINDS[kind]
+        if spec.get("item_cache"):
+            # --item-cache: the bound of treadle's item JSON cache (a work-around
+            # knob; the report says when it was used).
+            from treadle.store.base import BaseStore
+
+            BaseStore.ITEM_CACHE = int(spec["item_cache"])
     result = fn(spec)
     result["peak_rss_kb"] = peak_rss_kb()
     result["cpu_s"] = cpu_seconds()

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from . import peers as peer_registry
+from . import postgres, targets
 
 #: The folder holding the ``benchmarks`` package (the repository root).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,16 +27,18 @@ STORES: dict[str, tuple[str, str]] = {
     "sqlite": ("sqlite:///{path}", "`sqlite:///file.db`: synchronous=full, treadle's default"),
     "sqlite-normal": ("sqlite:///{path}?synchronous=normal",
                       "`sqlite:///file.db?synchronous=normal`"),
+    "postgresql": ("{postgres}", "PostgreSQL at `$TREADLE_TEST_POSTGRES_URL`, a fresh "
+                                 "schema `bench_<random>` per measurement, dropped afterwards"),
 }
 DURABLE = ("sqlite", "sqlite-normal")
-WORKLOADS = ("W1", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+#: Workloads that can run on PostgreSQL (W4 and W5 are SQLite-only, see ``skipped``).
+POSTGRES_WORKLOADS = ("W1", "W2", "W3")
+#: Workloads the peers implement.
+PEER_WORKLOADS = ("W1", "W2")
 FLOOR_SYNC = ("NORMAL", "FULL")
-
-SKIPPED_STORES = [{
-    "store": "postgresql",
-    "reason": "treadle's PostgreSQL store is not implemented yet (open_store accepts "
-              "sqlite:// and memory:// only); add it here when it lands.",
-}]
+WORKLOAD_NAMES = {"W1": "linear", "W2": "fan-out", "W3": "diamond + review",
+                  "W4": "status", "W5": "resume"}
 
 
 @dataclass
@@ -39,6 +46,8 @@ class Settings:
     mode: str
     workers: int = 4
     w1_sizes: list[int] = field(default_factory=list)
+    w2_sizes: list[int] = field(default_factory=list)
+    w3_sizes: list[int] = field(default_factory=list)
     w4_rows: int = 0
     w4_repeats: int = 5
     w5_items: int = 0
@@ -50,14 +59,30 @@ class Settings:
     stores: list[str] = field(default_factory=lambda: list(STORES))
     workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
     timeout: float = 900.0
+    #: Tries per measurement; failures before the last are recorded under ``retried``.
+    attempts: int = 1
+    #: If set, treadle's item JSON cache bound (``BaseStore.ITEM_CACHE``) in the children.
+    item_cache: int | None = None
+    #: PostgreSQL: only these workloads, only N up to ``postgres_max_n``, once per N.
+    postgres_workloads: list[str] = field(default_factory=lambda: list(POSTGRES_WORKLOADS))
+    postgres_max_n: int = 10_000
+    peers: list[str] = field(default_factory=lambda: list(peer_registry.PEERS))
+    peer_sizes: list[int] = field(default_factory=list)
+    #: Peers run with each of these numbers of concurrent callers; the best is compared.
+    peer_callers: list[int] = field(default_factory=lambda: [1])
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(w1_sizes=[1_000, 5_000], w4_rows=50_000, w5_items=5_000,
-                  floor_sample_normal=10_000, floor_sample_full=1_000, timeout=300.0),
-    "full": dict(w1_sizes=[1_000, 10_000, 100_000], w4_rows=1_000_000, w5_items=100_000,
+    "quick": dict(w1_sizes=[1_000, 5_000], w2_sizes=[1_000], w3_sizes=[1_000],
+                  w4_rows=50_000, w5_items=5_000,
+                  floor_sample_normal=10_000, floor_sample_full=1_000, timeout=300.0,
+                  postgres_max_n=1_000, postgres_workloads=["W1", "W2"], peer_sizes=[100],
+                  peer_callers=[1]),
+    "full": dict(w1_sizes=[1_000, 10_000, 100_000], w2_sizes=[1_000, 10_000],
+                 w3_sizes=[1_000, 10_000], w4_rows=1_000_000, w5_items=100_000,
                  floor_sample_normal=50_000, floor_sample_full=3_000, repeats=3,
-                 timeout=900.0),
+                 timeout=900.0, attempts=4, postgres_max_n=10_000, peer_sizes=[1_000],
+                 peer_callers=[1, 4]),
 }
 
 
@@ -73,7 +98,40 @@ class Suite:
         self.tmpdir = tmpdir
         self.log = log
         self.errors: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.retried: list[dict[str, Any]] = []
         self._seq = 0
+        self.stores = list(settings.stores)
+        if "postgresql" in self.stores:
+            reason = postgres.unavailable()
+            if reason is not None:
+                self.stores.remove("postgresql")
+                self.skipped.append({"store": "postgresql", "reason": reason})
+            else:
+                left = [w for w in settings.workloads if w not in settings.postgres_workloads]
+                if left:
+                    self.skipped.append({
+                        "store": "postgresql", "workload": ", ".join(left),
+                        "reason": "not run on PostgreSQL (it runs "
+                                  f"{', '.join(settings.postgres_workloads)})"})
+                sizes = {"W1": settings.w1_sizes, "W2": settings.w2_sizes,
+                         "W3": settings.w3_sizes}
+                big = sorted({n for w, ns in sizes.items() for n in ns
+                              if w in settings.workloads and w in settings.postgres_workloads
+                              and n > settings.postgres_max_n})
+                if big:
+                    self.skipped.append({
+                        "store": "postgresql", "workload": "N = " + ", ".join(f"{n:,}" for n in big),
+                        "reason": f"PostgreSQL runs only N <= {settings.postgres_max_n:,} "
+                                  "(once each, no repeats) to bound the suite's time"})
+        self.peers: list[str] = []
+        for name in settings.peers:
+            if peer_registry.versions(name) is None:
+                self.skipped.append({
+                    "store": f"{peer_registry.PEERS[name].label} (peer)", "peer": name,
+                    "reason": f"not installed; to measure it: {peer_registry.INSTALL}"})
+            else:
+                self.peers.append(name)
 
     # -- child processes -----------------------------------------------------
     def _path(self, tag: str, ext: str) -> str:
@@ -83,6 +141,8 @@ class Suite:
     def child(self, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Run one measurement in a fresh interpreter and return its result."""
         spec = dict(spec, out=self._path(spec["kind"], "json"))
+        if self.s.item_cache:
+            spec["item_cache"] = self.s.item_cache
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         limit = timeout or self.s.timeout
@@ -108,16 +168,24 @@ class Suite:
         return result
 
     def _attempt(self, what: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Run one measurement, up to ``attempts`` times if it fails. A failure that
+        is retried is kept in ``retried`` (and shown in the notes), the last one in
+        ``errors``: a retry must never hide that the library failed."""
         label = " ".join(f"{k}={v}" for k, v in what.items())
-        t0 = time.perf_counter()
-        try:
-            result = fn()
-        except MeasurementError as exc:
-            self.log(f"  {label}: FAILED ({exc})")
-            self.errors.append(dict(what, error=str(exc)))
-            return None
-        self.log(f"  {label}: {time.perf_counter() - t0:.1f} s")
-        return result
+        for attempt in range(1, self.s.attempts + 1):
+            t0 = time.perf_counter()
+            try:
+                result = fn()
+            except MeasurementError as exc:
+                self.log(f"  {label}: FAILED ({exc})")
+                if attempt == self.s.attempts:
+                    self.errors.append(dict(what, error=str(exc), attempt=attempt))
+                    return None
+                self.retried.append(dict(what, error=str(exc), attempt=attempt))
+                continue
+            self.log(f"  {label}: {time.perf_counter() - t0:.1f} s")
+            return dict(result, attempt=attempt) if attempt > 1 else result
+        return None
 
     def _db(self, tag: str) -> str:
         return self._path(tag, "db")
@@ -125,9 +193,27 @@ class Suite:
     def _url(self, store: str, path: str) -> str:
         return STORES[store][0].format(path=path)
 
+    @contextmanager
+    def _store_url(self, store: str, tag: str) -> Iterator[str]:
+        """A fresh, empty store of kind ``store`` for one measurement; cleaned up after."""
+        if store == "postgresql":
+            with postgres.fresh_schema() as url:
+                yield url
+            return
+        path = self._db(f"{tag}-{store}")
+        try:
+            yield self._url(store, path)
+        finally:
+            self._remove_db(path)
+
+    def _runs_on(self, store: str, workload: str, n: int, rep: int) -> bool:
+        if store != "postgresql":
+            return True
+        return workload in self.s.postgres_workloads and n <= self.s.postgres_max_n and rep == 0
+
     @staticmethod
     def _remove_db(path: str) -> None:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-journal"):
             try:
                 os.remove(path + suffix)
             except FileNotFoundError:
@@ -147,18 +233,34 @@ class Suite:
 
         return self._attempt({"workload": "floor", "synchronous": sync, "n": n, **tag}, go)
 
-    def w1(self, store: str, n: int, tag: dict[str, Any]) -> dict[str, Any] | None:
-        path = self._db(f"w1-{store}")
+    def treadle(self, workload: str, store: str, n: int,
+                tag: dict[str, Any]) -> dict[str, Any] | None:
+        """One W1, W2 or W3 measurement on a fresh store."""
+        def go() -> dict[str, Any]:
+            try:
+                with self._store_url(store, workload.lower()) as url:
+                    r = self.child({"kind": workload.lower(), "n": n,
+                                    "workers": self.s.workers, "url": url})
+            except MeasurementError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. creating the PostgreSQL schema
+                raise MeasurementError(f"store setup failed: {exc}") from exc
+            return dict(r, store=store)
+
+        return self._attempt({"workload": workload, "store": store, "n": n, **tag}, go)
+
+    def peer(self, name: str, workload: str, n: int, callers: int) -> dict[str, Any] | None:
+        path = self._db(f"peer-{name}")
 
         def go() -> dict[str, Any]:
             try:
-                r = self.child({"kind": "w1", "n": n, "workers": self.s.workers,
-                                "url": self._url(store, path)})
+                return self.child({"kind": "peer", "peer": name, "workload": workload,
+                                   "n": n, "callers": callers, "path": path})
             finally:
-                self._remove_db(path)
-            return dict(r, store=store)
+                self._remove_db(path)  # DBOS uses a rollback journal, LangGraph WAL
 
-        return self._attempt({"workload": "W1", "store": store, "n": n, **tag}, go)
+        return self._attempt({"workload": workload, "peer": name, "n": n,
+                              "callers": callers}, go)
 
     def w4(self, store: str) -> dict[str, Any] | None:
         path = self._db(f"w4-{store}")
@@ -212,57 +314,116 @@ class Suite:
         return out
 
     # -- the whole run -------------------------------------------------------
+    def _treadle_sizes(self, workload: str, sizes: list[int],
+                       with_floor: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Measure ``workload`` at each N on every store (repeats interleaved); the
+        median run per (store, N), and the floor's when ``with_floor``."""
+        s = self.s
+        key = "total_s" if workload == "W3" else "run_s"
+        rows: list[dict[str, Any]] = []
+        floors: list[dict[str, Any]] = []
+        for n in sizes:
+            k = s.repeats if n <= s.repeat_max_n else 1
+            self.log(f"{workload} {WORKLOAD_NAMES[workload]}, N={n:,}"
+                     + (f", {k} repeats" if k > 1 else ""))
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for rep in range(k):
+                tag = {"repeat": rep + 1} if k > 1 else {}
+                if with_floor:
+                    # Floor and treadle at each N back to back (and repeats interleaved),
+                    # so a change in machine load hits both sides of the ratio alike.
+                    for sync in FLOOR_SYNC:
+                        if (r := self.floor(n, sync, tag)) is not None:
+                            runs.setdefault(f"floor-{sync}", []).append(r)
+                for store in self.stores:
+                    if not self._runs_on(store, workload, n, rep):
+                        continue
+                    if (r := self.treadle(workload, store, n, tag)) is not None:
+                        runs.setdefault(store, []).append(r)
+            for name, got in runs.items():
+                if name.startswith("floor-"):
+                    floors.append(median_run(got, "transitions_per_s"))
+                else:
+                    rows.append(median_run(got, key))
+        return rows, floors
+
+    def _peers(self) -> list[dict[str, Any]]:
+        s = self.s
+        out: list[dict[str, Any]] = []
+        for workload in (w for w in PEER_WORKLOADS if w in s.workloads):
+            for n in s.peer_sizes:
+                if self.peers:
+                    self.log(f"Peers {workload} {WORKLOAD_NAMES[workload]}, N={n:,}")
+                for name in self.peers:
+                    for callers in s.peer_callers:
+                        if (r := self.peer(name, workload, n, callers)) is not None:
+                            r["transitions_per_s"] = r["transitions"] / r["run_s"]
+                            r["us_per_transition"] = r["run_s"] / r["transitions"] * 1e6
+                            out.append(r)
+        return out
+
     def run(self) -> dict[str, Any]:
         s = self.s
         floors: list[dict[str, Any]] = []
         w1: list[dict[str, Any]] = []
+        w2: list[dict[str, Any]] = []
+        w3: list[dict[str, Any]] = []
         w4: list[dict[str, Any]] = []
         w5: list[dict[str, Any]] = []
+        local = [st for st in self.stores if st != "postgresql"]
         if "W1" in s.workloads:
-            # Floor and treadle at each N back to back (and repeats interleaved), so a
-            # change in machine load hits both sides of the ratio alike.
-            for n in s.w1_sizes:
-                k = s.repeats if n <= s.repeat_max_n else 1
-                self.log(f"W1 linear, N={n:,}" + (f", {k} repeats" if k > 1 else ""))
-                runs: dict[str, list[dict[str, Any]]] = {}
-                for rep in range(k):
-                    tag = {"repeat": rep + 1} if k > 1 else {}
-                    for sync in FLOOR_SYNC:
-                        if (r := self.floor(n, sync, tag)) is not None:
-                            runs.setdefault(f"floor-{sync}", []).append(r)
-                    for store in s.stores:
-                        if (r := self.w1(store, n, tag)) is not None:
-                            runs.setdefault(store, []).append(dict(r, store=store))
-                for key, got in runs.items():
-                    if key.startswith("floor-"):
-                        floors.append(median_run(got, "transitions_per_s"))
-                    else:
-                        w1.append(median_run(got, "run_s"))
+            w1, floors = self._treadle_sizes("W1", s.w1_sizes, with_floor=True)
+        if "W2" in s.workloads:
+            w2, _ = self._treadle_sizes("W2", s.w2_sizes)
+        if "W3" in s.workloads:
+            w3, _ = self._treadle_sizes("W3", s.w3_sizes)
         if "W4" in s.workloads:
             self.log(f"W4 status, {s.w4_rows:,} rows")
-            for store in s.stores:
+            for store in local:
                 if (r := self.w4(store)) is not None:
                     w4.append(r)
-        w5_stores = [st for st in s.stores if st in DURABLE]
+        w5_stores = [st for st in local if st in DURABLE]
         if "W5" in s.workloads and w5_stores:
             self.log(f"W5 resume, {s.w5_items:,} items (half complete)")
             w5 = self.w5(w5_stores)
+        peer_rows = self._peers()
         derive_w1(w1, floors)
-        return {
+        derive_rates(w2, "run_s")
+        derive_rates(w3, "total_s")
+        skipped = list(self.skipped)
+        if "W5" in s.workloads and "memory" in self.stores:
+            skipped.append({"store": "memory", "workload": "W5",
+                            "reason": "a memory:// store does not survive the process; "
+                                      "nothing to resume"})
+        settings = asdict(s)
+        pg_version = postgres.server_version() if "postgresql" in self.stores else None
+        body = {
             "floor": floors,
             "workloads": {
                 "W1": {"name": "linear", "stages": 5, "sizes": s.w1_sizes, "results": w1,
                        "scaling": scaling(w1)},
+                "W2": {"name": "fan-out", "width": 8, "sizes": s.w2_sizes, "results": w2},
+                "W3": {"name": "diamond + review", "stages": 5, "sizes": s.w3_sizes,
+                       "results": w3},
                 "W4": {"name": "status", "rows": s.w4_rows, "results": w4},
                 "W5": {"name": "resume", "items": s.w5_items, "results": w5},
             },
-            "settings": asdict(s),
-            "skipped": list(SKIPPED_STORES) + (
-                [{"store": "memory", "workload": "W5",
-                  "reason": "a memory:// store does not survive the process; nothing to resume"}]
-                if "W5" in s.workloads and "memory" in s.stores else []),
+            "peers": {
+                "install": peer_registry.INSTALL,
+                "installed": {name: peer_registry.versions(name) for name in s.peers},
+                "results": peer_rows,
+                "comparison": compare_peers(peer_rows, {"W1": w1, "W2": w2}),
+            },
+            "postgres": {"measured": "postgresql" in self.stores, "server_version": pg_version,
+                         "settings": postgres.server_settings() if pg_version else None},
+            "settings": settings,
+            "stores_measured": self.stores,
+            "skipped": skipped,
+            "retried": self.retried,
             "errors": self.errors,
         }
+        body["targets"] = targets.evaluate(body)
+        return body
 
 
 # -- derived figures ---------------------------------------------------------------
@@ -283,6 +444,45 @@ def derive_w1(rows: list[dict[str, Any]], floors: list[dict[str, Any]]) -> None:
             base = floor.get((r["n"], sync))
             r[f"ratio_floor_{sync.lower()}"] = r["transitions_per_s"] / base if base else None
         r["rss_per_item_kb"] = max(0, r["peak_rss_kb"] - r["base_rss_kb"]) / r["n"]
+
+
+def derive_rates(rows: list[dict[str, Any]], seconds: str) -> None:
+    """transitions/s and us/transition over ``seconds``, RSS per item."""
+    for r in rows:
+        r["transitions_per_s"] = r["transitions"] / r[seconds]
+        r["us_per_transition"] = r[seconds] / r["transitions"] * 1e6
+        r["rss_per_item_kb"] = max(0, r["peak_rss_kb"] - r["base_rss_kb"]) / r["n"]
+
+
+def compare_peers(peer_rows: list[dict[str, Any]],
+                  treadle_rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per workload and peer N: the faster peer (best over its caller counts) and each
+    treadle store's transitions/s over it, treadle taken at the N closest to the peer's."""
+    out = []
+    for workload in PEER_WORKLOADS:
+        for n in sorted({r["n"] for r in peer_rows if r["workload"] == workload}):
+            mine = [r for r in peer_rows if r["workload"] == workload and r["n"] == n]
+            best: dict[str, dict[str, Any]] = {}
+            for r in mine:
+                if r["peer"] not in best or r["transitions_per_s"] > best[r["peer"]]["transitions_per_s"]:
+                    best[r["peer"]] = r
+            fastest = max(best.values(), key=lambda r: r["transitions_per_s"])
+            treadle = {}
+            for r in treadle_rows.get(workload, []):
+                cur = treadle.get(r["store"])
+                if cur is None or abs(math.log(r["n"] / n)) < abs(math.log(cur["n"] / n)):
+                    treadle[r["store"]] = r
+            out.append({
+                "workload": workload, "peer_n": n,
+                "peers": {p: {"transitions_per_s": r["transitions_per_s"], "callers": r["callers"]}
+                          for p, r in best.items()},
+                "faster_peer": fastest["peer"],
+                "faster_peer_transitions_per_s": fastest["transitions_per_s"],
+                "treadle": {store: {"n": r["n"], "transitions_per_s": r["transitions_per_s"],
+                                    "ratio": r["transitions_per_s"] / fastest["transitions_per_s"]}
+                            for store, r in treadle.items()},
+            })
+    return out
 
 
 def scaling(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
