@@ -124,3 +124,21 @@ def test_nul_characters_in_errors_are_stored(store):
     report = runner.run()
     assert report.failed == 1
     assert runner.status("x").stages["parse"].error == "ValueError: bad byte \\x00 here"
+
+
+def test_item_cache_overflow_does_not_lose_items_of_the_batch(monkeypatch):
+    """When the item-JSON cache overflows mid-run, every claimed item is still found."""
+    import json
+
+    from treadle.store.base import BaseStore
+
+    @stage()
+    def s1(item):
+        return {"ok": 1}
+
+    store = open_store("memory://")
+    runner = Runner(Pipeline("cache", [s1]), store, workers=4)
+    runner.submit(*({"id": i} for i in range(10)))
+    monkeypatch.setattr(BaseStore, "ITEM_CACHE", 2)
+    store._item_cache["cache"] = {str(i): json.dumps({"id": i}) for i in range(3)}
+    assert runner.run().completed == 10

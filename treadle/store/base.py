@@ -509,10 +509,10 @@ class BaseStore(HumanOps, FanOutOps, RollbackOps, abc.ABC):
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])
         # Items never change once stored: keep their JSON for the next stages.
         cache = self._item_cache.setdefault(shape.name, {})
+        if len(cache) > self.ITEM_CACHE:
+            cache.clear()  # before looking: every item of this batch is fetched below
         missing = {i for i, _, _ in rows if i not in cache}
         if missing:
-            if len(cache) > self.ITEM_CACHE:
-                cache.clear()
             cache.update(tx.items_json(shape.name, missing))
         need = {i for i, s, _ in rows if shape.deps[s]}
         outputs = tx.completed_outputs(shape.name, need) if need else {}

@@ -136,11 +136,3 @@ class FanOutOps:
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner, subtask=n)
                                        for i, s, n, a in out])
         return out
-
-    def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]:
-        """Every subtask row of one item."""
-        with self.transaction() as tx:  # type: ignore[attr-defined]
-            out: list[SubRecord] = []
-            for stage in shape.order:
-                out.extend(tx.subtask_rows(shape.name, item_id, stage).values())
-            return out

@@ -442,6 +442,16 @@ class MemoryStore(BaseStore):
                 ids = list(dict.fromkeys(i for _, _, i in sorted(rows)))
             return ids[:limit] if limit is not None else ids
 
+    def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]:
+        """Every subtask row of one item."""
+        with self._lock:
+            out: list[SubRecord] = []
+            for stage in shape.order:
+                subs = self._subtasks.get((shape.name, item_id, stage), {})
+                out += [SubRecord(stage, n, r.state, r.attempt, r.output, r.error)
+                        for n, r in sorted(subs.items(), key=lambda kv: kv[1].id)]
+            return out
+
     def settled_item_counts(self, shape: Shape) -> dict[str, int]:
         with self._lock:
             out: dict[str, int] = {}

@@ -78,6 +78,21 @@ class PostgresStore(SqlStore):
                 "PostgreSQL is running and accepts connections from this machine."
             ) from None
 
+    ANALYZE_AFTER = 500  # items in one submission that make statistics worth refreshing
+
+    def submit(self, shape: Any, items: Sequence[tuple[str, str]], actor: str) -> list[str]:
+        new = super().submit(shape, items, actor)
+        if len(new) >= self.ANALYZE_AFTER:
+            # Without statistics (a new store, or autovacuum off) the planner may pick a
+            # scan for the per-row updates; give it numbers after a large submission.
+            self._read_write("ANALYZE treadle_stage")
+            self._read_write("ANALYZE treadle_item")
+        return new
+
+    def _read_write(self, sql: str) -> None:
+        cur = self._connection().cursor()
+        cur.execute(sql)
+
     def _sql(self, sql: str) -> str:
         return _pyformat(sql)
 

@@ -582,6 +582,13 @@ class SqlStore(BaseStore):
         ids = list(dict.fromkeys(i for _, _, i in rows))
         return ids[:limit] if limit is not None else ids
 
+    def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]:
+        """Every subtask row of one item (one read, no write lock)."""
+        wanted = set(shape.order)
+        return [SubRecord(*r) for r in self._read(
+            "SELECT stage, name, state, attempt, output, error FROM treadle_subtask "
+            "WHERE pipeline=? AND item_id=? ORDER BY id", (shape.name, item_id)) if r[0] in wanted]
+
     def settled_item_counts(self, shape: Shape) -> dict[str, int]:
         return dict(self._read(
             "SELECT state, count(*) FROM treadle_item WHERE pipeline=? GROUP BY state", (shape.name,)))
