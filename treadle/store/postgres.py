@@ -18,6 +18,9 @@ from .sql import SqlStore
 from .urls import mask_text, mask_url
 
 
+#: Seconds a session may sit idle inside a transaction before the server ends it.
+IDLE_IN_TRANSACTION = 10.0
+
 _APPLY = (
     "UPDATE treadle_stage AS s SET state=v.state, "
     "output=CASE WHEN v.set_output THEN v.output ELSE s.output END, error=v.error, "
@@ -65,6 +68,11 @@ class PostgresStore(SqlStore):
             raise StoreError(f"Cannot parse the store URL {mask_url(url)}: {mask_text(str(exc), url)}.") from None
         import peewee as pw
 
+        # A runner paused inside a transaction (SIGSTOP, a VM freeze) must not hold
+        # row locks for ever: the server ends such a session after a while, its
+        # locks go, and the runner reconnects (its claims having lapsed meanwhile).
+        params["options"] = (f"{params.get('options', '')} -c idle_in_transaction_session_timeout="
+                             f"{int(IDLE_IN_TRANSACTION * 1000)}").strip()
         database = pw.PostgresqlDatabase(params.pop("database"), **params)
         super().__init__(url, database)
         try:
