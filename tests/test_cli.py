@@ -288,3 +288,13 @@ def test_interrupted_run_exits_130_and_says_so(tmp_path, db):
     proc.wait(timeout=30)
     assert proc.returncode == 130, proc.stderr.read()
     assert "interrupted: run again to continue" in out
+
+
+def test_interactive_review_requests_changes(db):
+    """The 'changes' choice sends the stage back with the reviewer's feedback."""
+    cli("run", TARGET, "--item", '{"id": "ch", "size": 30}', db=db)
+    res = cli("review", TARGET, "--reviewer", "kim", input="c\n\nc\nsmaller please\n", db=db)
+    assert "changes need feedback" in res.stdout and "1 changes" in res.stdout
+    hist = json.loads(cli("history", TARGET, "ch", "--json", db=db).stdout)
+    asked = [h for h in hist if h["state"] == "changes_requested"]
+    assert asked[0]["details"] == {"feedback": "smaller please", "reviewer": "kim"}

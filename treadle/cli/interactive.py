@@ -39,6 +39,15 @@ def edit_json(data: Any, ask: Callable[[str], str], out: TextIO) -> tuple[bool, 
         os.unlink(path)
 
 
+def _required(ask: Callable[[str], str], out: TextIO, prompt: str, missing: str) -> str | None:
+    """Ask for a text that must not be empty; None (after saying so) if it is."""
+    text = ask(prompt).strip()
+    if not text:
+        out.write(f"{missing}\n")
+        return None
+    return text
+
+
 def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out: TextIO,
                 stage: str | None = None) -> dict[str, int]:
     """Walk the inbox oldest first; each decision is written as it is made."""
@@ -76,16 +85,14 @@ def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out
                     runner.approve(item_id, name, data=data, reviewer=reviewer)
                     tally["edited"] += 1
                 elif choice in ("r", "reject"):
-                    reason = ask("reason: ").strip()
-                    if not reason:
-                        out.write("a rejection needs a reason\n")
+                    reason = _required(ask, out, "reason: ", "a rejection needs a reason")
+                    if reason is None:
                         continue
                     runner.reject(item_id, name, reason=reason, reviewer=reviewer)
                     tally["rejected"] += 1
                 elif choice in ("c", "changes"):
-                    feedback = ask("what should change? ").strip()
-                    if not feedback:
-                        out.write("changes need feedback\n")
+                    feedback = _required(ask, out, "what should change? ", "changes need feedback")
+                    if feedback is None:
                         continue
                     runner.request_changes(item_id, name, feedback=feedback, reviewer=reviewer)
                     tally["changes"] += 1
