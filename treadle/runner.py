@@ -11,10 +11,9 @@ from typing import Any
 from . import signals
 from ._review import ReviewMixin
 from ._scheduler import Scheduler
-from .errors import ItemNotFoundError, TreadleError
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
-from .states import ItemState, StageState, SubtaskState
+from .states import StageState, SubtaskState
 from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
 from .store.base import StateStore
 from .store.logic import item_state
@@ -231,4 +230,4 @@ class Runner(ReviewMixin):
         return out
 
 
-__all__ = ["Runner", "ItemNotFoundError", "TreadleError", "ItemState", "SubtaskState"]
+__all__ = ["Runner"]

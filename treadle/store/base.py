@@ -108,11 +108,10 @@ class CommitResult:
 
 @attrs.frozen
 class Outlook:
-    """Whether a runner should keep waiting: work others hold, work not yet due."""
+    """Whether a runner should keep waiting: work ready (perhaps not yet due), work others hold."""
 
     ready: int
     running: int
-    next_due: float | None
 
 
 @attrs.frozen

@@ -328,7 +328,6 @@ class MemoryStore(BaseStore):
         self._ids = itertools.count(1)
         self._items: dict[str, dict[str, _Item]] = {}
         self._stages: dict[tuple[str, str, str], _Row] = {}
-        self._item_stages: dict[tuple[str, str], list[str]] = {}
         self._ready: dict[str, list[tuple[int, tuple[str, str, str]]]] = {}
         self._history: list[tuple[int, str, float, HistoryRow]] = []
         self._runners: dict[str, tuple[str, int, float]] = {}
@@ -396,7 +395,6 @@ class MemoryStore(BaseStore):
     def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook:
         with self._lock:
             ready = running = 0
-            due: float | None = None
             wanted = set(shape.order)
             items = set(only) if only is not None else None
             for (p, i, s), r in self._stages.items():
@@ -406,8 +404,7 @@ class MemoryStore(BaseStore):
                     running += 1
                 elif r.state == PENDING and r.ready:
                     ready += 1
-                    due = r.not_before if due is None else min(due, r.not_before)
-            return Outlook(ready, running, due)
+            return Outlook(ready, running)
 
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]:
         with self._lock:

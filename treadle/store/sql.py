@@ -536,13 +536,13 @@ class SqlStore(BaseStore):
         marks = _marks(len(shape.order))
         items = f" AND item_id IN ({_marks(len(only))})" if only is not None else ""
         params = (shape.name, *shape.order, *(only or ()))
-        ready, due = self._read(
-            "SELECT count(*), min(not_before) FROM treadle_stage WHERE pipeline=? AND state='pending' "
-            f"AND ready=1 AND stage IN ({marks}){items}", params)[0]
+        ready = self._read(
+            "SELECT count(*) FROM treadle_stage WHERE pipeline=? AND state='pending' "
+            f"AND ready=1 AND stage IN ({marks}){items}", params)[0][0]
         running = self._read(
             "SELECT count(*) FROM treadle_stage WHERE pipeline=? AND state='running' "
             f"AND stage IN ({marks}){items}", params)[0][0]
-        return Outlook(ready, running, due)
+        return Outlook(ready, running)
 
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]:
         rows = self._read(
