@@ -9,6 +9,7 @@ import json
 import traceback
 from typing import Any
 
+from ._crash import crash_point
 from .errors import SerializationError
 from .outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
 from .serialization import ItemCodec, to_json
@@ -69,6 +70,7 @@ def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
     item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
     if mark is not None:
         mark.start()
+    crash_point("in-stage")
     try:
         item = codec.load(item_json)
         if spec.when is not None:

@@ -28,6 +28,7 @@ import attrs
 import structlog
 
 from . import signals
+from ._crash import crash_point
 from ._execute import FANOUT, execute, execute_rollback, execute_subtask, failure, sub_failure
 from ._gate import gate_history
 from ._pool import WorkerPool
@@ -281,6 +282,8 @@ class Scheduler:
 
     def _commit(self, limit: int) -> list[Claim]:
         batch, subs, starts, restarts = self.done, self.sub_done, self.fan_starts, self.restarts
+        if batch or subs:
+            crash_point("before-result-commit")
         result = self._call(
             self.store.commit,
             self.pipeline, self.owner, [t for t, _ in batch], limit, self.only,
@@ -295,6 +298,10 @@ class Scheduler:
             if released:
                 _log.warning("treadle: gave back %d claim(s) whose commit reply was lost", released)
         self.done, self.sub_done, self.fan_starts, self.restarts = [], [], [], []
+        if batch or subs:
+            crash_point("after-result-commit")
+        if result.claims:
+            crash_point("after-claim-commit")
         self._report(batch, subs, result)
         if self._rollback and any(t.state == StageState.FAILED for t in result.accepted):
             self._pump_rollbacks()
@@ -399,6 +406,7 @@ class Scheduler:
     def _report(self, batch: list[tuple[Transition, Any]], subs: list[tuple[SubResult, Any]],
                 result: CommitResult) -> None:
         p = self.pipeline
+        crash_point("before-signals")
         values = {(t.item_id, t.stage, t.attempt): v for t, v in batch}
         c = self.counters
         c.executed += len(batch) + len(subs)
@@ -545,6 +553,7 @@ class Scheduler:
             return
         item_id, stage = key
         error, tb = (f"{type(outcome).__name__}: {outcome}", None) if isinstance(outcome, BaseException) else outcome
+        crash_point("mid-rollback")
         if error is not None:
             _log.warning("treadle: rollback of %s/%s failed: %s", item_id, stage, error)
         if not self._call(self.store.record_rollback, self.pipeline, self.owner, item_id, stage,

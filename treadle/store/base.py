@@ -64,6 +64,8 @@ class Transition:
     details: str | None = None
     delay: float = 0.0
     logged_as: str | None = None  # history state when it differs (a retry: "failed")
+    verdict: str | None = None    # a gate judged this output: accepted / rejected / uncertain
+    escalated: bool = False       # a gated stage went to human review after its attempts
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .._crash import crash_point
 from ..states import SubtaskState
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class FanOutOps:
             dropped = [n for n in existing if n not in s.names]
             tx.upsert_subtasks(shape.name, s.item_id, s.stage, [(n, RUNNING, a, owner) for n, a in run])
             tx.delete_subtasks(shape.name, s.item_id, s.stage, dropped)
+            crash_point("mid-fanout-start")
             tx.append_history(shape.name, [
                 *(HistoryRow(s.item_id, s.stage, RUNNING, a, owner, subtask=n) for n, a in run),
                 *(HistoryRow(s.item_id, s.stage, "dropped", existing[n].attempt, owner, subtask=n,

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._crash import crash_point
 from ..errors import InvalidTransitionError
 from ..states import StageState
 
@@ -49,6 +50,7 @@ class HumanOps:
             if not tx.cas(shape.name, item_id, stage, AWAITING, state,
                           output=output if approve else None, review=new_review):
                 raise not_awaiting(item_id, stage, "changed concurrently")
+            crash_point("mid-review-decision")
             tx.append_history(shape.name, [HistoryRow(
                 item_id, stage, state, row.attempt, actor,
                 details=json.dumps(details, separators=(",", ":")))])

@@ -23,6 +23,7 @@ from .fanout import SubRecord, SubResult
 from . import schema
 from .schema import make_models
 from .urls import mask_text, mask_url
+from .._crash import crash_point
 
 _CHUNK = 400  # ids per IN (...) list: far below every database's parameter limit
 
@@ -473,6 +474,7 @@ class SqlStore(BaseStore):
         migrator = SchemaMigrator.from_database(self.db)
         for target in range(version + 1, schema.SCHEMA_VERSION + 1):
             schema.MIGRATIONS[target](migrator)
+            crash_point("mid-schema-migration")
             tx._exec("UPDATE treadle_meta SET value=? WHERE key='schema_version'", (str(target),))
 
     def _check_version(self, version: int) -> None:
