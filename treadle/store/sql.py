@@ -529,6 +529,13 @@ class SqlStore(BaseStore):
         with self.transaction() as tx:
             tx._exec("UPDATE treadle_runner SET expires_at=? WHERE owner=?", (tx.now + lease, owner))
 
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection (a helper thread that is ending)."""
+        try:
+            self._database.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection may fail
+            self._database._state.reset()
+
     def unregister_runner(self, owner: str) -> None:
         with self.transaction() as tx:
             tx._exec("DELETE FROM treadle_runner WHERE owner=?", (owner,))
