@@ -347,7 +347,7 @@ class Scheduler:
         taken into hand, counters and signals, fan-outs, subtask results, dispatch."""
         self.undispatched.extend(result.claims)
         if self.lease.orphans_possible:
-            self._release_orphans(result.claims)
+            self._release_orphans(writes, result.claims)
         if writes.done or writes.subs:
             crash_point("after-result-commit")
         if result.claims:
@@ -361,9 +361,11 @@ class Scheduler:
         self._dispatch()
         self.reporter.send()
 
-    def _release_orphans(self, claims: Sequence[Claim]) -> None:
+    def _release_orphans(self, writes: _Writes, claims: Sequence[Claim]) -> None:
+        """After a retried commit: give back claims of ours that nobody holds (the
+        reply of a committed claim was lost). Fan-outs just started are held."""
         self.lease.orphans_possible = False
-        keep = self._held() | {(c.item_id, c.stage, c.attempt) for c in claims}
+        keep = self._held() | writes.claims() | {(c.item_id, c.stage, c.attempt) for c in claims}
         released = self.lease.call(self.store.release_orphans, self.pipeline, self.owner, keep)
         if released:
             _log.warning("treadle: gave back %d claim(s) whose commit reply was lost", released)
