@@ -19,8 +19,8 @@ from ..errors import TreadleError
 from ..stage import StageSpec
 from ..states import StageState
 from ..store.base import Transition
-from .failures import failure, retry_in
 from ..verdicts import Accepted, Rejected, Uncertain, to_verdict, verdict_json
+from .failures import failure, retry_in
 
 #: History states of judged attempts that did not complete the stage.
 OUTPUT_REJECTED = "output_rejected"

@@ -58,7 +58,7 @@ _log = logging.getLogger("treadle.runner")
 class _Writes:
     """Results waiting for the next group commit."""
 
-    __slots__ = ("done", "subs", "starts", "restarts")
+    __slots__ = ("done", "restarts", "starts", "subs")
 
     def __init__(self) -> None:
         self.done: list[tuple[Transition, Any]] = []
@@ -263,7 +263,7 @@ class Scheduler:
         except StoreError:
             self._restore(writes)
             raise
-        except Exception as exc:  # noqa: BLE001 - one bad result must not block the others
+        except Exception as exc:
             if not writes:
                 raise
             return self._commit_apart(writes, limit, exc)
@@ -326,11 +326,11 @@ class Scheduler:
         for t, _ in piece.done:
             fallback.done.append((Transition(t.item_id, t.stage, t.attempt,
                                              StageState.FAILED.value, error=message), None))
-        for task, r, _ in piece.subs:
-            fallback.subs.append((task, SubResult(r.item_id, r.stage, r.name, r.attempt, "failed",
-                                                  error=message), None))
-        for task, _, _ in piece.starts:
-            fallback.done.append((Transition(task.item_id, task.stage, task.attempt,
+        for sub, r, _ in piece.subs:
+            fallback.subs.append((sub, SubResult(r.item_id, r.stage, r.name, r.attempt, "failed",
+                                                 error=message), None))
+        for started, _, _ in piece.starts:
+            fallback.done.append((Transition(started.item_id, started.stage, started.attempt,
                                              StageState.FAILED.value, error=message), None))
         if not fallback:
             return

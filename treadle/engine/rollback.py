@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .._crash import crash_point
 from .. import signals
+from .._crash import crash_point
 from ..context import Outputs, StageContext
 from ..states import StageState
 from .lease import Lease

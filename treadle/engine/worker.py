@@ -18,7 +18,7 @@ from ..stage import StageSpec
 from ..states import StageState
 from ..store.base import Transition
 from ..store.fanout import SubResult
-from .failures import error_text, traceback_text, failure, sub_failure
+from .failures import error_text, failure, sub_failure, traceback_text
 from .gate import judge
 
 #: Internal transition state: the stage returned a FanOut (never stored as a stage state).
@@ -36,11 +36,11 @@ def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
     crash_point("in-stage")
     try:
         item = codec.load(item_json)
-        if spec.when is not None:
-            if not (spec.when(item, ctx) if spec.when_takes_ctx else spec.when(item)):
-                reason = "condition false"
-                return (Transition(item_id, stage, attempt, StageState.SKIPPED.value,
-                                   details=json.dumps({"reason": reason})), reason)
+        if spec.when is not None and not (
+                spec.when(item, ctx) if spec.when_takes_ctx else spec.when(item)):
+            reason = "condition false"
+            return (Transition(item_id, stage, attempt, StageState.SKIPPED.value,
+                               details=json.dumps({"reason": reason})), reason)
         outcome = to_outcome(spec.call(item, ctx))
         if isinstance(outcome, Completed):
             output = to_json(outcome.output, what="output", item_id=item_id, stage=stage)
@@ -72,7 +72,7 @@ def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
     spec = fanout.subtasks
     if isinstance(spec, dict) or hasattr(spec, "items"):
         subs = []
-        for name, fn in spec.items():  # type: ignore[union-attr]
+        for name, fn in spec.items():
             if not callable(fn):
                 raise TypeError(f"FanOut subtask {name!r} of stage {stage!r} is {fn!r}, not callable")
             subs.append(SubTask(name, fn))
