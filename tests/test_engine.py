@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from treadle import FanOut, Pipeline, Review, Runner, Skipped, open_store, signals, stage
+from treadle import (
+    FanOut,
+    Pipeline,
+    Review,
+    Runner,
+    Skipped,
+    open_store,
+    signals,
+    stage,
+)
 from treadle.engine import Scheduler
 from treadle.states import StageState
 
