@@ -114,7 +114,7 @@ class AsyncPool:
         with self._lock:
             return list(self._live)
 
-    def written_off(self) -> None:
+    def written_off(self, task: Any) -> None:
         """Nothing to replace: a coroutine holds no thread."""
 
     def returned(self) -> None:

@@ -121,22 +121,20 @@ class Scheduler:
         self.aio: AsyncPool | None = None
         self.slots: Slots = None  # type: ignore[assignment]  # made with the pool in run()
         self.rollbacks: Rollbacks = None  # type: ignore[assignment]
-        self.capacity = 0
+        self._capacity = 0
+        self._sized_by: ExecutorPool | None = None
 
     # -- the run -------------------------------------------------------------
     def _start_pool(self) -> None:
         p = self.pipeline
         if self.executor is None:
             pool: ThreadPool | ExecutorPool = ThreadPool(self.workers, self.results)
-            # our threads say when they start: claim ahead for larger group commits
-            self.capacity = max(128, 8 * self.workers)
-            if self.on_loop:  # coroutines wait on I/O without a thread: hold that many more
-                self.capacity += self.async_limit
+            # our threads say when they start: claim ahead for larger group commits;
+            # coroutines wait on I/O without a thread: hold async_limit more of them
+            self._capacity = max(128, 8 * self.workers)
         else:
             pool = ExecutorPool(self.executor, self.workers, self.results)
-            self.capacity = 2 * pool.capacity  # claims follow what the executor can run
-            if self.on_loop:
-                self.capacity += self.async_limit
+            self._sized_by = pool  # claims follow what the executor can run, as it changes
         self.pool = pool
         limits = {n: s.concurrency for n, s in p.stages.items() if s.concurrency}
         timeouts = {n: s.timeout for n, s in p.stages.items() if s.timeout is not None}
@@ -144,6 +142,14 @@ class Scheduler:
         self.slots = Slots(pool, limits, timeouts, self.aio)
         self.rollbacks = Rollbacks(p, self.owner, self.lease, self.slots, self.reporter,
                                    self.stop.is_set, self._logger)
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks to hold at most (claimed ahead of the pool)."""
+        extra = self.async_limit if self.on_loop else 0
+        if self._sized_by is not None:
+            return 2 * self._sized_by.capacity + extra
+        return self._capacity + extra
 
     def run(self) -> Counters:
         """Run until nothing more can move (or a stop); returns the counters."""
@@ -254,6 +260,8 @@ class Scheduler:
         now = time.monotonic()
         for entry in self.slots.expire(now):
             self._expired(entry)
+        if self._sized_by is not None:
+            self.slots.refill()
         while self.timers and self.timers[0][0] <= now:
             _, _, parent, name = heapq.heappop(self.timers)
             if self.fanouts.get(parent) is not None:
