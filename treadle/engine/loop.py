@@ -432,13 +432,13 @@ class Scheduler:
         if is_async(sub.fn):
             timeout = self.pipeline.stages[parent.stage].timeout
             self.slots.admit(Entry(task, execute_subtask_async,
-                                   (sub, parent.item_id, parent.stage, attempt, policy, timeout),
-                                   aio=True))
+                                   (sub, parent.item_id, parent.stage, attempt, policy, timeout,
+                                    self.pipeline.name), aio=True))
             return
         mark = StartMark()
         self.slots.admit(Entry(task, execute_subtask,
-                               (sub, parent.item_id, parent.stage, attempt, policy, mark),
-                               mark=mark))
+                               (sub, parent.item_id, parent.stage, attempt, policy, mark,
+                                self.pipeline.name), mark=mark))
 
     def _finish_fanout(self, run: FanRun) -> None:
         self.fanouts.pop(run.task)
