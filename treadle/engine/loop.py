@@ -336,13 +336,18 @@ class Scheduler:
             w = _Writes()
             w.restarts.extend(writes.restarts)
             pieces.append(w)
-        for piece in pieces:
+        for n, piece in enumerate(pieces):
             try:
-                self._after_commit(piece, self._store_commit(piece, 0))
+                try:
+                    self._after_commit(piece, self._store_commit(piece, 0))
+                except StoreError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - this one result cannot be stored
+                    self._store_failure(piece, err)
             except StoreError:
+                for rest in pieces[n + 1:]:  # not committed: shutdown gives their claims back
+                    self._restore(rest)
                 raise
-            except Exception as err:  # noqa: BLE001 - this one result cannot be stored
-                self._store_failure(piece, err)
         result = self._store_commit(_Writes(), limit)
         self._after_commit(_Writes(), result)
         return result.claims
@@ -365,10 +370,20 @@ class Scheduler:
         try:
             self._after_commit(fallback, self._store_commit(fallback, 0))
         except StoreError:
+            self._restore(piece)  # the connection is gone: shutdown gives the claim back
             raise
-        except Exception:  # noqa: BLE001 - give the claims back; the next run tries again
-            _log.exception("treadle: could not record a failure either; releasing the claim")
-            self._restore(piece)
+        except Exception as again:  # noqa: BLE001 - give the claims back and stop
+            keys = sorted(piece.claims())
+            try:
+                self.lease.call(self.store.release, self.pipeline, self.owner, keys)
+                given_back = "they go back to pending"
+            except Exception as exc:  # noqa: BLE001 - nothing more to try: end the run
+                given_back = f"giving them back failed too ({type(exc).__name__})"
+            raise StoreError(
+                f"The store refuses to record the results of {keys}, even as failures "
+                f"({type(again).__name__}: {clean_text(str(again))}); {given_back}. The run "
+                "stops here rather than retry them for ever; nothing committed is lost. "
+                "Check the database, then run again.") from again
 
     def _after_commit(self, writes: _Writes, result: CommitResult) -> None:
         """Everything that follows a committed transaction, in this order: claims
