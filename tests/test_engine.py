@@ -411,3 +411,155 @@ def test_a_result_the_store_refuses_even_as_a_failure_is_given_back(store_url):
         runner.run()
     assert runner.status("good").stages["one"].state == StageState.COMPLETED
     assert runner.status("bad").stages["one"].state == StageState.PENDING
+
+
+class _StoreTrouble(Exception):
+    """Stands for a database error that is not about a value (a lock held too long)."""
+
+
+def test_store_trouble_ends_the_run_and_records_no_failure(store_url):
+    """A commit failing for a reason other than a value (e.g. a lock held past the busy
+    timeout) ends run() with a StoreError; the stages are not recorded as failed."""
+    store = open_store(store_url)
+    real_commit = store.commit
+    calls = {"n": 0}
+
+    def commit(shape: Any, owner: str, transitions: Any, *args: Any, **kwargs: Any) -> Any:
+        if transitions:
+            calls["n"] += 1
+            raise _StoreTrouble("database is locked")
+        return real_commit(shape, owner, transitions, *args, **kwargs)
+
+    store.commit = commit  # type: ignore[method-assign]
+
+    @stage()
+    def one(item):
+        return 1
+
+    runner = Runner(Pipeline("trouble", [one]), store)
+    runner.submit({"id": "x"})
+    with pytest.raises(StoreError, match="database is locked"):
+        runner.run()
+    st = runner.status("x").stages["one"]
+    assert st.state == StageState.PENDING and st.error != "failed"
+
+
+def test_an_async_stage_that_swallows_its_cancellation_still_times_out():
+    """A coroutine that catches CancelledError at its timeout does not hold the stage."""
+    import asyncio
+
+    @stage(timeout=0.3)
+    async def stubborn(item):
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue  # ignores the cancellation
+
+    runner = Runner(Pipeline("stubborn", [stubborn]), open_store("memory://"), grace=0.5)
+    runner.submit({"id": "x"})
+    report = runner.run()
+    assert report.failed == 1
+    assert runner.status("x").stages["stubborn"].error == "StageTimeout: timed out after 0.3 s"
+
+
+def test_a_timed_out_thread_that_returns_late_retires_no_live_thread():
+    """workers=1: stages that time out and never return use up the spare threads; one
+    that returns late must not retire a thread that queued work needs."""
+    release = threading.Event()
+
+    @stage(timeout=0.3)
+    def slow(item):
+        if item["id"].startswith("hang"):
+            release.wait(60)
+        elif item["id"] == "late":
+            time.sleep(1.0)
+        return 1
+
+    runner = Runner(Pipeline("retire", [slow]), open_store("memory://"), workers=1)
+    runner.submit(*({"id": f"hang{i}"} for i in range(4)), {"id": "late"},
+                  *({"id": f"q{i}"} for i in range(3)))
+    try:
+        report = runner.run()
+    finally:
+        release.set()
+    assert report.failed == 5
+    assert all(runner.status(f"q{i}").stages["slow"].state == StageState.COMPLETED
+               for i in range(3))
+
+
+def test_a_rollback_that_hangs_times_out_with_its_stage_timeout():
+    """A rollback runs under its stage's timeout; past it, it is recorded as failed."""
+    release = threading.Event()
+
+    def undo(item):
+        release.wait(60)
+
+    @stage(timeout=0.3, rollback=undo)
+    def book(item):
+        return 1
+
+    @stage(after=[book])
+    def pay(item):
+        raise RuntimeError("declined")
+
+    runner = Runner(Pipeline("hangrb", [book, pay], on_failure="rollback"),
+                    open_store("memory://"))
+    runner.submit({"id": "x"})
+    try:
+        runner.run()
+    finally:
+        release.set()
+    st = runner.status("x").stages["book"]
+    assert st.state == StageState.COMPLETED
+    assert "rollback failed: StageTimeout: rollback timed out after 0.3 s" in st.error
+
+
+def test_run_returns_only_after_receivers_acted(store_url):
+    """A receiver that approves on review_required: the same run() moves the item on."""
+    @stage()
+    def draft(item):
+        return Review({"ok": True})
+
+    @stage(after=[draft])
+    def publish(item, ctx):
+        return ctx.outputs["draft"]
+
+    pipeline = Pipeline("autoapprove", [draft, publish])
+    runner = Runner(pipeline, open_store(store_url))
+
+    def approve(sender, item_id, stage, **kw):
+        runner.approve(item_id, stage)
+
+    signals.review_required.connect(approve, sender=pipeline, weak=False)
+    try:
+        runner.submit(*({"id": i} for i in range(5)))
+        runner.run()
+    finally:
+        signals.review_required.disconnect(approve, sender=pipeline)
+    assert runner.item_counts(exact=True) == {"completed": 5}
+
+
+def test_an_executor_that_refuses_a_task_goes_through_the_retry_policy():
+    """An error from the pool itself (not the stage) is retried like a stage error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Flaky(ThreadPoolExecutor):
+        refused = 0
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if Flaky.refused == 0:
+                Flaky.refused += 1
+                raise RuntimeError("executor busy")
+            return super().submit(fn, *args, **kwargs)
+
+    @stage(retry=3)
+    def one(item):
+        return 1
+
+    with Flaky(2) as pool:
+        runner = Runner(Pipeline("flakyex", [one]), open_store("memory://"), executor=pool)
+        runner.submit({"id": "x"})
+        runner.run()
+    st = runner.status("x").stages["one"]
+    assert st.state == StageState.COMPLETED and st.attempts == 2

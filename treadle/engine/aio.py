@@ -117,7 +117,7 @@ class AsyncPool:
     def written_off(self, task: Any) -> None:
         """Nothing to replace: a coroutine holds no thread."""
 
-    def returned(self) -> None:
+    def returned(self, task: Any) -> None:
         """Nothing to retire."""
 
     def cancel_queued(self) -> list[Any]:

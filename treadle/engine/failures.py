@@ -25,14 +25,20 @@ def clean_text(text: str) -> str:
 
 def error_text(exc: BaseException) -> str:
     """``Type: message`` (or just the type), storable."""
-    text = clean_text(str(exc))
+    try:
+        text = clean_text(str(exc))
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        text = f"<unprintable {type(exc).__name__} object>"
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
 
 def traceback_text(exc: BaseException) -> str:
     """The formatted traceback, storable."""
-    return clean_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    try:
+        return clean_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except Exception:  # noqa: BLE001 - formatting may call a broken __str__
+        return clean_text("".join(traceback.format_tb(exc.__traceback__)))
 
 
 def retry_in(policy: Any, attempt: int, exc: BaseException) -> float | None:

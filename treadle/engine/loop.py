@@ -40,6 +40,7 @@ from ..outcomes import SubTask
 from ..pipeline import Pipeline
 from ..states import StageState
 from ..store.base import Claim, CommitResult, StateStore, Transition
+from ..store.urls import mask_url
 from ..store.fanout import FanOutStart, SubResult
 from .aio import AsyncPool
 from .calls import is_async
@@ -61,6 +62,12 @@ from .worker import (
 )
 
 _log = logging.getLogger("treadle.runner")
+
+
+def _is_value_error(exc: BaseException) -> bool:
+    """Did a commit fail because of a value the database refuses (a lone surrogate,
+    a NUL, a number out of range), rather than because the store is in trouble?"""
+    return isinstance(exc, (ValueError, TypeError, OverflowError))
 
 
 class _Writes:
@@ -112,6 +119,7 @@ class Scheduler:
         self.timers: list[tuple[float, int, StageTask, str]] = []  # subtask retries due
         self._seq = itertools.count()
         self.undispatched: collections.deque[Claim] = collections.deque()
+        self._releasing = False
         self.policies = {n: resolve_retry(s.retry) for n, s in pipeline.stages.items()}
         # stages whose function, condition or gate is ``async def`` run on the event loop
         self.on_loop = {n for n, s in pipeline.stages.items()
@@ -206,6 +214,8 @@ class Scheduler:
             if look.ready == 0 and look.running == 0:
                 if self.rollbacks.pump():
                     continue
+                if self.reporter.settle(self.SIGNALS_STUCK_AFTER):
+                    continue  # receivers ran (one may have approved something): look again
                 return
             if now >= next_recover:
                 self.lease.recover(self.pipeline)
@@ -243,9 +253,9 @@ class Scheduler:
             else:
                 self.writes.subs.append((task, outcome[0], outcome[1]))
         else:
-            if isinstance(outcome, BaseException):
-                self.writes.done.append((failure(task.item_id, task.stage, task.attempt, outcome),
-                                         None))
+            if isinstance(outcome, BaseException):  # the pool failed it, not the stage
+                self.writes.done.append((failure(task.item_id, task.stage, task.attempt, outcome,
+                                                 self.policies[task.stage]), None))
                 return
             t, value = outcome
             if t.state == FANOUT:
@@ -280,6 +290,9 @@ class Scheduler:
         elif isinstance(task, StageTask):
             self.writes.done.append((failure(task.item_id, task.stage, task.attempt, exc, policy),
                                      None))
+        else:  # a rollback: recorded as failed, the item's next rollback runs
+            self.rollbacks.done(task, (f"StageTimeout: rollback timed out after {timeout:g} s",
+                                       None))
 
     # -- the commit ----------------------------------------------------------
     def _commit(self, limit: int) -> list[Claim]:
@@ -291,10 +304,11 @@ class Scheduler:
         except StoreError:
             self._restore(writes)
             raise
-        except Exception as exc:
-            if not writes:
-                raise
-            return self._commit_apart(writes, limit, exc)
+        except Exception as exc:  # one bad result must not block the others
+            if writes and _is_value_error(exc):
+                return self._commit_apart(writes, limit, exc)
+            self._restore(writes)  # the store is in trouble, not a value: stop, give back
+            raise self._store_trouble(exc) from exc
         self._after_commit(writes, result)
         return result.claims
 
@@ -341,8 +355,12 @@ class Scheduler:
                 try:
                     self._after_commit(piece, self._store_commit(piece, 0))
                 except StoreError:
+                    self._restore(piece)
                     raise
                 except Exception as err:  # noqa: BLE001 - this one result cannot be stored
+                    if not _is_value_error(err):
+                        self._restore(piece)
+                        raise self._store_trouble(err) from err
                     self._store_failure(piece, err)
             except StoreError:
                 for rest in pieces[n + 1:]:  # not committed: shutdown gives their claims back
@@ -351,6 +369,12 @@ class Scheduler:
         result = self._store_commit(_Writes(), limit)
         self._after_commit(_Writes(), result)
         return result.claims
+
+    def _store_trouble(self, exc: Exception) -> StoreError:
+        return StoreError(
+            f"The store {mask_url(self.store.url)} failed a commit ({type(exc).__name__}: "
+            f"{clean_text(str(exc))}); the run stops. Nothing committed is lost: run again "
+            "once the database is healthy.")
 
     def _store_failure(self, piece: _Writes, err: Exception) -> None:
         message = (f"SerializationError: the result could not be stored "
@@ -583,9 +607,10 @@ class Scheduler:
                            "their stages run again on the next run")
         finally:
             self._release_all(unstarted)
-        return bool(len(self.slots) or self.slots.written_off)
+        return self.slots.may_still_run()
 
     def _release_all(self, unstarted: set[tuple[str, str, int]]) -> None:
+        self._releasing = True  # a Ctrl-C now must not cut the release short
         keys = self._held() - unstarted
         for ctx in self.slots.contexts():
             ctx.cancelled.set()
@@ -609,8 +634,8 @@ class Scheduler:
         previous = {}
 
         def handler(signum: int, frame: Any) -> None:
-            if self.stop.is_set() and signum == _signal.SIGINT:
-                raise KeyboardInterrupt
+            if self.stop.is_set() and signum == _signal.SIGINT and not self._releasing:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for running stages
             self.counters.interrupted = True
             self.stop.set()
 

@@ -44,7 +44,7 @@ class ThreadPool:
         self._results = results
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._spares = 0  # threads added in place of written-off ones still running
+        self._spare_for: set[Any] = set()  # tasks a thread was added in place of
         self._warned = False
         for _ in range(workers):
             self._add_thread()
@@ -61,22 +61,23 @@ class ThreadPool:
     def written_off(self, task: Any) -> None:
         """A task timed out and may hold its thread for good: add a thread in its place."""
         with self._lock:
-            if self._spares >= self.SPARE_FACTOR * self.capacity:
+            if len(self._spare_for) >= self.SPARE_FACTOR * self.capacity:
                 if not self._warned:
                     self._warned = True
                     _log.warning(
                         "treadle: %d timed-out stages still hold their threads (they ignore "
                         "ctx.cancelled); no more threads are added, so queued stages wait for "
-                        "one of them to return", self._spares)
+                        "one of them to return", len(self._spare_for))
                 return
-            self._spares += 1
+            self._spare_for.add(task)
             self._add_thread()
 
-    def returned(self) -> None:
-        """A written-off task finally returned: one thread too many now; retire one."""
+    def returned(self, task: Any) -> None:
+        """A written-off task finally returned: if a thread was added in its place,
+        there is one too many now; retire one."""
         with self._lock:
-            if self._spares > 0:
-                self._spares -= 1
+            if task in self._spare_for:
+                self._spare_for.discard(task)
                 self._tasks.put(_RETIRE)
 
     def cancel_queued(self) -> list[Any]:
@@ -182,14 +183,14 @@ class ExecutorPool:
         if not fut.cancelled():
             self._results.put((task, _outcome(fut)))
 
-    def written_off(self, task: Any) -> None:
-        """A task timed out: cancel it if the executor still can (a cluster can)."""
+    def written_off(self, task: Any) -> bool:
+        """A task timed out: cancel it if the executor still can (a cluster can).
+        True if it was cancelled (it holds no worker now)."""
         with self._lock:
             fut = self._futures.get(task)
-        if fut is not None:
-            fut.cancel()
+        return fut is None or fut.cancel() or fut.done()
 
-    def returned(self) -> None:
+    def returned(self, task: Any) -> None:
         """Nothing to do: the executor owns its workers."""
 
     def cancel_queued(self) -> list[Any]:

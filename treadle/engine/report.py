@@ -58,6 +58,7 @@ class SignalThread:
         self._pending = 0
         self._cond = threading.Condition()
         self._busy_since: float | None = None
+        self.delivered = 0  # batches delivered so far
 
     def put(self, events: list[Event]) -> None:
         if not events:
@@ -85,6 +86,7 @@ class SignalThread:
             self._busy_since = None
             with self._cond:
                 self._pending -= 1
+                self.delivered += 1
                 self._cond.notify_all()
 
     def flush(self, stuck_after: float) -> bool:
@@ -116,6 +118,7 @@ class Reporter:
         self.thread = SignalThread(pipeline)
         self._events: list[Event] = []
         self._listening = _listening()
+        self._settled = 0
 
     def emit(self, sig: blinker.NamedSignal, **data: Any) -> None:
         """Queue one signal for delivery with the next :meth:`send`."""
@@ -196,6 +199,16 @@ class Reporter:
         self.emit(sig, data=verdict, **kw)
         if t.escalated and t.state == StageState.AWAITING_REVIEW:
             self.emit(signals.escalated, data=verdict, **kw)
+
+    def settle(self, stuck_after: float) -> bool:
+        """Deliver what is queued and wait for it; True if receivers ran since the
+        last call (they may have changed the store: an approval, a submission)."""
+        self.send()
+        self.thread.flush(stuck_after)
+        delivered = self.thread.delivered
+        changed = delivered != self._settled
+        self._settled = delivered
+        return changed
 
     def flush(self, stuck_after: float = 30.0) -> None:
         """Deliver everything queued; wait for the delivery thread (boundedly)."""

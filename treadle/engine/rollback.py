@@ -80,8 +80,14 @@ class Rollbacks:
         task = RollbackTask(item_id, stage)
         spec = self.pipeline.stages[stage]
         on_loop = is_async(spec.rollback)
-        self.slots.admit(Entry(task, execute_rollback_async if on_loop else execute_rollback,
-                               (spec, self.pipeline.codec, item_json, ctx), ctx=ctx, aio=on_loop))
+        if on_loop:
+            self.slots.admit(Entry(task, execute_rollback_async,
+                                   (spec, self.pipeline.codec, item_json, ctx, spec.timeout),
+                                   ctx=ctx, aio=True))
+        else:  # a deadline like its stage's (timeout=), counted from its start
+            self.slots.admit(Entry(task, execute_rollback,
+                                   (spec, self.pipeline.codec, item_json, ctx, ctx.mark),
+                                   ctx=ctx, mark=ctx.mark))
 
     def done(self, task: RollbackTask, outcome: Any) -> None:
         """A rollback returned (or raised): record it, start the item's next one."""

@@ -15,6 +15,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
+import logging
 from typing import Any
 
 import attrs
@@ -23,6 +24,8 @@ from ..context import StageContext, StartMark
 from .aio import AsyncPool
 from .pool import ExecutorPool, ThreadPool
 from .tasks import StageTask, Task
+
+_log = logging.getLogger("treadle.runner")
 
 
 @attrs.define(eq=False)
@@ -74,6 +77,8 @@ class Slots:
         self._stale = 0
         self.written_off: set[Task] = set()   # timed out, may still run: its thread was replaced
         self.ignored: set[Task] = set()       # dropped while running: its result is ignored
+        self._holding: set[Task] = set()      # written off, still holding an executor's worker
+        self._warned = False
 
     # -- in ------------------------------------------------------------------
     def __len__(self) -> int:
@@ -123,7 +128,11 @@ class Slots:
         if entry is None:
             if task in self.written_off:
                 self.written_off.discard(task)
-                self.pool.returned()
+                self.pool.returned(task)
+                if task in self._holding:  # it held an executor's worker until now
+                    self._holding.discard(task)
+                    self.threads.in_flight -= 1
+                    self.refill()
             else:
                 self.ignored.discard(task)
             return None
@@ -150,9 +159,19 @@ class Slots:
                     continue
             del self.entries[entry.task]
             entry.deadline = None
-            self._release(entry)
             self.written_off.add(entry.task)
-            self.pool.written_off(entry.task)
+            if self._remote and not entry.aio and not self.pool.written_off(entry.task):
+                # An executor's worker still runs it: handing its place to another task
+                # would queue that one inside the executor, where its clock would run
+                # out before it starts. The place is freed when it returns.
+                self._holding.add(entry.task)
+                entry.handed = False
+                self._release_limit(entry)
+                self._warn_if_all_held()
+            else:
+                if not self._remote:
+                    self.pool.written_off(entry.task)
+                self._release(entry)
             out.append(entry)
         return out
 
@@ -215,6 +234,16 @@ class Slots:
         self._release_limit(entry)
         while lane.queued and lane.has_room():
             self._hand(lane.queued.popleft(), lane)
+
+    def _warn_if_all_held(self) -> None:
+        if not self._warned and len(self._holding) >= self.threads.pool.capacity:
+            self._warned = True
+            _log.warning("treadle: every worker of the executor runs a stage that timed out "
+                         "and did not stop; queued stages wait until one of them returns")
+
+    def may_still_run(self) -> bool:
+        """Some task this run handed out may still be running user code."""
+        return bool(self.entries or self.written_off or self.ignored)
 
     def refill(self) -> None:
         """Hand queued tasks to pools that have room now (a cluster that grew)."""

@@ -89,10 +89,24 @@ async def _within(run: Coroutine[Any, Any, T], timeout: float | None,
     """Await ``run``, cancelled for real after ``timeout`` seconds (then ``timed_out``)."""
     if timeout is None:
         return await run
+    task = asyncio.ensure_future(run)
     try:
-        return await asyncio.wait_for(run, timeout)
-    except asyncio.TimeoutError:
-        return timed_out(StageTimeout(f"timed out after {timeout:g} s"))
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:  # dropped or shut down: stop the user's code too
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    # Cancel it, and do not wait: a coroutine that swallows the cancellation must
+    # not hold the stage (its late end is ignored).
+    task.cancel()
+    task.add_done_callback(_ignore_result)
+    return timed_out(StageTimeout(f"timed out after {timeout:g} s"))
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, policy: Any,
@@ -217,8 +231,10 @@ async def _subtask(sub: SubTask, item_id: str, stage: str, attempt: int, policy:
 
 
 def execute_rollback(spec: StageSpec, codec: ItemCodec, item_json: str,
-                     ctx: Any) -> tuple[str | None, str | None]:
+                     ctx: Any, mark: Any = None) -> tuple[str | None, str | None]:
     """Run one stage's rollback; returns (error, traceback), both None on success."""
+    if mark is not None:
+        mark.start()
     run = _rollback(spec, codec, item_json, ctx, True)
     if instrument.active():
         run = _observed(_rollback_execution(ctx), run, _rollback_outcome)
@@ -226,12 +242,17 @@ def execute_rollback(spec: StageSpec, codec: ItemCodec, item_json: str,
 
 
 async def execute_rollback_async(spec: StageSpec, codec: ItemCodec, item_json: str,
-                                 ctx: Any) -> tuple[str | None, str | None]:
-    """:func:`execute_rollback` on the event loop."""
+                                 ctx: Any, timeout: float | None = None
+                                 ) -> tuple[str | None, str | None]:
+    """:func:`execute_rollback` on the event loop, cancelled at its stage's ``timeout``."""
     run = _rollback(spec, codec, item_json, ctx, False)
     if instrument.active():
         run = _observed(_rollback_execution(ctx), run, _rollback_outcome)
-    return await run
+
+    def timed_out(exc: StageTimeout) -> tuple[str | None, str | None]:
+        return f"StageTimeout: rollback {exc}", None
+
+    return await _within(run, timeout, timed_out)
 
 
 def _rollback_execution(ctx: Any) -> instrument.Execution:
