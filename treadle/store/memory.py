@@ -1,9 +1,12 @@
 """``MemoryStore``: the state store in a Python dict; for tests and throwaway runs.
 
 It implements the same protocol and passes the same conformance suite as
-the SQL store, but keeps nothing when the process ends. Transactions are a
-re-entrant lock; every write validates before it mutates, so a refused
-operation leaves the store as it was.
+the SQL store, but keeps nothing when the process ends. A transaction holds
+the store's re-entrant lock and keeps an undo log: every primitive saves the
+rows it is about to change (once per transaction), so a transaction that
+raises half-way is rolled back and leaves the store exactly as it was.
+Running rows and rolling-back items are indexed when a transaction ends, so
+lease recovery reads those and nothing else.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import attrs
 
 from ..errors import ItemNotFoundError
 from ..states import DONE_STATES
-from .base import (
-    PENDING, RUNNING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx,
+from .base import BaseStore
+from .records import (
+    PENDING, ROLLING_BACK, RUNNING, HistoryRow, Outlook, Shape, StageRecord, SubRecord, SubResult,
+    Transition,
 )
-from .fanout import SubRecord, SubResult
+from .tx import Tx
+
+StageKey = tuple[str, str, str]  # (pipeline, item_id, stage)
 
 
 @attrs.define
@@ -40,6 +47,10 @@ class _Row:
     review: str | None = None
     updated_at: float = 0.0
 
+    def copy(self) -> _Row:
+        return _Row(self.id, self.state, self.ready, self.attempt, self.owner, self.not_before,
+                    self.output, self.error, self.review, self.updated_at)
+
 
 @attrs.define
 class _Sub:
@@ -51,6 +62,10 @@ class _Sub:
     error: str | None = None
     updated_at: float = 0.0
 
+    def copy(self) -> _Sub:
+        return _Sub(self.id, self.state, self.attempt, self.owner, self.output, self.error,
+                    self.updated_at)
+
 
 @attrs.define
 class _Item:
@@ -59,26 +74,70 @@ class _Item:
     state: str
     submitted_at: float
 
+    def copy(self) -> _Item:
+        return _Item(self.id, self.data, self.state, self.submitted_at)
+
+
+_ABSENT: Any = object()
+
+
+class _Undo:
+    """Before-images of what one transaction touched, to restore if it fails."""
+
+    def __init__(self, history_len: int) -> None:
+        self.history_len = history_len
+        self.stages: dict[StageKey, _Row | None] = {}
+        self.items: dict[tuple[str, str], _Item | None] = {}
+        self.subtasks: dict[StageKey, dict[str, _Sub] | None] = {}
+        self.runners: dict[str, tuple[str, int, float] | None] = {}
+
 
 class _MemoryTx(Tx):
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryStore, undo: _Undo) -> None:
         self.s = store
+        self.undo = undo
         self.now = time.time()
 
-    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+    # -- the undo log: call before changing a row ------------------------------
+    def _row(self, key: StageKey) -> _Row | None:
+        """The stage row at ``key``, saved in the undo log: about to change."""
+        row = self.s._stages.get(key)
+        if key not in self.undo.stages:
+            self.undo.stages[key] = row.copy() if row is not None else None
+        return row
+
+    def _item(self, pipeline: str, item_id: str) -> _Item | None:
+        item = self.s._items.get(pipeline, {}).get(item_id)
+        if (pipeline, item_id) not in self.undo.items:
+            self.undo.items[(pipeline, item_id)] = item.copy() if item is not None else None
+        return item
+
+    def _subs(self, key: StageKey) -> dict[str, _Sub]:
+        subs = self.s._subtasks.get(key)
+        if key not in self.undo.subtasks:
+            self.undo.subtasks[key] = (None if subs is None else
+                                       {n: sub.copy() for n, sub in subs.items()})
+        if subs is None:
+            subs = self.s._subtasks[key] = {}
+        return subs
+
+    # -- primitives ------------------------------------------------------------
+    def insert_items(self, pipeline: str, rows: Iterable[tuple[str, str]]) -> list[str]:
         items = self.s._items.setdefault(pipeline, {})
         new = []
         for item_id, data in rows:
             if item_id not in items:
+                self._item(pipeline, item_id)
                 items[item_id] = _Item(next(self.s._ids), data, PENDING, self.now)
                 new.append(item_id)
         return new
 
-    def insert_stage_rows(self, pipeline: str, rows: Sequence[tuple[str, str, bool]]) -> None:
+    def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
         stages = self.s._stages
         for item_id, stage, ready in rows:
             key = (pipeline, item_id, stage)
             if key not in stages:
+                self._row(key)
                 row = _Row(next(self.s._ids), PENDING, ready, updated_at=self.now)
                 stages[key] = row
                 if ready:
@@ -96,18 +155,21 @@ class _MemoryTx(Tx):
 
     def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
         flags = []
+        stages = self.s._stages
         for t in transitions:
-            row = self.s._stages.get((pipeline, t.item_id, t.stage))
+            key = (pipeline, t.item_id, t.stage)
+            row = stages.get(key)
             ok = (row is not None and row.state == RUNNING and row.owner == owner
                   and row.attempt == t.attempt)
             if ok:
+                row = self._row(key)
                 assert row is not None
                 row.state, row.owner, row.updated_at = t.state, None, self.now
                 row.ready = t.state == PENDING
                 row.not_before = self.now + t.delay
                 row.error = t.error
                 if row.ready:
-                    self.s._push(pipeline, row, (pipeline, t.item_id, t.stage))
+                    self.s._push(pipeline, row, key)
                 if t.output is not None or t.state in DONE_STATES:
                     row.output = t.output
                 if t.review is not None:
@@ -123,12 +185,17 @@ class _MemoryTx(Tx):
             target = self.s._stages.get((p, item_id, new))
             if target is not None and (target.state != PENDING or target.attempt):
                 continue  # the new stage has its own history: keep both
-            row = self.s._stages.pop((p, item_id, old))
+            self._row((p, item_id, new))
+            row = self._row((p, item_id, old))
+            assert row is not None
+            del self.s._stages[(p, item_id, old)]
             self.s._stages[(p, item_id, new)] = row
             if row.ready and row.state == PENDING:
                 self.s._push(pipeline, row, (p, item_id, new))
-            subs = self.s._subtasks.pop((p, item_id, old), None)
-            if subs is not None:
+            if (p, item_id, old) in self.s._subtasks:
+                self._subs((p, item_id, new))
+                subs = self._subs((p, item_id, old))
+                del self.s._subtasks[(p, item_id, old)]
                 self.s._subtasks[(p, item_id, new)] = subs
             moved.append(item_id)
         return moved
@@ -141,6 +208,7 @@ class _MemoryTx(Tx):
             ok = (row is not None and row.state == RUNNING and row.owner == owner
                   and row.attempt == attempt)
             if ok:
+                row = self._row(key)
                 assert row is not None
                 row.state, row.owner, row.ready, row.updated_at = PENDING, None, True, self.now
                 row.attempt -= 1
@@ -153,6 +221,7 @@ class _MemoryTx(Tx):
             key = (pipeline, item_id, stage)
             row = self.s._stages.get(key)
             if row is not None and row.state == PENDING:
+                self._row(key)
                 row.ready = True
                 self.s._push(pipeline, row, key)
 
@@ -165,6 +234,7 @@ class _MemoryTx(Tx):
             row = self.s._stages.get(key)
             if row is None or row.state not in from_states:
                 continue
+            self._row(key)
             row.state, row.ready, row.owner, row.updated_at = state, ready, None, self.now
             row.error = error
             if clear_output:
@@ -178,32 +248,39 @@ class _MemoryTx(Tx):
         items = self.s._items.get(pipeline, {})
         for item_id, state in rows:
             if item_id in items:
-                items[item_id].state = state
+                item = self._item(pipeline, item_id)
+                assert item is not None
+                item.state = state
 
-    def append_history(self, pipeline: str, rows: Sequence[HistoryRow]) -> None:
+    def append_history(self, pipeline: str, rows: Iterable[HistoryRow]) -> None:
+        history, ids, now = self.s._history, self.s._ids, self.now
         for r in rows:
-            self.s._history.append((next(self.s._ids), pipeline, self.now, r))
+            history.append((next(ids), pipeline, now, r))
 
     def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
               only: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
         heap = self.s._ready.setdefault(pipeline, [])
         wanted = set(stages)
         items = set(only) if only is not None else None
-        out, later = [], []
-        while heap and len(out) < limit:
-            row_id, key = heapq.heappop(heap)
-            row = self.s._stages.get(key)
-            if row is None or row.id != row_id or row.state != PENDING or not row.ready:
-                continue
-            if key[2] not in wanted or row.not_before > self.now or (
-                    items is not None and key[1] not in items):
-                later.append((row_id, key))
-                continue
-            row.state, row.owner, row.updated_at = RUNNING, owner, self.now
-            row.attempt += 1
-            out.append((key[1], key[2], row.attempt))
-        for entry in later:
-            heapq.heappush(heap, entry)
+        out: list[tuple[str, str, int]] = []
+        later = []
+        try:
+            while heap and len(out) < limit:
+                row_id, key = heapq.heappop(heap)
+                row = self.s._stages.get(key)
+                if row is None or row.id != row_id or row.state != PENDING or not row.ready:
+                    continue
+                if key[2] not in wanted or row.not_before > self.now or (
+                        items is not None and key[1] not in items):
+                    later.append((row_id, key))
+                    continue
+                self._row(key)
+                row.state, row.owner, row.updated_at = RUNNING, owner, self.now
+                row.attempt += 1
+                out.append((key[1], key[2], row.attempt))
+        finally:
+            for entry in later:
+                heapq.heappush(heap, entry)
         return out
 
     def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
@@ -227,10 +304,12 @@ class _MemoryTx(Tx):
         }
 
     def cas(self, pipeline: str, item_id: str, stage: str, expect: str, state: str, *,
-            output: str | None, review: str | None) -> bool:
-        row = self.s._stages.get((pipeline, item_id, stage))
-        if row is None or row.state != expect:
+            output: str | None, review: str | None, attempt: int | None = None) -> bool:
+        key = (pipeline, item_id, stage)
+        row = self.s._stages.get(key)
+        if row is None or row.state != expect or (attempt is not None and row.attempt != attempt):
             return False
+        self._row(key)
         row.state, row.output, row.review = state, output, review
         row.ready, row.owner, row.updated_at = False, None, self.now
         return True
@@ -246,8 +325,13 @@ class _MemoryTx(Tx):
     def items_in_state(self, pipeline: str, state: str, limit: int | None,
                        prefix: bool = False) -> list[str]:
         items = self.s._items.get(pipeline, {})
-        ids = [i for i, it in sorted(items.items(), key=lambda kv: kv[1].id)
-               if (it.state.startswith(state) if prefix else it.state == state)]
+        if state.startswith(ROLLING_BACK):  # few, and indexed
+            ids = [i for i, st in sorted(self.s._rolling.get(pipeline, {}).items(),
+                                         key=lambda kv: items[kv[0]].id)
+                   if (st.startswith(state) if prefix else st == state)]
+        else:
+            ids = [i for i, it in sorted(items.items(), key=lambda kv: kv[1].id)
+                   if (it.state.startswith(state) if prefix else it.state == state)]
         return ids[:limit] if limit is not None else ids
 
     def item_state_of(self, pipeline: str, item_id: str) -> str | None:
@@ -258,13 +342,16 @@ class _MemoryTx(Tx):
         item = self.s._items.get(pipeline, {}).get(item_id)
         if item is None or item.state != expect:
             return False
+        self._item(pipeline, item_id)
         item.state = state
         return True
 
     def set_error(self, pipeline: str, item_id: str, stage: str, expect: str, error: str) -> bool:
-        row = self.s._stages.get((pipeline, item_id, stage))
+        key = (pipeline, item_id, stage)
+        row = self.s._stages.get(key)
         if row is None or row.state != expect:
             return False
+        self._row(key)
         row.error, row.updated_at = error, self.now
         return True
 
@@ -279,14 +366,16 @@ class _MemoryTx(Tx):
 
     def upsert_subtasks(self, pipeline: str, item_id: str, stage: str,
                         rows: Sequence[tuple[str, str, int, str | None]]) -> None:
-        subs = self.s._subtasks.setdefault((pipeline, item_id, stage), {})
+        subs = self._subs((pipeline, item_id, stage))
         for name, state, attempt, owner in rows:
             old = subs.get(name)
             subs[name] = _Sub(old.id if old else next(self.s._ids), state, attempt, owner,
                               old.output if old else None, old.error if old else None, self.now)
 
     def delete_subtasks(self, pipeline: str, item_id: str, stage: str, names: Sequence[str]) -> None:
-        subs = self.s._subtasks.get((pipeline, item_id, stage), {})
+        if not names or (pipeline, item_id, stage) not in self.s._subtasks:
+            return
+        subs = self._subs((pipeline, item_id, stage))
         for name in names:
             subs.pop(name, None)
 
@@ -297,7 +386,7 @@ class _MemoryTx(Tx):
             ok = (sub is not None and sub.state == RUNNING and sub.owner == owner
                   and sub.attempt == r.attempt)
             if ok:
-                assert sub is not None
+                sub = self._subs((pipeline, r.item_id, r.stage))[r.name]
                 sub.state, sub.owner, sub.output, sub.error = r.state, None, r.output, r.error
                 sub.updated_at = self.now
             flags.append(ok)
@@ -305,18 +394,45 @@ class _MemoryTx(Tx):
 
     def reset_subtasks(self, pipeline: str, keys: Sequence[tuple[str, str]]) -> None:
         for item_id, stage in keys:
-            for sub in self.s._subtasks.get((pipeline, item_id, stage), {}).values():
+            key = (pipeline, item_id, stage)
+            if not any(sub.state == RUNNING for sub in self.s._subtasks.get(key, {}).values()):
+                continue
+            for sub in self._subs(key).values():
                 if sub.state == RUNNING:
                     sub.state, sub.owner = PENDING, None
 
     def runners(self) -> list[tuple[str, str, int, float]]:
         return [(o, h, p, e) for o, (h, p, e) in self.s._runners.items()]
 
+    def delete_runners(self, owners: Sequence[str]) -> None:
+        for owner in owners:
+            if owner not in self.undo.runners:
+                self.undo.runners[owner] = self.s._runners.get(owner)
+            self.s._runners.pop(owner, None)
+
     def running_rows(self, pipeline: str) -> list[tuple[str, str, int, str | None]]:
-        return [
-            (k[1], k[2], r.attempt, r.owner) for k, r in self.s._stages.items()
-            if k[0] == pipeline and r.state == RUNNING
-        ]
+        stages = self.s._stages
+        return [(k[1], k[2], r.attempt, r.owner)
+                for k in sorted(self.s._running.get(pipeline, ()), key=lambda k: stages[k].id)
+                if (r := stages[k]).state == RUNNING]
+
+    def rolling_back(self, pipeline: str) -> dict[str, str]:
+        return dict(self.s._rolling.get(pipeline, {}))
+
+    def find(self, pipeline: str, stages: Sequence[str], item_id: str | None,
+             stage: str | None, states: Sequence[str]) -> list[tuple[str, str]]:
+        wanted = set(stages) if stage is None else ({stage} & set(stages))
+        if item_id is not None:
+            rows = [((pipeline, item_id, s), r) for s, r in self.s._by_item(pipeline, item_id)]
+        else:
+            rows = [(k, r) for k, r in self.s._stages.items() if k[0] == pipeline]
+        found = [(r.id, k[1], k[2]) for k, r in rows if k[2] in wanted and r.state in states]
+        found.sort()
+        return [(i, s) for _, i, s in found]
+
+    def require_item(self, pipeline: str, item_id: str) -> None:
+        if item_id not in self.s._items.get(pipeline, {}):
+            raise ItemNotFoundError(item_id, pipeline)
 
 
 class MemoryStore(BaseStore):
@@ -334,6 +450,11 @@ class MemoryStore(BaseStore):
         self._shapes: dict[str, tuple[str, ...]] = {}
         self._deps_seen: dict[str, dict[str, tuple[str, ...]]] = {}
         self._subtasks: dict[tuple[str, str, str], dict[str, _Sub]] = {}
+        # indexes, brought up to date when a transaction ends (from its undo log)
+        self._running: dict[str, set[StageKey]] = {}
+        self._rolling: dict[str, dict[str, str]] = {}
+        self._tx: _MemoryTx | None = None
+        self._registered: dict[str, tuple[str, int]] = {}  # runners registered here
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -341,7 +462,61 @@ class MemoryStore(BaseStore):
     @contextmanager
     def transaction(self) -> Iterator[_MemoryTx]:
         with self._lock:
-            yield _MemoryTx(self)
+            if self._tx is not None:  # nested: part of the enclosing transaction
+                yield self._tx
+                return
+            tx = self._tx = _MemoryTx(self, _Undo(len(self._history)))
+            try:
+                yield tx
+            except BaseException:
+                self._undo(tx.undo)
+                raise
+            finally:
+                self._tx = None
+                self._reindex(tx.undo)
+
+    def _undo(self, undo: _Undo) -> None:
+        """Put back every row a failed transaction touched."""
+        del self._history[undo.history_len:]
+        for key, row in undo.stages.items():
+            if row is None:
+                self._stages.pop(key, None)
+            else:
+                self._stages[key] = row
+                if row.state == PENDING and row.ready:
+                    self._push(key[0], row, key)  # its heap entry may have been taken
+        for (pipeline, item_id), item in undo.items.items():
+            items = self._items.setdefault(pipeline, {})
+            if item is None:
+                items.pop(item_id, None)
+            else:
+                items[item_id] = item
+        for key, subs in undo.subtasks.items():
+            if subs is None:
+                self._subtasks.pop(key, None)
+            else:
+                self._subtasks[key] = subs
+        for owner, info in undo.runners.items():
+            if info is not None:
+                self._runners[owner] = info
+
+    def _reindex(self, undo: _Undo) -> None:
+        """Bring the running-row and rolling-back-item indexes up to date for what
+        a transaction touched (committed or undone)."""
+        for key in undo.stages:
+            row = self._stages.get(key)
+            running = self._running.setdefault(key[0], set())
+            if row is not None and row.state == RUNNING:
+                running.add(key)
+            else:
+                running.discard(key)
+        for pipeline, item_id in undo.items:
+            item = self._items.get(pipeline, {}).get(item_id)
+            rolling = self._rolling.setdefault(pipeline, {})
+            if item is not None and item.state.startswith(ROLLING_BACK):
+                rolling[item_id] = item.state
+            else:
+                rolling.pop(item_id, None)
 
     def _push(self, pipeline: str, row: _Row, key: tuple[str, str, str]) -> None:
         heapq.heappush(self._ready.setdefault(pipeline, []), (row.id, key))
@@ -358,12 +533,14 @@ class MemoryStore(BaseStore):
         )
         if self._deps_seen.get(shape.name) == dict(shape.deps):
             return False
+        assert isinstance(tx, _MemoryTx)
         for item_id in self._items.get(shape.name, {}):
             tx.insert_stage_rows(shape.name, [(item_id, s, False) for s in shape.order])
             states = tx.stage_states(shape.name, [item_id])[item_id]
             for s in shape.order:
                 row = self._stages[(shape.name, item_id, s)]
                 if row.state == PENDING:
+                    tx._row((shape.name, item_id, s))
                     row.ready = all(states.get(d, (PENDING, False))[0] in DONE_STATES
                                     for d in shape.deps[s])
                     if row.ready:
@@ -380,16 +557,18 @@ class MemoryStore(BaseStore):
     def register_runner(self, owner: str, host: str, pid: int, lease: float) -> None:
         with self._lock:
             self._runners[owner] = (host, pid, time.time() + lease)
+            self._registered[owner] = (host, pid)
 
     def heartbeat(self, owner: str, lease: float) -> None:
         with self._lock:
-            if owner in self._runners:
-                host, pid, _ = self._runners[owner]
-                self._runners[owner] = (host, pid, time.time() + lease)
+            known = self._registered.get(owner)
+            if known is not None:  # registered again if it was taken for dead and forgotten
+                self._runners[owner] = (*known, time.time() + lease)
 
     def unregister_runner(self, owner: str) -> None:
         with self._lock:
             self._runners.pop(owner, None)
+            self._registered.pop(owner, None)
 
     # -- reads -------------------------------------------------------------
     def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook:
@@ -477,18 +656,6 @@ class MemoryStore(BaseStore):
         with self._lock:
             return [(k[1], k[2], r.state, r.ready) for k, r in self._stages.items()
                     if k[0] == shape.name and k[2] in shape.order]
-
-    def _find(self, tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
-              states: Sequence[str]) -> list[tuple[str, str]]:
-        return [
-            (k[1], k[2]) for k, r in sorted(self._stages.items(), key=lambda kv: kv[1].id)
-            if k[0] == shape.name and k[2] in shape.order and r.state in states
-            and (item_id is None or k[1] == item_id) and (stage is None or k[2] == stage)
-        ]
-
-    def _require_item(self, tx: Tx, shape: Shape, item_id: str) -> None:
-        if item_id not in self._items.get(shape.name, {}):
-            raise ItemNotFoundError(item_id, shape.name)
 
     def dump(self) -> str:
         """Every row as JSON text; two equal dumps mean an unchanged store."""

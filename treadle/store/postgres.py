@@ -10,8 +10,10 @@ driver is psycopg2 (the ``postgres`` extra). See docs/scaling.md.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from ..errors import StoreError
 from .sql import SqlStore
@@ -42,6 +44,29 @@ _APPLY_SUB = (
 )
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """The URL without its ``schema=`` option, and that schema (None when absent).
+
+    Raises :class:`StoreError` for a schema name that is not a plain SQL
+    identifier (letters, digits, ``_``; at most 63 characters).
+    """
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    names = [v for k, v in pairs if k == "schema"]
+    if not names:
+        return url, None
+    name = names[-1]
+    if not _IDENTIFIER.fullmatch(name):
+        raise StoreError(
+            f"schema={name!r} in the store URL {mask_url(url)} is not a plain SQL identifier; "
+            "use letters, digits and _ (e.g. ?schema=treadle).")
+    rest = urlencode([(k, v) for k, v in pairs if k != "schema"])
+    return (f"{base}?{rest}" if rest else base), name
+
+
 @functools.lru_cache(maxsize=512)
 def _pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
@@ -62,11 +87,16 @@ class PostgresStore(SqlStore):
             ) from None
         from playhouse.db_url import parse
 
+        libpq_url, self.schema = split_schema(url)
         try:
-            params = parse(url.replace("postgres://", "postgresql://", 1), unquote_password=True)
+            params = parse(libpq_url.replace("postgres://", "postgresql://", 1), unquote_password=True)
         except Exception as exc:  # noqa: BLE001 - a malformed URL
             raise StoreError(f"Cannot parse the store URL {mask_url(url)}: {mask_text(str(exc), url)}.") from None
         import peewee as pw
+
+        if self.schema is not None:
+            # every connection works in that schema (created below if missing)
+            params["options"] = f"{params.get('options', '')} -c search_path={self.schema}".strip()
 
         # A runner paused inside a transaction (SIGSTOP, a VM freeze) must not hold
         # row locks for ever: the server ends such a session after a while, its
@@ -85,6 +115,13 @@ class PostgresStore(SqlStore):
                 f"Cannot use the store {mask_url(url)}: {detail}. Check the URL, and that "
                 "PostgreSQL is running and accepts connections from this machine."
             ) from None
+
+    def _create_schema(self) -> None:
+        if self.schema is not None:
+            with self.transaction() as tx:
+                self._exclusive(tx)  # CREATE SCHEMA IF NOT EXISTS races between sessions
+                tx._exec(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        super()._create_schema()
 
     ANALYZE_AFTER = 500  # items in one submission that make statistics worth refreshing
 

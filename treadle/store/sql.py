@@ -18,12 +18,15 @@ from typing import Any
 import peewee as pw
 
 from ..errors import ItemNotFoundError, StoreError
-from .base import PENDING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx
-from .fanout import SubRecord, SubResult
-from . import schema
-from .schema import make_models
-from .urls import mask_text, mask_url
 from .._crash import crash_point
+from . import schema
+from .base import BaseStore
+from .records import (
+    PENDING, ROLLING_BACK, HistoryRow, Outlook, Shape, StageRecord, SubRecord, SubResult, Transition,
+)
+from .schema import make_models
+from .tx import Tx
+from .urls import mask_text, mask_url
 
 _CHUNK = 400  # ids per IN (...) list: far below every database's parameter limit
 
@@ -236,11 +239,13 @@ class SqlTx(Tx):
         }
 
     def cas(self, pipeline: str, item_id: str, stage: str, expect: str, state: str, *,
-            output: str | None, review: str | None) -> bool:
+            output: str | None, review: str | None, attempt: int | None = None) -> bool:
+        guard = " AND attempt=?" if attempt is not None else ""
         self._exec(
             "UPDATE treadle_stage SET state=?, output=?, review=?, ready=0, owner=NULL, updated_at=? "
-            "WHERE pipeline=? AND item_id=? AND stage=? AND state=?",
-            (state, output, review, self.now, pipeline, item_id, stage, expect))
+            f"WHERE pipeline=? AND item_id=? AND stage=? AND state=?{guard}",
+            (state, output, review, self.now, pipeline, item_id, stage, expect,
+             *(() if attempt is None else (attempt,))))
         return self.store._changes(self.cur) == 1
 
     def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
@@ -317,9 +322,38 @@ class SqlTx(Tx):
         return list(self._exec("SELECT owner, host, pid, expires_at FROM treadle_runner"))
 
     def running_rows(self, pipeline: str) -> list[tuple[str, str, int, str | None]]:
+        # the literal state='running' is the predicate of the partial index treadle_stage_running
         return list(self._exec(
             "SELECT item_id, stage, attempt, owner FROM treadle_stage WHERE pipeline=? AND state='running'",
             (pipeline,)))
+
+    def rolling_back(self, pipeline: str) -> dict[str, str]:
+        # the literal LIKE is the predicate of the partial index treadle_item_rolling_back
+        return {r[0]: r[1] for r in self._exec(
+            f"SELECT item_id, state FROM treadle_item WHERE pipeline=? AND state LIKE '{ROLLING_BACK}%'",
+            (pipeline,)) if r[1] == ROLLING_BACK or r[1].startswith(ROLLING_BACK + ":")}
+
+    def delete_runners(self, owners: Sequence[str]) -> None:
+        self._many("DELETE FROM treadle_runner WHERE owner=?", [(o,) for o in owners])
+
+    def find(self, pipeline: str, stages: Sequence[str], item_id: str | None,
+             stage: str | None, states: Sequence[str]) -> list[tuple[str, str]]:
+        where = ["pipeline=?", f"state IN ({_marks(len(states))})",
+                 f"stage IN ({_marks(len(stages))})"]
+        params: list[Any] = [pipeline, *states, *stages]
+        if item_id is not None:
+            where.append("item_id=?")
+            params.append(item_id)
+        if stage is not None:
+            where.append("stage=?")
+            params.append(stage)
+        return [(r[0], r[1]) for r in self._exec(
+            f"SELECT item_id, stage FROM treadle_stage WHERE {' AND '.join(where)} ORDER BY id", params)]
+
+    def require_item(self, pipeline: str, item_id: str) -> None:
+        if not list(self._exec("SELECT 1 FROM treadle_item WHERE pipeline=? AND item_id=?",
+                               (pipeline, item_id))):
+            raise ItemNotFoundError(item_id, pipeline)
 
 
 class SqlStore(BaseStore):
@@ -338,6 +372,10 @@ class SqlStore(BaseStore):
         self._pid = os.getpid()
         self._local = threading.local()
         self._shape_cache: dict[str, str] = {}
+        # runners registered through this store object: (host, pid), to register
+        # again a runner whose row was removed while it was paused
+        self._registered: dict[str, tuple[str, int]] = {}
+        self._runners_lock = threading.Lock()
         self.models = make_models(database)
 
     def __repr__(self) -> str:
@@ -461,6 +499,8 @@ class SqlStore(BaseStore):
             version = self._stored_version(tx)  # another process may have done it meanwhile
             if version is None:
                 self.db.create_tables(list(self.models.values()), safe=True)
+                for sql in schema.RECOVERY_INDEXES:
+                    tx._exec(sql)
                 tx._exec("INSERT INTO treadle_meta (key, value) VALUES ('schema_version', ?) "
                          "ON CONFLICT (key) DO NOTHING", (str(schema.SCHEMA_VERSION),))
             else:
@@ -525,11 +565,23 @@ class SqlStore(BaseStore):
                      "VALUES (?,?,?,?,?) ON CONFLICT (owner) DO UPDATE SET expires_at=excluded.expires_at",
                      (owner, host, pid, tx.now, tx.now + lease))
 
+        with self._runners_lock:
+            self._registered[owner] = (host, pid)
+
     def heartbeat(self, owner: str, lease: float) -> None:
+        with self._runners_lock:
+            known = self._registered.get(owner)
         with self.transaction() as tx:
             tx._exec("UPDATE treadle_runner SET expires_at=? WHERE owner=?", (tx.now + lease, owner))
+            if self._changes(tx.cur) == 0 and known is not None:
+                # taken for dead and forgotten (a long pause): known again from now on
+                tx._exec("INSERT INTO treadle_runner (owner, host, pid, started_at, expires_at) "
+                         "VALUES (?,?,?,?,?) ON CONFLICT (owner) DO NOTHING",
+                         (owner, known[0], known[1], tx.now, tx.now + lease))
 
     def unregister_runner(self, owner: str) -> None:
+        with self._runners_lock:
+            self._registered.pop(owner, None)
         with self.transaction() as tx:
             tx._exec("DELETE FROM treadle_runner WHERE owner=?", (owner,))
 
@@ -615,27 +667,6 @@ class SqlStore(BaseStore):
         return self._read(
             f"SELECT item_id, stage, state, ready FROM treadle_stage WHERE pipeline=? "
             f"AND stage IN ({_marks(len(shape.order))})", (shape.name, *shape.order))
-
-    def _find(self, tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
-              states: Sequence[str]) -> list[tuple[str, str]]:
-        assert isinstance(tx, SqlTx)
-        where = ["pipeline=?", f"state IN ({_marks(len(states))})",
-                 f"stage IN ({_marks(len(shape.order))})"]
-        params: list[Any] = [shape.name, *states, *shape.order]
-        if item_id is not None:
-            where.append("item_id=?")
-            params.append(item_id)
-        if stage is not None:
-            where.append("stage=?")
-            params.append(stage)
-        return [(r[0], r[1]) for r in tx._exec(
-            f"SELECT item_id, stage FROM treadle_stage WHERE {' AND '.join(where)} ORDER BY id", params)]
-
-    def _require_item(self, tx: Tx, shape: Shape, item_id: str) -> None:
-        assert isinstance(tx, SqlTx)
-        if not list(tx._exec("SELECT 1 FROM treadle_item WHERE pipeline=? AND item_id=?",
-                             (shape.name, item_id))):
-            raise ItemNotFoundError(item_id, shape.name)
 
     def dump(self) -> str:
         """Every row of every treadle table as JSON text (to compare store states)."""
