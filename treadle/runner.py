@@ -10,7 +10,7 @@ from typing import Any
 
 from . import signals
 from ._review import ReviewMixin
-from ._scheduler import Scheduler
+from .engine import Scheduler
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
 from .states import StageState, SubtaskState
@@ -134,7 +134,7 @@ class Runner(ReviewMixin):
         gated = [n for n, s in self.pipeline.stages.items() if s.gate is not None]
         logs: dict[str, list[dict[str, Any]]] = {}
         if gated:
-            from ._gate import gate_history
+            from .engine.gate import gate_history
 
             entries = self.store.history(self.pipeline, key)
             logs = {n: list(gate_history(entries, n).attempts) for n in gated}

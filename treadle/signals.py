@@ -42,11 +42,12 @@ ALL = {
 
 
 def send(signal: blinker.NamedSignal, sender: Any, **data: Any) -> None:
-    """Send ``signal``; a receiver's exception is logged and swallowed."""
+    """Send ``signal``; a receiver's exception (even ``KeyboardInterrupt`` or
+    ``SystemExit``) is logged and swallowed: signals observe, they never steer."""
     if not signal.receivers:
         return
     for receiver in signal.receivers_for(sender):
         try:
             receiver(sender, **data)
-        except Exception:  # noqa: BLE001 - a receiver must never break a run
+        except BaseException:  # noqa: BLE001 - a receiver must never break a run (nor a call)
             _log.exception("treadle: receiver %r of signal %r raised; ignored", receiver, signal.name)

@@ -579,6 +579,13 @@ class SqlStore(BaseStore):
                          "VALUES (?,?,?,?,?) ON CONFLICT (owner) DO NOTHING",
                          (owner, known[0], known[1], tx.now, tx.now + lease))
 
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection (a helper thread that is ending)."""
+        try:
+            self._database.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection may fail
+            self._database._state.reset()
+
     def unregister_runner(self, owner: str) -> None:
         with self._runners_lock:
             self._registered.pop(owner, None)

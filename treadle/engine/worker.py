@@ -1,65 +1,28 @@
-"""What a pool thread runs: one stage function call, turned into a Transition.
+"""What a pool thread runs: one stage, subtask or rollback call, turned into a result.
 
 Nothing here touches the store; the scheduler commits what this returns.
+Every function here returns instead of raising: a stage's exception is its
+failure, recorded with its traceback.
 """
 
 from __future__ import annotations
 
 import json
-import traceback
 from typing import Any
 
-from ._crash import crash_point
-from .errors import SerializationError
-from .outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
-from .serialization import ItemCodec, to_json
-from .stage import StageSpec
-from .states import StageState
-from .store.base import Transition
-from .store.fanout import SubResult
+from .._crash import crash_point
+from ..errors import SerializationError
+from ..outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
+from ..serialization import ItemCodec, to_json
+from ..stage import StageSpec
+from ..states import StageState
+from ..store.base import Transition
+from ..store.fanout import SubResult
+from .failures import error_text, traceback_text, failure, sub_failure
+from .gate import judge
 
 #: Internal transition state: the stage returned a FanOut (never stored as a stage state).
 FANOUT = "fanout"
-
-
-def _clean(text: str) -> str:
-    """No NUL characters: PostgreSQL text cannot hold them."""
-    return text.replace("\x00", "\\x00")
-
-
-def _error_text(exc: BaseException) -> str:
-    text = _clean(str(exc))
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
-
-
-def _tb(exc: BaseException) -> str:
-    return _clean("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-
-
-def retry_in(policy: Any, attempt: int, exc: BaseException) -> float | None:
-    """Seconds until the next attempt, or None when the policy gives up (or raises)."""
-    if policy is None:
-        return None
-    try:
-        delay = policy(attempt, exc)
-    except Exception:  # noqa: BLE001 - a broken policy must not crash the run
-        return None
-    return None if delay is None else max(0.0, float(delay))
-
-
-def failure(item_id: str, stage: str, attempt: int, exc: BaseException,
-            policy: Any = None) -> Transition:
-    """A failed Transition carrying the error and its traceback; when ``policy``
-    grants another attempt, a pending one with the wait as its delay."""
-    delay = retry_in(policy, attempt, exc)
-    if delay is not None:
-        return Transition(item_id, stage, attempt, StageState.PENDING.value,
-                          error=_error_text(exc), traceback=_tb(exc), delay=delay,
-                          logged_as=StageState.FAILED.value,
-                          details=json.dumps({"final": False, "retry_in": round(delay, 3)}))
-    return Transition(item_id, stage, attempt, StageState.FAILED.value,
-                      error=_error_text(exc), traceback=_tb(exc))
 
 
 def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
@@ -82,8 +45,6 @@ def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
         if isinstance(outcome, Completed):
             output = to_json(outcome.output, what="output", item_id=item_id, stage=stage)
             if spec.gate is not None:
-                from ._gate import judge
-
                 return judge(spec, item, ctx, outcome.output, output, policy, gate_state)
             return Transition(item_id, stage, attempt, StageState.COMPLETED.value,
                               output=output), outcome.output
@@ -133,23 +94,12 @@ def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
     return subs
 
 
-def sub_failure(item_id: str, stage: str, name: str, attempt: int, exc: BaseException,
-                policy: Any = None) -> SubResult:
-    """A failed SubResult; pending (with ``details.retry_in``) when the policy retries."""
-    delay = retry_in(policy, attempt, exc)
-    if delay is not None:
-        return SubResult(item_id, stage, name, attempt, "pending", error=_error_text(exc),
-                         traceback=_tb(exc), logged_as="failed",
-                         details=json.dumps({"final": False, "retry_in": round(delay, 3)}))
-    return SubResult(item_id, stage, name, attempt, "failed", error=_error_text(exc),
-                     traceback=_tb(exc))
-
-
 def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
                     policy: Any = None, mark: Any = None) -> tuple[SubResult, Any]:
     """Run one subtask; never raises."""
     if mark is not None:
         mark.start()
+    crash_point("in-stage")
     try:
         value = sub.fn(*sub.args, **sub.kwargs)
         output = to_json(value, what=f"output of subtask {sub.name!r}", item_id=item_id, stage=stage)
@@ -172,4 +122,4 @@ def execute_rollback(spec: StageSpec, codec: ItemCodec, item_json: str,
             spec.rollback(item)
         return None, None
     except BaseException as exc:  # noqa: BLE001 - recorded as the rollback's failure
-        return _error_text(exc), _tb(exc)
+        return error_text(exc), traceback_text(exc)

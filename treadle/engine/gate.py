@@ -15,11 +15,12 @@ from typing import Any
 
 import attrs
 
-from .errors import TreadleError
-from .stage import StageSpec
-from .states import StageState
-from .store.base import Transition
-from .verdicts import Accepted, Rejected, Uncertain, to_verdict, verdict_json
+from ..errors import TreadleError
+from ..stage import StageSpec
+from ..states import StageState
+from ..store.base import Transition
+from .failures import failure, retry_in
+from ..verdicts import Accepted, Rejected, Uncertain, to_verdict, verdict_json
 
 #: History states of judged attempts that did not complete the stage.
 OUTPUT_REJECTED = "output_rejected"
@@ -73,8 +74,6 @@ def gate_history(entries: Iterable[Mapping[str, Any]], stage: str) -> GateHistor
 def judge(spec: StageSpec, item: Any, ctx: Any, value: Any, output: str, policy: Any,
           history: GateHistory) -> tuple[Transition, Any]:
     """Apply the gate and the review policy to one output."""
-    from ._execute import failure, retry_in
-
     item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
     try:
         verdict = to_verdict(spec.gate(item, value, ctx))  # type: ignore[misc]
@@ -83,6 +82,7 @@ def judge(spec: StageSpec, item: Any, ctx: Any, value: Any, output: str, policy:
         wrapped.__traceback__ = exc.__traceback__
         return failure(item_id, stage, attempt, wrapped, policy), None
     plain = json.loads(output)
+    kind = verdict_json(verdict)["verdict"]
     record = {"verdict": verdict_json(verdict), "output": plain}
     attempts = [*history.attempts, {"attempt": attempt, "at": time.time(), **record}]
     judged = history.judged + 1
@@ -91,24 +91,26 @@ def judge(spec: StageSpec, item: Any, ctx: Any, value: Any, output: str, policy:
         data = {"data": plain, "message": message, "escalated": escalated, "attempts": attempts}
         return Transition(item_id, stage, attempt, StageState.AWAITING_REVIEW.value,
                           review=json.dumps(data, separators=(",", ":")),
+                          verdict=kind, escalated=escalated,
                           details=json.dumps(record, separators=(",", ":")))
 
     if isinstance(verdict, Accepted):
         if spec.review == "always":
             return review("Accepted by the gate: confirm the output"), plain
         return Transition(item_id, stage, attempt, StageState.COMPLETED.value, output=output,
-                          details=json.dumps(record, separators=(",", ":"))), value
+                          verdict=kind, details=json.dumps(record, separators=(",", ":"))), value
     if isinstance(verdict, Uncertain) and spec.review in ("on_uncertain", "on_escalation_or_uncertain"):
         return review(f"The gate is not sure: {verdict.reason}"), plain
     message = verdict.message if isinstance(verdict, Rejected) else verdict.reason
     delay = retry_in(policy, judged, GateRejection(message))
     if delay is not None:
         return Transition(item_id, stage, attempt, StageState.PENDING.value, delay=delay,
-                          logged_as=OUTPUT_REJECTED,
+                          logged_as=OUTPUT_REJECTED, verdict=kind,
                           details=json.dumps({**record, "retry_in": round(delay, 3)},
                                              separators=(",", ":"))), plain
     if spec.on_exhausted == "escalate" or spec.review in ("on_escalation", "on_escalation_or_uncertain"):
         return review(f"Escalated after {judged} attempt(s): {message}", escalated=True), plain
     return Transition(item_id, stage, attempt, StageState.FAILED.value,
                       error=f"Output rejected by the gate after {judged} attempt(s): {message}",
+                      verdict=kind,
                       details=json.dumps(record, separators=(",", ":"))), plain

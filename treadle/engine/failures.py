@@ -1,0 +1,72 @@
+"""Turning an exception into a recorded failure: error text, traceback, retry decision."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+from ..states import StageState
+from ..store.base import Transition
+from ..store.fanout import SubResult
+
+
+def clean_text(text: str) -> str:
+    """Text any database can store: NUL and lone surrogates (as ``os.fsdecode``
+    makes of undecodable bytes) are written as backslash escapes."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` (or just the type), storable."""
+    text = clean_text(str(exc))
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The formatted traceback, storable."""
+    return clean_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+def retry_in(policy: Any, attempt: int, exc: BaseException) -> float | None:
+    """Seconds until the next attempt, or None when the policy gives up (or raises)."""
+    if policy is None:
+        return None
+    try:
+        delay = policy(attempt, exc)
+    except Exception:  # noqa: BLE001 - a broken policy must not crash the run
+        return None
+    return None if delay is None else max(0.0, float(delay))
+
+
+def failure(item_id: str, stage: str, attempt: int, exc: BaseException,
+            policy: Any = None) -> Transition:
+    """A failed Transition carrying the error and its traceback; when ``policy``
+    grants another attempt, a pending one with the wait as its delay."""
+    delay = retry_in(policy, attempt, exc)
+    if delay is not None:
+        return Transition(item_id, stage, attempt, StageState.PENDING.value,
+                          error=error_text(exc), traceback=traceback_text(exc), delay=delay,
+                          logged_as=StageState.FAILED.value,
+                          details=json.dumps({"final": False, "retry_in": round(delay, 3)}))
+    return Transition(item_id, stage, attempt, StageState.FAILED.value,
+                      error=error_text(exc), traceback=traceback_text(exc))
+
+
+def sub_failure(item_id: str, stage: str, name: str, attempt: int, exc: BaseException,
+                policy: Any = None) -> SubResult:
+    """A failed SubResult; pending (with ``details.retry_in``) when the policy retries."""
+    delay = retry_in(policy, attempt, exc)
+    if delay is not None:
+        return SubResult(item_id, stage, name, attempt, "pending", error=error_text(exc),
+                         traceback=traceback_text(exc), logged_as="failed",
+                         details=json.dumps({"final": False, "retry_in": round(delay, 3)}))
+    return SubResult(item_id, stage, name, attempt, "failed", error=error_text(exc),
+                     traceback=traceback_text(exc))

@@ -1,0 +1,569 @@
+"""The scheduler loop: drain results, one commit, dispatch. Nothing else.
+
+Each turn is one *group commit*: every stage and subtask result that came
+back since the last turn is written, fan-outs are started, dependents that
+became ready are marked, and the next batch of ready work is claimed, all in
+one transaction. Work is handed to the pool only after that transaction has
+committed, so a stage's result is durable before any dependent starts, and
+signals report only committed transitions.
+
+Who owns what: every claimed stage is held by exactly one of the in-flight
+table (:mod:`.slots`), a fan-out in progress (:mod:`.fanout`), or the list of
+results waiting for the next commit. Shutdown gives back whatever any of
+them still holds; the heartbeat (:mod:`.lease`) and signal delivery
+(:mod:`.report`) run on threads of their own.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import json
+import logging
+import queue
+import signal as _signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import structlog
+
+from .. import signals
+from .._crash import crash_point
+from ..context import Outputs, StageContext, StartMark
+from ..contrib.retry import resolve as resolve_retry
+from ..errors import StageTimeout, StoreError
+from ..outcomes import SubTask
+from ..pipeline import Pipeline
+from ..states import StageState
+from ..store.base import Claim, CommitResult, StateStore, Transition
+from ..store.fanout import FanOutStart, SubResult
+from .failures import clean_text, failure, sub_failure
+from .fanout import FanOuts, FanRun
+from .gate import gate_history
+from .lease import Lease
+from .pool import ExecutorPool, ThreadPool
+from .report import Counters, Reporter
+from .rollback import Rollbacks
+from .slots import Entry, Slots
+from .tasks import RollbackTask, StageTask, SubtaskTask, Task
+from .worker import FANOUT, execute, execute_subtask
+
+_log = logging.getLogger("treadle.runner")
+
+
+class _Writes:
+    """Results waiting for the next group commit."""
+
+    __slots__ = ("done", "subs", "starts", "restarts")
+
+    def __init__(self) -> None:
+        self.done: list[tuple[Transition, Any]] = []
+        self.subs: list[tuple[SubtaskTask, SubResult, Any]] = []
+        self.starts: list[tuple[StageTask, FanOutStart, list[SubTask]]] = []
+        self.restarts: list[tuple[StageTask, str]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.done or self.subs or self.starts or self.restarts)
+
+    def claims(self) -> set[tuple[str, str, int]]:
+        """The stage claims these writes still hold."""
+        held = {(t.item_id, t.stage, t.attempt) for t, _ in self.done}
+        held |= {task.key for task, _, _ in self.starts}
+        held |= {task.parent.key for task, _, _ in self.subs}
+        return held
+
+
+class Scheduler:
+    """One run of the loop, for one runner identity (owner)."""
+
+    POLL = 0.2  # seconds between looks at the store while others hold the work
+    SIGNALS_STUCK_AFTER = 30.0  # a receiver running this long no longer delays run()'s return
+
+    def __init__(self, pipeline: Pipeline, store: StateStore, *, owner: str, workers: int,
+                 executor: Executor | None, lease: float, grace: float,
+                 only: Sequence[str] | None = None) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.owner = owner
+        self.workers = workers
+        self.executor = executor
+        self.grace = grace
+        self.only = only
+        self.results: queue.SimpleQueue[tuple[Task, Any]] = queue.SimpleQueue()
+        self.counters = Counters()
+        self.reporter = Reporter(pipeline, self.counters)
+        self.lease = Lease(store, owner, lease)
+        self.stop = threading.Event()
+        self.writes = _Writes()
+        self.fanouts = FanOuts()
+        self.timers: list[tuple[float, int, StageTask, str]] = []  # subtask retries due
+        self._seq = itertools.count()
+        self.undispatched: collections.deque[Claim] = collections.deque()
+        self.policies = {n: resolve_retry(s.retry) for n, s in pipeline.stages.items()}
+        self._logger = structlog.get_logger("treadle")
+        self.pool: ThreadPool | ExecutorPool | None = None
+        self.slots: Slots = None  # type: ignore[assignment]  # made with the pool in run()
+        self.rollbacks: Rollbacks = None  # type: ignore[assignment]
+        self.capacity = 0
+
+    # -- the run -------------------------------------------------------------
+    def _start_pool(self) -> None:
+        p = self.pipeline
+        if self.executor is None:
+            pool: ThreadPool | ExecutorPool = ThreadPool(self.workers, self.results)
+            # our threads say when they start: claim ahead for larger group commits
+            self.capacity = max(128, 8 * self.workers)
+        else:
+            pool = ExecutorPool(self.executor, self.workers, self.results)
+            self.capacity = 2 * pool.capacity  # claims follow what the executor can run
+        self.pool = pool
+        limits = {n: s.concurrency for n, s in p.stages.items() if s.concurrency}
+        timeouts = {n: s.timeout for n, s in p.stages.items() if s.timeout is not None}
+        self.slots = Slots(pool, limits, timeouts)
+        self.rollbacks = Rollbacks(p, self.owner, self.lease, self.slots, self.reporter,
+                                   self.stop.is_set, self._logger)
+
+    def run(self) -> Counters:
+        """Run until nothing more can move (or a stop); returns the counters."""
+        self._start_pool()
+        assert self.pool is not None
+        restore = self._install_signal_handlers()
+        abandoned = False
+        try:
+            self.lease.register()
+            self.lease.start()
+            try:
+                self.lease.recover(self.pipeline)
+                self.rollbacks.pump()
+                self._loop()
+            finally:
+                try:
+                    abandoned = self._shutdown()
+                finally:
+                    self.lease.stop()
+                    self.lease.unregister()
+        finally:
+            restore()
+            self.reporter.flush(self.SIGNALS_STUCK_AFTER)
+            # Stages still running past the grace period were released; do not
+            # wait for them here (a thread cannot be stopped, only asked to).
+            self.pool.shutdown(wait=not abandoned)
+        return self.counters
+
+    def _loop(self) -> None:
+        next_recover = time.monotonic() + 1.0
+        slots = self.slots
+        while True:
+            self._drain(block=False)
+            self._tick()
+            stopping = self.stop.is_set()
+            room = 0 if stopping else self.capacity - len(slots)
+            claims: list[Claim] = []
+            if self.writes or room > 0:
+                claims = self._commit(max(room, 0))
+            if stopping:
+                return
+            if self.writes:
+                continue  # e.g. a fan-out just finished: commit its stage now
+            now = time.monotonic()
+            if len(slots) or len(self.fanouts) or self.timers:
+                if not claims or len(slots) >= self.capacity:
+                    self._drain(block=True, timeout=self._next_event(now))
+                continue
+            if claims:
+                continue
+            look = self.lease.call(self.store.outlook, self.pipeline, self.only)
+            if look.ready == 0 and look.running == 0:
+                if self.rollbacks.pump():
+                    continue
+                return
+            if now >= next_recover:
+                self.lease.recover(self.pipeline)
+                next_recover = now + 1.0
+            self._drain(block=True, timeout=self.POLL)
+
+    def _next_event(self, now: float) -> float:
+        """Seconds until the next deadline or subtask retry (at most POLL)."""
+        nxt = self.slots.next_deadline()
+        if self.timers:
+            nxt = self.timers[0][0] if nxt is None else min(nxt, self.timers[0][0])
+        return self.POLL if nxt is None else min(self.POLL, max(0.0, nxt - now))
+
+    # -- results in ----------------------------------------------------------
+    def _drain(self, *, block: bool, timeout: float | None = None) -> None:
+        try:
+            if block:
+                self._take(*self.results.get(timeout=timeout))
+            while True:
+                self._take(*self.results.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _take(self, task: Task, outcome: Any) -> None:
+        entry = self.slots.finish(task)
+        if entry is None:
+            return  # timed out, dropped or released: its late result is not ours to record
+        if isinstance(task, RollbackTask):
+            self.rollbacks.done(task, outcome)
+        elif isinstance(task, SubtaskTask):
+            if isinstance(outcome, BaseException):  # e.g. a process pool that broke
+                result = sub_failure(task.item_id, task.stage, task.name, task.attempt, outcome,
+                                     self.policies[task.stage])
+                self.writes.subs.append((task, result, None))
+            else:
+                self.writes.subs.append((task, outcome[0], outcome[1]))
+        else:
+            if isinstance(outcome, BaseException):
+                self.writes.done.append((failure(task.item_id, task.stage, task.attempt, outcome),
+                                         None))
+                return
+            t, value = outcome
+            if t.state == FANOUT:
+                names = tuple(s.name for s in value)
+                self.writes.starts.append((task, FanOutStart(t.item_id, t.stage, t.attempt, names),
+                                           value))
+            else:
+                self.writes.done.append((t, value))
+
+    def _tick(self) -> None:
+        """Fail tasks past their timeout; queue subtask retries that are due."""
+        now = time.monotonic()
+        for entry in self.slots.expire(now):
+            self._expired(entry)
+        while self.timers and self.timers[0][0] <= now:
+            _, _, parent, name = heapq.heappop(self.timers)
+            if self.fanouts.get(parent) is not None:
+                self.writes.restarts.append((parent, name))
+
+    def _expired(self, entry: Entry) -> None:
+        if entry.ctx is not None:
+            entry.ctx.cancelled.set()
+        task = entry.task
+        timeout = self.pipeline.stages[task.stage].timeout or 0.0
+        exc = StageTimeout(f"timed out after {timeout:g} s")
+        policy = self.policies[task.stage]
+        if isinstance(task, SubtaskTask):
+            result = sub_failure(task.item_id, task.stage, task.name, task.attempt, exc, policy)
+            self.writes.subs.append((task, result, None))
+        elif isinstance(task, StageTask):
+            self.writes.done.append((failure(task.item_id, task.stage, task.attempt, exc, policy),
+                                     None))
+
+    # -- the commit ----------------------------------------------------------
+    def _commit(self, limit: int) -> list[Claim]:
+        writes, self.writes = self.writes, _Writes()
+        if writes.done or writes.subs:
+            crash_point("before-result-commit")
+        try:
+            result = self._store_commit(writes, limit)
+        except StoreError:
+            self._restore(writes)
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad result must not block the others
+            if not writes:
+                raise
+            return self._commit_apart(writes, limit, exc)
+        self._after_commit(writes, result)
+        return result.claims
+
+    def _store_commit(self, writes: _Writes, limit: int) -> CommitResult:
+        return self.lease.call(
+            self.store.commit, self.pipeline, self.owner, [t for t, _ in writes.done], limit,
+            self.only, fanouts=[s for _, s, _ in writes.starts],
+            subtasks=[r for _, r, _ in writes.subs],
+            restarts=[(t.item_id, t.stage, name) for t, name in writes.restarts],
+        )
+
+    def _restore(self, writes: _Writes) -> None:
+        """Put writes that could not be committed back (shutdown releases their claims)."""
+        self.writes.done[:0] = writes.done
+        self.writes.subs[:0] = writes.subs
+        self.writes.starts[:0] = writes.starts
+
+    def _commit_apart(self, writes: _Writes, limit: int, exc: Exception) -> list[Claim]:
+        """A group commit failed on something other than the connection (a value
+        the database cannot store): commit each result on its own; one that still
+        fails is recorded as that stage's (or subtask's) failure instead."""
+        _log.warning("treadle: a group commit of %d result(s) failed (%s: %s); committing them "
+                     "one by one", len(writes.done) + len(writes.subs) + len(writes.starts),
+                     type(exc).__name__, clean_text(str(exc)))
+        pieces: list[_Writes] = []
+        for d in writes.done:
+            w = _Writes()
+            w.done.append(d)
+            pieces.append(w)
+        for s in writes.subs:
+            w = _Writes()
+            w.subs.append(s)
+            pieces.append(w)
+        for st in writes.starts:
+            w = _Writes()
+            w.starts.append(st)
+            pieces.append(w)
+        if writes.restarts:
+            w = _Writes()
+            w.restarts.extend(writes.restarts)
+            pieces.append(w)
+        for piece in pieces:
+            try:
+                self._after_commit(piece, self._store_commit(piece, 0))
+            except StoreError:
+                raise
+            except Exception as err:  # noqa: BLE001 - this one result cannot be stored
+                self._store_failure(piece, err)
+        result = self._store_commit(_Writes(), limit)
+        self._after_commit(_Writes(), result)
+        return result.claims
+
+    def _store_failure(self, piece: _Writes, err: Exception) -> None:
+        message = (f"SerializationError: the result could not be stored "
+                   f"({type(err).__name__}: {clean_text(str(err))})")
+        fallback = _Writes()
+        for t, _ in piece.done:
+            fallback.done.append((Transition(t.item_id, t.stage, t.attempt,
+                                             StageState.FAILED.value, error=message), None))
+        for task, r, _ in piece.subs:
+            fallback.subs.append((task, SubResult(r.item_id, r.stage, r.name, r.attempt, "failed",
+                                                  error=message), None))
+        for task, _, _ in piece.starts:
+            fallback.done.append((Transition(task.item_id, task.stage, task.attempt,
+                                             StageState.FAILED.value, error=message), None))
+        if not fallback:
+            return
+        try:
+            self._after_commit(fallback, self._store_commit(fallback, 0))
+        except StoreError:
+            raise
+        except Exception:  # noqa: BLE001 - give the claims back; the next run tries again
+            _log.exception("treadle: could not record a failure either; releasing the claim")
+            self._restore(piece)
+
+    def _after_commit(self, writes: _Writes, result: CommitResult) -> None:
+        """Everything that follows a committed transaction, in this order: claims
+        taken into hand, counters and signals, fan-outs, subtask results, dispatch."""
+        self.undispatched.extend(result.claims)
+        if self.lease.orphans_possible:
+            self._release_orphans(result.claims)
+        if writes.done or writes.subs:
+            crash_point("after-result-commit")
+        if result.claims:
+            crash_point("after-claim-commit")
+        self.reporter.committed(writes.done, [(r, v) for _, r, v in writes.subs], result)
+        if self.rollbacks.enabled and any(t.state == StageState.FAILED for t in result.accepted):
+            self.rollbacks.pump()
+        self._fan_out(writes.starts, result)
+        self._subtask_results(writes.subs, result)
+        self._restarted(writes.restarts, result)
+        self._dispatch()
+        self.reporter.send()
+
+    def _release_orphans(self, claims: Sequence[Claim]) -> None:
+        self.lease.orphans_possible = False
+        keep = self._held() | {(c.item_id, c.stage, c.attempt) for c in claims}
+        released = self.lease.call(self.store.release_orphans, self.pipeline, self.owner, keep)
+        if released:
+            _log.warning("treadle: gave back %d claim(s) whose commit reply was lost", released)
+
+    def _held(self) -> set[tuple[str, str, int]]:
+        """Every stage claim this runner holds: in hand, fanning out, or being committed."""
+        held = {t.key for t in self.slots.stage_tasks()}
+        held |= {t.key for t in self.fanouts.runs}
+        held |= {(c.item_id, c.stage, c.attempt) for c in self.undispatched}
+        return held | self.writes.claims()
+
+    # -- fan-out -------------------------------------------------------------
+    def _fan_out(self, starts: list[tuple[StageTask, FanOutStart, list[SubTask]]],
+                 result: CommitResult) -> None:
+        for (task, _, subtasks), plan in zip(starts, result.fanouts):
+            if plan.refused:
+                self.counters.refused += 1
+                continue
+            run = FanRun(task, {s.name: s for s in subtasks}, outputs=dict(plan.kept),
+                         remaining={n for n, _ in plan.run})
+            self.fanouts.add(run)
+            if self.stop.is_set():  # shutting down: start nothing; the stage is released
+                run.cancelled = True
+                continue
+            for name, sub_attempt in plan.run:
+                self._start_subtask(run, name, sub_attempt)
+            if not run.remaining:
+                self._finish_fanout(run)
+
+    def _start_subtask(self, run: FanRun, name: str, attempt: int) -> None:
+        parent = run.task
+        self.reporter.emit(signals.subtask_started, item_id=parent.item_id, stage=parent.stage,
+                           subtask=name, attempt=attempt)
+        mark = StartMark()
+        task = SubtaskTask(parent, name, attempt)
+        self.slots.admit(Entry(task, execute_subtask,
+                               (run.subtasks[name], parent.item_id, parent.stage, attempt,
+                                self.policies[parent.stage], mark), mark=mark))
+
+    def _finish_fanout(self, run: FanRun) -> None:
+        self.fanouts.pop(run.task)
+        self.writes.done.append((run.result(), None))
+
+    def _subtask_results(self, subs: list[tuple[SubtaskTask, SubResult, Any]],
+                         result: CommitResult) -> None:
+        if not subs:
+            return
+        tasks = {(r.item_id, r.stage, r.name, r.attempt): t for t, r, _ in subs}
+        for r in result.sub_accepted:
+            task = tasks.get((r.item_id, r.stage, r.name, r.attempt))
+            run = None if task is None else self.fanouts.get(task.parent)
+            if task is None or run is None:
+                continue
+            if r.state == "pending":  # a retry: run it again once its wait is over
+                delay = json.loads(r.details or "{}").get("retry_in", 0.0)
+                heapq.heappush(self.timers, (time.monotonic() + delay, next(self._seq),
+                                             task.parent, r.name))
+                continue
+            if run.settle(r.name, r.output, r.error, r.state == "completed"):
+                self._finish_fanout(run)
+        for r in result.sub_refused:  # the stage's claim was lost: that fan-out is not ours
+            task = tasks.get((r.item_id, r.stage, r.name, r.attempt))
+            if task is not None:
+                self._drop_fanout(task.parent)
+
+    def _restarted(self, restarts: list[tuple[StageTask, str]], result: CommitResult) -> None:
+        if not restarts:
+            return
+        done = {(i, s, n): a for i, s, n, a in result.restarted}
+        for parent, name in restarts:
+            attempt = done.get((parent.item_id, parent.stage, name))
+            run = self.fanouts.get(parent)
+            if run is None:
+                continue
+            if attempt is None:
+                self._drop_fanout(parent)  # refused: the stage is no longer ours
+            elif not run.cancelled and not self.stop.is_set():
+                self._start_subtask(run, name, attempt)
+
+    def _drop_fanout(self, parent: StageTask) -> None:
+        """Forget a fan-out whose stage claim this runner lost, with its subtasks; if
+        the claim is still ours after all, give it back so the stage runs again."""
+        run = self.fanouts.pop(parent)
+        if run is None:
+            return
+        self.slots.drop([t for t in list(self.slots.entries)
+                         if isinstance(t, SubtaskTask) and t.parent == parent])
+        self.timers = [t for t in self.timers if t[2] != parent]
+        heapq.heapify(self.timers)
+        self.lease.call(self.store.release, self.pipeline, self.owner, [parent.key])
+
+    # -- dispatch ------------------------------------------------------------
+    def _dispatch(self) -> None:
+        p = self.pipeline
+        queue_ = self.undispatched
+        while queue_:
+            claim = queue_[0]
+            spec = p.stages[claim.stage]
+            ancestors = p.ancestors[claim.stage]
+            raw = {s: o for s, o in claim.outputs.items() if s in ancestors}
+            gate_state = None
+            if spec.gate is not None:  # earlier verdicts and feedback, from the history
+                gate_state = gate_history(
+                    self.lease.call(self.store.history, p, claim.item_id), claim.stage)
+            ctx = StageContext(claim.item_id, claim.stage, claim.attempt, Outputs(raw),
+                               pipeline=p.name, logger=self._logger,
+                               feedback=gate_state.feedback if gate_state else ())
+            task = StageTask(claim.item_id, claim.stage, claim.attempt)
+            self.reporter.emit(signals.stage_started, item_id=claim.item_id, stage=claim.stage,
+                               attempt=claim.attempt)
+            entry = Entry(task, execute, (spec, p.codec, claim.item, ctx,
+                                          self.policies[claim.stage], gate_state, ctx.mark),
+                          ctx=ctx, mark=ctx.mark)
+            queue_.popleft()
+            self.slots.admit(entry)
+
+    # -- shutdown --------------------------------------------------------------
+    def _shutdown(self) -> bool:
+        """Stop claiming; let running work finish for ``grace`` seconds; commit what
+        finished; give the rest back as pending for the next run.
+
+        Work claimed but not started (queued, parked, not yet dispatched) goes back
+        at once with its attempt number, so no new stage starts after a stop.
+        Whatever goes wrong while finishing up, the claims are given back.
+        Returns True if tasks were left running (their threads are abandoned).
+        """
+        self.stop.set()
+        unstarted: set[tuple[str, str, int]] = {(c.item_id, c.stage, c.attempt)
+                                                for c in self.undispatched}
+        self.undispatched.clear()
+        try:
+            for entry in self.slots.take_unstarted():
+                task = entry.task
+                if isinstance(task, StageTask):
+                    unstarted.add(task.key)
+                elif isinstance(task, SubtaskTask):
+                    run = self.fanouts.get(task.parent)
+                    if run is not None:
+                        run.cancelled = True  # it cannot finish now: its stage is released below
+                else:
+                    self.rollbacks.plans.pop(task.item_id, None)
+            for _, _, parent, _ in self.timers:
+                run = self.fanouts.get(parent)
+                if run is not None:
+                    run.cancelled = True
+            self.timers.clear()
+            deadline = time.monotonic() + self.grace
+            while (len(self.slots) or self.fanouts.live()) and time.monotonic() < deadline:
+                self._drain(block=True, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                if self.writes:
+                    self._commit(0)
+            if self.writes:
+                self._commit(0)
+        except Exception:  # noqa: BLE001 - release below no matter what
+            _log.exception("treadle: could not commit the last results at shutdown; "
+                           "their stages run again on the next run")
+        finally:
+            self._release_all(unstarted)
+        return bool(len(self.slots) or self.slots.written_off)
+
+    def _release_all(self, unstarted: set[tuple[str, str, int]]) -> None:
+        keys = self._held() - unstarted
+        for ctx in self.slots.contexts():
+            ctx.cancelled.set()
+        self.rollbacks.abandon()
+        self.fanouts.clear()
+        if keys or unstarted:
+            try:
+                self.lease.call(self.store.release, self.pipeline, self.owner, sorted(keys),
+                                sorted(unstarted))
+            except Exception:  # noqa: BLE001 - the leases lapse instead
+                _log.exception("treadle: could not give back %d claim(s); they are recovered "
+                               "when this runner's lease lapses", len(keys) + len(unstarted))
+                return
+        if keys:
+            _log.warning("treadle: %d stage(s) still running at shutdown were released; "
+                         "they run again on the next run", len(keys))
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop.is_set() and signum == _signal.SIGINT:
+                raise KeyboardInterrupt
+            self.counters.interrupted = True
+            self.stop.set()
+
+        for sig in (_signal.SIGINT, _signal.SIGTERM):
+            try:
+                previous[sig] = _signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                _signal.signal(sig, old)
+
+        return restore
+
+
+__all__ = ["Counters", "Scheduler"]

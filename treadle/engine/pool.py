@@ -1,0 +1,190 @@
+"""Where tasks run: the runner's own threads, or any ``concurrent.futures.Executor``.
+
+Both report each task's outcome to the scheduler's results queue as
+``(task, outcome)``, where the outcome is what the task returned or the
+exception that escaped it. Both say how many tasks they can run at once
+(:attr:`capacity`), so the scheduler hands them no more than that and keeps
+the rest claimed but queued on its side.
+
+The runner's own pool replaces a thread written off by a timeout: a stage
+that ignores ``ctx.cancelled`` keeps its thread, so a new thread takes its
+place (up to a bound, with a warning) and queued work still starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+_log = logging.getLogger("treadle.runner")
+
+_STOP = object()
+_RETIRE = object()
+
+
+
+class ThreadPool:
+    """``workers`` daemon threads running tasks from one queue.
+
+    Daemon threads: a stage that never returns cannot keep the process alive
+    after the runner released its claim (it runs again on the next run).
+    """
+
+    #: Written-off threads replaced at most this many times ``workers`` at once.
+    SPARE_FACTOR = 4
+
+    def __init__(self, workers: int, results: queue.SimpleQueue[tuple[Any, Any]]) -> None:
+        self.capacity = workers
+        self._tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._results = results
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._spares = 0  # threads added in place of written-off ones still running
+        self._warned = False
+        for _ in range(workers):
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        t = threading.Thread(target=self._work, name=f"treadle-{len(self._threads)}", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def submit(self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Queue one task."""
+        self._tasks.put((task, fn, args))
+
+    def written_off(self) -> None:
+        """A task timed out and may hold its thread for good: add a thread in its place."""
+        with self._lock:
+            if self._spares >= self.SPARE_FACTOR * self.capacity:
+                if not self._warned:
+                    self._warned = True
+                    _log.warning(
+                        "treadle: %d timed-out stages still hold their threads (they ignore "
+                        "ctx.cancelled); no more threads are added, so queued stages wait for "
+                        "one of them to return", self._spares)
+                return
+            self._spares += 1
+            self._add_thread()
+
+    def returned(self) -> None:
+        """A written-off task finally returned: one thread too many now; retire one."""
+        with self._lock:
+            if self._spares > 0:
+                self._spares -= 1
+                self._tasks.put(_RETIRE)
+
+    def cancel_queued(self) -> list[Any]:
+        """Take back every task not started yet; returns them."""
+        taken = []
+        retire = 0
+        while True:
+            try:
+                entry = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if entry is _STOP:
+                self._tasks.put(entry)
+                break
+            if entry is _RETIRE:
+                retire += 1
+                continue
+            taken.append(entry[0])
+        for _ in range(retire):
+            self._tasks.put(_RETIRE)
+        return taken
+
+    def shutdown(self, wait: bool) -> None:
+        """Stop the threads once they are idle; wait for them if ``wait``."""
+        for _ in self._threads:
+            self._tasks.put(_STOP)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+    def _work(self) -> None:
+        get, put = self._tasks.get, self._results.put
+        while True:
+            entry = get()
+            if entry is _STOP or entry is _RETIRE:
+                return
+            task, fn, args = entry
+            try:
+                outcome = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the scheduler
+                outcome = exc
+            put((task, outcome))
+
+
+def _outcome(fut: Future[Any]) -> Any:
+    """A finished future's result, or the exception it raised."""
+    try:
+        return fut.result()
+    except BaseException as exc:  # noqa: BLE001 - handed to the scheduler
+        return exc
+
+
+def executor_capacity(executor: Executor, default: int) -> int:
+    """How many tasks ``executor`` runs at once, as far as it says."""
+    for attr in ("capacity", "_max_workers"):
+        value = getattr(executor, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+class ExecutorPool:
+    """Any ``concurrent.futures.Executor`` (a process pool, a Dask client's executor, ...).
+
+    It cannot tell when a task starts, so the scheduler hands it no more
+    than :attr:`capacity` tasks at once and counts timeouts from hand-over.
+    """
+
+    def __init__(self, executor: Executor, workers: int,
+                 results: queue.SimpleQueue[tuple[Any, Any]]) -> None:
+        self.executor = executor
+        self.capacity = executor_capacity(executor, workers)
+        self._results = results
+        self._futures: dict[Any, Future[Any]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Hand one task to the executor (an executor that refuses it fails the task)."""
+        try:
+            fut = self.executor.submit(fn, *args)
+        except BaseException as exc:  # noqa: BLE001 - e.g. an executor shutting down
+            fut = Future()
+            fut.set_exception(exc)
+        with self._lock:
+            self._futures[task] = fut
+        fut.add_done_callback(lambda f, task=task: self._done(task, f))
+
+    def _done(self, task: Any, fut: Future[Any]) -> None:
+        with self._lock:
+            self._futures.pop(task, None)
+        if not fut.cancelled():
+            self._results.put((task, _outcome(fut)))
+
+    def written_off(self) -> None:
+        """Nothing to do: the executor owns its workers."""
+
+    def returned(self) -> None:
+        """Nothing to do: the executor owns its workers."""
+
+    def cancel_queued(self) -> list[Any]:
+        """Cancel the tasks the executor has not started; returns them."""
+        with self._lock:
+            pending = list(self._futures.items())
+        return [task for task, fut in pending if fut.cancel()]
+
+    def shutdown(self, wait: bool) -> None:
+        """The executor belongs to the caller: it is not shut down here."""
+
+
+Pool = ThreadPool | ExecutorPool
+
+__all__ = ["ExecutorPool", "Pool", "ThreadPool", "executor_capacity"]
