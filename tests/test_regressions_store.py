@@ -13,8 +13,15 @@ import uuid
 import pytest
 
 from treadle import (
-    InvalidTransitionError, ItemState, Pipeline, Review, Runner, SerializationError, StageState,
-    open_store, stage,
+    InvalidTransitionError,
+    ItemState,
+    Pipeline,
+    Review,
+    Runner,
+    SerializationError,
+    StageState,
+    open_store,
+    stage,
 )
 
 from .conftest import NO_POSTGRES, POSTGRES_URL
@@ -398,3 +405,46 @@ def test_memory_store_rolls_back_a_transaction_that_fails_midway(monkeypatch, wh
     # and it still works: the same results commit, the next stages are claimed
     result = store.commit(versioned, "me", done, 10)
     assert len(result.accepted) == 2 and {c.stage for c in result.claims} == {"publish"}
+
+
+# -- the engine heartbeats and recovers from threads of its own ---------------------------
+@pytest.mark.timeout(120)
+def test_heartbeat_and_recover_run_alongside_commits(store):
+    """heartbeat() and recover() on other threads while one thread commits: no error, no loss."""
+    from treadle.store.base import Transition
+
+    @stage()
+    def only(item):
+        return 1
+
+    pipe = Pipeline("beats", [only])
+    Runner(pipe, store).submit([{"id": i} for i in range(300)])
+    host = socket.gethostname()
+    store.register_runner("committer", host, 1, 60)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop(fn) -> None:
+        try:
+            while not stop.is_set():
+                fn()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    helpers = [threading.Thread(target=loop, args=(lambda: store.heartbeat("committer", 60),)),
+               threading.Thread(target=loop, args=(lambda: store.recover(pipe, host,
+                                                                         lambda pid: True),))]
+    for t in helpers:
+        t.start()
+    try:
+        result = store.commit(pipe, "committer", [], 7)
+        while result.claims:
+            result = store.commit(pipe, "committer", [
+                Transition(c.item_id, c.stage, c.attempt, "completed", output="1")
+                for c in result.claims], 7)
+    finally:
+        stop.set()
+        for t in helpers:
+            t.join(30)
+    assert not errors, errors
+    assert store.counts(pipe) == {"only": {"completed": 300}}

@@ -27,8 +27,21 @@ from ..states import StageState
 from . import fanout, flow, human, rollback
 from .logic import item_state
 from .records import (
-    FAILED, PENDING, RUNNING, SKIPPED, Claim, CommitResult, FanOutPlan, FanOutStart, HistoryRow,
-    Outlook, Shape, StageRecord, SubRecord, SubResult, Transition,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    Claim,
+    CommitResult,
+    FanOutPlan,
+    FanOutStart,
+    HistoryRow,
+    Outlook,
+    Shape,
+    StageRecord,
+    SubRecord,
+    SubResult,
+    Transition,
 )
 from .tx import Tx
 

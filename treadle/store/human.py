@@ -17,8 +17,19 @@ from ..errors import InvalidTransitionError
 from .flow import advance, finish
 from .logic import deps_done
 from .records import (
-    AWAITING, COMPLETED, FAILED, PENDING, REJECTED, ROLLING_BACK, RUNNING, CommitResult,
-    HistoryRow, Shape, StageRecord, Transition, dumps,
+    AWAITING,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    REJECTED,
+    ROLLING_BACK,
+    RUNNING,
+    CommitResult,
+    HistoryRow,
+    Shape,
+    StageRecord,
+    Transition,
+    dumps,
 )
 from .tx import Tx
 

@@ -26,7 +26,15 @@ from ..errors import ItemNotFoundError
 from ..states import DONE_STATES
 from .base import BaseStore
 from .records import (
-    PENDING, ROLLING_BACK, RUNNING, HistoryRow, Outlook, Shape, StageRecord, SubRecord, SubResult,
+    PENDING,
+    ROLLING_BACK,
+    RUNNING,
+    HistoryRow,
+    Outlook,
+    Shape,
+    StageRecord,
+    SubRecord,
+    SubResult,
     Transition,
 )
 from .tx import Tx
@@ -452,6 +460,7 @@ class MemoryStore(BaseStore):
         self._subtasks: dict[tuple[str, str, str], dict[str, _Sub]] = {}
         # indexes, brought up to date when a transaction ends (from its undo log)
         self._running: dict[str, set[StageKey]] = {}
+        self._running_peak: dict[str, int] = {}
         self._rolling: dict[str, dict[str, str]] = {}
         self._tx: _MemoryTx | None = None
         self._registered: dict[str, tuple[str, int]] = {}  # runners registered here
@@ -503,6 +512,7 @@ class MemoryStore(BaseStore):
     def _reindex(self, undo: _Undo) -> None:
         """Bring the running-row and rolling-back-item indexes up to date for what
         a transaction touched (committed or undone)."""
+        touched = set()
         for key in undo.stages:
             row = self._stages.get(key)
             running = self._running.setdefault(key[0], set())
@@ -510,6 +520,15 @@ class MemoryStore(BaseStore):
                 running.add(key)
             else:
                 running.discard(key)
+            touched.add(key[0])
+        for pipeline in touched:
+            # a set never shrinks its table: iterating one that held 50,000 keys
+            # costs as much when it is empty; copy it once it has mostly emptied
+            running, peak = self._running[pipeline], self._running_peak.get(pipeline, 0)
+            if len(running) * 8 < peak:
+                self._running[pipeline] = set(running)
+                peak = len(running)
+            self._running_peak[pipeline] = max(peak, len(running))
         for pipeline, item_id in undo.items:
             item = self._items.get(pipeline, {}).get(item_id)
             rolling = self._rolling.setdefault(pipeline, {})
@@ -646,9 +665,9 @@ class MemoryStore(BaseStore):
     def history(self, shape: Shape, item_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [
-                dict(seq=seq, at=at, item_id=r.item_id, stage=r.stage, subtask=r.subtask,
-                     state=r.state, attempt=r.attempt, actor=r.actor, error=r.error,
-                     traceback=r.traceback, details=r.details)
+                {"seq": seq, "at": at, "item_id": r.item_id, "stage": r.stage,
+                 "subtask": r.subtask, "state": r.state, "attempt": r.attempt, "actor": r.actor,
+                 "error": r.error, "traceback": r.traceback, "details": r.details}
                 for seq, p, at, r in self._history if p == shape.name and r.item_id == item_id
             ]
 

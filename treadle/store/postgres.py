@@ -19,7 +19,6 @@ from ..errors import StoreError
 from .sql import SqlStore
 from .urls import mask_text, mask_url
 
-
 #: Seconds a session may sit idle inside a transaction before the server ends it.
 IDLE_IN_TRANSACTION = 10.0
 
@@ -80,12 +79,12 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str) -> None:
         try:
-            import psycopg2  # noqa: F401
+            import psycopg2  # type: ignore[import-untyped]  # noqa: F401
         except ImportError:
             raise StoreError(
                 "PostgreSQL stores need psycopg2: pip install 'treadle[postgres]'."
             ) from None
-        from playhouse.db_url import parse
+        from playhouse.db_url import parse  # type: ignore[import-untyped]
 
         libpq_url, self.schema = split_schema(url)
         try:
@@ -149,7 +148,7 @@ class PostgresStore(SqlStore):
         return int(cur.rowcount)
 
     def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        from psycopg2.extras import execute_batch
+        from psycopg2.extras import execute_batch  # type: ignore[import-untyped]
 
         execute_batch(cur, sql, list(rows), page_size=200)
 

@@ -20,10 +20,10 @@ SCHEMA_VERSION = 2
 #: rows). The queries repeat these predicates literally (``sql.py``), so that
 #: SQLite and PostgreSQL both use them.
 RECOVERY_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS treadle_stage_running ON treadle_stage (pipeline, id) "
-    "WHERE state = 'running'",
-    "CREATE INDEX IF NOT EXISTS treadle_item_rolling_back ON treadle_item (pipeline, id) "
-    "WHERE state LIKE 'rolling_back%'",
+    ("CREATE INDEX IF NOT EXISTS treadle_stage_running ON treadle_stage (pipeline, id) "
+     "WHERE state = 'running'"),
+    ("CREATE INDEX IF NOT EXISTS treadle_item_rolling_back ON treadle_item (pipeline, id) "
+     "WHERE state LIKE 'rolling_back%'"),
 )
 
 

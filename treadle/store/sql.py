@@ -8,21 +8,30 @@ front and waits (busy timeout) instead of failing half-way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee as pw
 
-from ..errors import ItemNotFoundError, StoreError
 from .._crash import crash_point
+from ..errors import ItemNotFoundError, StoreError
 from . import schema
 from .base import BaseStore
 from .records import (
-    PENDING, ROLLING_BACK, HistoryRow, Outlook, Shape, StageRecord, SubRecord, SubResult, Transition,
+    PENDING,
+    ROLLING_BACK,
+    HistoryRow,
+    Outlook,
+    Shape,
+    StageRecord,
+    SubRecord,
+    SubResult,
+    Transition,
 )
 from .schema import make_models
 from .tx import Tx
@@ -34,6 +43,14 @@ _CHUNK = 400  # ids per IN (...) list: far below every database's parameter limi
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
+
+
+_T = TypeVar("_T")
+
+
+def _reset(database: Any) -> None:
+    """Forget the calling thread's connection without closing it."""
+    database._state.reset()
 
 
 def _marks(n: int) -> str:
@@ -64,10 +81,11 @@ class SqlTx(Tx):
             first: dict[str, tuple[Any, ...]] = {}
             for item_id, data in rows:  # the first of repeated ids wins
                 first.setdefault(item_id, (pipeline, item_id, data, PENDING, self.now, self.now))
-            return self.store._insert_returning(
+            inserted: list[str] = self.store._insert_returning(
                 self.cur, "INSERT INTO treadle_item (pipeline, item_id, data, state, submitted_at, "
                 "updated_at) VALUES %s ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING item_id",
                 list(first.values()))
+            return inserted
         known: set[str] = set()
         ids = list(dict.fromkeys(i for i, _ in rows))
         for chunk in _chunks(ids):
@@ -85,7 +103,7 @@ class SqlTx(Tx):
                    "VALUES (?,?,?,?,?,?)", fresh)
         return new
 
-    def insert_stage_rows(self, pipeline: str, rows: Sequence[tuple[str, str, bool]]) -> None:
+    def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
         self._many(
             "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
             "VALUES (?,?,?,'pending',?,0,0,?) ON CONFLICT (pipeline, item_id, stage) DO NOTHING",
@@ -117,7 +135,8 @@ class SqlTx(Tx):
 
     def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
         if self.store._apply_batch is not None and len(transitions) > 1:
-            return self.store._apply_batch(self, pipeline, owner, transitions)
+            batch: list[bool] = self.store._apply_batch(self, pipeline, owner, transitions)
+            return batch
         sql = self.sql(
             "UPDATE treadle_stage SET state=?, output=CASE WHEN ? THEN ? ELSE output END, "
             "error=?, review=COALESCE(?, review), owner=NULL, ready=?, not_before=?, updated_at=? "
@@ -187,7 +206,7 @@ class SqlTx(Tx):
         self._many("UPDATE treadle_item SET state=?, updated_at=? WHERE pipeline=? AND item_id=?",
                    [(st, self.now, pipeline, i) for i, st in rows])
 
-    def append_history(self, pipeline: str, rows: Sequence[HistoryRow]) -> None:
+    def append_history(self, pipeline: str, rows: Iterable[HistoryRow]) -> None:
         self._many(
             "INSERT INTO treadle_history (pipeline, item_id, stage, subtask, state, attempt, actor, at, "
             "error, traceback, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -301,7 +320,8 @@ class SqlTx(Tx):
 
     def apply_subtasks(self, pipeline: str, owner: str, results: Sequence[SubResult]) -> list[bool]:
         if self.store._apply_sub_batch is not None and len(results) > 1:
-            return self.store._apply_sub_batch(self, pipeline, owner, results)
+            sub_batch: list[bool] = self.store._apply_sub_batch(self, pipeline, owner, results)
+            return sub_batch
         sql = self.sql(
             "UPDATE treadle_subtask SET state=?, output=?, error=?, owner=NULL, updated_at=? "
             "WHERE pipeline=? AND item_id=? AND stage=? AND name=? AND owner=? AND attempt=? "
@@ -408,11 +428,11 @@ class SqlStore(BaseStore):
     def _after_fork(self) -> None:
         # Never touch (or close) connections inherited from the parent: drop them.
         self._pid = os.getpid()
-        self._database._state.reset()
+        _reset(self._database)
         self._local = threading.local()
 
     def _connection(self) -> Any:
-        db = self.db
+        db: Any = self.db
         try:
             return db.connection()
         except Exception as exc:  # noqa: BLE001 - drivers raise many kinds
@@ -427,10 +447,8 @@ class SqlStore(BaseStore):
         try:
             yield SqlTx(self, cur)
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # a dead connection rolls back by itself
                 cur.execute("ROLLBACK")
-            except Exception:  # noqa: BLE001 - a dead connection rolls back by itself
-                pass
             raise
         else:
             cur.execute("COMMIT")
@@ -451,14 +469,14 @@ class SqlStore(BaseStore):
         self._begin(cur)
         return cur
 
-    def _retry_once(self, fn: Any) -> Any:
+    def _retry_once(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn``; if the connection turns out to be dead, reconnect and run it again.
 
         Only for steps that changed nothing yet: a read, or BEGIN.
         """
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - the dialect decides
+        except Exception as exc:
             if not self.is_disconnect(exc):
                 raise
             self._drop_connection()
@@ -468,7 +486,7 @@ class SqlStore(BaseStore):
         try:
             self._database.close()
         except Exception:  # noqa: BLE001 - closing a dead connection may fail
-            self._database._state.reset()
+            _reset(self._database)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:
@@ -509,7 +527,7 @@ class SqlStore(BaseStore):
 
     def _migrate(self, tx: SqlTx, version: int) -> None:
         """Apply ``schema.MIGRATIONS`` from ``version`` up, in this transaction."""
-        from playhouse.migrate import SchemaMigrator
+        from playhouse.migrate import SchemaMigrator  # type: ignore[import-untyped]
 
         migrator = SchemaMigrator.from_database(self.db)
         for target in range(version + 1, schema.SCHEMA_VERSION + 1):
@@ -584,7 +602,7 @@ class SqlStore(BaseStore):
         try:
             self._database.close()
         except Exception:  # noqa: BLE001 - closing a dead connection may fail
-            self._database._state.reset()
+            _reset(self._database)
 
     def unregister_runner(self, owner: str) -> None:
         with self._runners_lock:
