@@ -59,6 +59,22 @@ class _Row:
         return _Row(self.id, self.state, self.ready, self.attempt, self.owner, self.not_before,
                     self.output, self.error, self.review, self.updated_at)
 
+    def restore(self, snap: _RowSnap) -> _Row:
+        """This row with the fields of a snapshot (see ``_snap``) put back."""
+        (_, self.state, self.ready, self.attempt, self.owner, self.not_before, self.output,
+         self.error, self.review, self.updated_at) = snap
+        return self
+
+
+#: A stage row and its fields before a transaction changed it (a tuple: cheap to make).
+_RowSnap = tuple[_Row, str, bool, int, "str | None", float, "str | None", "str | None",
+                 "str | None", float]
+
+
+def _snap(row: _Row) -> _RowSnap:
+    return (row, row.state, row.ready, row.attempt, row.owner, row.not_before, row.output,
+            row.error, row.review, row.updated_at)
+
 
 @attrs.define
 class _Sub:
@@ -94,7 +110,7 @@ class _Undo:
 
     def __init__(self, history_len: int) -> None:
         self.history_len = history_len
-        self.stages: dict[StageKey, _Row | None] = {}
+        self.stages: dict[StageKey, _RowSnap | None] = {}
         self.items: dict[tuple[str, str], _Item | None] = {}
         self.subtasks: dict[StageKey, dict[str, _Sub] | None] = {}
         self.runners: dict[str, tuple[str, int, float] | None] = {}
@@ -111,7 +127,7 @@ class _MemoryTx(Tx):
         """The stage row at ``key``, saved in the undo log: about to change."""
         row = self.s._stages.get(key)
         if key not in self.undo.stages:
-            self.undo.stages[key] = row.copy() if row is not None else None
+            self.undo.stages[key] = _snap(row) if row is not None else None
         return row
 
     def _item(self, pipeline: str, item_id: str) -> _Item | None:
@@ -142,10 +158,12 @@ class _MemoryTx(Tx):
 
     def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
         stages = self.s._stages
+        saved = self.undo.stages
         for item_id, stage, ready in rows:
             key = (pipeline, item_id, stage)
             if key not in stages:
-                self._row(key)
+                if key not in saved:
+                    saved[key] = None  # new: removed again if the transaction fails
                 row = _Row(next(self.s._ids), PENDING, ready, updated_at=self.now)
                 stages[key] = row
                 if ready:
@@ -163,15 +181,20 @@ class _MemoryTx(Tx):
 
     def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
         flags = []
-        stages = self.s._stages
+        stages, saved = self.s._stages, self.undo.stages
+        running = self.s._running.setdefault(pipeline, set())
         for t in transitions:
             key = (pipeline, t.item_id, t.stage)
             row = stages.get(key)
             ok = (row is not None and row.state == RUNNING and row.owner == owner
                   and row.attempt == t.attempt)
             if ok:
-                row = self._row(key)
                 assert row is not None
+                if key not in saved:
+                    saved[key] = (row, row.state, row.ready, row.attempt, row.owner,
+                                  row.not_before, row.output, row.error, row.review,
+                                  row.updated_at)  # _snap(row), inlined: the hot path
+                running.discard(key)
                 row.state, row.owner, row.updated_at = t.state, None, self.now
                 row.ready = t.state == PENDING
                 row.not_before = self.now + t.delay
@@ -198,6 +221,10 @@ class _MemoryTx(Tx):
             assert row is not None
             del self.s._stages[(p, item_id, old)]
             self.s._stages[(p, item_id, new)] = row
+            if row.state == RUNNING:
+                running = self.s._running.setdefault(p, set())
+                running.discard((p, item_id, old))
+                running.add((p, item_id, new))
             if row.ready and row.state == PENDING:
                 self.s._push(pipeline, row, (p, item_id, new))
             if (p, item_id, old) in self.s._subtasks:
@@ -220,18 +247,22 @@ class _MemoryTx(Tx):
                 assert row is not None
                 row.state, row.owner, row.ready, row.updated_at = PENDING, None, True, self.now
                 row.attempt -= 1
+                self.s._running.setdefault(pipeline, set()).discard(key)
                 self.s._push(pipeline, row, key)
             flags.append(ok)
         return flags
 
     def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        stages, saved = self.s._stages, self.undo.stages
+        heap = self.s._ready.setdefault(pipeline, [])
         for item_id, stage in rows:
             key = (pipeline, item_id, stage)
-            row = self.s._stages.get(key)
+            row = stages.get(key)
             if row is not None and row.state == PENDING:
-                self._row(key)
+                if key not in saved:
+                    saved[key] = _snap(row)
                 row.ready = True
-                self.s._push(pipeline, row, key)
+                heapq.heappush(heap, (row.id, key))
 
     def set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
                   from_states: Sequence[str], *, ready: bool, error: str | None = None,
@@ -254,11 +285,16 @@ class _MemoryTx(Tx):
 
     def set_item_states(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
         items = self.s._items.get(pipeline, {})
+        rolling = self.s._rolling.setdefault(pipeline, {})
         for item_id, state in rows:
             if item_id in items:
                 item = self._item(pipeline, item_id)
                 assert item is not None
                 item.state = state
+                if state.startswith(ROLLING_BACK):
+                    rolling[item_id] = state
+                elif item_id in rolling:
+                    del rolling[item_id]
 
     def append_history(self, pipeline: str, rows: Iterable[HistoryRow]) -> None:
         history, ids, now = self.s._history, self.s._ids, self.now
@@ -268,6 +304,8 @@ class _MemoryTx(Tx):
     def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
               only: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
         heap = self.s._ready.setdefault(pipeline, [])
+        saved = self.undo.stages
+        running = self.s._running.setdefault(pipeline, set())
         wanted = set(stages)
         items = set(only) if only is not None else None
         out: list[tuple[str, str, int]] = []
@@ -282,13 +320,19 @@ class _MemoryTx(Tx):
                         items is not None and key[1] not in items):
                     later.append((row_id, key))
                     continue
-                self._row(key)
+                if key not in saved:
+                    saved[key] = (row, row.state, row.ready, row.attempt, row.owner,
+                                  row.not_before, row.output, row.error, row.review,
+                                  row.updated_at)  # _snap(row), inlined: the hot path
                 row.state, row.owner, row.updated_at = RUNNING, owner, self.now
                 row.attempt += 1
+                running.add(key)
                 out.append((key[1], key[2], row.attempt))
         finally:
             for entry in later:
                 heapq.heappush(heap, entry)
+        if len(running) > self.s._running_peak.get(pipeline, 0):
+            self.s._running_peak[pipeline] = len(running)
         return out
 
     def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
@@ -352,6 +396,11 @@ class _MemoryTx(Tx):
             return False
         self._item(pipeline, item_id)
         item.state = state
+        rolling = self.s._rolling.setdefault(pipeline, {})
+        if state.startswith(ROLLING_BACK):
+            rolling[item_id] = state
+        else:
+            rolling.pop(item_id, None)
         return True
 
     def set_error(self, pipeline: str, item_id: str, stage: str, expect: str, error: str) -> bool:
@@ -479,19 +528,20 @@ class MemoryStore(BaseStore):
                 yield tx
             except BaseException:
                 self._undo(tx.undo)
+                self._reindex(tx.undo)
                 raise
             finally:
                 self._tx = None
-                self._reindex(tx.undo)
+            self._shrink()
 
     def _undo(self, undo: _Undo) -> None:
         """Put back every row a failed transaction touched."""
         del self._history[undo.history_len:]
-        for key, row in undo.stages.items():
-            if row is None:
+        for key, snap in undo.stages.items():
+            if snap is None:
                 self._stages.pop(key, None)
             else:
-                self._stages[key] = row
+                row = self._stages[key] = snap[0].restore(snap)
                 if row.state == PENDING and row.ready:
                     self._push(key[0], row, key)  # its heap entry may have been taken
         for (pipeline, item_id), item in undo.items.items():
@@ -510,9 +560,8 @@ class MemoryStore(BaseStore):
                 self._runners[owner] = info
 
     def _reindex(self, undo: _Undo) -> None:
-        """Bring the running-row and rolling-back-item indexes up to date for what
-        a transaction touched (committed or undone)."""
-        touched = set()
+        """Bring the running-row and rolling-back-item indexes (kept up to date by
+        the primitives) back in line with the rows a failed transaction restored."""
         for key in undo.stages:
             row = self._stages.get(key)
             running = self._running.setdefault(key[0], set())
@@ -520,15 +569,6 @@ class MemoryStore(BaseStore):
                 running.add(key)
             else:
                 running.discard(key)
-            touched.add(key[0])
-        for pipeline in touched:
-            # a set never shrinks its table: iterating one that held 50,000 keys
-            # costs as much when it is empty; copy it once it has mostly emptied
-            running, peak = self._running[pipeline], self._running_peak.get(pipeline, 0)
-            if len(running) * 8 < peak:
-                self._running[pipeline] = set(running)
-                peak = len(running)
-            self._running_peak[pipeline] = max(peak, len(running))
         for pipeline, item_id in undo.items:
             item = self._items.get(pipeline, {}).get(item_id)
             rolling = self._rolling.setdefault(pipeline, {})
@@ -536,6 +576,14 @@ class MemoryStore(BaseStore):
                 rolling[item_id] = item.state
             else:
                 rolling.pop(item_id, None)
+
+    def _shrink(self) -> None:
+        """A set never shrinks its table: iterating one that held 50,000 keys costs
+        as much when it is empty. Copy a running index once it has mostly emptied."""
+        for pipeline, running in self._running.items():
+            if len(running) * 8 < self._running_peak.get(pipeline, 0):
+                self._running[pipeline] = set(running)
+                self._running_peak[pipeline] = len(running)
 
     def _push(self, pipeline: str, row: _Row, key: tuple[str, str, str]) -> None:
         heapq.heappush(self._ready.setdefault(pipeline, []), (row.id, key))
