@@ -75,6 +75,29 @@ def test_retry_and_rerun_are_refused_while_the_item_rolls_back(store):
     assert [h.state for h in runner.history("o1") if h.stage == "reserve"][-1] == "rolled_back"
 
 
+def test_retry_and_rerun_are_refused_while_a_rollback_waits_for_a_runner(store):
+    """An item marked rolling_back (no runner has taken its rollback yet) is not retried."""
+    from treadle.store.base import Transition
+
+    pipe = rollback_pipeline(threading.Event(), threading.Event())
+    runner = Runner(pipe, store)
+    runner.submit({"id": "o1"}, {"id": "o2"})
+    store.register_runner("me", "h", 1, 60)
+    claims = store.commit(pipe, "me", [], 10).claims
+    claims = store.commit(pipe, "me", [Transition(c.item_id, c.stage, c.attempt, "completed",
+                                                  output="1") for c in claims], 10).claims
+    store.commit(pipe, "me", [
+        Transition(c.item_id, c.stage, c.attempt, "failed", error="down") if c.item_id == "o1"
+        else Transition(c.item_id, c.stage, c.attempt, "completed", output="2") for c in claims], 0)
+    before = store.dump()
+    with pytest.raises(InvalidTransitionError, match=r"'o1'.*rolling back.*[Ww]ait"):
+        runner.retry("o1", stage="ship")
+    with pytest.raises(InvalidTransitionError, match=r"'o1'.*rolling back"):
+        runner.rerun("o1", from_stage="reserve")
+    assert store.dump() == before
+    runner.rerun("o2", from_stage="ship")  # another item is not held up
+
+
 # -- bug 6: decisions carry the review version the reviewer saw --------------------------
 @stage()
 def draft(item, ctx):
@@ -216,8 +239,8 @@ def test_threads_committing_on_one_store_with_a_tiny_item_cache(kind, tmp_path, 
 
 # -- bug 10: request_changes with feedback that is not JSON -------------------------------
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("feedback", [object(), {"tags": {"a", "b"}}, float("nan")],
-                         ids=["object", "set", "nan"])
+@pytest.mark.parametrize("feedback", [object(), {"tags": {"a", "b"}}, float("nan"), "bad \ud800"],
+                         ids=["object", "set", "nan", "surrogate"])
 def test_request_changes_with_non_json_feedback_changes_nothing(store, feedback):
     """Feedback that is not JSON is a SerializationError and the store is unchanged."""
     runner = Runner(versioned, store, workers=1)

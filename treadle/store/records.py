@@ -54,11 +54,14 @@ def dumps(value: Any, *, what: str, item_id: str | None = None, stage: str | Non
     """``value`` as compact JSON text, strictly: plain JSON data only (no sets, no NaN).
 
     Every value the store writes itself (history details, review records)
-    passes here before the transaction starts, so a value that cannot be
-    stored raises :class:`SerializationError` and changes nothing.
+    passes here before the first row changes, so a value that cannot be
+    stored (not JSON, NaN, a lone surrogate) raises :class:`SerializationError`
+    and changes nothing.
     """
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")  # a lone surrogate ('\ud800') passes json.dumps, not the driver
+        return text
     except (TypeError, ValueError, RecursionError) as exc:
         where = "".join((f" of item {item_id!r}" if item_id is not None else "",
                          f" at stage {stage!r}" if stage is not None else ""))
