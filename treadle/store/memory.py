@@ -639,18 +639,21 @@ class MemoryStore(BaseStore):
 
     # -- reads -------------------------------------------------------------
     def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook:
+        """Ready and running rows, read from the ready heap and the running index
+        (what ``claim`` and ``recover`` see), not from every row."""
         with self._lock:
-            ready = running = 0
             wanted = set(shape.order)
             items = set(only) if only is not None else None
-            for (p, i, s), r in self._stages.items():
-                if p != shape.name or s not in wanted or (items is not None and i not in items):
-                    continue
-                if r.state == RUNNING:
-                    running += 1
-                elif r.state == PENDING and r.ready:
-                    ready += 1
-            return Outlook(ready, running)
+            stages = self._stages
+            ready = set()
+            for row_id, key in self._ready.get(shape.name, ()):
+                r = stages.get(key)
+                if (r is not None and r.id == row_id and r.state == PENDING and r.ready
+                        and key[2] in wanted and (items is None or key[1] in items)):
+                    ready.add(key)
+            running = sum(1 for key in self._running.get(shape.name, ())
+                          if key[2] in wanted and (items is None or key[1] in items))
+            return Outlook(len(ready), running)
 
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]:
         with self._lock:
