@@ -32,3 +32,15 @@ def split(item):
 
 
 breaking = Pipeline("breaking", [split])
+
+
+@stage(timeout=3.0)
+def nap(item):
+    import time
+
+    time.sleep(0.4)
+    return {"pid": os.getpid()}
+
+
+#: 2 process workers, many 0.4 s stages with a 3 s timeout: none may time out.
+napping = Pipeline("napping", [nap])

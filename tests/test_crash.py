@@ -218,7 +218,8 @@ def test_sigkill_mid_run_resumes_with_only_inflight_stages_rerun(tmp_path: Path)
 def test_two_runner_processes_share_the_work_and_run_each_stage_once(tmp_path: Path) -> None:
     """Two runner processes started together on one SQLite file split the work and run each stage exactly once."""
     db, log = tmp_path / "shared.db", tmp_path / "effects.log"
-    n_items, stages = 100, crash.stage_names(tail=False)
+    # more ready stages than one runner claims at once (128), so both get work
+    n_items, stages = 300, crash.stage_names(tail=False)
     go = tmp_path / "go"
     ready = [tmp_path / "ready-0", tmp_path / "ready-1"]
     procs = [

@@ -106,3 +106,15 @@ def test_documents_retries_with_feedback_and_escalates_the_hopeless_one(tmp_path
     runner.reject("invoice-003", "extract", reason="illegible scan", reviewer="ops")
     runner.run()
     assert runner.status("invoice-003").state == ItemState.REJECTED
+
+
+def test_async_enrich_example_completes_every_record(tmp_path):
+    """async_enrich.py: 200 async lookups against a flaky local API all complete."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    done = run_example("async_enrich.py", db, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "completed 200 of 200 records; failed 0" in done.stdout
+    example = import_from(ROOT / "examples", "async_enrich")
+    runner = Runner(example.pipeline, open_store(db))
+    assert runner.status(150).stages["tag"].output == {"big": True}
+    assert runner.status(7).stages["lookup"].output == {"n": 7, "square": 49}

@@ -27,16 +27,20 @@ class Runner(ReviewMixin):
     :meth:`run` is the scheduler. ``lease`` is how long (seconds) this
     runner's claims stay valid without a heartbeat; ``grace`` is how long a
     Ctrl-C / SIGTERM waits for running stages before leaving them for the
-    next run.
+    next run. ``async def`` stages, subtasks, gates, conditions and rollbacks
+    run on the runner's event loop instead of a worker thread, at most
+    ``async_limit`` coroutines at once (independent of ``workers``).
     """
 
     def __init__(self, pipeline: Pipeline, store: StateStore, *, workers: int = 4,
                  executor: Executor | None = None, lease: float = 30.0,
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, async_limit: int = 1000) -> None:
         if not isinstance(pipeline, Pipeline):
             raise TypeError(f"pipeline must be a treadle.Pipeline, got {pipeline!r}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if isinstance(async_limit, bool) or not isinstance(async_limit, int) or async_limit < 1:
+            raise ValueError(f"async_limit must be an int >= 1, got {async_limit!r}")
         if not isinstance(lease, (int, float)) or lease <= 0:
             raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
         self.pipeline = pipeline
@@ -45,6 +49,7 @@ class Runner(ReviewMixin):
         self.executor = executor
         self.lease = float(lease)
         self.grace = float(grace)
+        self.async_limit = async_limit
         #: The identity of this runner's claims (``host:pid:random``); a new one
         #: for each run, so two runs never share (or release) each other's claims.
         self.owner = self._new_owner()
@@ -107,7 +112,8 @@ class Runner(ReviewMixin):
             only = [self._known(item_id)]
         self.owner = self._new_owner()
         sched = Scheduler(self.pipeline, self.store, owner=self.owner, workers=self.workers,
-                          executor=self.executor, lease=self.lease, grace=self.grace, only=only)
+                          executor=self.executor, lease=self.lease, grace=self.grace, only=only,
+                          async_limit=self.async_limit)
         c = sched.run()
         return RunReport(
             executed=c.executed, completed=c.completed, failed=c.failed, skipped=c.skipped,

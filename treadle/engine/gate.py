@@ -19,8 +19,9 @@ from ..errors import TreadleError
 from ..stage import StageSpec
 from ..states import StageState
 from ..store.base import Transition
-from .failures import failure, retry_in
 from ..verdicts import Accepted, Rejected, Uncertain, to_verdict, verdict_json
+from .calls import resolve
+from .failures import failure, retry_in
 
 #: History states of judged attempts that did not complete the stage.
 OUTPUT_REJECTED = "output_rejected"
@@ -71,12 +72,13 @@ def gate_history(entries: Iterable[Mapping[str, Any]], stage: str) -> GateHistor
     return GateHistory(tuple(feedback), tuple(attempts), judged)
 
 
-def judge(spec: StageSpec, item: Any, ctx: Any, value: Any, output: str, policy: Any,
-          history: GateHistory) -> tuple[Transition, Any]:
-    """Apply the gate and the review policy to one output."""
+async def judge(spec: StageSpec, item: Any, ctx: Any, value: Any, output: str, policy: Any,
+                history: GateHistory, sync: bool) -> tuple[Transition, Any]:
+    """Apply the gate (awaited if it is async) and the review policy to one output."""
     item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
+    assert spec.gate is not None
     try:
-        verdict = to_verdict(spec.gate(item, value, ctx))  # type: ignore[misc]
+        verdict = to_verdict(await resolve(spec.gate(item, value, ctx), sync))
     except Exception as exc:  # noqa: BLE001 - a broken gate fails this attempt only
         wrapped = TreadleError(f"the gate of stage {stage!r} raised {type(exc).__name__}: {exc}")
         wrapped.__traceback__ = exc.__traceback__

@@ -41,6 +41,8 @@ from ..pipeline import Pipeline
 from ..states import StageState
 from ..store.base import Claim, CommitResult, StateStore, Transition
 from ..store.fanout import FanOutStart, SubResult
+from .aio import AsyncPool
+from .calls import is_async
 from .failures import clean_text, failure, sub_failure
 from .fanout import FanOuts, FanRun
 from .gate import gate_history
@@ -50,7 +52,13 @@ from .report import Counters, Reporter
 from .rollback import Rollbacks
 from .slots import Entry, Slots
 from .tasks import RollbackTask, StageTask, SubtaskTask, Task
-from .worker import FANOUT, execute, execute_subtask
+from .worker import (
+    FANOUT,
+    execute,
+    execute_async,
+    execute_subtask,
+    execute_subtask_async,
+)
 
 _log = logging.getLogger("treadle.runner")
 
@@ -58,7 +66,7 @@ _log = logging.getLogger("treadle.runner")
 class _Writes:
     """Results waiting for the next group commit."""
 
-    __slots__ = ("done", "subs", "starts", "restarts")
+    __slots__ = ("done", "restarts", "starts", "subs")
 
     def __init__(self) -> None:
         self.done: list[tuple[Transition, Any]] = []
@@ -85,8 +93,9 @@ class Scheduler:
 
     def __init__(self, pipeline: Pipeline, store: StateStore, *, owner: str, workers: int,
                  executor: Executor | None, lease: float, grace: float,
-                 only: Sequence[str] | None = None) -> None:
+                 only: Sequence[str] | None = None, async_limit: int = 1000) -> None:
         self.pipeline = pipeline
+        self.async_limit = async_limit
         self.store = store
         self.owner = owner
         self.workers = workers
@@ -104,8 +113,12 @@ class Scheduler:
         self._seq = itertools.count()
         self.undispatched: collections.deque[Claim] = collections.deque()
         self.policies = {n: resolve_retry(s.retry) for n, s in pipeline.stages.items()}
+        # stages whose function, condition or gate is ``async def`` run on the event loop
+        self.on_loop = {n for n, s in pipeline.stages.items()
+                        if is_async(s.fn) or is_async(s.when) or is_async(s.gate)}
         self._logger = structlog.get_logger("treadle")
         self.pool: ThreadPool | ExecutorPool | None = None
+        self.aio: AsyncPool | None = None
         self.slots: Slots = None  # type: ignore[assignment]  # made with the pool in run()
         self.rollbacks: Rollbacks = None  # type: ignore[assignment]
         self.capacity = 0
@@ -117,13 +130,18 @@ class Scheduler:
             pool: ThreadPool | ExecutorPool = ThreadPool(self.workers, self.results)
             # our threads say when they start: claim ahead for larger group commits
             self.capacity = max(128, 8 * self.workers)
+            if self.on_loop:  # coroutines wait on I/O without a thread: hold that many more
+                self.capacity += self.async_limit
         else:
             pool = ExecutorPool(self.executor, self.workers, self.results)
             self.capacity = 2 * pool.capacity  # claims follow what the executor can run
+            if self.on_loop:
+                self.capacity += self.async_limit
         self.pool = pool
         limits = {n: s.concurrency for n, s in p.stages.items() if s.concurrency}
         timeouts = {n: s.timeout for n, s in p.stages.items() if s.timeout is not None}
-        self.slots = Slots(pool, limits, timeouts)
+        self.aio = AsyncPool(self.async_limit, self.results)  # its thread starts on first use
+        self.slots = Slots(pool, limits, timeouts, self.aio)
         self.rollbacks = Rollbacks(p, self.owner, self.lease, self.slots, self.reporter,
                                    self.stop.is_set, self._logger)
 
@@ -152,6 +170,8 @@ class Scheduler:
             # Stages still running past the grace period were released; do not
             # wait for them here (a thread cannot be stopped, only asked to).
             self.pool.shutdown(wait=not abandoned)
+            if self.aio is not None:
+                self.aio.shutdown(wait=True)
         return self.counters
 
     def _loop(self) -> None:
@@ -263,7 +283,7 @@ class Scheduler:
         except StoreError:
             self._restore(writes)
             raise
-        except Exception as exc:  # noqa: BLE001 - one bad result must not block the others
+        except Exception as exc:
             if not writes:
                 raise
             return self._commit_apart(writes, limit, exc)
@@ -326,11 +346,11 @@ class Scheduler:
         for t, _ in piece.done:
             fallback.done.append((Transition(t.item_id, t.stage, t.attempt,
                                              StageState.FAILED.value, error=message), None))
-        for task, r, _ in piece.subs:
-            fallback.subs.append((task, SubResult(r.item_id, r.stage, r.name, r.attempt, "failed",
-                                                  error=message), None))
-        for task, _, _ in piece.starts:
-            fallback.done.append((Transition(task.item_id, task.stage, task.attempt,
+        for sub, r, _ in piece.subs:
+            fallback.subs.append((sub, SubResult(r.item_id, r.stage, r.name, r.attempt, "failed",
+                                                 error=message), None))
+        for started, _, _ in piece.starts:
+            fallback.done.append((Transition(started.item_id, started.stage, started.attempt,
                                              StageState.FAILED.value, error=message), None))
         if not fallback:
             return
@@ -347,7 +367,7 @@ class Scheduler:
         taken into hand, counters and signals, fan-outs, subtask results, dispatch."""
         self.undispatched.extend(result.claims)
         if self.lease.orphans_possible:
-            self._release_orphans(result.claims)
+            self._release_orphans(writes, result.claims)
         if writes.done or writes.subs:
             crash_point("after-result-commit")
         if result.claims:
@@ -361,9 +381,11 @@ class Scheduler:
         self._dispatch()
         self.reporter.send()
 
-    def _release_orphans(self, claims: Sequence[Claim]) -> None:
+    def _release_orphans(self, writes: _Writes, claims: Sequence[Claim]) -> None:
+        """After a retried commit: give back claims of ours that nobody holds (the
+        reply of a committed claim was lost). Fan-outs just started are held."""
         self.lease.orphans_possible = False
-        keep = self._held() | {(c.item_id, c.stage, c.attempt) for c in claims}
+        keep = self._held() | writes.claims() | {(c.item_id, c.stage, c.attempt) for c in claims}
         released = self.lease.call(self.store.release_orphans, self.pipeline, self.owner, keep)
         if released:
             _log.warning("treadle: gave back %d claim(s) whose commit reply was lost", released)
@@ -397,11 +419,18 @@ class Scheduler:
         parent = run.task
         self.reporter.emit(signals.subtask_started, item_id=parent.item_id, stage=parent.stage,
                            subtask=name, attempt=attempt)
-        mark = StartMark()
         task = SubtaskTask(parent, name, attempt)
+        sub, policy = run.subtasks[name], self.policies[parent.stage]
+        if is_async(sub.fn):
+            timeout = self.pipeline.stages[parent.stage].timeout
+            self.slots.admit(Entry(task, execute_subtask_async,
+                                   (sub, parent.item_id, parent.stage, attempt, policy, timeout),
+                                   aio=True))
+            return
+        mark = StartMark()
         self.slots.admit(Entry(task, execute_subtask,
-                               (run.subtasks[name], parent.item_id, parent.stage, attempt,
-                                self.policies[parent.stage], mark), mark=mark))
+                               (sub, parent.item_id, parent.stage, attempt, policy, mark),
+                               mark=mark))
 
     def _finish_fanout(self, run: FanRun) -> None:
         self.fanouts.pop(run.task)
@@ -474,9 +503,13 @@ class Scheduler:
             task = StageTask(claim.item_id, claim.stage, claim.attempt)
             self.reporter.emit(signals.stage_started, item_id=claim.item_id, stage=claim.stage,
                                attempt=claim.attempt)
-            entry = Entry(task, execute, (spec, p.codec, claim.item, ctx,
-                                          self.policies[claim.stage], gate_state, ctx.mark),
-                          ctx=ctx, mark=ctx.mark)
+            policy = self.policies[claim.stage]
+            if claim.stage in self.on_loop:
+                entry = Entry(task, execute_async, (spec, p.codec, claim.item, ctx, policy,
+                                                    gate_state, spec.timeout), ctx=ctx, aio=True)
+            else:
+                entry = Entry(task, execute, (spec, p.codec, claim.item, ctx, policy, gate_state,
+                                              ctx.mark), ctx=ctx, mark=ctx.mark)
             queue_.popleft()
             self.slots.admit(entry)
 
@@ -517,6 +550,11 @@ class Scheduler:
                     self._commit(0)
             if self.writes:
                 self._commit(0)
+            # Coroutines still running are cancelled for real; their claims go back
+            # keeping their attempt number (the attempt did not happen).
+            coroutines = self.slots.running_coroutines()
+            unstarted |= {e.task.key for e in coroutines if isinstance(e.task, StageTask)}
+            self.slots.cancel(coroutines)
         except Exception:  # noqa: BLE001 - release below no matter what
             _log.exception("treadle: could not commit the last results at shutdown; "
                            "their stages run again on the next run")

@@ -13,6 +13,7 @@ place (up to a bound, with a warning) and queued work still starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -161,7 +162,7 @@ class ExecutorPool:
             fut.set_exception(exc)
         with self._lock:
             self._futures[task] = fut
-        fut.add_done_callback(lambda f, task=task: self._done(task, f))
+        fut.add_done_callback(functools.partial(self._done, task))
 
     def _done(self, task: Any, fut: Future[Any]) -> None:
         with self._lock:

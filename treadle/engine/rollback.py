@@ -12,15 +12,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .._crash import crash_point
 from .. import signals
+from .._crash import crash_point
 from ..context import Outputs, StageContext
 from ..states import StageState
+from .calls import is_async
 from .lease import Lease
 from .report import Reporter
 from .slots import Entry, Slots
 from .tasks import RollbackTask
-from .worker import execute_rollback
+from .worker import execute_rollback, execute_rollback_async
 
 _log = logging.getLogger("treadle.runner")
 
@@ -77,9 +78,10 @@ class Rollbacks:
                            logger=self.logger)
         item_json, _ = self.lease.call(store.item_data, self.pipeline, item_id)
         task = RollbackTask(item_id, stage)
-        self.slots.admit(Entry(task, execute_rollback,
-                               (self.pipeline.stages[stage], self.pipeline.codec, item_json, ctx),
-                               ctx=ctx))
+        spec = self.pipeline.stages[stage]
+        on_loop = is_async(spec.rollback)
+        self.slots.admit(Entry(task, execute_rollback_async if on_loop else execute_rollback,
+                               (spec, self.pipeline.codec, item_json, ctx), ctx=ctx, aio=on_loop))
 
     def done(self, task: RollbackTask, outcome: Any) -> None:
         """A rollback returned (or raised): record it, start the item's next one."""

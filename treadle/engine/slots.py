@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from ..context import StageContext, StartMark
+from .aio import AsyncPool
 from .pool import ExecutorPool, ThreadPool
 from .tasks import StageTask, Task
 
@@ -35,14 +36,29 @@ class Entry:
     mark: StartMark | None = None
     handed: bool = False               # given to the pool
     deadline: float | None = None      # monotonic, once handed (for stages with a timeout)
+    aio: bool = False                  # a coroutine for the event loop, not a thread
+
+
+@attrs.define(eq=False)
+class Lane:
+    """One place tasks run (threads or executor, or the event loop) and how many it takes."""
+
+    pool: ThreadPool | ExecutorPool | AsyncPool
+    limit: int | None                  # at most this many handed at once (None: the pool queues)
+    in_flight: int = 0
+    queued: collections.deque[Entry] = attrs.field(factory=collections.deque)
+
+    def has_room(self) -> bool:
+        return self.limit is None or self.in_flight < self.limit
 
 
 class Slots:
     """In-flight tasks, per-stage concurrency limits, pool capacity and deadlines."""
 
     def __init__(self, pool: ThreadPool | ExecutorPool, limits: Mapping[str, int],
-                 timeouts: Mapping[str, float]) -> None:
+                 timeouts: Mapping[str, float], aio: AsyncPool | None = None) -> None:
         self.pool = pool
+        self.aio = aio
         self.limits = dict(limits)
         self.timeouts = dict(timeouts)
         self.entries: dict[Task, Entry] = {}
@@ -51,9 +67,8 @@ class Slots:
         # A foreign executor cannot say when a task starts: hand it no more than it
         # can run, so hand-over is the start. Our own threads say when they start.
         self._remote = isinstance(pool, ExecutorPool)
-        self._pool_limit = pool.capacity if self._remote else None
-        self.queued: collections.deque[Entry] = collections.deque()  # waiting for pool capacity
-        self.in_pool = 0
+        self.threads = Lane(pool, pool.capacity if self._remote else None)
+        self.loop = Lane(aio, aio.capacity) if aio is not None else None
         self._deadlines: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
         self._stale = 0
@@ -79,20 +94,27 @@ class Slots:
             self.active[stage] += 1
         self._queue(entry)
 
-    def _queue(self, entry: Entry) -> None:
-        if self._pool_limit is not None and self.in_pool >= self._pool_limit:
-            self.queued.append(entry)
-            return
-        self._hand(entry)
+    def _lane(self, entry: Entry) -> Lane:
+        if entry.aio:
+            assert self.loop is not None, "an async task without an event loop"
+            return self.loop
+        return self.threads
 
-    def _hand(self, entry: Entry) -> None:
+    def _queue(self, entry: Entry) -> None:
+        lane = self._lane(entry)
+        if not lane.has_room():
+            lane.queued.append(entry)
+            return
+        self._hand(entry, lane)
+
+    def _hand(self, entry: Entry, lane: Lane) -> None:
         entry.handed = True
-        self.in_pool += 1
+        lane.in_flight += 1
         timeout = self.timeouts.get(entry.task.stage)
-        if timeout is not None and entry.mark is not None:
+        if timeout is not None and entry.mark is not None:  # coroutines time out themselves
             entry.deadline = time.monotonic() + timeout
             heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), entry))
-        self.pool.submit(entry.task, entry.fn, entry.args)
+        lane.pool.submit(entry.task, entry.fn, entry.args)
 
     # -- out -----------------------------------------------------------------
     def finish(self, task: Task) -> Entry | None:
@@ -143,6 +165,8 @@ class Slots:
                 continue
             if entry.handed:
                 self.ignored.add(task)
+                if entry.aio and self.aio is not None:
+                    self.aio.cancel(task)  # a coroutine can really be stopped
                 self._release(entry)
             else:
                 self._unqueue(entry)
@@ -155,13 +179,14 @@ class Slots:
         for waiting in self.waiting.values():
             out.extend(waiting)
             waiting.clear()
-        out.extend(self.queued)
-        self.queued.clear()
+        for lane in self._lanes():
+            out.extend(lane.queued)
+            lane.queued.clear()
         for task in self.pool.cancel_queued():
             entry = self.entries.get(task)
             if entry is not None:
                 entry.handed = False
-                self.in_pool -= 1
+                self.threads.in_flight -= 1
                 self._release_limit(entry)
                 out.append(entry)
         for entry in out:
@@ -174,8 +199,8 @@ class Slots:
         waiting = self.waiting.get(entry.task.stage)
         if waiting is not None and entry in waiting:
             waiting.remove(entry)  # it never took a slot
-        elif entry in self.queued:
-            self.queued.remove(entry)
+        elif entry in self._lane(entry).queued:
+            self._lane(entry).queued.remove(entry)
             self._release_limit(entry)
 
     def _release(self, entry: Entry) -> None:
@@ -183,12 +208,16 @@ class Slots:
             entry.deadline = None
             self._stale += 1
             self._compact()
+        lane = self._lane(entry)
         if entry.handed:
             entry.handed = False
-            self.in_pool -= 1
+            lane.in_flight -= 1
         self._release_limit(entry)
-        while self.queued and (self._pool_limit is None or self.in_pool < self._pool_limit):
-            self._hand(self.queued.popleft())
+        while lane.queued and lane.has_room():
+            self._hand(lane.queued.popleft(), lane)
+
+    def _lanes(self) -> list[Lane]:
+        return [self.threads] if self.loop is None else [self.threads, self.loop]
 
     def _release_limit(self, entry: Entry) -> None:
         stage = entry.task.stage
@@ -221,6 +250,19 @@ class Slots:
     def stage_tasks(self) -> list[StageTask]:
         """The stage claims in hand (subtasks and rollbacks are not claims of their own)."""
         return [t for t in self.entries if isinstance(t, StageTask)]
+
+    def running_coroutines(self) -> list[Entry]:
+        """Entries running on the event loop (cancelled at the end of shutdown)."""
+        return [e for e in self.entries.values() if e.aio and e.handed]
+
+    def cancel(self, entries: Iterable[Entry]) -> None:
+        """Shutdown: cancel these coroutines for real and forget them."""
+        for entry in entries:
+            if self.entries.pop(entry.task, None) is None:
+                continue
+            if self.aio is not None:
+                self.aio.cancel(entry.task)
+            self._release(entry)
 
     def contexts(self) -> list[StageContext]:
         """The contexts of every task in hand (to set ``cancelled`` at shutdown)."""

@@ -10,8 +10,6 @@ never share anything.
 
 from __future__ import annotations
 
-from typing import Union
-
 import attrs
 
 
@@ -54,6 +52,6 @@ class RollbackTask:
     stage: str
 
 
-Task = Union[StageTask, SubtaskTask, RollbackTask]
+Task = StageTask | SubtaskTask | RollbackTask
 
 __all__ = ["RollbackTask", "StageTask", "SubtaskTask", "Task"]

@@ -1,25 +1,33 @@
-"""What a pool thread runs: one stage, subtask or rollback call, turned into a result.
+"""What a worker runs: one stage, subtask or rollback call, turned into a result.
 
 Nothing here touches the store; the scheduler commits what this returns.
 Every function here returns instead of raising: a stage's exception is its
-failure, recorded with its traceback.
+failure, recorded with its traceback. The logic is written once, as
+coroutines (see :mod:`.calls`): ``execute`` & co. run them in a pool thread,
+``execute_async`` & co. on the runner's event loop, with real cancellation
+at the timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from .._crash import crash_point
-from ..errors import SerializationError
+from ..errors import SerializationError, StageTimeout
 from ..outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
 from ..serialization import ItemCodec, to_json
 from ..stage import StageSpec
 from ..states import StageState
 from ..store.base import Transition
 from ..store.fanout import SubResult
-from .failures import error_text, traceback_text, failure, sub_failure
+from .calls import resolve, run_sync
+from .failures import error_text, failure, sub_failure, traceback_text
 from .gate import judge
+
+T = TypeVar("T")
 
 #: Internal transition state: the stage returned a FanOut (never stored as a stage state).
 FANOUT = "fanout"
@@ -30,22 +38,52 @@ def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
     """Restore the item and run one stage for it; never raises. Returns the
     transition and the Python value (output, review data or skip reason) for
     the signals."""
-    item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
     if mark is not None:
         mark.start()
+    return run_sync(_stage(spec, codec, item_json, ctx, policy, gate_state, True))
+
+
+async def execute_async(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
+                        policy: Any = None, gate_state: Any = None,
+                        timeout: float | None = None) -> tuple[Transition, Any]:
+    """:func:`execute` on the event loop; at ``timeout`` the coroutine is cancelled
+    (its ``finally`` blocks run) and the stage fails with ``StageTimeout``."""
+    def timed_out(exc: StageTimeout) -> tuple[Transition, Any]:
+        ctx.cancelled.set()
+        return failure(ctx.item_id, ctx.stage, ctx.attempt, exc, policy), None
+
+    return await _within(_stage(spec, codec, item_json, ctx, policy, gate_state, False),
+                         timeout, timed_out)
+
+
+async def _within(run: Coroutine[Any, Any, T], timeout: float | None,
+                  timed_out: Callable[[StageTimeout], T]) -> T:
+    """Await ``run``, cancelled for real after ``timeout`` seconds (then ``timed_out``)."""
+    if timeout is None:
+        return await run
+    try:
+        return await asyncio.wait_for(run, timeout)
+    except asyncio.TimeoutError:
+        return timed_out(StageTimeout(f"timed out after {timeout:g} s"))
+
+
+async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, policy: Any,
+                 gate_state: Any, sync: bool) -> tuple[Transition, Any]:
+    item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
     crash_point("in-stage")
     try:
         item = codec.load(item_json)
-        if spec.when is not None:
-            if not (spec.when(item, ctx) if spec.when_takes_ctx else spec.when(item)):
-                reason = "condition false"
-                return (Transition(item_id, stage, attempt, StageState.SKIPPED.value,
-                                   details=json.dumps({"reason": reason})), reason)
-        outcome = to_outcome(spec.call(item, ctx))
+        if spec.when is not None and not await resolve(
+                spec.when(item, ctx) if spec.when_takes_ctx else spec.when(item), sync):
+            reason = "condition false"
+            return (Transition(item_id, stage, attempt, StageState.SKIPPED.value,
+                               details=json.dumps({"reason": reason})), reason)
+        outcome = to_outcome(await resolve(spec.call(item, ctx), sync))
         if isinstance(outcome, Completed):
             output = to_json(outcome.output, what="output", item_id=item_id, stage=stage)
             if spec.gate is not None:
-                return judge(spec, item, ctx, outcome.output, output, policy, gate_state)
+                return await judge(spec, item, ctx, outcome.output, output, policy, gate_state,
+                                   sync)
             return Transition(item_id, stage, attempt, StageState.COMPLETED.value,
                               output=output), outcome.output
         if isinstance(outcome, Review):
@@ -63,6 +101,10 @@ def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
         return Transition(item_id, stage, attempt, FANOUT), subtasks_of(outcome, stage)
     except SerializationError as exc:  # retrying cannot make it serialisable
         return failure(item_id, stage, attempt, exc), None
+    except asyncio.CancelledError:
+        if not sync:
+            raise  # a timeout or a shutdown: the caller records it
+        return failure(item_id, stage, attempt, StageTimeout("cancelled"), policy), None
     except BaseException as exc:  # noqa: BLE001 - a stage's error (even SystemExit) is its failure
         return failure(item_id, stage, attempt, exc, policy), None
 
@@ -72,7 +114,7 @@ def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
     spec = fanout.subtasks
     if isinstance(spec, dict) or hasattr(spec, "items"):
         subs = []
-        for name, fn in spec.items():  # type: ignore[union-attr]
+        for name, fn in spec.items():
             if not callable(fn):
                 raise TypeError(f"FanOut subtask {name!r} of stage {stage!r} is {fn!r}, not callable")
             subs.append(SubTask(name, fn))
@@ -99,13 +141,33 @@ def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
     """Run one subtask; never raises."""
     if mark is not None:
         mark.start()
+    return run_sync(_subtask(sub, item_id, stage, attempt, policy, True))
+
+
+async def execute_subtask_async(sub: SubTask, item_id: str, stage: str, attempt: int,
+                                policy: Any = None,
+                                timeout: float | None = None) -> tuple[SubResult, Any]:
+    """:func:`execute_subtask` on the event loop, cancelled for real at ``timeout``."""
+    def timed_out(exc: StageTimeout) -> tuple[SubResult, Any]:
+        return sub_failure(item_id, stage, sub.name, attempt, exc, policy), None
+
+    return await _within(_subtask(sub, item_id, stage, attempt, policy, False), timeout, timed_out)
+
+
+async def _subtask(sub: SubTask, item_id: str, stage: str, attempt: int, policy: Any,
+                   sync: bool) -> tuple[SubResult, Any]:
     crash_point("in-stage")
     try:
-        value = sub.fn(*sub.args, **sub.kwargs)
+        value = await resolve(sub.fn(*sub.args, **sub.kwargs), sync)
         output = to_json(value, what=f"output of subtask {sub.name!r}", item_id=item_id, stage=stage)
         return SubResult(item_id, stage, sub.name, attempt, "completed", output=output), value
     except SerializationError as exc:
         return sub_failure(item_id, stage, sub.name, attempt, exc), None
+    except asyncio.CancelledError:
+        if not sync:
+            raise
+        return sub_failure(item_id, stage, sub.name, attempt, StageTimeout("cancelled"),
+                           policy), None
     except BaseException as exc:  # noqa: BLE001 - a subtask's error is its failure
         return sub_failure(item_id, stage, sub.name, attempt, exc, policy), None
 
@@ -113,13 +175,26 @@ def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
 def execute_rollback(spec: StageSpec, codec: ItemCodec, item_json: str,
                      ctx: Any) -> tuple[str | None, str | None]:
     """Run one stage's rollback; returns (error, traceback), both None on success."""
+    return run_sync(_rollback(spec, codec, item_json, ctx, True))
+
+
+async def execute_rollback_async(spec: StageSpec, codec: ItemCodec, item_json: str,
+                                 ctx: Any) -> tuple[str | None, str | None]:
+    """:func:`execute_rollback` on the event loop."""
+    return await _rollback(spec, codec, item_json, ctx, False)
+
+
+async def _rollback(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
+                    sync: bool) -> tuple[str | None, str | None]:
     try:
         item = codec.load(item_json)
         assert spec.rollback is not None
-        if spec.rollback_takes_ctx:
-            spec.rollback(item, ctx)
-        else:
-            spec.rollback(item)
+        call = spec.rollback(item, ctx) if spec.rollback_takes_ctx else spec.rollback(item)
+        await resolve(call, sync)
         return None, None
+    except asyncio.CancelledError:
+        if not sync:
+            raise
+        return "StageTimeout: cancelled", None
     except BaseException as exc:  # noqa: BLE001 - recorded as the rollback's failure
         return error_text(exc), traceback_text(exc)

@@ -1,0 +1,387 @@
+"""The engine core: one owner per task, nothing hangs, nothing runs twice.
+
+Each test here is the regression test of a bug the engine-core rewrite
+removed (issue 12); the number in the docstring is the bug's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from treadle import (
+    FanOut,
+    Pipeline,
+    Review,
+    Runner,
+    Skipped,
+    open_store,
+    signals,
+    stage,
+)
+from treadle.engine import Scheduler
+from treadle.states import StageState
+
+from . import pipelines_pid
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _runs(runner: Runner, item_id: Any) -> Counter[tuple[str | None, str | None]]:
+    """How many times each (stage, subtask) of an item was claimed (history 'running')."""
+    return Counter((h.stage, h.subtask) for h in runner.history(item_id) if h.state == "running")
+
+
+def _completions(runner: Runner, item_id: Any) -> Counter[tuple[str | None, int]]:
+    return Counter((h.stage, h.attempt) for h in runner.history(item_id)
+                   if h.state == "completed" and h.subtask is None)
+
+
+def test_a_late_refused_subtask_never_drops_the_newer_fan_out(store_url):
+    """Bug 1: the stage's claim is lost while its fan-out runs and this runner claims it
+    again; the old subtasks' late (refused) results leave the new fan-out alone."""
+    store = open_store(store_url)
+    restarted = threading.Event()
+    calls: Counter[str] = Counter()
+    box: dict[str, Any] = {}
+
+    def sub(name: str) -> Any:
+        def run() -> str:
+            calls[name] += 1
+            if calls[name] == 1:
+                if name == "a":  # the claim of attempt 1 is given back meanwhile
+                    r = box["runner"]
+                    r.store.release(r.pipeline, r.owner, [("x", "fan", 1)])
+                restarted.wait(10)  # return only once attempt 2's subtasks run
+            else:
+                restarted.set()
+                time.sleep(0.5)  # the old subtasks' refusals are committed first
+            return name
+        return run
+
+    @stage()
+    def fan(item):
+        return FanOut({"a": sub("a"), "b": sub("b")})
+
+    runner = Runner(Pipeline("late", [fan]), store, workers=4)
+    box["runner"] = runner
+    runner.submit({"id": "x"})
+    runner.run()
+    st = runner.status("x").stages["fan"]
+    assert st.state == StageState.COMPLETED
+    assert st.attempts == 2
+    assert st.output == {"a": "a", "b": "b"}
+    assert not [s for s in runner.status("x").stages.values() if s.state == StageState.RUNNING]
+
+
+def test_timed_out_stages_that_ignore_cancel_do_not_starve_the_pool(store_url):
+    """Bug 2: stages that time out and never return get their threads replaced; run() ends."""
+    release = threading.Event()
+
+    @stage(timeout=0.3)
+    def stuck(item):
+        if item["id"].startswith("hang"):
+            release.wait(30)  # ignores ctx.cancelled
+        return {"ok": True}
+
+    store = open_store(store_url)
+    runner = Runner(Pipeline("stuck", [stuck]), store, workers=2)
+    runner.submit(*({"id": f"hang{i}"} for i in range(4)), {"id": "fine1"}, {"id": "fine2"})
+    try:
+        report = runner.run()
+    finally:
+        release.set()
+    assert report.failed == 4
+    for i in range(4):
+        st = runner.status(f"hang{i}").stages["stuck"]
+        assert st.state == StageState.FAILED and st.error == "StageTimeout: timed out after 0.3 s"
+    assert runner.status("fine1").stages["stuck"].state == StageState.COMPLETED
+    assert runner.status("fine2").stages["stuck"].state == StageState.COMPLETED
+
+
+def test_a_slow_receiver_never_lets_the_lease_lapse(tmp_path):
+    """Bug 4: a receiver blocking for longer than the lease does not delay the heartbeat:
+    a second runner on the same store takes over nothing, nothing runs twice."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    slow_once = threading.Event()
+
+    @stage()
+    def s1(item):
+        time.sleep(0.05)
+        return 1
+
+    @stage(after=[s1])
+    def s2(item):
+        time.sleep(0.05)
+        return 2
+
+    pipeline = Pipeline("slowrecv", [s1, s2])
+
+    def receiver(sender, **kw):
+        if not slow_once.is_set():
+            slow_once.set()
+            time.sleep(2.5)
+
+    signals.stage_completed.connect(receiver, sender=pipeline, weak=False)
+    try:
+        r1 = Runner(pipeline, open_store(url), workers=2, lease=1.0)
+        r1.submit(*({"id": i} for i in range(30)))
+        t = threading.Thread(target=r1.run, daemon=True)
+        t.start()
+        assert slow_once.wait(10)
+        time.sleep(1.5)  # r1's receiver is still blocked; its lease would have lapsed
+        r2 = Runner(pipeline, open_store(url), workers=2, lease=1.0)
+        r2.run()
+        t.join(30)
+        assert not t.is_alive()
+    finally:
+        signals.stage_completed.disconnect(receiver, sender=pipeline)
+    for i in range(30):
+        runs = _runs(r2, i)
+        assert runs[("s1", None)] == 1 and runs[("s2", None)] == 1, (i, runs)
+    assert r2.item_counts(exact=True) == {"completed": 30}
+
+
+class _LostReply(Exception):
+    """Stands for a driver error meaning the connection was lost."""
+
+
+def test_a_fan_out_committed_with_its_reply_lost_is_not_given_back(store_url):
+    """Bug 5: a commit that starts a fan-out, applied but its reply lost, is retried; the
+    fan-out stays this runner's: the stage function and each subtask run once."""
+    store = open_store(store_url)
+    calls: Counter[str] = Counter()
+    real_commit = store.commit
+    lost = {"done": False}
+
+    def commit(*args: Any, **kwargs: Any) -> Any:
+        result = real_commit(*args, **kwargs)
+        if kwargs.get("fanouts") and not lost["done"]:
+            lost["done"] = True
+            raise _LostReply("server closed the connection unexpectedly")
+        return result
+
+    store.commit = commit  # type: ignore[method-assign]
+    store.is_disconnect = lambda exc: isinstance(exc, _LostReply)  # type: ignore[method-assign]
+
+    def sub(name: str) -> Any:
+        def run() -> str:
+            calls[name] += 1
+            return name
+        return run
+
+    @stage()
+    def fan(item):
+        calls["fan"] += 1
+        return FanOut({"p": sub("p"), "q": sub("q")})
+
+    @stage(after=[fan])
+    def after(item, ctx):
+        return sorted(ctx.outputs["fan"])
+
+    runner = Runner(Pipeline("lostfan", [fan, after]), store)
+    runner.submit({"id": "x"})
+    runner.run()
+    assert lost["done"]
+    assert calls == {"fan": 1, "p": 1, "q": 1}
+    assert runner.status("x").stages["after"].output == ["p", "q"]
+
+
+def test_claims_follow_a_process_pools_capacity(tmp_path):
+    """Bug 8: with a 2-process pool, 16 stages of 0.4 s with a 3 s timeout all complete:
+    the runner hands the pool what it can run, and the clock starts then."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as pool:
+        runner = Runner(pipelines_pid.napping, open_store(f"sqlite:///{tmp_path / 'n.db'}"),
+                        executor=pool)
+        runner.submit(*({"id": i} for i in range(16)))
+        report = runner.run()
+    assert report.failed == 0, report.failures
+    assert report.completed == 16
+
+
+def test_verdict_as_a_skip_reason_or_subtask_name_is_just_a_name(store_url):
+    """Bug 9: ``Skipped("verdict")`` and a subtask named ``verdict`` are not mistaken for gates."""
+    @stage()
+    def skip(item):
+        return Skipped("verdict")
+
+    @stage()
+    def fan(item):
+        return FanOut({"verdict": lambda: 1 / 0})
+
+    runner = Runner(Pipeline("names", [skip, fan]), open_store(store_url))
+    runner.submit({"id": "x"})
+    report = runner.run()
+    st = runner.status("x").stages
+    assert st["skip"].state == StageState.SKIPPED
+    assert st["fan"].state == StageState.FAILED
+    assert "ZeroDivisionError" in st["fan"].subtasks["verdict"].error
+    assert report.failed == 1
+
+
+def test_finished_stages_leave_the_deadline_heap():
+    """Bug 13: the deadline heap does not keep every finished stage with a timeout."""
+    @stage(timeout=3600)
+    def quick(item):
+        return 1
+
+    pipeline = Pipeline("deadlines", [quick])
+    store = open_store("memory://")
+    Runner(pipeline, store).submit(*({"id": i} for i in range(3000)))
+    store.prepare(pipeline)
+    sched = Scheduler(pipeline, store, owner="test:deadlines", workers=4, executor=None,
+                      lease=30.0, grace=1.0)
+    counters = sched.run()
+    assert counters.completed == 3000
+    assert sched.slots.deadline_count < 300
+
+
+def test_a_lone_surrogate_in_an_error_is_stored_escaped(store_url):
+    """Bug 14: an error message with a lone surrogate (os.fsdecode of bad bytes) is stored
+    escaped; the run goes on for the other items."""
+    @stage()
+    def parse(item):
+        if item["id"] == "bad":
+            raise ValueError("cannot open " + os.fsdecode(b"caf\xe9.txt"))
+        return {"ok": 1}
+
+    runner = Runner(Pipeline("surrogate", [parse]), open_store(store_url))
+    runner.submit({"id": "bad"}, {"id": "good"})
+    report = runner.run()
+    assert report.failed == 1 and report.completed == 1
+    assert runner.status("bad").stages["parse"].error == "ValueError: cannot open caf\\udce9.txt"
+
+
+def test_one_result_the_store_refuses_does_not_block_the_others(store_url):
+    """Bug 14: when a group commit fails because of one result, the others commit and that
+    stage fails with a SerializationError saying it could not be stored."""
+    store = open_store(store_url)
+    real_commit = store.commit
+
+    def commit(shape: Any, owner: str, transitions: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(t.output and "POISON" in t.output for t in transitions):
+            raise UnicodeEncodeError("utf-8", "POISON", 0, 1, "surrogates not allowed")
+        return real_commit(shape, owner, transitions, *args, **kwargs)
+
+    store.commit = commit  # type: ignore[method-assign]
+
+    @stage()
+    def make(item):
+        return "POISON" if item["id"] == 3 else item["id"]
+
+    @stage(after=[make])
+    def use(item, ctx):
+        return ctx.outputs["make"]
+
+    runner = Runner(Pipeline("poison", [make, use]), store, workers=2)
+    runner.submit(*({"id": i} for i in range(8)))
+    report = runner.run()
+    assert report.failed == 1
+    bad = runner.status(3).stages["make"]
+    assert bad.state == StageState.FAILED
+    assert bad.error.startswith("SerializationError: the result could not be stored")
+    for i in (0, 1, 2, 4, 5, 6, 7):
+        assert runner.status(i).stages["use"].output == i
+
+
+def test_receivers_raising_keyboard_interrupt_break_nothing(store_url):
+    """Bug 16: receivers raising KeyboardInterrupt / SystemExit are logged and ignored by
+    run(), submit() and approve_all(); every stage runs once, at attempt 1."""
+    @stage()
+    def work(item):
+        return 1
+
+    @stage(after=[work])
+    def check(item):
+        return Review({"ok": True})
+
+    pipeline = Pipeline("kbi", [work, check])
+
+    def interrupt(sender, **kw):
+        raise KeyboardInterrupt
+
+    def leave(sender, **kw):
+        raise SystemExit(3)
+
+    connected = [(signals.item_submitted, interrupt), (signals.stage_started, interrupt),
+                 (signals.stage_completed, leave), (signals.review_decided, interrupt)]
+    for sig, fn in connected:
+        sig.connect(fn, sender=pipeline, weak=False)
+    try:
+        runner = Runner(pipeline, open_store(store_url), workers=2)
+        assert len(runner.submit(*({"id": i} for i in range(20)))) == 20
+        report = runner.run()
+        assert report.awaiting_review == 20
+        assert len(runner.approve_all("check")) == 20
+    finally:
+        for sig, fn in connected:
+            sig.disconnect(fn, sender=pipeline)
+    for i in range(20):
+        st = runner.status(i)
+        assert st.state == "completed"
+        assert st.stages["work"].attempts == 1
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="needs the main thread for SIGINT")
+def test_a_second_ctrl_c_still_gives_unstarted_claims_back(tmp_path):
+    """Bug 16: a KeyboardInterrupt out of run() (Ctrl-C twice) leaves nothing running, and
+    claims that never started go back with their attempt number."""
+    started = threading.Event()
+
+    @stage()
+    def slow(item):
+        if not started.is_set():
+            started.set()
+            os.kill(os.getpid(), signal.SIGINT)   # stop: finish what runs, claim nothing
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)   # and again: KeyboardInterrupt
+        time.sleep(0.5)
+        return 1
+
+    runner = Runner(Pipeline("ctrlc", [slow]), open_store(f"sqlite:///{tmp_path / 'c.db'}"),
+                    workers=1, grace=5.0)
+    runner.submit(*({"id": i} for i in range(20)))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    statuses = [runner.status(i).stages["slow"] for i in range(20)]
+    assert not [s for s in statuses if s.state == StageState.RUNNING]
+    assert sorted(s.attempts for s in statuses).count(0) >= 18  # never started: attempt 0
+    again = Runner(Pipeline("ctrlc", [slow]), open_store(f"sqlite:///{tmp_path / 'c.db'}"))
+    again.run()
+    assert all(again.status(i).stages["slow"].attempts == 1 for i in range(20)
+               if statuses[i].attempts == 0)
+
+
+def test_registration_survives_a_lost_connection(store_url):
+    """Bug 15: a connection lost while registering or unregistering the runner is retried."""
+    store = open_store(store_url)
+    fails = Counter[str]()
+    for name in ("register_runner", "unregister_runner"):
+        real = getattr(store, name)
+
+        def flaky(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            if fails[_name] < 2:
+                fails[_name] += 1
+                raise _LostReply("connection reset")
+            return _real(*args)
+
+        setattr(store, name, flaky)
+    store.is_disconnect = lambda exc: isinstance(exc, _LostReply)  # type: ignore[method-assign]
+
+    @stage()
+    def one(item):
+        return 1
+
+    runner = Runner(Pipeline("reg", [one]), store)
+    runner.submit({"id": "x"})
+    assert runner.run().completed == 1
+    assert fails == {"register_runner": 2, "unregister_runner": 2}
