@@ -406,7 +406,7 @@ def test_postgres_schema_option_rejects_a_bad_name_and_masks_the_password():
 @pytest.mark.parametrize("where", ["append_history", "set_ready", "claim"])
 def test_memory_store_rolls_back_a_transaction_that_fails_midway(monkeypatch, where):
     """A primitive raising inside a transaction leaves the memory store as it was."""
-    from treadle.store import memory
+    from treadle.store import memtables
     from treadle.store.base import Transition
 
     store = open_store("memory://")
@@ -419,7 +419,7 @@ def test_memory_store_rolls_back_a_transaction_that_fails_midway(monkeypatch, wh
     def boom(self, *args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(memory._MemoryTx, where, boom)
+    monkeypatch.setattr(memtables.MemoryTx, where, boom)
     done = [Transition(c.item_id, c.stage, c.attempt, "completed", output='"x"') for c in claims]
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.commit(versioned, "me", done, 10)
