@@ -187,6 +187,28 @@ class PostgresStore(SqlStore):
         return [(r.item_id, r.stage, r.name, r.attempt) in done for r in results]
 
     @staticmethod
+    def _set_state_batch(tx: Any, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
+                         from_states: Sequence[str], *, ready: bool, error: str | None,
+                         clear_output: bool) -> list[tuple[str, str]]:
+        """Rows from ``from_states`` to ``state`` in one round trip per page (a bulk
+        retry or rerun), instead of one statement per row; returns those moved."""
+        from psycopg2.extras import execute_values
+
+        sql = (
+            "UPDATE treadle_stage AS s SET state=v.state, ready=v.ready, owner=NULL, "
+            "error=v.error, updated_at=v.now::float8"
+            + (", output=NULL, review=NULL" if clear_output else "")
+            + " FROM (VALUES %s) AS v(pipeline, item_id, stage, state, ready, error, now, "
+            "from_states) WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id AND s.stage=v.stage "
+            "AND s.state = ANY(v.from_states::text[]) RETURNING s.item_id, s.stage"
+        )
+        states = list(from_states)
+        values = [(pipeline, i, st, state, 1 if ready else 0, error, tx.now, states)
+                  for i, st in dict.fromkeys(rows)]
+        done = {tuple(r) for r in execute_values(tx.cur, sql, values, page_size=500, fetch=True)}
+        return [r for r in dict.fromkeys(rows) if r in done]
+
+    @staticmethod
     def _insert_returning(cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> list[str]:
         """Insert what is new (several runners may submit the same items at once)."""
         from psycopg2.extras import execute_values

@@ -50,6 +50,8 @@ class SqlStore(BaseStore):
     # (tx, pipeline, owner, results) -> accepted flags, in one round trip per page
     _apply_batch: Any = None
     _apply_sub_batch: Any = None
+    # (tx, pipeline, rows, state, from_states, *, ready, error, clear_output) -> rows moved
+    _set_state_batch: Any = None
 
     def __init__(self, url: str, database: pw.Database) -> None:
         self.url = url

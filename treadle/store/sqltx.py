@@ -31,6 +31,7 @@ class Dialect(Protocol):
     _insert_returning: Any  # (cur, sql, rows) -> inserted ids, or None
     _apply_batch: Any  # (tx, pipeline, owner, transitions) -> accepted flags, or None
     _apply_sub_batch: Any  # (tx, pipeline, owner, results) -> accepted flags, or None
+    _set_state_batch: Any  # (tx, pipeline, rows, state, from_states, ...) -> rows moved, or None
 
     @property
     def _sql(self) -> Callable[[str], str]: ...
@@ -188,6 +189,11 @@ class SqlTx(Tx):
             + (", output=NULL, review=NULL" if clear_output else "")
             + f" WHERE pipeline=? AND item_id=? AND stage=? AND state IN ({marks(len(from_states))})"
         )
+        if self.store._set_state_batch is not None and len(rows) > 1:
+            batch: list[tuple[str, str]] = self.store._set_state_batch(
+                self, pipeline, rows, state, from_states, ready=ready, error=error,
+                clear_output=clear_output)
+            return batch
         moved = []
         for item_id, stage in rows:
             self.cur.execute(sql, (state, 1 if ready else 0, error, self.now, pipeline, item_id,
