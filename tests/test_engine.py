@@ -21,6 +21,7 @@ from treadle import (
     Review,
     Runner,
     Skipped,
+    StoreError,
     open_store,
     signals,
     stage,
@@ -385,3 +386,28 @@ def test_registration_survives_a_lost_connection(store_url):
     runner.submit({"id": "x"})
     assert runner.run().completed == 1
     assert fails == {"register_runner": 2, "unregister_runner": 2}
+
+
+def test_a_result_the_store_refuses_even_as_a_failure_is_given_back(store_url):
+    """If the store refuses a result and its failure record too, the claim is given back
+    and run() ends with a StoreError naming it (no endless retry); the rest committed."""
+    store = open_store(store_url)
+    real_commit = store.commit
+
+    def commit(shape: Any, owner: str, transitions: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(t.item_id == "bad" for t in transitions):
+            raise ValueError("the driver refuses everything about 'bad'")
+        return real_commit(shape, owner, transitions, *args, **kwargs)
+
+    store.commit = commit  # type: ignore[method-assign]
+
+    @stage()
+    def one(item):
+        return item["id"]
+
+    runner = Runner(Pipeline("refused", [one]), store)
+    runner.submit({"id": "bad"}, {"id": "good"})
+    with pytest.raises(StoreError, match=r"refuses to record the results of \[\('bad', 'one', 1\)\]"):
+        runner.run()
+    assert runner.status("good").stages["one"].state == StageState.COMPLETED
+    assert runner.status("bad").stages["one"].state == StageState.PENDING

@@ -63,7 +63,7 @@ class StageContext:
     """
 
     __slots__ = ("item_id", "stage", "attempt", "outputs", "feedback", "pipeline", "_log",
-                 "_cancelled", "_logger", "mark")
+                 "_cancelled", "_logger", "mark", "claimed_at")
 
     def __init__(self, item_id: str, stage: str, attempt: int, outputs: Mapping[str, Any], *,
                  pipeline: str = "", feedback: tuple[Any, ...] = (), logger: Any = None) -> None:
@@ -77,6 +77,7 @@ class StageContext:
         self._log: Any = None
         self._cancelled: threading.Event | None = None
         self.mark = StartMark()
+        self.claimed_at = time.time()
 
     @property
     def log(self) -> Any:

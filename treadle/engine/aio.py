@@ -13,20 +13,28 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
 from typing import Any
 
 
 class AsyncPool:
-    """Runs task coroutines on a loop thread; outcomes go to the results queue."""
+    """Runs task coroutines on a loop thread; outcomes go to the results queue.
+
+    Submissions are batched: the scheduler thread appends to a list and wakes
+    the loop once per batch (waking it per task makes the two threads fight
+    over the GIL).
+    """
 
     def __init__(self, limit: int, results: queue.SimpleQueue[tuple[Any, Any]]) -> None:
         self.capacity = limit
         self._results = results
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._futures: dict[Any, Future[None]] = {}
         self._lock = threading.Lock()
+        self._incoming: list[tuple[Any, Callable[..., Coroutine[Any, Any, Any]],
+                                   tuple[Any, ...]]] = []
+        self._woken = False
+        self._tasks: dict[Any, asyncio.Task[None]] = {}   # touched on the loop thread only
+        self._live: set[Any] = set()                       # submitted, not finished (any thread)
 
     def _start(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.new_event_loop()
@@ -52,11 +60,25 @@ class AsyncPool:
 
     def submit(self, task: Any, fn: Callable[..., Coroutine[Any, Any, Any]],
                args: tuple[Any, ...]) -> None:
-        """Start one task's coroutine on the loop."""
+        """Start one task's coroutine on the loop (with the next batch)."""
         loop = self._loop or self._start()
-        fut = asyncio.run_coroutine_threadsafe(self._run(task, fn, args), loop)
         with self._lock:
-            self._futures[task] = fut
+            self._incoming.append((task, fn, args))
+            self._live.add(task)
+            if self._woken:
+                return
+            self._woken = True
+        loop.call_soon_threadsafe(self._start_incoming)
+
+    def _start_incoming(self) -> None:
+        with self._lock:
+            batch, self._incoming = self._incoming, []
+            self._woken = False
+        loop = self._loop
+        assert loop is not None
+        for task, fn, args in batch:
+            if task in self._live:  # not cancelled meanwhile
+                self._tasks[task] = loop.create_task(self._run(task, fn, args))
 
     async def _run(self, task: Any, fn: Callable[..., Coroutine[Any, Any, Any]],
                    args: tuple[Any, ...]) -> None:
@@ -67,23 +89,32 @@ class AsyncPool:
         except BaseException as exc:  # noqa: BLE001 - handed to the scheduler
             outcome = exc
         finally:
+            self._tasks.pop(task, None)
             with self._lock:
-                self._futures.pop(task, None)
+                self._live.discard(task)
         self._results.put((task, outcome))
 
     def cancel(self, task: Any) -> None:
         """Cancel one task's coroutine (its ``finally`` blocks run); no result follows."""
         with self._lock:
-            fut = self._futures.pop(task, None)
-        if fut is not None:
-            fut.cancel()
+            if task not in self._live:
+                return
+            self._live.discard(task)
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._cancel, task)
+
+    def _cancel(self, task: Any) -> None:
+        running = self._tasks.pop(task, None)
+        if running is not None:
+            running.cancel()
 
     def running(self) -> list[Any]:
-        """The tasks whose coroutines are still running."""
+        """The tasks whose coroutines are still running (or about to start)."""
         with self._lock:
-            return list(self._futures)
+            return list(self._live)
 
-    def written_off(self) -> None:
+    def written_off(self, task: Any) -> None:
         """Nothing to replace: a coroutine holds no thread."""
 
     def returned(self) -> None:

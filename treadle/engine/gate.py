@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .. import instrument
 from ..errors import TreadleError
 from ..stage import StageSpec
 from ..states import StageState
@@ -78,7 +79,13 @@ async def judge(spec: StageSpec, item: Any, ctx: Any, value: Any, output: str, p
     item_id, stage, attempt = ctx.item_id, ctx.stage, ctx.attempt
     assert spec.gate is not None
     try:
-        verdict = to_verdict(await resolve(spec.gate(item, value, ctx), sync))
+        if instrument.active():
+            execution = instrument.Execution("gate", ctx.pipeline, item_id, stage, attempt)
+            with instrument.around(execution):
+                verdict = to_verdict(await resolve(spec.gate(item, value, ctx), sync))
+                execution.outcome = verdict_json(verdict)["verdict"]
+        else:
+            verdict = to_verdict(await resolve(spec.gate(item, value, ctx), sync))
     except Exception as exc:  # noqa: BLE001 - a broken gate fails this attempt only
         wrapped = TreadleError(f"the gate of stage {stage!r} raised {type(exc).__name__}: {exc}")
         wrapped.__traceback__ = exc.__traceback__

@@ -121,22 +121,20 @@ class Scheduler:
         self.aio: AsyncPool | None = None
         self.slots: Slots = None  # type: ignore[assignment]  # made with the pool in run()
         self.rollbacks: Rollbacks = None  # type: ignore[assignment]
-        self.capacity = 0
+        self._capacity = 0
+        self._sized_by: ExecutorPool | None = None
 
     # -- the run -------------------------------------------------------------
     def _start_pool(self) -> None:
         p = self.pipeline
         if self.executor is None:
             pool: ThreadPool | ExecutorPool = ThreadPool(self.workers, self.results)
-            # our threads say when they start: claim ahead for larger group commits
-            self.capacity = max(128, 8 * self.workers)
-            if self.on_loop:  # coroutines wait on I/O without a thread: hold that many more
-                self.capacity += self.async_limit
+            # our threads say when they start: claim ahead for larger group commits;
+            # coroutines wait on I/O without a thread: hold async_limit more of them
+            self._capacity = max(128, 8 * self.workers)
         else:
             pool = ExecutorPool(self.executor, self.workers, self.results)
-            self.capacity = 2 * pool.capacity  # claims follow what the executor can run
-            if self.on_loop:
-                self.capacity += self.async_limit
+            self._sized_by = pool  # claims follow what the executor can run, as it changes
         self.pool = pool
         limits = {n: s.concurrency for n, s in p.stages.items() if s.concurrency}
         timeouts = {n: s.timeout for n, s in p.stages.items() if s.timeout is not None}
@@ -144,6 +142,14 @@ class Scheduler:
         self.slots = Slots(pool, limits, timeouts, self.aio)
         self.rollbacks = Rollbacks(p, self.owner, self.lease, self.slots, self.reporter,
                                    self.stop.is_set, self._logger)
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks to hold at most (claimed ahead of the pool)."""
+        extra = self.async_limit if self.on_loop else 0
+        if self._sized_by is not None:
+            return 2 * self._sized_by.capacity + extra
+        return self._capacity + extra
 
     def run(self) -> Counters:
         """Run until nothing more can move (or a stop); returns the counters."""
@@ -254,6 +260,8 @@ class Scheduler:
         now = time.monotonic()
         for entry in self.slots.expire(now):
             self._expired(entry)
+        if self._sized_by is not None:
+            self.slots.refill()
         while self.timers and self.timers[0][0] <= now:
             _, _, parent, name = heapq.heappop(self.timers)
             if self.fanouts.get(parent) is not None:
@@ -328,13 +336,18 @@ class Scheduler:
             w = _Writes()
             w.restarts.extend(writes.restarts)
             pieces.append(w)
-        for piece in pieces:
+        for n, piece in enumerate(pieces):
             try:
-                self._after_commit(piece, self._store_commit(piece, 0))
+                try:
+                    self._after_commit(piece, self._store_commit(piece, 0))
+                except StoreError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - this one result cannot be stored
+                    self._store_failure(piece, err)
             except StoreError:
+                for rest in pieces[n + 1:]:  # not committed: shutdown gives their claims back
+                    self._restore(rest)
                 raise
-            except Exception as err:  # noqa: BLE001 - this one result cannot be stored
-                self._store_failure(piece, err)
         result = self._store_commit(_Writes(), limit)
         self._after_commit(_Writes(), result)
         return result.claims
@@ -357,10 +370,20 @@ class Scheduler:
         try:
             self._after_commit(fallback, self._store_commit(fallback, 0))
         except StoreError:
+            self._restore(piece)  # the connection is gone: shutdown gives the claim back
             raise
-        except Exception:  # noqa: BLE001 - give the claims back; the next run tries again
-            _log.exception("treadle: could not record a failure either; releasing the claim")
-            self._restore(piece)
+        except Exception as again:  # noqa: BLE001 - give the claims back and stop
+            keys = sorted(piece.claims())
+            try:
+                self.lease.call(self.store.release, self.pipeline, self.owner, keys)
+                given_back = "they go back to pending"
+            except Exception as exc:  # noqa: BLE001 - nothing more to try: end the run
+                given_back = f"giving them back failed too ({type(exc).__name__})"
+            raise StoreError(
+                f"The store refuses to record the results of {keys}, even as failures "
+                f"({type(again).__name__}: {clean_text(str(again))}); {given_back}. The run "
+                "stops here rather than retry them for ever; nothing committed is lost. "
+                "Check the database, then run again.") from again
 
     def _after_commit(self, writes: _Writes, result: CommitResult) -> None:
         """Everything that follows a committed transaction, in this order: claims
@@ -424,13 +447,13 @@ class Scheduler:
         if is_async(sub.fn):
             timeout = self.pipeline.stages[parent.stage].timeout
             self.slots.admit(Entry(task, execute_subtask_async,
-                                   (sub, parent.item_id, parent.stage, attempt, policy, timeout),
-                                   aio=True))
+                                   (sub, parent.item_id, parent.stage, attempt, policy, timeout,
+                                    self.pipeline.name), aio=True))
             return
         mark = StartMark()
         self.slots.admit(Entry(task, execute_subtask,
-                               (sub, parent.item_id, parent.stage, attempt, policy, mark),
-                               mark=mark))
+                               (sub, parent.item_id, parent.stage, attempt, policy, mark,
+                                self.pipeline.name), mark=mark))
 
     def _finish_fanout(self, run: FanRun) -> None:
         self.fanouts.pop(run.task)

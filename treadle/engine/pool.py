@@ -58,7 +58,7 @@ class ThreadPool:
         """Queue one task."""
         self._tasks.put((task, fn, args))
 
-    def written_off(self) -> None:
+    def written_off(self, task: Any) -> None:
         """A task timed out and may hold its thread for good: add a thread in its place."""
         with self._lock:
             if self._spares >= self.SPARE_FACTOR * self.capacity:
@@ -143,20 +143,32 @@ class ExecutorPool:
 
     It cannot tell when a task starts, so the scheduler hands it no more
     than :attr:`capacity` tasks at once and counts timeouts from hand-over.
+    An executor with a ``capacity`` attribute (e.g. a cluster whose workers
+    come and go) is asked again each time; one with ``submit_task(task, fn,
+    args)`` gets the task too (e.g. to pick per-stage resources).
     """
 
     def __init__(self, executor: Executor, workers: int,
                  results: queue.SimpleQueue[tuple[Any, Any]]) -> None:
         self.executor = executor
-        self.capacity = executor_capacity(executor, workers)
+        self._workers = workers
+        self._submit_task = getattr(executor, "submit_task", None)
         self._results = results
         self._futures: dict[Any, Future[Any]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def capacity(self) -> int:
+        """How many tasks the executor runs at once (asked again each time)."""
+        return executor_capacity(self.executor, self._workers)
+
     def submit(self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Hand one task to the executor (an executor that refuses it fails the task)."""
         try:
-            fut = self.executor.submit(fn, *args)
+            if self._submit_task is not None:
+                fut = self._submit_task(task, fn, args)
+            else:
+                fut = self.executor.submit(fn, *args)
         except BaseException as exc:  # noqa: BLE001 - e.g. an executor shutting down
             fut = Future()
             fut.set_exception(exc)
@@ -170,8 +182,12 @@ class ExecutorPool:
         if not fut.cancelled():
             self._results.put((task, _outcome(fut)))
 
-    def written_off(self) -> None:
-        """Nothing to do: the executor owns its workers."""
+    def written_off(self, task: Any) -> None:
+        """A task timed out: cancel it if the executor still can (a cluster can)."""
+        with self._lock:
+            fut = self._futures.get(task)
+        if fut is not None:
+            fut.cancel()
 
     def returned(self) -> None:
         """Nothing to do: the executor owns its workers."""

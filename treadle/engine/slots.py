@@ -44,12 +44,12 @@ class Lane:
     """One place tasks run (threads or executor, or the event loop) and how many it takes."""
 
     pool: ThreadPool | ExecutorPool | AsyncPool
-    limit: int | None                  # at most this many handed at once (None: the pool queues)
+    bounded: bool                      # hand at most pool.capacity at once (else the pool queues)
     in_flight: int = 0
     queued: collections.deque[Entry] = attrs.field(factory=collections.deque)
 
     def has_room(self) -> bool:
-        return self.limit is None or self.in_flight < self.limit
+        return not self.bounded or self.in_flight < self.pool.capacity
 
 
 class Slots:
@@ -67,8 +67,8 @@ class Slots:
         # A foreign executor cannot say when a task starts: hand it no more than it
         # can run, so hand-over is the start. Our own threads say when they start.
         self._remote = isinstance(pool, ExecutorPool)
-        self.threads = Lane(pool, pool.capacity if self._remote else None)
-        self.loop = Lane(aio, aio.capacity) if aio is not None else None
+        self.threads = Lane(pool, self._remote)
+        self.loop = Lane(aio, True) if aio is not None else None
         self._deadlines: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
         self._stale = 0
@@ -152,7 +152,7 @@ class Slots:
             entry.deadline = None
             self._release(entry)
             self.written_off.add(entry.task)
-            self.pool.written_off()
+            self.pool.written_off(entry.task)
             out.append(entry)
         return out
 
@@ -215,6 +215,12 @@ class Slots:
         self._release_limit(entry)
         while lane.queued and lane.has_room():
             self._hand(lane.queued.popleft(), lane)
+
+    def refill(self) -> None:
+        """Hand queued tasks to pools that have room now (a cluster that grew)."""
+        for lane in self._lanes():
+            while lane.queued and lane.has_room():
+                self._hand(lane.queued.popleft(), lane)
 
     def _lanes(self) -> list[Lane]:
         return [self.threads] if self.loop is None else [self.threads, self.loop]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .._crash import crash_point
+from .. import instrument
 from ..errors import SerializationError, StageTimeout
 from ..outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
 from ..serialization import ItemCodec, to_json
@@ -40,7 +41,10 @@ def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
     the signals."""
     if mark is not None:
         mark.start()
-    return run_sync(_stage(spec, codec, item_json, ctx, policy, gate_state, True))
+    run = _stage(spec, codec, item_json, ctx, policy, gate_state, True)
+    if instrument.active():
+        run = _observed(_stage_execution(ctx), run, _transition_outcome)
+    return run_sync(run)
 
 
 async def execute_async(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
@@ -52,8 +56,32 @@ async def execute_async(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: 
         ctx.cancelled.set()
         return failure(ctx.item_id, ctx.stage, ctx.attempt, exc, policy), None
 
-    return await _within(_stage(spec, codec, item_json, ctx, policy, gate_state, False),
-                         timeout, timed_out)
+    run = _stage(spec, codec, item_json, ctx, policy, gate_state, False)
+    if instrument.active():
+        run = _observed(_stage_execution(ctx), run, _transition_outcome)
+    return await _within(run, timeout, timed_out)
+
+
+def _stage_execution(ctx: Any) -> instrument.Execution:
+    return instrument.Execution("stage", ctx.pipeline, ctx.item_id, ctx.stage, ctx.attempt,
+                                claimed_at=getattr(ctx, "claimed_at", None))
+
+
+def _transition_outcome(result: tuple[Any, Any]) -> tuple[str, str | None]:
+    return result[0].state, result[0].error
+
+
+async def _observed(execution: instrument.Execution, run: Coroutine[Any, Any, T],
+                    describe: Callable[[T], tuple[str, str | None]]) -> T:
+    """Await ``run`` inside the instruments, telling them how it ended."""
+    with instrument.around(execution):
+        try:
+            result = await run
+        except asyncio.CancelledError:
+            execution.outcome = "cancelled"
+            raise
+        execution.outcome, execution.error = describe(result)
+        return result
 
 
 async def _within(run: Coroutine[Any, Any, T], timeout: float | None,
@@ -137,21 +165,37 @@ def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
 
 
 def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
-                    policy: Any = None, mark: Any = None) -> tuple[SubResult, Any]:
+                    policy: Any = None, mark: Any = None,
+                    pipeline: str = "") -> tuple[SubResult, Any]:
     """Run one subtask; never raises."""
     if mark is not None:
         mark.start()
-    return run_sync(_subtask(sub, item_id, stage, attempt, policy, True))
+    run = _subtask(sub, item_id, stage, attempt, policy, True)
+    if instrument.active():
+        run = _observed(_subtask_execution(sub, pipeline, item_id, stage, attempt), run, _sub_outcome)
+    return run_sync(run)
 
 
 async def execute_subtask_async(sub: SubTask, item_id: str, stage: str, attempt: int,
-                                policy: Any = None,
-                                timeout: float | None = None) -> tuple[SubResult, Any]:
+                                policy: Any = None, timeout: float | None = None,
+                                pipeline: str = "") -> tuple[SubResult, Any]:
     """:func:`execute_subtask` on the event loop, cancelled for real at ``timeout``."""
     def timed_out(exc: StageTimeout) -> tuple[SubResult, Any]:
         return sub_failure(item_id, stage, sub.name, attempt, exc, policy), None
 
-    return await _within(_subtask(sub, item_id, stage, attempt, policy, False), timeout, timed_out)
+    run = _subtask(sub, item_id, stage, attempt, policy, False)
+    if instrument.active():
+        run = _observed(_subtask_execution(sub, pipeline, item_id, stage, attempt), run, _sub_outcome)
+    return await _within(run, timeout, timed_out)
+
+
+def _subtask_execution(sub: SubTask, pipeline: str, item_id: str, stage: str,
+                       attempt: int) -> instrument.Execution:
+    return instrument.Execution("subtask", pipeline, item_id, stage, attempt, subtask=sub.name)
+
+
+def _sub_outcome(result: tuple[SubResult, Any]) -> tuple[str, str | None]:
+    return result[0].state, result[0].error
 
 
 async def _subtask(sub: SubTask, item_id: str, stage: str, attempt: int, policy: Any,
@@ -175,13 +219,27 @@ async def _subtask(sub: SubTask, item_id: str, stage: str, attempt: int, policy:
 def execute_rollback(spec: StageSpec, codec: ItemCodec, item_json: str,
                      ctx: Any) -> tuple[str | None, str | None]:
     """Run one stage's rollback; returns (error, traceback), both None on success."""
-    return run_sync(_rollback(spec, codec, item_json, ctx, True))
+    run = _rollback(spec, codec, item_json, ctx, True)
+    if instrument.active():
+        run = _observed(_rollback_execution(ctx), run, _rollback_outcome)
+    return run_sync(run)
 
 
 async def execute_rollback_async(spec: StageSpec, codec: ItemCodec, item_json: str,
                                  ctx: Any) -> tuple[str | None, str | None]:
     """:func:`execute_rollback` on the event loop."""
-    return await _rollback(spec, codec, item_json, ctx, False)
+    run = _rollback(spec, codec, item_json, ctx, False)
+    if instrument.active():
+        run = _observed(_rollback_execution(ctx), run, _rollback_outcome)
+    return await run
+
+
+def _rollback_execution(ctx: Any) -> instrument.Execution:
+    return instrument.Execution("rollback", ctx.pipeline, ctx.item_id, ctx.stage, ctx.attempt)
+
+
+def _rollback_outcome(result: tuple[str | None, str | None]) -> tuple[str, str | None]:
+    return ("failed" if result[0] else "rolled_back"), result[0]
 
 
 async def _rollback(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
