@@ -8,13 +8,18 @@ from typing import TYPE_CHECKING, Any
 from . import signals
 from ._diff import json_diff
 from .serialization import normalize_id, to_json
-from .store.base import CommitResult
+from .store.records import CommitResult, dumps
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .store.base import StateStore
 
 _UNSET: Any = object()
+
+
+def _check_expect(expect: object) -> None:
+    if expect is not None and (isinstance(expect, bool) or not isinstance(expect, int)):
+        raise ValueError(f"expect= is the review version the reviewer saw (an int), got {expect!r}")
 
 
 class ReviewMixin:
@@ -26,7 +31,8 @@ class ReviewMixin:
     def _prepare(self) -> None: ...
 
     def approve(self, item_id: Any, stage: str, *, data: Any = _UNSET, note: str | None = None,
-                reviewer: str | None = None, attempt: int | None = None) -> None:
+                reviewer: str | None = None, attempt: int | None = None,
+                expect: int | None = None) -> None:
         """Complete a stage awaiting review.
 
         Its output becomes ``data`` when given (the reviewer's edit), else the
@@ -37,7 +43,12 @@ class ReviewMixin:
         ``SerializationError`` for data that is not JSON; the store is then
         unchanged. For a gated stage, ``attempt=N`` approves the output of
         attempt N (listed in the review's ``attempts``) instead.
+
+        ``expect`` is the review version the reviewer saw
+        (``status(item).stages[stage].review.version``): if the stage was re-run
+        since, the decision is refused with ``InvalidTransitionError`` saying so.
         """
+        _check_expect(expect)
         key, stage = self._decision_target(item_id, stage)
         output = None
         if data is not _UNSET and attempt is not None:
@@ -47,32 +58,39 @@ class ReviewMixin:
         if data is not _UNSET:
             output = to_json(data, what="approved data", item_id=key, stage=stage)
         self._decide(key, stage, approve=True, output=output, note=note, reviewer=reviewer,
-                     actor=reviewer or "human")
+                     actor=reviewer or "human", expect=expect)
 
-    def reject(self, item_id: Any, stage: str, *, reason: str, reviewer: str | None = None) -> None:
+    def reject(self, item_id: Any, stage: str, *, reason: str, reviewer: str | None = None,
+               expect: int | None = None) -> None:
         """Reject a stage awaiting review: nothing downstream runs; the item is rejected.
 
         ``retry`` of a rejected stage runs it again, producing a fresh review.
+        ``expect``: the review version the reviewer saw (see :meth:`approve`).
         """
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError("reject() needs a reason, e.g. reason='duplicate of t1'")
+        _check_expect(expect)
         key, stage = self._decision_target(item_id, stage)
         self._decide(key, stage, approve=False, output=None, note=reason, reviewer=reviewer,
-                     actor=reviewer or "human")
+                     actor=reviewer or "human", expect=expect)
 
     def request_changes(self, item_id: Any, stage: str, *, feedback: Any,
-                        reviewer: str | None = None) -> None:
+                        reviewer: str | None = None, expect: int | None = None) -> None:
         """Send a stage awaiting review back to run again, with ``feedback``.
 
         The next attempt sees the feedback in ``ctx.feedback`` (after earlier
         gate feedback) and, for a gated stage, gets a fresh attempt budget.
+        ``feedback`` must be plain JSON data (else ``SerializationError``, and
+        nothing changes); ``expect``: the review version the reviewer saw (see
+        :meth:`approve`).
         """
         if feedback is None or (isinstance(feedback, str) and not feedback.strip()):
             raise ValueError("request_changes() needs feedback saying what to change")
+        _check_expect(expect)
         key, stage = self._decision_target(item_id, stage)
-        to_json(feedback, what="feedback", item_id=key, stage=stage)
+        dumps(feedback, what="feedback", item_id=key, stage=stage)  # before anything changes
         self.store.request_changes(self.pipeline, key, stage, feedback=feedback,
-                                   actor=reviewer or "human", reviewer=reviewer)
+                                   actor=reviewer or "human", reviewer=reviewer, expect=expect)
         signals.send(signals.review_decided, self.pipeline, item_id=key, stage=stage,
                      decision="changes_requested", data=feedback, reviewer=reviewer, note=None,
                      actor=reviewer or "human")
@@ -145,7 +163,8 @@ class ReviewMixin:
         return normalize_id(item_id), self.pipeline.check_stage(stage)
 
     def _decide(self, key: str, stage: str, *, approve: bool, output: str | None,
-                note: str | None, reviewer: str | None, actor: str) -> CommitResult:
+                note: str | None, reviewer: str | None, actor: str,
+                expect: int | None = None) -> CommitResult:
         decision = "approved" if approve else "rejected"
         review = {"decision": decision, "reviewer": reviewer, "note": note}
         details: dict[str, Any] = {"decision": decision, "reviewer": reviewer, "note": note}
@@ -154,7 +173,7 @@ class ReviewMixin:
             details["diff"] = json_diff(original, json.loads(output))
             details["edited"] = bool(details["diff"])
         result = self.store.decide(self.pipeline, key, stage, approve=approve, output=output,
-                                   review=review, actor=actor, details=details)
+                                   review=review, actor=actor, details=details, expect=expect)
         data = json.loads(result.accepted[0].output) if approve and result.accepted[0].output else None
         signals.send(signals.review_decided, self.pipeline, item_id=key, stage=stage,
                      decision=decision, data=data, reviewer=reviewer, note=note, actor=actor)

@@ -154,7 +154,7 @@ class Runner(ReviewMixin):
             if r.review is not None:
                 rv = from_json(r.review)
                 review = ReviewInfo(rv.get("data"), rv.get("message", ""), rv.get("decision"),
-                                    rv.get("reviewer"), rv.get("note"))
+                                    rv.get("reviewer"), rv.get("note"), version=r.attempt)
             stages[name] = StageStatus(
                 stage=name, state=StageState(r.state), attempts=r.attempt,
                 output=from_json(r.output), error=r.error, review=review,

@@ -29,6 +29,10 @@ class ReviewInfo:
     decision: str | None = None
     reviewer: str | None = None
     note: str | None = None
+    #: The review version: the stage's attempt when it went to review (it grows with
+    #: every re-run). Pass it as ``expect=`` to a decision so that it applies to what
+    #: the reviewer saw, and is refused if the stage was re-run meanwhile.
+    version: int | None = None
 
 
 @attrs.frozen

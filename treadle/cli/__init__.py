@@ -100,12 +100,18 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     approve.add_argument("--data", metavar="JSON", help="the edited data (JSON)")
     approve.add_argument("--note", help="a note kept in the history")
     approve.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
+    approve.add_argument("--expect", type=int, metavar="VERSION",
+                         help="the review version you saw (reviews --json lists it); refused "
+                              "if the stage was re-run since")
 
     reject = cmd("reject", "reject one stage awaiting review",
                  "python -m treadle reject app.py:pipeline t2 review --reason duplicate", item="required")
     reject.add_argument("stage", metavar="STAGE")
     reject.add_argument("--reason", required=True, help="why (kept in the history)")
     reject.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
+    reject.add_argument("--expect", type=int, metavar="VERSION",
+                        help="the review version you saw (reviews --json lists it); refused "
+                             "if the stage was re-run since")
 
     retry = cmd("retry", "failed (and rejected) stages back to pending",
                 "python -m treadle retry app.py:pipeline --all-failed", item="optional")
@@ -338,7 +344,8 @@ def _reviews(args, runner: Runner, url, stdin, stdout, stderr) -> int:
     waiting = _waiting(runner, args.stage)
     if args.json:
         stdout.write(json.dumps([{"item_id": i, "stage": s, "message": r.message if r else "",
-                                  "data": r.data if r else None} for i, s, r in waiting],
+                                  "data": r.data if r else None,
+                                  "version": r.version if r else None} for i, s, r in waiting],
                                 indent=2) + "\n")
         return 0
     if not waiting:
@@ -385,7 +392,8 @@ def _approve(args, runner: Runner, url, stdin, stdout, stderr) -> int:
     kwargs: dict[str, Any] = {}
     if args.data is not None:
         kwargs["data"] = _json_arg(args.data, "--data")
-    runner.approve(args.item, args.stage, note=args.note, reviewer=_reviewer(args), **kwargs)
+    runner.approve(args.item, args.stage, note=args.note, reviewer=_reviewer(args),
+                   expect=args.expect, **kwargs)
     stdout.write(f"approved {args.item} at {args.stage}"
                  f"{' with edited data' if 'data' in kwargs else ''}; "
                  f"continue with: python -m treadle run {_target_hint(args, url)}\n")
@@ -393,7 +401,8 @@ def _approve(args, runner: Runner, url, stdin, stdout, stderr) -> int:
 
 
 def _reject(args, runner: Runner, url, stdin, stdout, stderr) -> int:
-    runner.reject(args.item, args.stage, reason=args.reason, reviewer=_reviewer(args))
+    runner.reject(args.item, args.stage, reason=args.reason, reviewer=_reviewer(args),
+                  expect=args.expect)
     stdout.write(f"rejected {args.item} at {args.stage}\n")
     return 0
 

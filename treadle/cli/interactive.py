@@ -60,7 +60,9 @@ def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out
         return tally
     for n, (item_id, name, st) in enumerate(inbox, 1):
         review = st.review
-        out.write(f"\n[{n}/{len(inbox)}] item {item_id}, stage {name}\n")
+        version = review.version if review else None  # what is shown is what is decided
+        out.write(f"\n[{n}/{len(inbox)}] item {item_id}, stage {name}"
+                  f"{f' (version {version})' if version is not None else ''}\n")
         if review and review.message:
             out.write(f"{review.message}\n")
         out.write(json.dumps(review.data if review else None, indent=2, ensure_ascii=False) + "\n")
@@ -76,25 +78,27 @@ def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out
                 return tally
             try:
                 if choice in ("a", "approve"):
-                    runner.approve(item_id, name, reviewer=reviewer)
+                    runner.approve(item_id, name, reviewer=reviewer, expect=version)
                     tally["approved"] += 1
                 elif choice in ("e", "edit"):
                     ok, data = edit_json(review.data if review else None, ask, out)
                     if not ok:
                         continue
-                    runner.approve(item_id, name, data=data, reviewer=reviewer)
+                    runner.approve(item_id, name, data=data, reviewer=reviewer, expect=version)
                     tally["edited"] += 1
                 elif choice in ("r", "reject"):
                     reason = _required(ask, out, "reason: ", "a rejection needs a reason")
                     if reason is None:
                         continue
-                    runner.reject(item_id, name, reason=reason, reviewer=reviewer)
+                    runner.reject(item_id, name, reason=reason, reviewer=reviewer,
+                                  expect=version)
                     tally["rejected"] += 1
                 elif choice in ("c", "changes"):
                     feedback = _required(ask, out, "what should change? ", "changes need feedback")
                     if feedback is None:
                         continue
-                    runner.request_changes(item_id, name, feedback=feedback, reviewer=reviewer)
+                    runner.request_changes(item_id, name, feedback=feedback, reviewer=reviewer,
+                                           expect=version)
                     tally["changes"] += 1
                 elif choice in ("s", "skip"):
                     tally["skipped"] += 1

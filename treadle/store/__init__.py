@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import StoreError
 from .base import StateStore
 from .memory import MemoryStore
 from .urls import mask_url, split
-from ..errors import StoreError
 
 __all__ = ["MemoryStore", "StateStore", "open_store"]
 
@@ -29,7 +29,7 @@ def open_store(url: str = "sqlite:///treadle.db") -> StateStore:
     if scheme == "sqlite":
         from .sqlite import SqliteStore
 
-        path = rest[1:] if rest.startswith("/") else rest
+        path = rest.removeprefix("/")
         if not path:
             raise StoreError(f"Store URL {url!r} names no file; use sqlite:///path/to/file.db.")
         unknown = set(query) - {"synchronous", "busy_timeout"}

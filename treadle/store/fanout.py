@@ -10,131 +10,75 @@ dropped. Subtask results are guarded on owner and attempt like stage results.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-import attrs
 
 from .._crash import crash_point
 from ..states import SubtaskState
-
-if TYPE_CHECKING:
-    from .base import Shape, Tx
+from .records import FanOutPlan, FanOutStart, HistoryRow, Shape, SubRecord, SubResult
+from .tx import Tx
 
 RUNNING = SubtaskState.RUNNING.value
 COMPLETED = SubtaskState.COMPLETED.value
 
 
-@attrs.frozen
-class FanOutStart:
-    """A stage returned FanOut with these subtask names (in order)."""
-
-    item_id: str
-    stage: str
-    attempt: int
-    names: tuple[str, ...]
-
-
-@attrs.frozen
-class FanOutPlan:
-    """What to run for a started fan-out; ``refused`` if the stage claim was lost."""
-
-    item_id: str
-    stage: str
-    attempt: int
-    run: list[tuple[str, int]]
-    kept: dict[str, str | None]
-    dropped: list[str]
-    refused: bool = False
-
-
-@attrs.frozen
-class SubResult:
-    """The result of one subtask run."""
-
-    item_id: str
-    stage: str
-    name: str
-    attempt: int
-    state: str
-    output: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    logged_as: str | None = None  # history state when it differs (a retry: "failed")
-    details: str | None = None
-
-
-@attrs.frozen
-class SubRecord:
-    """A stored subtask row."""
-
-    stage: str
-    name: str
-    state: str
-    attempt: int
-    output: str | None
-    error: str | None
-
-
-class FanOutOps:
-    """Mixed into BaseStore: the fan-out steps of a group commit."""
-
-    def _start_fanouts(self, tx: Tx, shape: Shape, owner: str,
-                       starts: Sequence[FanOutStart]) -> list[FanOutPlan]:
-        from .base import HistoryRow
-
-        plans = []
-        for s in starts:
-            row = tx.rows(shape.name, s.item_id).get(s.stage)
-            if row is None or row.state != "running" or row.attempt != s.attempt or \
-                    tx.owner_of(shape.name, s.item_id, s.stage) != owner:
-                plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, [], {}, [], refused=True))
-                continue
-            existing = tx.subtask_rows(shape.name, s.item_id, s.stage)
-            kept = {n: existing[n].output for n in s.names
-                    if n in existing and existing[n].state == COMPLETED}
-            run = [(n, (existing[n].attempt if n in existing else 0) + 1)
-                   for n in s.names if n not in kept]
-            dropped = [n for n in existing if n not in s.names]
-            tx.upsert_subtasks(shape.name, s.item_id, s.stage, [(n, RUNNING, a, owner) for n, a in run])
-            tx.delete_subtasks(shape.name, s.item_id, s.stage, dropped)
-            crash_point("mid-fanout-start")
-            tx.append_history(shape.name, [
-                *(HistoryRow(s.item_id, s.stage, RUNNING, a, owner, subtask=n) for n, a in run),
-                *(HistoryRow(s.item_id, s.stage, "dropped", existing[n].attempt, owner, subtask=n,
-                             details='{"reason":"no longer in the FanOut"}') for n in dropped),
-            ])
-            plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, run, kept, dropped))
-        return plans
-
-    def _apply_subtasks(self, tx: Tx, shape: Shape, owner: str, results: Sequence[SubResult]
-                        ) -> tuple[list[SubResult], list[SubResult]]:
-        from .base import HistoryRow
-
-        if not results:
-            return [], []
-        flags = tx.apply_subtasks(shape.name, owner, results)
-        accepted = [r for r, ok in zip(results, flags) if ok]
+def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart]
+                  ) -> list[FanOutPlan]:
+    """Claim the subtasks of started fan-outs; a stage no longer ours is refused."""
+    plans = []
+    for s in starts:
+        row = tx.rows(shape.name, s.item_id).get(s.stage)
+        if row is None or row.state != "running" or row.attempt != s.attempt or \
+                tx.owner_of(shape.name, s.item_id, s.stage) != owner:
+            plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, [], {}, [], refused=True))
+            continue
+        existing = tx.subtask_rows(shape.name, s.item_id, s.stage)
+        kept = {n: existing[n].output for n in s.names
+                if n in existing and existing[n].state == COMPLETED}
+        run = [(n, (existing[n].attempt if n in existing else 0) + 1)
+               for n in s.names if n not in kept]
+        dropped = [n for n in existing if n not in s.names]
+        tx.upsert_subtasks(shape.name, s.item_id, s.stage, [(n, RUNNING, a, owner) for n, a in run])
+        tx.delete_subtasks(shape.name, s.item_id, s.stage, dropped)
+        crash_point("mid-fanout-start")
         tx.append_history(shape.name, [
-            HistoryRow(r.item_id, r.stage, r.logged_as or r.state, r.attempt, owner, r.error,
-                       r.traceback, r.details, subtask=r.name)
-            for r in accepted
+            *(HistoryRow(s.item_id, s.stage, RUNNING, a, owner, subtask=n) for n, a in run),
+            *(HistoryRow(s.item_id, s.stage, "dropped", existing[n].attempt, owner, subtask=n,
+                         details='{"reason":"no longer in the FanOut"}') for n in dropped),
         ])
-        return accepted, [r for r, ok in zip(results, flags) if not ok]
+        plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, run, kept, dropped))
+    return plans
 
-    def _restart_subtasks(self, tx: Tx, shape: Shape, owner: str,
-                          restarts: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, int]]:
-        """Claim pending subtasks again (a retry after its wait): (item, stage, name, attempt)."""
-        from .base import HistoryRow
 
-        out = []
-        for item_id, stage, name in restarts:
-            if tx.owner_of(shape.name, item_id, stage) != owner:
-                continue  # the stage's claim was lost meanwhile
-            row = tx.subtask_rows(shape.name, item_id, stage).get(name)
-            if row is None or row.state != SubtaskState.PENDING.value:
-                continue
-            tx.upsert_subtasks(shape.name, item_id, stage, [(name, RUNNING, row.attempt + 1, owner)])
-            out.append((item_id, stage, name, row.attempt + 1))
-        tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner, subtask=n)
-                                       for i, s, n, a in out])
-        return out
+def apply_subtasks(tx: Tx, shape: Shape, owner: str, results: Sequence[SubResult]
+                   ) -> tuple[list[SubResult], list[SubResult]]:
+    """Apply guarded subtask results: (accepted, refused)."""
+    if not results:
+        return [], []
+    flags = tx.apply_subtasks(shape.name, owner, results)
+    accepted = [r for r, ok in zip(results, flags) if ok]
+    tx.append_history(shape.name, [
+        HistoryRow(r.item_id, r.stage, r.logged_as or r.state, r.attempt, owner, r.error,
+                   r.traceback, r.details, subtask=r.name)
+        for r in accepted
+    ])
+    return accepted, [r for r, ok in zip(results, flags) if not ok]
+
+
+def restart_subtasks(tx: Tx, shape: Shape, owner: str,
+                     restarts: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, int]]:
+    """Claim pending subtasks again (a retry after its wait): (item, stage, name, attempt)."""
+    out = []
+    for item_id, stage, name in restarts:
+        if tx.owner_of(shape.name, item_id, stage) != owner:
+            continue  # the stage's claim was lost meanwhile
+        row = tx.subtask_rows(shape.name, item_id, stage).get(name)
+        if row is None or row.state != SubtaskState.PENDING.value:
+            continue
+        tx.upsert_subtasks(shape.name, item_id, stage, [(name, RUNNING, row.attempt + 1, owner)])
+        out.append((item_id, stage, name, row.attempt + 1))
+    tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner, subtask=n)
+                                   for i, s, n, a in out])
+    return out
+
+
+__all__ = ["FanOutPlan", "FanOutStart", "SubRecord", "SubResult", "apply_subtasks",
+           "restart_subtasks", "start_fanouts"]

@@ -1,24 +1,40 @@
-"""Human operations on the store: review decisions, reruns, review timeouts.
+"""Human operations on the store: review decisions, retries, reruns, review timeouts.
 
-Each is one transaction that checks the current state and changes it only if
-that state allows (compare-and-set); otherwise it raises and changes nothing.
+Each is a function over one :class:`Tx` that checks the current state and
+changes it only if that state allows (compare-and-set); otherwise it raises
+and, the transaction being rolled back, changes nothing. Every value it
+writes is serialised before the first row changes.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._crash import crash_point
 from ..errors import InvalidTransitionError
-from ..states import StageState
+from .flow import advance, finish
+from .logic import deps_done
+from .records import (
+    AWAITING,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    REJECTED,
+    ROLLING_BACK,
+    RUNNING,
+    CommitResult,
+    HistoryRow,
+    Shape,
+    StageRecord,
+    Transition,
+    dumps,
+)
+from .tx import Tx
 
-if TYPE_CHECKING:
-    from .base import CommitResult, Shape, Tx
-
-AWAITING = StageState.AWAITING_REVIEW.value
-RUNNING = StageState.RUNNING.value
+_ALL_BUT_RUNNING = ("pending", "completed", "skipped", "awaiting_review", "rejected", "failed",
+                    "rolled_back")
 
 
 def not_awaiting(item_id: str, stage: str, state: str) -> InvalidTransitionError:
@@ -30,117 +46,166 @@ def not_awaiting(item_id: str, stage: str, state: str) -> InvalidTransitionError
     )
 
 
-class HumanOps:
-    """Mixed into BaseStore; uses its ``transaction``, ``_advance`` and ``_finish``."""
-
-    def decide(self, shape: Shape, item_id: str, stage: str, *, approve: bool,
-               output: str | None, review: dict[str, Any], actor: str,
-               details: dict[str, Any]) -> CommitResult:
-        """Approve (complete with ``output``, or the review data when None) or
-        reject one stage awaiting review; raise if it is not awaiting review."""
-        from .base import CommitResult, HistoryRow, Transition
-
-        with self.transaction() as tx:  # type: ignore[attr-defined]
-            row = self._awaiting_row(tx, shape, item_id, stage)
-            stored = json.loads(row.review) if row.review else {}
-            if approve and output is None:
-                output = json.dumps(stored.get("data"), separators=(",", ":"))
-            state = StageState.COMPLETED.value if approve else StageState.REJECTED.value
-            new_review = json.dumps({**stored, **review}, separators=(",", ":"))
-            if not tx.cas(shape.name, item_id, stage, AWAITING, state,
-                          output=output if approve else None, review=new_review):
-                raise not_awaiting(item_id, stage, "changed concurrently")
-            crash_point("mid-review-decision")
-            tx.append_history(shape.name, [HistoryRow(
-                item_id, stage, state, row.attempt, actor,
-                details=json.dumps(details, separators=(",", ":")))])
-            t = Transition(item_id, stage, row.attempt, state, output=output)
-            skipped, check = self._advance(tx, shape, actor, [t])  # type: ignore[attr-defined]
-            finished = self._finish(tx, shape, check)  # type: ignore[attr-defined]
-        return CommitResult([t], [], skipped, finished, [])
-
-    def request_changes(self, shape: Shape, item_id: str, stage: str, *, feedback: Any,
-                        actor: str, reviewer: str | None) -> None:
-        """Send a stage awaiting review back to pending with the reviewer's feedback."""
-        from .base import HistoryRow
-
-        with self.transaction() as tx:  # type: ignore[attr-defined]
-            row = self._awaiting_row(tx, shape, item_id, stage)
-            if not tx.set_state(shape.name, [(item_id, stage)], StageState.PENDING.value,
-                                (AWAITING,), ready=True):
-                raise not_awaiting(item_id, stage, "changed concurrently")
-            tx.append_history(shape.name, [HistoryRow(
-                item_id, stage, "changes_requested", row.attempt, actor,
-                details=json.dumps({"feedback": feedback, "reviewer": reviewer},
-                                   separators=(",", ":")))])
-            tx.set_item_states(shape.name, [(item_id, StageState.PENDING.value)])
-
-    def _awaiting_row(self, tx: Tx, shape: Shape, item_id: str, stage: str) -> Any:
-        rows = tx.rows(shape.name, item_id)
-        if not rows:
-            self._require_item(tx, shape, item_id)  # type: ignore[attr-defined]
-        row = rows.get(stage)
-        if row is None or row.state != AWAITING:
-            raise not_awaiting(item_id, stage, row.state if row else StageState.PENDING.value)
-        return row
-
-    def rerun(self, shape: Shape, item_id: str, stage: str, actor: str) -> list[str]:
-        """Send ``stage`` and everything downstream back to pending; returns the
-        stages reset. Superseded outputs and review decisions are kept in the
-        history. Refused while any of them is running."""
-        from .base import HistoryRow
-
-        targets = [s for s in shape.order if s == stage or s in shape.descendants[stage]]
-        with self.transaction() as tx:  # type: ignore[attr-defined]
-            tx.lock_stage_rows(shape.name, item_id)  # no claim may slip in meanwhile
-            rows = tx.rows(shape.name, item_id)
-            if not rows:
-                self._require_item(tx, shape, item_id)  # type: ignore[attr-defined]
-            busy = [s for s in targets if s in rows and rows[s].state == RUNNING]
-            if busy:
-                raise InvalidTransitionError(
-                    f"Cannot rerun item {item_id!r} from {stage!r}: stage {busy[0]!r} is running "
-                    "right now. Wait for it to finish, then rerun.",
-                    item_id=item_id, stage=busy[0], state=RUNNING,
-                )
-            reset = [s for s in targets if s in rows and rows[s].state != StageState.PENDING.value]
-            states = {s: (r.state, r.ready) for s, r in rows.items()}
-            from .logic import deps_done
-            first_ready = deps_done(shape.deps[stage], states)
-            all_states = [st.value for st in StageState if st.value != RUNNING]
-            moved = tx.set_state(shape.name, [(item_id, s) for s in reset if s != stage],
-                                 StageState.PENDING.value, all_states, ready=False,
-                                 clear_output=True)
-            if stage in reset:
-                moved += tx.set_state(shape.name, [(item_id, stage)], StageState.PENDING.value,
-                                      all_states, ready=first_ready, clear_output=True)
-            # Stages already pending keep no stale readiness: downstream ones wait again.
-            pending = StageState.PENDING.value
-            waiting = [(item_id, s) for s in targets
-                       if s in rows and rows[s].state == pending and s != stage]
-            tx.set_state(shape.name, waiting, pending, (pending,), ready=False)
-            if stage in rows and rows[stage].state == pending:
-                tx.set_state(shape.name, [(item_id, stage)], pending, (pending,), ready=first_ready)
-            history = []
-            for s in reset:
-                old = rows[s]
-                info: dict[str, Any] = {"reason": "rerun", "from_stage": stage,
-                                        "previous_state": old.state}
-                if old.output is not None:
-                    info["superseded_output"] = json.loads(old.output)
-                if old.review is not None:
-                    info["cleared_review"] = json.loads(old.review)
-                history.append(HistoryRow(item_id, s, StageState.PENDING.value, old.attempt,
-                                          actor, details=json.dumps(info, separators=(",", ":"))))
-            tx.append_history(shape.name, history)
-            tx.set_item_states(shape.name, [(item_id, StageState.PENDING.value)])
-        names = {s for _, s in moved}
-        return [s for s in targets if s in names]
-
-    def overdue_reviews(self, shape: Shape, stage: str, timeout: float) -> list[str]:
-        """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""
-        with self.transaction() as tx:  # type: ignore[attr-defined]
-            return tx.overdue(shape.name, stage, tx.now - timeout)
+def version_changed(item_id: str, stage: str, seen: int, now: int) -> InvalidTransitionError:
+    """The error for a decision on a review version the reviewer did not see."""
+    if seen < now:
+        what = f"was re-run since you saw version {seen}"
+    else:
+        what = f"has no review version {seen} yet"
+    return InvalidTransitionError(
+        f"Stage {stage!r} of item {item_id!r} {what}; it now awaits review of version {now}: "
+        "look again (python -m treadle reviews shows it) and decide on what it shows now.",
+        item_id=item_id, stage=stage, state=AWAITING,
+    )
 
 
-__all__: Sequence[str] = ["HumanOps", "not_awaiting"]
+def rolling_back(item_id: str, what: str) -> InvalidTransitionError:
+    """The error for a retry or rerun of an item whose rollback waits or runs."""
+    return InvalidTransitionError(
+        f"Cannot {what} item {item_id!r}: it is rolling back (its compensations run now or "
+        "wait for a runner). Wait for the rollback to finish (python -m treadle status shows "
+        "it as rolled_back), then retry or rerun it.", item_id=item_id, state=ROLLING_BACK,
+    )
+
+
+def awaiting_row(tx: Tx, shape: Shape, item_id: str, stage: str,
+                 expect: int | None = None) -> StageRecord:
+    """The row of a stage awaiting review (locked until commit), at version ``expect``."""
+    tx.lock_stage_rows(shape.name, item_id)
+    rows = tx.rows(shape.name, item_id)
+    if not rows:
+        tx.require_item(shape.name, item_id)
+    row = rows.get(stage)
+    if row is None or row.state != AWAITING:
+        raise not_awaiting(item_id, stage, row.state if row else PENDING)
+    if expect is not None and row.attempt != expect:
+        raise version_changed(item_id, stage, expect, row.attempt)
+    return row
+
+
+def decide(tx: Tx, shape: Shape, item_id: str, stage: str, *, approve: bool,
+           output: str | None, review: dict[str, Any], actor: str, details: dict[str, Any],
+           expect: int | None = None) -> CommitResult:
+    """Approve (complete with ``output``, or the review data when None) or reject one
+    stage awaiting review, at review version ``expect`` when given."""
+    details_json = dumps(details, what="decision record", item_id=item_id, stage=stage)
+    dumps(review, what="review decision", item_id=item_id, stage=stage)
+    row = awaiting_row(tx, shape, item_id, stage, expect)
+    stored = json.loads(row.review) if row.review else {}
+    if approve and output is None:
+        output = dumps(stored.get("data"), what="review data", item_id=item_id, stage=stage)
+    state = COMPLETED if approve else REJECTED
+    new_review = dumps({**stored, **review}, what="review", item_id=item_id, stage=stage)
+    if not tx.cas(shape.name, item_id, stage, AWAITING, state, output=output if approve else None,
+                  review=new_review, attempt=row.attempt):
+        raise not_awaiting(item_id, stage, "changed concurrently")
+    crash_point("mid-review-decision")
+    tx.append_history(shape.name, [HistoryRow(item_id, stage, state, row.attempt, actor,
+                                              details=details_json)])
+    t = Transition(item_id, stage, row.attempt, state, output=output)
+    skipped, check = advance(tx, shape, actor, [t])
+    finished = finish(tx, shape, check)
+    return CommitResult([t], [], skipped, finished, [])
+
+
+def request_changes(tx: Tx, shape: Shape, item_id: str, stage: str, *, feedback: Any,
+                    actor: str, reviewer: str | None, expect: int | None = None) -> None:
+    """Send a stage awaiting review back to pending with the reviewer's feedback."""
+    details = dumps({"feedback": feedback, "reviewer": reviewer}, what="feedback",
+                    item_id=item_id, stage=stage)
+    row = awaiting_row(tx, shape, item_id, stage, expect)
+    if not tx.set_state(shape.name, [(item_id, stage)], PENDING, (AWAITING,), ready=True):
+        raise not_awaiting(item_id, stage, "changed concurrently")
+    tx.append_history(shape.name, [HistoryRow(item_id, stage, "changes_requested", row.attempt,
+                                              actor, details=details)])
+    tx.set_item_states(shape.name, [(item_id, PENDING)])
+
+
+def _refuse_rolling_back(tx: Tx, shape: Shape, item_ids: set[str], what: str) -> None:
+    if not item_ids:
+        return
+    for item_id in sorted(set(tx.rolling_back(shape.name)) & item_ids):
+        raise rolling_back(item_id, what)
+
+
+def retry(tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
+          actor: str) -> list[tuple[str, str]]:
+    """Failed (and rejected) stages back to pending, ready when their dependencies are
+    done; returns those moved. Linear in the stages moved."""
+    rows = tx.find(shape.name, shape.order, item_id, stage, (FAILED, REJECTED))
+    if item_id is not None and not rows:
+        tx.require_item(shape.name, item_id)
+    items = {i for i, _ in rows}
+    _refuse_rolling_back(tx, shape, items, "retry")
+    states = tx.stage_states(shape.name, items)
+    ready: list[tuple[str, str]] = []
+    waiting: list[tuple[str, str]] = []
+    for i, s in rows:
+        (ready if deps_done(shape.deps[s], states.get(i, {})) else waiting).append((i, s))
+    moved = tx.set_state(shape.name, ready, PENDING, (FAILED, REJECTED), ready=True, error=None)
+    moved += tx.set_state(shape.name, waiting, PENDING, (FAILED, REJECTED), ready=False, error=None)
+    # Again once the rows are ours: a concurrent commit may have failed one of these
+    # items for good (and marked it rolling back) while we read.
+    _refuse_rolling_back(tx, shape, items, "retry")
+    tx.append_history(shape.name, [HistoryRow(i, s, PENDING, 0, actor, details='{"reason":"retry"}')
+                                   for i, s in moved])
+    tx.set_item_states(shape.name, [(i, PENDING) for i in dict.fromkeys(i for i, _ in moved)])
+    return moved
+
+
+def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str) -> list[str]:
+    """Send ``stage`` and everything downstream back to pending; returns the stages
+    reset. Superseded outputs and review decisions are kept in the history.
+    Refused while any of them is running or the item rolls back."""
+    targets = [s for s in shape.order if s == stage or s in shape.descendants[stage]]
+    tx.lock_stage_rows(shape.name, item_id)  # no claim may slip in meanwhile
+    rows = tx.rows(shape.name, item_id)
+    if not rows:
+        tx.require_item(shape.name, item_id)
+    _refuse_rolling_back(tx, shape, {item_id}, "rerun")
+    busy = [s for s in targets if s in rows and rows[s].state == RUNNING]
+    if busy:
+        raise InvalidTransitionError(
+            f"Cannot rerun item {item_id!r} from {stage!r}: stage {busy[0]!r} is running "
+            "right now. Wait for it to finish, then rerun.",
+            item_id=item_id, stage=busy[0], state=RUNNING,
+        )
+    reset = [s for s in targets if s in rows and rows[s].state != PENDING]
+    history = []
+    for s in reset:
+        old = rows[s]
+        info: dict[str, Any] = {"reason": "rerun", "from_stage": stage, "previous_state": old.state}
+        if old.output is not None:
+            info["superseded_output"] = json.loads(old.output)
+        if old.review is not None:
+            info["cleared_review"] = json.loads(old.review)
+        history.append(HistoryRow(item_id, s, PENDING, old.attempt, actor,
+                                  details=dumps(info, what="rerun record", item_id=item_id)))
+    states = {s: (r.state, r.ready) for s, r in rows.items()}
+    first_ready = deps_done(shape.deps[stage], states)
+    moved = tx.set_state(shape.name, [(item_id, s) for s in reset if s != stage], PENDING,
+                         _ALL_BUT_RUNNING, ready=False, clear_output=True)
+    if stage in reset:
+        moved += tx.set_state(shape.name, [(item_id, stage)], PENDING, _ALL_BUT_RUNNING,
+                              ready=first_ready, clear_output=True)
+    # Stages already pending keep no stale readiness: downstream ones wait again.
+    waiting = [(item_id, s) for s in targets
+               if s in rows and rows[s].state == PENDING and s != stage]
+    tx.set_state(shape.name, waiting, PENDING, (PENDING,), ready=False)
+    if stage in rows and rows[stage].state == PENDING:
+        tx.set_state(shape.name, [(item_id, stage)], PENDING, (PENDING,), ready=first_ready)
+    tx.append_history(shape.name, history)
+    tx.set_item_states(shape.name, [(item_id, PENDING)])
+    names = {s for _, s in moved}
+    return [s for s in targets if s in names]
+
+
+def overdue_reviews(tx: Tx, shape: Shape, stage: str, timeout: float) -> list[str]:
+    """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""
+    return tx.overdue(shape.name, stage, tx.now - timeout)
+
+
+__all__: Sequence[str] = [
+    "awaiting_row", "decide", "not_awaiting", "overdue_reviews", "request_changes", "rerun",
+    "retry", "rolling_back", "version_changed",
+]

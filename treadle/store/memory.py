@@ -1,15 +1,16 @@
 """``MemoryStore``: the state store in a Python dict; for tests and throwaway runs.
 
 It implements the same protocol and passes the same conformance suite as
-the SQL store, but keeps nothing when the process ends. Transactions are a
-re-entrant lock; every write validates before it mutates, so a refused
-operation leaves the store as it was.
+the SQL store, but keeps nothing when the process ends. A transaction holds
+the store's re-entrant lock and keeps an undo log: every primitive saves the
+rows it is about to change (once per transaction), so a transaction that
+raises half-way is rolled back and leaves the store exactly as it was.
+The rows, their indexes and the primitives live in ``memtables.py``; this
+module holds the store's lock, its transactions and its reads.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import threading
 import time
@@ -21,302 +22,10 @@ import attrs
 
 from ..errors import ItemNotFoundError
 from ..states import DONE_STATES
-from .base import (
-    PENDING, RUNNING, BaseStore, HistoryRow, Outlook, Shape, StageRecord, Transition, Tx,
-)
-from .fanout import SubRecord, SubResult
-
-
-@attrs.define
-class _Row:
-    id: int
-    state: str
-    ready: bool
-    attempt: int = 0
-    owner: str | None = None
-    not_before: float = 0.0
-    output: str | None = None
-    error: str | None = None
-    review: str | None = None
-    updated_at: float = 0.0
-
-
-@attrs.define
-class _Sub:
-    id: int
-    state: str
-    attempt: int
-    owner: str | None
-    output: str | None = None
-    error: str | None = None
-    updated_at: float = 0.0
-
-
-@attrs.define
-class _Item:
-    id: int
-    data: str
-    state: str
-    submitted_at: float
-
-
-class _MemoryTx(Tx):
-    def __init__(self, store: MemoryStore) -> None:
-        self.s = store
-        self.now = time.time()
-
-    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
-        items = self.s._items.setdefault(pipeline, {})
-        new = []
-        for item_id, data in rows:
-            if item_id not in items:
-                items[item_id] = _Item(next(self.s._ids), data, PENDING, self.now)
-                new.append(item_id)
-        return new
-
-    def insert_stage_rows(self, pipeline: str, rows: Sequence[tuple[str, str, bool]]) -> None:
-        stages = self.s._stages
-        for item_id, stage, ready in rows:
-            key = (pipeline, item_id, stage)
-            if key not in stages:
-                row = _Row(next(self.s._ids), PENDING, ready, updated_at=self.now)
-                stages[key] = row
-                if ready:
-                    self.s._push(pipeline, row, key)
-
-    def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
-        out: dict[str, dict[str, tuple[str, bool]]] = {}
-        by_item = self.s._by_item
-        for item_id in item_ids:
-            out[item_id] = {
-                stage: (row.state, row.ready)
-                for stage, row in by_item(pipeline, item_id)
-            }
-        return out
-
-    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
-        flags = []
-        for t in transitions:
-            row = self.s._stages.get((pipeline, t.item_id, t.stage))
-            ok = (row is not None and row.state == RUNNING and row.owner == owner
-                  and row.attempt == t.attempt)
-            if ok:
-                assert row is not None
-                row.state, row.owner, row.updated_at = t.state, None, self.now
-                row.ready = t.state == PENDING
-                row.not_before = self.now + t.delay
-                row.error = t.error
-                if row.ready:
-                    self.s._push(pipeline, row, (pipeline, t.item_id, t.stage))
-                if t.output is not None or t.state in DONE_STATES:
-                    row.output = t.output
-                if t.review is not None:
-                    row.review = t.review
-            flags.append(ok)
-        return flags
-
-    def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
-        moved = []
-        for (p, item_id, stage) in list(self.s._stages):
-            if p != pipeline or stage != old:
-                continue
-            target = self.s._stages.get((p, item_id, new))
-            if target is not None and (target.state != PENDING or target.attempt):
-                continue  # the new stage has its own history: keep both
-            row = self.s._stages.pop((p, item_id, old))
-            self.s._stages[(p, item_id, new)] = row
-            if row.ready and row.state == PENDING:
-                self.s._push(pipeline, row, (p, item_id, new))
-            subs = self.s._subtasks.pop((p, item_id, old), None)
-            if subs is not None:
-                self.s._subtasks[(p, item_id, new)] = subs
-            moved.append(item_id)
-        return moved
-
-    def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
-        flags = []
-        for item_id, stage, attempt in keys:
-            key = (pipeline, item_id, stage)
-            row = self.s._stages.get(key)
-            ok = (row is not None and row.state == RUNNING and row.owner == owner
-                  and row.attempt == attempt)
-            if ok:
-                assert row is not None
-                row.state, row.owner, row.ready, row.updated_at = PENDING, None, True, self.now
-                row.attempt -= 1
-                self.s._push(pipeline, row, key)
-            flags.append(ok)
-        return flags
-
-    def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
-        for item_id, stage in rows:
-            key = (pipeline, item_id, stage)
-            row = self.s._stages.get(key)
-            if row is not None and row.state == PENDING:
-                row.ready = True
-                self.s._push(pipeline, row, key)
-
-    def set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
-                  from_states: Sequence[str], *, ready: bool, error: str | None = None,
-                  clear_output: bool = False) -> list[tuple[str, str]]:
-        moved = []
-        for item_id, stage in rows:
-            key = (pipeline, item_id, stage)
-            row = self.s._stages.get(key)
-            if row is None or row.state not in from_states:
-                continue
-            row.state, row.ready, row.owner, row.updated_at = state, ready, None, self.now
-            row.error = error
-            if clear_output:
-                row.output = row.review = None
-            if ready and state == PENDING:
-                self.s._push(pipeline, row, key)
-            moved.append((item_id, stage))
-        return moved
-
-    def set_item_states(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
-        items = self.s._items.get(pipeline, {})
-        for item_id, state in rows:
-            if item_id in items:
-                items[item_id].state = state
-
-    def append_history(self, pipeline: str, rows: Sequence[HistoryRow]) -> None:
-        for r in rows:
-            self.s._history.append((next(self.s._ids), pipeline, self.now, r))
-
-    def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
-              only: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
-        heap = self.s._ready.setdefault(pipeline, [])
-        wanted = set(stages)
-        items = set(only) if only is not None else None
-        out, later = [], []
-        while heap and len(out) < limit:
-            row_id, key = heapq.heappop(heap)
-            row = self.s._stages.get(key)
-            if row is None or row.id != row_id or row.state != PENDING or not row.ready:
-                continue
-            if key[2] not in wanted or row.not_before > self.now or (
-                    items is not None and key[1] not in items):
-                later.append((row_id, key))
-                continue
-            row.state, row.owner, row.updated_at = RUNNING, owner, self.now
-            row.attempt += 1
-            out.append((key[1], key[2], row.attempt))
-        for entry in later:
-            heapq.heappush(heap, entry)
-        return out
-
-    def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
-        items = self.s._items[pipeline]
-        return {i: items[i].data for i in item_ids}
-
-    def completed_outputs(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
-        return {
-            item_id: {stage: row.output for stage, row in self.s._by_item(pipeline, item_id)
-                      if row.state == "completed"}
-            for item_id in item_ids
-        }
-
-    def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
-        if item_id not in self.s._items.get(pipeline, {}):
-            return {}
-        return {
-            s: StageRecord(item_id, s, r.state, r.ready, r.attempt, r.output, r.error, r.review,
-                           r.updated_at)
-            for s, r in self.s._by_item(pipeline, item_id)
-        }
-
-    def cas(self, pipeline: str, item_id: str, stage: str, expect: str, state: str, *,
-            output: str | None, review: str | None) -> bool:
-        row = self.s._stages.get((pipeline, item_id, stage))
-        if row is None or row.state != expect:
-            return False
-        row.state, row.output, row.review = state, output, review
-        row.ready, row.owner, row.updated_at = False, None, self.now
-        return True
-
-    def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
-        rows = [
-            (r.updated_at, r.id, k[1]) for k, r in self.s._stages.items()
-            if k[0] == pipeline and k[2] == stage and r.state == "awaiting_review"
-            and r.updated_at <= before
-        ]
-        return [i for _, _, i in sorted(rows)]
-
-    def items_in_state(self, pipeline: str, state: str, limit: int | None,
-                       prefix: bool = False) -> list[str]:
-        items = self.s._items.get(pipeline, {})
-        ids = [i for i, it in sorted(items.items(), key=lambda kv: kv[1].id)
-               if (it.state.startswith(state) if prefix else it.state == state)]
-        return ids[:limit] if limit is not None else ids
-
-    def item_state_of(self, pipeline: str, item_id: str) -> str | None:
-        item = self.s._items.get(pipeline, {}).get(item_id)
-        return item.state if item is not None else None
-
-    def cas_item_state(self, pipeline: str, item_id: str, expect: str, state: str) -> bool:
-        item = self.s._items.get(pipeline, {}).get(item_id)
-        if item is None or item.state != expect:
-            return False
-        item.state = state
-        return True
-
-    def set_error(self, pipeline: str, item_id: str, stage: str, expect: str, error: str) -> bool:
-        row = self.s._stages.get((pipeline, item_id, stage))
-        if row is None or row.state != expect:
-            return False
-        row.error, row.updated_at = error, self.now
-        return True
-
-    def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
-        row = self.s._stages.get((pipeline, item_id, stage))
-        return row.owner if row is not None else None
-
-    def subtask_rows(self, pipeline: str, item_id: str, stage: str) -> dict[str, SubRecord]:
-        subs = self.s._subtasks.get((pipeline, item_id, stage), {})
-        return {n: SubRecord(stage, n, r.state, r.attempt, r.output, r.error)
-                for n, r in sorted(subs.items(), key=lambda kv: kv[1].id)}
-
-    def upsert_subtasks(self, pipeline: str, item_id: str, stage: str,
-                        rows: Sequence[tuple[str, str, int, str | None]]) -> None:
-        subs = self.s._subtasks.setdefault((pipeline, item_id, stage), {})
-        for name, state, attempt, owner in rows:
-            old = subs.get(name)
-            subs[name] = _Sub(old.id if old else next(self.s._ids), state, attempt, owner,
-                              old.output if old else None, old.error if old else None, self.now)
-
-    def delete_subtasks(self, pipeline: str, item_id: str, stage: str, names: Sequence[str]) -> None:
-        subs = self.s._subtasks.get((pipeline, item_id, stage), {})
-        for name in names:
-            subs.pop(name, None)
-
-    def apply_subtasks(self, pipeline: str, owner: str, results: Sequence[SubResult]) -> list[bool]:
-        flags = []
-        for r in results:
-            sub = self.s._subtasks.get((pipeline, r.item_id, r.stage), {}).get(r.name)
-            ok = (sub is not None and sub.state == RUNNING and sub.owner == owner
-                  and sub.attempt == r.attempt)
-            if ok:
-                assert sub is not None
-                sub.state, sub.owner, sub.output, sub.error = r.state, None, r.output, r.error
-                sub.updated_at = self.now
-            flags.append(ok)
-        return flags
-
-    def reset_subtasks(self, pipeline: str, keys: Sequence[tuple[str, str]]) -> None:
-        for item_id, stage in keys:
-            for sub in self.s._subtasks.get((pipeline, item_id, stage), {}).values():
-                if sub.state == RUNNING:
-                    sub.state, sub.owner = PENDING, None
-
-    def runners(self) -> list[tuple[str, str, int, float]]:
-        return [(o, h, p, e) for o, (h, p, e) in self.s._runners.items()]
-
-    def running_rows(self, pipeline: str) -> list[tuple[str, str, int, str | None]]:
-        return [
-            (k[1], k[2], r.attempt, r.owner) for k, r in self.s._stages.items()
-            if k[0] == pipeline and r.state == RUNNING
-        ]
+from .base import BaseStore
+from .memtables import MemoryTx, Tables, _Undo
+from .records import PENDING, Outlook, Shape, StageRecord, SubRecord
+from .tx import Tx
 
 
 class MemoryStore(BaseStore):
@@ -325,101 +34,105 @@ class MemoryStore(BaseStore):
     def __init__(self) -> None:
         self.url = "memory://"
         self._lock = threading.RLock()
-        self._ids = itertools.count(1)
-        self._items: dict[str, dict[str, _Item]] = {}
-        self._stages: dict[tuple[str, str, str], _Row] = {}
-        self._ready: dict[str, list[tuple[int, tuple[str, str, str]]]] = {}
-        self._history: list[tuple[int, str, float, HistoryRow]] = []
-        self._runners: dict[str, tuple[str, int, float]] = {}
-        self._shapes: dict[str, tuple[str, ...]] = {}
-        self._deps_seen: dict[str, dict[str, tuple[str, ...]]] = {}
-        self._subtasks: dict[tuple[str, str, str], dict[str, _Sub]] = {}
+        self.t = Tables()
+        self._tx: MemoryTx | None = None
+        self._registered: dict[str, tuple[str, int]] = {}  # runners registered here
 
     def __repr__(self) -> str:
         return "MemoryStore()"
 
     @contextmanager
-    def transaction(self) -> Iterator[_MemoryTx]:
+    def transaction(self) -> Iterator[MemoryTx]:
         with self._lock:
-            yield _MemoryTx(self)
-
-    def _push(self, pipeline: str, row: _Row, key: tuple[str, str, str]) -> None:
-        heapq.heappush(self._ready.setdefault(pipeline, []), (row.id, key))
-
-    def _by_item(self, pipeline: str, item_id: str) -> Iterator[tuple[str, _Row]]:
-        for stage in self._shapes.get(pipeline, ()):
-            row = self._stages.get((pipeline, item_id, stage))
-            if row is not None:
-                yield stage, row
+            if self._tx is not None:  # nested: part of the enclosing transaction
+                yield self._tx
+                return
+            tx = self._tx = MemoryTx(self.t, _Undo(len(self.t.history)))
+            try:
+                yield tx
+            except BaseException:
+                self.t.undo(tx.undo)
+                self.t.reindex(tx.undo)
+                raise
+            finally:
+                self._tx = None
+            self.t.shrink()
 
     def _reconcile(self, tx: Tx, shape: Shape) -> bool:
-        self._shapes[shape.name] = tuple(
-            dict.fromkeys(self._shapes.get(shape.name, ()) + shape.order)
+        self.t.shapes[shape.name] = tuple(
+            dict.fromkeys(self.t.shapes.get(shape.name, ()) + shape.order)
         )
-        if self._deps_seen.get(shape.name) == dict(shape.deps):
+        if self.t.deps_seen.get(shape.name) == dict(shape.deps):
             return False
-        for item_id in self._items.get(shape.name, {}):
+        assert isinstance(tx, MemoryTx)
+        for item_id in self.t.items.get(shape.name, {}):
             tx.insert_stage_rows(shape.name, [(item_id, s, False) for s in shape.order])
             states = tx.stage_states(shape.name, [item_id])[item_id]
             for s in shape.order:
-                row = self._stages[(shape.name, item_id, s)]
+                row = self.t.stages[(shape.name, item_id, s)]
                 if row.state == PENDING:
+                    tx._row((shape.name, item_id, s))
                     row.ready = all(states.get(d, (PENDING, False))[0] in DONE_STATES
                                     for d in shape.deps[s])
                     if row.ready:
-                        self._push(shape.name, row, (shape.name, item_id, s))
-        self._deps_seen[shape.name] = dict(shape.deps)
+                        self.t.push(shape.name, row, (shape.name, item_id, s))
+        self.t.deps_seen[shape.name] = dict(shape.deps)
         return True
 
     def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str) -> list[str]:
-        if shape.name not in self._shapes:
+        if shape.name not in self.t.shapes:
             self.prepare(shape)
         return super().submit(shape, items, actor)
 
     # -- runners -----------------------------------------------------------
     def register_runner(self, owner: str, host: str, pid: int, lease: float) -> None:
         with self._lock:
-            self._runners[owner] = (host, pid, time.time() + lease)
+            self.t.runners[owner] = (host, pid, time.time() + lease)
+            self._registered[owner] = (host, pid)
 
     def heartbeat(self, owner: str, lease: float) -> None:
         with self._lock:
-            if owner in self._runners:
-                host, pid, _ = self._runners[owner]
-                self._runners[owner] = (host, pid, time.time() + lease)
+            known = self._registered.get(owner)
+            if known is not None:  # registered again if it was taken for dead and forgotten
+                self.t.runners[owner] = (*known, time.time() + lease)
 
     def unregister_runner(self, owner: str) -> None:
         with self._lock:
-            self._runners.pop(owner, None)
+            self.t.runners.pop(owner, None)
+            self._registered.pop(owner, None)
 
     # -- reads -------------------------------------------------------------
     def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook:
+        """Ready and running rows, read from the ready heap and the running index
+        (what ``claim`` and ``recover`` see), not from every row."""
         with self._lock:
-            ready = running = 0
             wanted = set(shape.order)
             items = set(only) if only is not None else None
-            for (p, i, s), r in self._stages.items():
-                if p != shape.name or s not in wanted or (items is not None and i not in items):
-                    continue
-                if r.state == RUNNING:
-                    running += 1
-                elif r.state == PENDING and r.ready:
-                    ready += 1
-            return Outlook(ready, running)
+            stages = self.t.stages
+            ready = set()
+            for row_id, key in self.t.ready.get(shape.name, ()):
+                r = stages.get(key)
+                if (r is not None and r.id == row_id and r.state == PENDING and r.ready
+                        and key[2] in wanted and (items is None or key[1] in items)):
+                    ready.add(key)
+            running = sum(1 for key in self.t.running.get(shape.name, ())
+                          if key[2] in wanted and (items is None or key[1] in items))
+            return Outlook(len(ready), running)
 
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]:
         with self._lock:
-            if item_id not in self._items.get(shape.name, {}):
+            if item_id not in self.t.items.get(shape.name, {}):
                 return []
             return [
                 StageRecord(item_id, s, r.state, r.ready, r.attempt, r.output, r.error,
                             r.review, r.updated_at)
                 for s in shape.order
-                if (r := self._stages.get((shape.name, item_id, s))) is not None
+                if (r := self.t.stages.get((shape.name, item_id, s))) is not None
             ]
 
     def item_data(self, shape: Shape, item_id: str) -> tuple[str, float]:
         with self._lock:
-            item = self._items.get(shape.name, {}).get(item_id)
+            item = self.t.items.get(shape.name, {}).get(item_id)
             if item is None:
                 raise ItemNotFoundError(item_id, shape.name)
             return item.data, item.submitted_at
@@ -427,12 +140,12 @@ class MemoryStore(BaseStore):
     def item_ids(self, shape: Shape, stage: str | None, state: str | None,
                  limit: int | None) -> list[str]:
         with self._lock:
-            items = self._items.get(shape.name, {})
+            items = self.t.items.get(shape.name, {})
             if stage is None and state is None:
                 ids = sorted(items, key=lambda i: items[i].id)
             else:
                 rows = [
-                    (r.updated_at, r.id, k[1]) for k, r in self._stages.items()
+                    (r.updated_at, r.id, k[1]) for k, r in self.t.stages.items()
                     if k[0] == shape.name and k[2] in shape.order
                     and (stage is None or k[2] == stage) and (state is None or r.state == state)
                 ]
@@ -444,7 +157,7 @@ class MemoryStore(BaseStore):
         with self._lock:
             out: list[SubRecord] = []
             for stage in shape.order:
-                subs = self._subtasks.get((shape.name, item_id, stage), {})
+                subs = self.t.subtasks.get((shape.name, item_id, stage), {})
                 out += [SubRecord(stage, n, r.state, r.attempt, r.output, r.error)
                         for n, r in sorted(subs.items(), key=lambda kv: kv[1].id)]
             return out
@@ -452,14 +165,14 @@ class MemoryStore(BaseStore):
     def settled_item_counts(self, shape: Shape) -> dict[str, int]:
         with self._lock:
             out: dict[str, int] = {}
-            for item in self._items.get(shape.name, {}).values():
+            for item in self.t.items.get(shape.name, {}).values():
                 out[item.state] = out.get(item.state, 0) + 1
             return out
 
     def counts(self, shape: Shape) -> dict[str, dict[str, int]]:
         with self._lock:
             out: dict[str, dict[str, int]] = {s: {} for s in shape.order}
-            for (p, _, s), r in self._stages.items():
+            for (p, _, s), r in self.t.stages.items():
                 if p == shape.name and s in out:
                     out[s][r.state] = out[s].get(r.state, 0) + 1
             return out
@@ -467,38 +180,26 @@ class MemoryStore(BaseStore):
     def history(self, shape: Shape, item_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [
-                dict(seq=seq, at=at, item_id=r.item_id, stage=r.stage, subtask=r.subtask,
-                     state=r.state, attempt=r.attempt, actor=r.actor, error=r.error,
-                     traceback=r.traceback, details=r.details)
-                for seq, p, at, r in self._history if p == shape.name and r.item_id == item_id
+                {"seq": seq, "at": at, "item_id": r.item_id, "stage": r.stage,
+                 "subtask": r.subtask, "state": r.state, "attempt": r.attempt, "actor": r.actor,
+                 "error": r.error, "traceback": r.traceback, "details": r.details}
+                for seq, p, at, r in self.t.history if p == shape.name and r.item_id == item_id
             ]
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         with self._lock:
-            return [(k[1], k[2], r.state, r.ready) for k, r in self._stages.items()
+            return [(k[1], k[2], r.state, r.ready) for k, r in self.t.stages.items()
                     if k[0] == shape.name and k[2] in shape.order]
-
-    def _find(self, tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
-              states: Sequence[str]) -> list[tuple[str, str]]:
-        return [
-            (k[1], k[2]) for k, r in sorted(self._stages.items(), key=lambda kv: kv[1].id)
-            if k[0] == shape.name and k[2] in shape.order and r.state in states
-            and (item_id is None or k[1] == item_id) and (stage is None or k[2] == stage)
-        ]
-
-    def _require_item(self, tx: Tx, shape: Shape, item_id: str) -> None:
-        if item_id not in self._items.get(shape.name, {}):
-            raise ItemNotFoundError(item_id, shape.name)
 
     def dump(self) -> str:
         """Every row as JSON text; two equal dumps mean an unchanged store."""
         with self._lock:
             return json.dumps({
-                "items": {p: {i: attrs.asdict(v) for i, v in d.items()} for p, d in self._items.items()},
-                "stages": {"|".join(k): attrs.asdict(v) for k, v in self._stages.items()},
-                "history": [(s, p, a, r._asdict()) for s, p, a, r in self._history],
+                "items": {p: {i: attrs.asdict(v) for i, v in d.items()} for p, d in self.t.items.items()},
+                "stages": {"|".join(k): attrs.asdict(v) for k, v in self.t.stages.items()},
+                "history": [(s, p, a, r._asdict()) for s, p, a, r in self.t.history],
                 "subtasks": {"|".join(k): {n: attrs.asdict(v) for n, v in d.items()}
-                             for k, d in self._subtasks.items()},
+                             for k, d in self.t.subtasks.items()},
             }, sort_keys=True)
 
     def close(self) -> None:

@@ -10,13 +10,14 @@ driver is psycopg2 (the ``postgres`` extra). See docs/scaling.md.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from ..errors import StoreError
 from .sql import SqlStore
 from .urls import mask_text, mask_url
-
 
 #: Seconds a session may sit idle inside a transaction before the server ends it.
 IDLE_IN_TRANSACTION = 10.0
@@ -42,6 +43,29 @@ _APPLY_SUB = (
 )
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """The URL without its ``schema=`` option, and that schema (None when absent).
+
+    Raises :class:`StoreError` for a schema name that is not a plain SQL
+    identifier (letters, digits, ``_``; at most 63 characters).
+    """
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    names = [v for k, v in pairs if k == "schema"]
+    if not names:
+        return url, None
+    name = names[-1]
+    if not _IDENTIFIER.fullmatch(name):
+        raise StoreError(
+            f"schema={name!r} in the store URL {mask_url(url)} is not a plain SQL identifier; "
+            "use letters, digits and _ (e.g. ?schema=treadle).")
+    rest = urlencode([(k, v) for k, v in pairs if k != "schema"])
+    return (f"{base}?{rest}" if rest else base), name
+
+
 @functools.lru_cache(maxsize=512)
 def _pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
@@ -55,18 +79,23 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str) -> None:
         try:
-            import psycopg2  # noqa: F401
+            import psycopg2  # type: ignore[import-untyped]  # noqa: F401
         except ImportError:
             raise StoreError(
                 "PostgreSQL stores need psycopg2: pip install 'treadle[postgres]'."
             ) from None
-        from playhouse.db_url import parse
+        from playhouse.db_url import parse  # type: ignore[import-untyped]
 
+        libpq_url, self.schema = split_schema(url)
         try:
-            params = parse(url.replace("postgres://", "postgresql://", 1), unquote_password=True)
+            params = parse(libpq_url.replace("postgres://", "postgresql://", 1), unquote_password=True)
         except Exception as exc:  # noqa: BLE001 - a malformed URL
             raise StoreError(f"Cannot parse the store URL {mask_url(url)}: {mask_text(str(exc), url)}.") from None
         import peewee as pw
+
+        if self.schema is not None:
+            # every connection works in that schema (created below if missing)
+            params["options"] = f"{params.get('options', '')} -c search_path={self.schema}".strip()
 
         # A runner paused inside a transaction (SIGSTOP, a VM freeze) must not hold
         # row locks for ever: the server ends such a session after a while, its
@@ -85,6 +114,13 @@ class PostgresStore(SqlStore):
                 f"Cannot use the store {mask_url(url)}: {detail}. Check the URL, and that "
                 "PostgreSQL is running and accepts connections from this machine."
             ) from None
+
+    def _create_schema(self) -> None:
+        if self.schema is not None:
+            with self.transaction() as tx:
+                self._exclusive(tx)  # CREATE SCHEMA IF NOT EXISTS races between sessions
+                tx._exec(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        super()._create_schema()
 
     ANALYZE_AFTER = 500  # items in one submission that make statistics worth refreshing
 
@@ -112,7 +148,7 @@ class PostgresStore(SqlStore):
         return int(cur.rowcount)
 
     def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        from psycopg2.extras import execute_batch
+        from psycopg2.extras import execute_batch  # type: ignore[import-untyped]
 
         execute_batch(cur, sql, list(rows), page_size=200)
 
@@ -149,6 +185,28 @@ class PostgresStore(SqlStore):
                  r.output, r.error) for r in results]
         done = {tuple(r) for r in execute_values(tx.cur, _APPLY_SUB, rows, page_size=500, fetch=True)}
         return [(r.item_id, r.stage, r.name, r.attempt) in done for r in results]
+
+    @staticmethod
+    def _set_state_batch(tx: Any, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
+                         from_states: Sequence[str], *, ready: bool, error: str | None,
+                         clear_output: bool) -> list[tuple[str, str]]:
+        """Rows from ``from_states`` to ``state`` in one round trip per page (a bulk
+        retry or rerun), instead of one statement per row; returns those moved."""
+        from psycopg2.extras import execute_values
+
+        sql = (
+            "UPDATE treadle_stage AS s SET state=v.state, ready=v.ready, owner=NULL, "
+            "error=v.error, updated_at=v.now::float8"
+            + (", output=NULL, review=NULL" if clear_output else "")
+            + " FROM (VALUES %s) AS v(pipeline, item_id, stage, state, ready, error, now, "
+            "from_states) WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id AND s.stage=v.stage "
+            "AND s.state = ANY(v.from_states::text[]) RETURNING s.item_id, s.stage"
+        )
+        states = list(from_states)
+        values = [(pipeline, i, st, state, 1 if ready else 0, error, tx.now, states)
+                  for i, st in dict.fromkeys(rows)]
+        done = {tuple(r) for r in execute_values(tx.cur, sql, values, page_size=500, fetch=True)}
+        return [r for r in dict.fromkeys(rows) if r in done]
 
     @staticmethod
     def _insert_returning(cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> list[str]:

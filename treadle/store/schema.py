@@ -13,12 +13,32 @@ from typing import Any
 import peewee as pw
 
 #: Bump when the tables change, and add the step that gets there to MIGRATIONS.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Partial indexes of what lease recovery reads every second: the running stage
+#: rows and the items whose rollback waits or runs (few of either, among many
+#: rows). The queries repeat these predicates literally (``sql.py``), so that
+#: SQLite and PostgreSQL both use them.
+RECOVERY_INDEXES = (
+    ("CREATE INDEX IF NOT EXISTS treadle_stage_running ON treadle_stage (pipeline, id) "
+     "WHERE state = 'running'"),
+    ("CREATE INDEX IF NOT EXISTS treadle_item_rolling_back ON treadle_item (pipeline, id) "
+     "WHERE state LIKE 'rolling_back%'"),
+)
+
+
+def _add_recovery_indexes(migrator: Any) -> None:
+    """Schema 2: index the rows ``recover()`` looks for."""
+    db = migrator.database
+    for sql in RECOVERY_INDEXES:
+        # psycopg2 formats parameters even when there are none: escape the LIKE's %
+        db.execute_sql(sql.replace("%", "%%") if isinstance(db, pw.PostgresqlDatabase) else sql)
+
 
 #: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
 #: (call ``playhouse.migrate.migrate(migrator.add_column(...), ...)``). Steps run
 #: in order, in one transaction, under the store's exclusive lock.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _add_recovery_indexes}
 
 
 def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:

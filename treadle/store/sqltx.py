@@ -1,0 +1,379 @@
+"""``SqlTx``: the :class:`Tx` primitives as prepared SQL, one connection's transaction.
+
+Written once for SQLite and PostgreSQL; what differs (placeholders, the row
+count of the last statement, batched statements, row locks) comes from the
+store as a :class:`Dialect`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+from ..errors import ItemNotFoundError
+from .records import (
+    PENDING,
+    ROLLING_BACK,
+    HistoryRow,
+    StageRecord,
+    SubRecord,
+    SubResult,
+    Transition,
+)
+from .tx import Tx
+
+
+class Dialect(Protocol):
+    """What :class:`SqlTx` needs of its store (``SqlStore`` and its subclasses)."""
+
+    _skip_locked: str  # appended to the claim's sub-select (PostgreSQL: FOR UPDATE SKIP LOCKED)
+    _lock_rows: bool  # lock item rows before reading sibling states (concurrent writers)
+    _insert_returning: Any  # (cur, sql, rows) -> inserted ids, or None
+    _apply_batch: Any  # (tx, pipeline, owner, transitions) -> accepted flags, or None
+    _apply_sub_batch: Any  # (tx, pipeline, owner, results) -> accepted flags, or None
+    _set_state_batch: Any  # (tx, pipeline, rows, state, from_states, ...) -> rows moved, or None
+
+    @property
+    def _sql(self) -> Callable[[str], str]: ...
+    def _now(self, cur: Any) -> float: ...
+    def _changes(self, cur: Any) -> int: ...
+    def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+
+_CHUNK = 400  # ids per IN (...) list: far below every database's parameter limit
+
+
+def chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def marks(n: int) -> str:
+    """``?,?,...``: ``n`` placeholders."""
+    return ",".join("?" * n)
+
+
+class SqlTx(Tx):
+    """Tx primitives as SQL over one connection's open transaction."""
+
+    def __init__(self, store: Dialect, cur: Any) -> None:
+        self.store = store
+        self.cur = cur
+        self.sql = store._sql
+        self.now = store._now(cur)
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self.cur.execute(self.sql(sql), params)
+        return self.cur
+
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if isinstance(rows, (list, tuple)) and not rows:
+            return
+        self.store._executemany(self.cur, self.sql(sql), rows)
+
+    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+        if self.store._insert_returning is not None:
+            first: dict[str, tuple[Any, ...]] = {}
+            for item_id, data in rows:  # the first of repeated ids wins
+                first.setdefault(item_id, (pipeline, item_id, data, PENDING, self.now, self.now))
+            inserted: list[str] = self.store._insert_returning(
+                self.cur, "INSERT INTO treadle_item (pipeline, item_id, data, state, submitted_at, "
+                "updated_at) VALUES %s ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING item_id",
+                list(first.values()))
+            return inserted
+        known: set[str] = set()
+        ids = list(dict.fromkeys(i for i, _ in rows))
+        for chunk in chunks(ids):
+            known.update(r[0] for r in self._exec(
+                f"SELECT item_id FROM treadle_item WHERE pipeline=? AND item_id IN ({marks(len(chunk))})",
+                (pipeline, *chunk)))
+        new, seen = [], set(known)
+        fresh = []
+        for item_id, data in rows:
+            if item_id not in seen:
+                seen.add(item_id)
+                new.append(item_id)
+                fresh.append((pipeline, item_id, data, PENDING, self.now, self.now))
+        self._many("INSERT INTO treadle_item (pipeline, item_id, data, state, submitted_at, updated_at) "
+                   "VALUES (?,?,?,?,?,?)", fresh)
+        return new
+
+    def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
+        self._many(
+            "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
+            "VALUES (?,?,?,'pending',?,0,0,?) ON CONFLICT (pipeline, item_id, stage) DO NOTHING",
+            ((pipeline, i, s, 1 if r else 0, self.now) for i, s, r in rows),
+        )
+
+    def lock_stage_rows(self, pipeline: str, item_id: str) -> None:
+        if self.store._lock_rows:
+            self._exec("SELECT 1 FROM treadle_stage WHERE pipeline=? AND item_id=? ORDER BY id FOR UPDATE",
+                       (pipeline, item_id)).fetchall()
+
+    def lock_items(self, pipeline: str, item_ids: Iterable[str]) -> None:
+        if not self.store._lock_rows:
+            return  # SQLite: BEGIN IMMEDIATE already serialises writers
+        ids = sorted(item_ids)
+        for chunk in chunks(ids):
+            self._exec(f"SELECT 1 FROM treadle_item WHERE pipeline=? AND item_id IN ({marks(len(chunk))}) "
+                       "ORDER BY item_id FOR UPDATE", (pipeline, *chunk)).fetchall()
+
+    def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
+        out: dict[str, dict[str, tuple[str, bool]]] = {}
+        ids = list(item_ids)
+        for chunk in chunks(ids):
+            for item_id, stage, state, ready in self._exec(
+                "SELECT item_id, stage, state, ready FROM treadle_stage "
+                f"WHERE pipeline=? AND item_id IN ({marks(len(chunk))})", (pipeline, *chunk)):
+                out.setdefault(item_id, {})[stage] = (state, bool(ready))
+        return out
+
+    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
+        if self.store._apply_batch is not None and len(transitions) > 1:
+            batch: list[bool] = self.store._apply_batch(self, pipeline, owner, transitions)
+            return batch
+        sql = self.sql(
+            "UPDATE treadle_stage SET state=?, output=CASE WHEN ? THEN ? ELSE output END, "
+            "error=?, review=COALESCE(?, review), owner=NULL, ready=?, not_before=?, updated_at=? "
+            "WHERE pipeline=? AND item_id=? AND stage=? AND owner=? AND attempt=? AND state='running'"
+        )
+        changes = self.store._changes
+        cur = self.cur
+        flags = []
+        for t in transitions:
+            set_output = t.output is not None or t.state in ("completed", "skipped")
+            ready = 1 if t.state == PENDING else 0
+            cur.execute(sql, (t.state, set_output, t.output, t.error, t.review, ready,
+                              self.now + t.delay, self.now,
+                              pipeline, t.item_id, t.stage, owner, t.attempt))
+            flags.append(changes(cur) == 1)
+        return flags
+
+    def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
+        items = [r[0] for r in self._exec(
+            "SELECT o.item_id FROM treadle_stage o WHERE o.pipeline=? AND o.stage=? AND NOT EXISTS "
+            "(SELECT 1 FROM treadle_stage n WHERE n.pipeline=o.pipeline AND n.item_id=o.item_id "
+            "AND n.stage=? AND (n.state<>'pending' OR n.attempt>0))", (pipeline, old, new))]
+        for item_id in items:
+            self._exec("DELETE FROM treadle_stage WHERE pipeline=? AND item_id=? AND stage=?",
+                       (pipeline, item_id, new))
+            self._exec("UPDATE treadle_stage SET stage=? WHERE pipeline=? AND item_id=? AND stage=?",
+                       (new, pipeline, item_id, old))
+            self._exec("DELETE FROM treadle_subtask WHERE pipeline=? AND item_id=? AND stage=?",
+                       (pipeline, item_id, new))
+            self._exec("UPDATE treadle_subtask SET stage=? WHERE pipeline=? AND item_id=? AND stage=?",
+                       (new, pipeline, item_id, old))
+        return items
+
+    def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
+        sql = self.sql("UPDATE treadle_stage SET state='pending', ready=1, owner=NULL, attempt=attempt-1, "
+                       "updated_at=? WHERE pipeline=? AND item_id=? AND stage=? AND owner=? "
+                       "AND attempt=? AND state='running'")
+        flags = []
+        for item_id, stage, attempt in keys:
+            self.cur.execute(sql, (self.now, pipeline, item_id, stage, owner, attempt))
+            flags.append(self.store._changes(self.cur) == 1)
+        return flags
+
+    def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        self._many(
+            "UPDATE treadle_stage SET ready=1 WHERE pipeline=? AND item_id=? AND stage=? AND state='pending'",
+            [(pipeline, i, s) for i, s in rows],
+        )
+
+    def set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
+                  from_states: Sequence[str], *, ready: bool, error: str | None = None,
+                  clear_output: bool = False) -> list[tuple[str, str]]:
+        sql = self.sql(
+            "UPDATE treadle_stage SET state=?, ready=?, owner=NULL, error=?, updated_at=?"
+            + (", output=NULL, review=NULL" if clear_output else "")
+            + f" WHERE pipeline=? AND item_id=? AND stage=? AND state IN ({marks(len(from_states))})"
+        )
+        if self.store._set_state_batch is not None and len(rows) > 1:
+            batch: list[tuple[str, str]] = self.store._set_state_batch(
+                self, pipeline, rows, state, from_states, ready=ready, error=error,
+                clear_output=clear_output)
+            return batch
+        moved = []
+        for item_id, stage in rows:
+            self.cur.execute(sql, (state, 1 if ready else 0, error, self.now, pipeline, item_id,
+                                   stage, *from_states))
+            if self.store._changes(self.cur) == 1:
+                moved.append((item_id, stage))
+        return moved
+
+    def set_item_states(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        self._many("UPDATE treadle_item SET state=?, updated_at=? WHERE pipeline=? AND item_id=?",
+                   [(st, self.now, pipeline, i) for i, st in rows])
+
+    def append_history(self, pipeline: str, rows: Iterable[HistoryRow]) -> None:
+        self._many(
+            "INSERT INTO treadle_history (pipeline, item_id, stage, subtask, state, attempt, actor, at, "
+            "error, traceback, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            ((pipeline, r.item_id, r.stage, r.subtask, r.state, r.attempt, r.actor, self.now,
+              r.error, r.traceback, r.details) for r in rows),
+        )
+
+    def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
+              only: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+        items = f" AND item_id IN ({marks(len(only))})" if only is not None else ""
+        rows = list(self._exec(
+            "UPDATE treadle_stage SET state='running', owner=?, attempt=attempt+1, updated_at=? "
+            "WHERE id IN (SELECT id FROM treadle_stage WHERE pipeline=? AND state='pending' AND ready=1 "
+            f"AND not_before<=? AND stage IN ({marks(len(stages))}){items} ORDER BY id LIMIT ?"
+            f"{self.store._skip_locked}) RETURNING id, item_id, stage, attempt",
+            (owner, self.now, pipeline, self.now, *stages, *(only or ()), limit),
+        ))
+        rows.sort()
+        return [(i, s, a) for _, i, s, a in rows]
+
+    def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(item_ids)
+        data: dict[str, str] = {}
+        for chunk in chunks(ids):
+            data.update(self._exec(
+                f"SELECT item_id, data FROM treadle_item WHERE pipeline=? AND item_id IN ({marks(len(chunk))})",
+                (pipeline, *chunk)))
+        return data
+
+    def completed_outputs(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
+        ids = list(item_ids)
+        outputs: dict[str, dict[str, str | None]] = {i: {} for i in ids}
+        for chunk in chunks(ids):
+            # Filter the state here, not in SQL: a state condition tempts the
+            # planner into the (pipeline, stage, state) index and a long scan.
+            for item_id, stage, state, output in self._exec(
+                "SELECT item_id, stage, state, output FROM treadle_stage WHERE pipeline=? "
+                f"AND item_id IN ({marks(len(chunk))})", (pipeline, *chunk)):
+                if state == "completed":
+                    outputs[item_id][stage] = output
+        return outputs
+
+    def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
+        return {
+            r[0]: StageRecord(item_id, r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
+            for r in self._exec(
+                "SELECT stage, state, ready, attempt, output, error, review, updated_at "
+                "FROM treadle_stage WHERE pipeline=? AND item_id=?", (pipeline, item_id))
+        }
+
+    def cas(self, pipeline: str, item_id: str, stage: str, expect: str, state: str, *,
+            output: str | None, review: str | None, attempt: int | None = None) -> bool:
+        guard = " AND attempt=?" if attempt is not None else ""
+        self._exec(
+            "UPDATE treadle_stage SET state=?, output=?, review=?, ready=0, owner=NULL, updated_at=? "
+            f"WHERE pipeline=? AND item_id=? AND stage=? AND state=?{guard}",
+            (state, output, review, self.now, pipeline, item_id, stage, expect,
+             *(() if attempt is None else (attempt,))))
+        return self.store._changes(self.cur) == 1
+
+    def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
+        return [r[0] for r in self._exec(
+            "SELECT item_id FROM treadle_stage WHERE pipeline=? AND stage=? AND state='awaiting_review' "
+            "AND updated_at<=? ORDER BY updated_at, id", (pipeline, stage, before))]
+
+    def items_in_state(self, pipeline: str, state: str, limit: int | None,
+                       prefix: bool = False) -> list[str]:
+        cond, value = ("state LIKE ?", state.replace("%", "") + "%") if prefix else ("state=?", state)
+        lim = f" LIMIT {int(limit)}" if limit is not None else ""
+        return [r[0] for r in self._exec(
+            f"SELECT item_id FROM treadle_item WHERE pipeline=? AND {cond} ORDER BY id{lim}",
+            (pipeline, value))]
+
+    def item_state_of(self, pipeline: str, item_id: str) -> str | None:
+        rows = list(self._exec("SELECT state FROM treadle_item WHERE pipeline=? AND item_id=?",
+                               (pipeline, item_id)))
+        return rows[0][0] if rows else None
+
+    def cas_item_state(self, pipeline: str, item_id: str, expect: str, state: str) -> bool:
+        self._exec("UPDATE treadle_item SET state=?, updated_at=? WHERE pipeline=? AND item_id=? AND state=?",
+                   (state, self.now, pipeline, item_id, expect))
+        return self.store._changes(self.cur) == 1
+
+    def set_error(self, pipeline: str, item_id: str, stage: str, expect: str, error: str) -> bool:
+        self._exec("UPDATE treadle_stage SET error=?, updated_at=? WHERE pipeline=? AND item_id=? "
+                   "AND stage=? AND state=?", (error, self.now, pipeline, item_id, stage, expect))
+        return self.store._changes(self.cur) == 1
+
+    def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
+        rows = list(self._exec("SELECT owner FROM treadle_stage WHERE pipeline=? AND item_id=? AND stage=?",
+                               (pipeline, item_id, stage)))
+        return rows[0][0] if rows else None
+
+    def subtask_rows(self, pipeline: str, item_id: str, stage: str) -> dict[str, SubRecord]:
+        return {r[0]: SubRecord(stage, *r) for r in self._exec(
+            "SELECT name, state, attempt, output, error FROM treadle_subtask "
+            "WHERE pipeline=? AND item_id=? AND stage=? ORDER BY id", (pipeline, item_id, stage))}
+
+    def upsert_subtasks(self, pipeline: str, item_id: str, stage: str,
+                        rows: Sequence[tuple[str, str, int, str | None]]) -> None:
+        self._many(
+            "INSERT INTO treadle_subtask (pipeline, item_id, stage, name, state, attempt, owner, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pipeline, item_id, stage, name) DO UPDATE SET "
+            "state=excluded.state, attempt=excluded.attempt, owner=excluded.owner, "
+            "updated_at=excluded.updated_at",
+            [(pipeline, item_id, stage, n, st, a, o, self.now) for n, st, a, o in rows])
+
+    def delete_subtasks(self, pipeline: str, item_id: str, stage: str, names: Sequence[str]) -> None:
+        self._many("DELETE FROM treadle_subtask WHERE pipeline=? AND item_id=? AND stage=? AND name=?",
+                   [(pipeline, item_id, stage, n) for n in names])
+
+    def apply_subtasks(self, pipeline: str, owner: str, results: Sequence[SubResult]) -> list[bool]:
+        if self.store._apply_sub_batch is not None and len(results) > 1:
+            sub_batch: list[bool] = self.store._apply_sub_batch(self, pipeline, owner, results)
+            return sub_batch
+        sql = self.sql(
+            "UPDATE treadle_subtask SET state=?, output=?, error=?, owner=NULL, updated_at=? "
+            "WHERE pipeline=? AND item_id=? AND stage=? AND name=? AND owner=? AND attempt=? "
+            "AND state='running'")
+        flags = []
+        for r in results:
+            self.cur.execute(sql, (r.state, r.output, r.error, self.now, pipeline, r.item_id,
+                                   r.stage, r.name, owner, r.attempt))
+            flags.append(self.store._changes(self.cur) == 1)
+        return flags
+
+    def reset_subtasks(self, pipeline: str, keys: Sequence[tuple[str, str]]) -> None:
+        self._many("UPDATE treadle_subtask SET state='pending', owner=NULL WHERE pipeline=? "
+                   "AND item_id=? AND stage=? AND state='running'",
+                   [(pipeline, i, s) for i, s in keys])
+
+    def runners(self) -> list[tuple[str, str, int, float]]:
+        return list(self._exec("SELECT owner, host, pid, expires_at FROM treadle_runner"))
+
+    def running_rows(self, pipeline: str) -> list[tuple[str, str, int, str | None]]:
+        # the literal state='running' is the predicate of the partial index treadle_stage_running
+        return list(self._exec(
+            "SELECT item_id, stage, attempt, owner FROM treadle_stage WHERE pipeline=? AND state='running'",
+            (pipeline,)))
+
+    def rolling_back(self, pipeline: str) -> dict[str, str]:
+        # the literal LIKE is the predicate of the partial index treadle_item_rolling_back
+        return {r[0]: r[1] for r in self._exec(
+            f"SELECT item_id, state FROM treadle_item WHERE pipeline=? AND state LIKE '{ROLLING_BACK}%'",
+            (pipeline,)) if r[1] == ROLLING_BACK or r[1].startswith(ROLLING_BACK + ":")}
+
+    def delete_runners(self, owners: Sequence[str]) -> None:
+        self._many("DELETE FROM treadle_runner WHERE owner=?", [(o,) for o in owners])
+
+    def find(self, pipeline: str, stages: Sequence[str], item_id: str | None,
+             stage: str | None, states: Sequence[str]) -> list[tuple[str, str]]:
+        where = ["pipeline=?", f"state IN ({marks(len(states))})",
+                 f"stage IN ({marks(len(stages))})"]
+        params: list[Any] = [pipeline, *states, *stages]
+        if item_id is not None:
+            where.append("item_id=?")
+            params.append(item_id)
+        if stage is not None:
+            where.append("stage=?")
+            params.append(stage)
+        return [(r[0], r[1]) for r in self._exec(
+            f"SELECT item_id, stage FROM treadle_stage WHERE {' AND '.join(where)} ORDER BY id", params)]
+
+    def require_item(self, pipeline: str, item_id: str) -> None:
+        if not list(self._exec("SELECT 1 FROM treadle_item WHERE pipeline=? AND item_id=?",
+                               (pipeline, item_id))):
+            raise ItemNotFoundError(item_id, pipeline)
+
+
+__all__ = ["Dialect", "SqlTx", "chunks", "marks"]

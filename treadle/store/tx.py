@@ -1,0 +1,178 @@
+"""``Tx``: the primitive row operations of one write transaction.
+
+Every store implements them (``memory.py`` in dicts, ``sql.py`` as prepared
+SQL); the transition operations (``flow``, ``fanout``, ``human``,
+``rollback``) are plain functions written once over them. A primitive checks
+its guard (owner, attempt, expected state) in the same statement that
+changes the row, so the operations are compare-and-set.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+
+from .records import HistoryRow, StageRecord, SubRecord, SubResult, Transition
+
+
+class Tx(abc.ABC):
+    """Primitive row operations inside one write transaction."""
+
+    now: float
+
+    @abc.abstractmethod
+    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+        """Insert items not yet known; return the ids actually inserted."""
+
+    @abc.abstractmethod
+    def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
+        """Insert (item_id, stage, ready) rows as pending where missing."""
+
+    @abc.abstractmethod
+    def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
+        """item_id -> stage -> (state, ready)."""
+
+    def lock_stage_rows(self, pipeline: str, item_id: str) -> None:
+        """Lock one item's stage rows until commit (claims skip them meanwhile).
+
+        Needed only where writers run concurrently (PostgreSQL).
+        """
+
+    def lock_items(self, pipeline: str, item_ids: Iterable[str]) -> None:
+        """Serialise, until commit, other writers that read these items' states.
+
+        Stores whose write transactions already exclude each other (SQLite,
+        memory) need nothing; PostgreSQL locks the item rows.
+        """
+
+    @abc.abstractmethod
+    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
+        """Guarded update of running rows; one accepted flag per transition."""
+
+    @abc.abstractmethod
+    def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
+        """Rename ``old`` stage rows (and their subtasks) to ``new``, replacing
+        ``new`` rows that never started; returns the items moved."""
+
+    @abc.abstractmethod
+    def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
+        """Undo claims that never ran: back to pending and ready, attempt - 1 (guarded)."""
+
+    @abc.abstractmethod
+    def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Mark pending (item_id, stage) rows ready."""
+
+    @abc.abstractmethod
+    def set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
+                  from_states: Sequence[str], *, ready: bool, error: str | None = None,
+                  clear_output: bool = False) -> list[tuple[str, str]]:
+        """Move rows currently in ``from_states`` to ``state``; return those moved."""
+
+    @abc.abstractmethod
+    def set_item_states(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Record item-level states (item_id, state)."""
+
+    @abc.abstractmethod
+    def append_history(self, pipeline: str, rows: Iterable[HistoryRow]) -> None:
+        """Append history rows stamped with ``now``."""
+
+    @abc.abstractmethod
+    def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
+              only: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+        """Claim up to ``limit`` ready, due, pending rows (oldest first), optionally
+        only of the items in ``only``: returns (item_id, stage, attempt)."""
+
+    @abc.abstractmethod
+    def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
+        """Item JSON by id."""
+
+    @abc.abstractmethod
+    def completed_outputs(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
+        """Completed stage outputs (JSON) by item and stage."""
+
+    @abc.abstractmethod
+    def rows(self, pipeline: str, item_id: str) -> dict[str, StageRecord]:
+        """Every stage row of one item, by stage name."""
+
+    @abc.abstractmethod
+    def cas(self, pipeline: str, item_id: str, stage: str, expect: str, state: str, *,
+            output: str | None, review: str | None, attempt: int | None = None) -> bool:
+        """Move one row from ``expect`` (at ``attempt``, when given) to ``state`` with
+        that output and review JSON (ready cleared, owner cleared); False if it was
+        not in ``expect`` (or at another attempt)."""
+
+    @abc.abstractmethod
+    def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
+        """Items whose ``stage`` has awaited review since before ``before``, oldest first."""
+
+    @abc.abstractmethod
+    def items_in_state(self, pipeline: str, state: str, limit: int | None,
+                       prefix: bool = False) -> list[str]:
+        """Items whose recorded item state is ``state`` (or starts with it), oldest first."""
+
+    @abc.abstractmethod
+    def item_state_of(self, pipeline: str, item_id: str) -> str | None:
+        """The recorded item state of one item."""
+
+    @abc.abstractmethod
+    def cas_item_state(self, pipeline: str, item_id: str, expect: str, state: str) -> bool:
+        """Set an item's recorded state if it is ``expect``."""
+
+    @abc.abstractmethod
+    def set_error(self, pipeline: str, item_id: str, stage: str, expect: str, error: str) -> bool:
+        """Set a stage row's error if its state is ``expect``."""
+
+    @abc.abstractmethod
+    def owner_of(self, pipeline: str, item_id: str, stage: str) -> str | None:
+        """The owner of a stage row's claim (None when unclaimed)."""
+
+    @abc.abstractmethod
+    def subtask_rows(self, pipeline: str, item_id: str, stage: str) -> dict[str, SubRecord]:
+        """The subtask rows of one (item, stage), by name, in creation order."""
+
+    @abc.abstractmethod
+    def upsert_subtasks(self, pipeline: str, item_id: str, stage: str,
+                        rows: Sequence[tuple[str, str, int, str | None]]) -> None:
+        """Insert or overwrite (name, state, attempt, owner) subtask rows."""
+
+    @abc.abstractmethod
+    def delete_subtasks(self, pipeline: str, item_id: str, stage: str, names: Sequence[str]) -> None:
+        """Remove subtask rows (the history keeps their past)."""
+
+    @abc.abstractmethod
+    def apply_subtasks(self, pipeline: str, owner: str, results: Sequence[SubResult]) -> list[bool]:
+        """Guarded update of running subtask rows; one accepted flag per result."""
+
+    @abc.abstractmethod
+    def reset_subtasks(self, pipeline: str, keys: Sequence[tuple[str, str]]) -> None:
+        """Running subtasks of these (item, stage) back to pending, unowned."""
+
+    @abc.abstractmethod
+    def runners(self) -> list[tuple[str, str, int, float]]:
+        """(owner, host, pid, expires_at) of registered runners."""
+
+    @abc.abstractmethod
+    def running_rows(self, pipeline: str) -> list[tuple[str, str, int, str | None]]:
+        """(item_id, stage, attempt, owner) of running rows."""
+
+    @abc.abstractmethod
+    def rolling_back(self, pipeline: str) -> dict[str, str]:
+        """Items whose rollback waits or runs: item_id -> ``rolling_back[:owner]``
+        (read through an index: there are few)."""
+
+    @abc.abstractmethod
+    def delete_runners(self, owners: Sequence[str]) -> None:
+        """Remove the registrations of these runners."""
+
+    @abc.abstractmethod
+    def find(self, pipeline: str, stages: Sequence[str], item_id: str | None,
+             stage: str | None, states: Sequence[str]) -> list[tuple[str, str]]:
+        """(item_id, stage) rows of ``stages`` in ``states``, optionally of one item
+        or one stage, in creation order."""
+
+    @abc.abstractmethod
+    def require_item(self, pipeline: str, item_id: str) -> None:
+        """Raise :class:`~treadle.ItemNotFoundError` if the item is unknown."""
+
+
+__all__ = ["Tx"]
