@@ -40,8 +40,8 @@ from ..outcomes import SubTask
 from ..pipeline import Pipeline
 from ..states import StageState
 from ..store.base import Claim, CommitResult, StateStore, Transition
-from ..store.urls import mask_url
 from ..store.fanout import FanOutStart, SubResult
+from ..store.urls import mask_url
 from .aio import AsyncPool
 from .calls import is_async
 from .failures import clean_text, failure, sub_failure
@@ -357,7 +357,7 @@ class Scheduler:
                 except StoreError:
                     self._restore(piece)
                     raise
-                except Exception as err:  # noqa: BLE001 - this one result cannot be stored
+                except Exception as err:
                     if not _is_value_error(err):
                         self._restore(piece)
                         raise self._store_trouble(err) from err
@@ -396,7 +396,7 @@ class Scheduler:
         except StoreError:
             self._restore(piece)  # the connection is gone: shutdown gives the claim back
             raise
-        except Exception as again:  # noqa: BLE001 - give the claims back and stop
+        except Exception as again:
             keys = sorted(piece.claims())
             try:
                 self.lease.call(self.store.release, self.pipeline, self.owner, keys)

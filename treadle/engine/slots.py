@@ -13,9 +13,9 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-import logging
 from typing import Any
 
 import attrs

@@ -15,8 +15,8 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from .._crash import crash_point
 from .. import instrument
+from .._crash import crash_point
 from ..errors import SerializationError, StageTimeout
 from ..outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
 from ..serialization import ItemCodec, to_json
