@@ -160,6 +160,7 @@ class Tracing:
         self._fanouts = _Bounded()    # (pipeline, item, stage) -> SpanContext of the FanOut's stage span
         self._reviews = _Bounded()    # (pipeline, item, stage) -> when review_required arrived
         self._submitted = _Bounded()  # (pipeline, item) -> when item_submitted arrived
+        self._contexts = _Bounded()   # (pipeline, item) -> the item-level context (a cache)
         self._receivers: list[tuple[Any, Callable[..., None]]] = []
         self._hook = self._around
         hooks.add(self._hook)
@@ -212,9 +213,17 @@ class Tracing:
 
     def item_context(self, pipeline: str, item_id: Any) -> otel_context.Context:
         """An OpenTelemetry context whose current span is the item-level span."""
-        trace_id, _ = _ids(pipeline, item_id)
-        span = NonRecordingSpan(item_span_context(pipeline, item_id, sampled=self._sampled(trace_id)))
-        return trace.set_span_in_context(span, otel_context.Context())
+        key = (pipeline, item_id)
+        found = self._contexts.get(key)
+        if found is not None:
+            return found
+        trace_id, span_id = _ids(pipeline, item_id)
+        flags = TraceFlags(TraceFlags.SAMPLED if self._sampled(trace_id) else TraceFlags.DEFAULT)
+        span = NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags))
+        made = trace.set_span_in_context(span, otel_context.Context())
+        with self._lock:
+            self._contexts.put(key, made)
+        return made
 
     def _parent(self, ex: hooks.Execution) -> otel_context.Context:
         if ex.kind == "gate" and _running_stage.get() == (ex.pipeline, ex.item_id, ex.stage):
