@@ -44,7 +44,11 @@ def child(side: str, n: int, url: str, workers: int) -> dict[str, Any]:
     tracing, metering = side in ("observed", "otel"), side in ("observed", "prometheus")
     if tracing:
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
         from treadle.contrib import otel
 
         class Drop(SpanExporter):
@@ -57,7 +61,6 @@ def child(side: str, n: int, url: str, workers: int) -> dict[str, Any]:
         handles.append(otel.instrument(provider, runner))
     if metering:
         from prometheus_client import CollectorRegistry
-
         from treadle.contrib import prometheus
 
         handles.append(prometheus.instrument(runner, registry=CollectorRegistry()))

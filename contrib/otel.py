@@ -47,7 +47,14 @@ from typing import Any
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "treadle.contrib.otel needs OpenTelemetry: pip install \"treadle[otel]\""
@@ -188,7 +195,7 @@ class Tracing:
     def __enter__(self) -> Tracing:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- contexts --------------------------------------------------------------------
@@ -327,8 +334,8 @@ class _Nothing:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> bool:
-        return False
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 _NOTHING = _Nothing()
@@ -337,7 +344,7 @@ _NOTHING = _Nothing()
 class _SpanScope:
     """The span of one run of user code, current while the code runs."""
 
-    __slots__ = ("tracing", "ex", "span", "token", "stage_token")
+    __slots__ = ("ex", "span", "stage_token", "token", "tracing")
 
     def __init__(self, tracing: Tracing, ex: hooks.Execution) -> None:
         self.tracing, self.ex = tracing, ex
@@ -362,7 +369,7 @@ class _SpanScope:
         if ex.kind == "stage":
             self.stage_token = _running_stage.set((ex.pipeline, ex.item_id, ex.stage))
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: object) -> None:
         ex, span = self.ex, self.span
         try:
             if self.stage_token is not None:
@@ -379,7 +386,6 @@ class _SpanScope:
         if ex.kind == "stage" and outcome == "fanout":
             self.tracing._remember_fanout(ex, span.get_span_context())
         span.end()
-        return False
 
 
 def instrument(tracer_provider: Any = None, pipeline: Any = None, *, store: Any = None) -> Tracing:

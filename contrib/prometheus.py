@@ -36,14 +36,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 try:
-    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+    from prometheus_client import (
+        REGISTRY,
+        CollectorRegistry,
+        Counter,
+        Histogram,
+        start_http_server,
+    )
     from prometheus_client.core import GaugeMetricFamily, Metric
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "treadle.contrib.prometheus needs prometheus-client: pip install \"treadle[prometheus]\""
     ) from exc
 
-from treadle import Runner, instrument as hooks, signals
+from treadle import Runner, signals
+from treadle import instrument as hooks
 from treadle.states import ItemState, StageState
 
 _log = logging.getLogger("treadle.contrib.prometheus")
@@ -63,7 +70,7 @@ class Metrics:
     def __init__(self, runner: Runner, registry: CollectorRegistry) -> None:
         self.runner = runner
         self.registry = registry
-        self.pipeline = runner.pipeline
+        self.pipeline: Any = runner.pipeline
         name = self.name = runner.pipeline.name
         self.completed = Counter("treadle_stages_completed", "Stages completed (by their code or a review approval).",
                                  LABELS, registry=None)
@@ -124,7 +131,7 @@ class Metrics:
         if self._server is not None:
             raise RuntimeError(f"already serving metrics on port {self.port}")
         self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
-        return self.port
+        return int(self._server.server_port)
 
     @property
     def port(self) -> int | None:
@@ -151,7 +158,7 @@ class Metrics:
     def __enter__(self) -> Metrics:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- instrument and signals -----------------------------------------------------------
@@ -196,8 +203,8 @@ class _Nothing:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> bool:
-        return False
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 _NOTHING = _Nothing()
@@ -212,9 +219,8 @@ class _Timer:
     def __enter__(self) -> None:
         self.t0 = time.perf_counter()
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.histogram.observe(time.perf_counter() - self.t0)
-        return False
 
 
 class StoreCollector:
@@ -304,4 +310,4 @@ def instrument(target: Any, store: Any = None, *, registry: CollectorRegistry | 
     return Metrics(runner, registry if registry is not None else REGISTRY)
 
 
-__all__ = ["DURATION_BUCKETS", "LABELS", "Metrics", "REVIEW_BUCKETS", "StoreCollector", "instrument"]
+__all__ = ["DURATION_BUCKETS", "LABELS", "REVIEW_BUCKETS", "Metrics", "StoreCollector", "instrument"]

@@ -15,16 +15,24 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.sdk.trace.sampling import TraceIdRatioBased  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from treadle.contrib import otel
 
-from tests.obs import spans as span_io  # noqa: E402
-from treadle import (  # noqa: E402
-    Accepted, FanOut, Pipeline, Rejected, Review, Runner, instrument, open_store, stage,
+from tests.obs import spans as span_io
+from treadle import (
+    Accepted,
+    FanOut,
+    Pipeline,
+    Rejected,
+    Review,
+    Runner,
+    instrument,
+    open_store,
+    stage,
 )
-from treadle.contrib import otel  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent

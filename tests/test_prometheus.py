@@ -17,11 +17,11 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import CollectorRegistry  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from treadle.contrib import prometheus
 
-from treadle import Pipeline, Review, Runner, instrument, open_store, stage  # noqa: E402
-from treadle.contrib import prometheus  # noqa: E402
+from treadle import Pipeline, Review, Runner, instrument, open_store, stage
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,9 +216,8 @@ def test_run_metrics_port_serves_metrics_while_the_run_lasts(tmp_path):
 
 def test_a_bad_metrics_port_is_a_usage_error(tmp_path, capsys):
     """An impossible port is exit 2 with one line, before anything is submitted."""
-    from treadle.cli import main
-
     from tests.obs.metrics_pipeline import pipeline
+    from treadle.cli import main
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
     code = main(["run", f"{ROOT / 'tests' / 'obs' / 'metrics_pipeline.py'}:pipeline", "--db", url,

@@ -16,9 +16,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tests.obs.spans import file_provider  # noqa: E402
-from treadle import Pipeline, Review, Runner, open_store, stage  # noqa: E402
-from treadle.contrib import otel  # noqa: E402
+from treadle.contrib import otel
+
+from tests.obs.spans import file_provider
+from treadle import Pipeline, Review, Runner, open_store, stage
 
 
 def build(spans: str) -> Pipeline:
