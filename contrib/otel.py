@@ -158,7 +158,7 @@ class Tracing:
         self._tracer = provider.get_tracer(SCOPE, treadle.__version__)
         self._ids_installed = self._install_ids(self._tracer)
         sender = pipeline
-        if pipeline is not None and hasattr(pipeline, "pipeline") and hasattr(pipeline, "store"):
+        if isinstance(pipeline, treadle.Runner):
             sender, store = pipeline.pipeline, store if store is not None else pipeline.store
         self._sender = sender
         self._name: str | None = getattr(sender, "name", None)
