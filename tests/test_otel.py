@@ -311,3 +311,19 @@ def test_after_a_sigkill_and_resume_the_item_continues_its_trace(tmp_path):
     assert wait["start"] >= _one(after, "stage check")["start"]
     t2 = {s["trace_id"] for s in killed + resumed + approved if s["attributes"].get("treadle.item_id") == "t2"}
     assert t2 == {f"{otel.item_trace_id('traced', 't2'):032x}"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_overhead_benchmark_runs_and_reports_a_ratio(tmp_path):
+    """``python -m benchmarks.obs_overhead`` measures both sides and writes the ratio."""
+    out = tmp_path / "obs.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.obs_overhead", "--n", "50", "--repeats", "1",
+                    "--sides", "plain,otel,prometheus,observed", "--json", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=110)
+    import json
+
+    result = json.loads(out.read_text())
+    assert set(result["ratio"]) == {"plain", "otel", "prometheus", "observed"}
+    assert result["ratio"]["plain"] == 1.0 and all(r > 0 for r in result["ratio"].values())
+    assert result["runs"]["observed"][0]["spans"] == 50 * 6
