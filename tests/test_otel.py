@@ -272,7 +272,13 @@ def test_after_a_sigkill_and_resume_the_item_continues_its_trace(tmp_path):
     worker = [sys.executable, str(ROOT / "tests" / "obs" / "traced_worker.py"), str(db), str(spans_file)]
     first = subprocess.Popen(worker)
     deadline = time.time() + 30
-    while not Path(f"{spans_file}.inside").exists() and time.time() < deadline:
+
+    def t1_prepared() -> bool:
+        return spans_file.exists() and any(
+            s["name"] == "stage prepare" and s["attributes"]["treadle.item_id"] == "t1"
+            for s in span_io.read(spans_file))
+
+    while not (Path(f"{spans_file}.inside").exists() and t1_prepared()) and time.time() < deadline:
         time.sleep(0.02)
     assert Path(f"{spans_file}.inside").exists(), "the first process never reached the slow stage"
     first.send_signal(signal.SIGKILL)
