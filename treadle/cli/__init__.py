@@ -74,6 +74,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     run.add_argument("--log-format", choices=["json", "console"],
                      help="log every transition with structlog in this format")
     run.add_argument("--no-source", action="store_true", help="do not submit the pipeline's source items")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",  # treadle.contrib.prometheus
+                     help="serve Prometheus metrics on :PORT/metrics while the run lasts")
 
     submit = cmd("submit", "add items without running them",
                  "python -m treadle submit app.py:pipeline --items new.jsonl")
@@ -240,12 +242,20 @@ def _run(args, runner: Runner, url: str, stdin, stdout, stderr) -> int:
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be a port number, 0-65535")
     new = runner.submit(*_items(args, runner.pipeline, stdin))
     disconnect = None
     if args.log_format:
         disconnect = _configure_logging(args.log_format, stdout, runner.pipeline)
     tty = stdout.isatty() and not args.log_format
+    metrics = None
     try:
+        if args.metrics_port is not None:  # treadle.contrib.prometheus: /metrics while the run lasts
+            from treadle.contrib.prometheus import instrument as metrics_for
+
+            metrics = metrics_for(runner)
+            metrics.serve(args.metrics_port)
         while True:
             if not args.no_source and not args.item_id:
                 new += runner.submit_source()
@@ -263,6 +273,8 @@ def _run(args, runner: Runner, url: str, stdin, stdout, stderr) -> int:
     finally:
         if disconnect:
             disconnect()
+        if metrics is not None:
+            metrics.close()
     _summary(args, runner, report, url, stdout, submitted=len(new))
     if report.interrupted:
         return 130
