@@ -41,7 +41,7 @@ class UsageError(Exception):
     """Bad command-line usage (exit 2)."""
 
 
-READ_ONLY = {"status", "reviews", "history"}
+READ_ONLY = {"status", "reviews", "history", "serve"}  # serve: web console
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

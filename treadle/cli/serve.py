@@ -23,10 +23,10 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, runner: Any, url: str, stdin: TextIO, stdout: TextIO,
         stderr: TextIO) -> int:
     """Print the console's URL (with a fresh token), then serve until Ctrl-C."""
-    from . import UsageError, _require_existing
     from ..store.urls import mask_url
+    from . import UsageError
 
-    _require_existing(url)
+    # main() refused a missing store before opening it ("serve" is in READ_ONLY).
     try:
         import uvicorn
 
