@@ -54,7 +54,10 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
 
 
 def wait_for(driver: Any, condition: Any, timeout: float = 5.0) -> Any:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=0.05,

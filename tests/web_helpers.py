@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from treadle import Runner, open_store
 from tests.web_pipeline import pipeline
+from treadle import Runner, open_store
 
 TOKEN = "test-token"
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,12 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -24,8 +31,15 @@ from ..runner import Runner
 from ..store.urls import mask_url
 from . import feed, queries
 from .graph import BOX_H, BOX_W, layout
-from .security import (CSRF_FIELD, REVIEWER_COOKIE, CsrfError, TokenGate, checked_form, csrf_token,
-                       new_token)
+from .security import (
+    CSRF_FIELD,
+    REVIEWER_COOKIE,
+    CsrfError,
+    TokenGate,
+    checked_form,
+    csrf_token,
+    new_token,
+)
 
 HERE = Path(__file__).parent
 PAGE = 50
@@ -207,6 +221,7 @@ async def decide(request: Request) -> Response:
         return await _review_response(request, item_id, stage, status=400, text=text,
                                       error="Tell us your name first: it is recorded with each decision.")
     kwargs: dict[str, Any] = {"attempt": attempt, "reviewer": reviewer}
+    fn: Callable[..., None]
     if action == "approve":
         fn = queries.approve
         kwargs["note"] = str(form.get("note", "")).strip() or None
@@ -239,7 +254,7 @@ async def decide(request: Request) -> Response:
     else:
         return HTMLResponse("unknown action", status_code=404)
     try:
-        await run_in_threadpool(fn, runner, item_id, stage, **kwargs)
+        await run_in_threadpool(functools.partial(fn, runner, item_id, stage, **kwargs))
     except InvalidTransitionError as exc:
         return _remember(await _review_response(request, item_id, stage, status=409, error=str(exc),
                                                 refused=True), reviewer)
