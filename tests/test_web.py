@@ -344,3 +344,32 @@ def test_serve_refuses_a_missing_store(tmp_path):
                         "--db", f"sqlite:///{tmp_path / 'none.db'}"], capture_output=True, text=True,
                        timeout=60, check=False)
     assert r.returncode == 2 and "no store at" in r.stderr
+
+
+@pytest.mark.timeout(30)
+def test_streams_share_one_poller(runner, monkeypatch):
+    """Ten open streams read the store through one poller, and each sees every change."""
+    import httpx
+
+    from treadle.web import feed
+
+    reads = []
+    real = feed.snapshot
+    monkeypatch.setattr(feed, "snapshot", lambda r: reads.append(1) or real(r))
+    app = create_app(pipeline, runner.store, token=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=10, headers=auth) as http:
+        streams = [http.stream("GET", "/stream") for _ in range(10)]
+        try:
+            lines = [s.__enter__().iter_lines() for s in streams]
+            for it in lines:
+                assert [e[0] for e in _events(it, 2)] == ["changed", "counts"]
+            reads.clear()
+            time.sleep(1.2)
+            assert len(reads) <= 4  # one poller: about 2 reads a second, not 20
+            runner.approve("d00", "review", reviewer="zed")
+            for it in lines:
+                assert _events(it, 1)[0][0] == "changed"
+        finally:
+            for s in streams:
+                s.__exit__(None, None, None)

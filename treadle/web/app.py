@@ -66,6 +66,7 @@ def create_app(pipeline: Pipeline, store: Any, *, read_only: bool = False,
     app.state.read_only = read_only
     app.state.store_url = mask_url(str(getattr(store, "url", type(store).__name__)))
     app.state.layout = layout(pipeline)
+    app.state.broadcast = feed.Broadcast(runner)
     app.state.templates = _environment()
     return app
 
@@ -162,7 +163,7 @@ async def stream(request: Request) -> Response:
     base = request.scope.get("root_path", "")
 
     async def events() -> Any:
-        async for snap in feed.changes(state.runner, disconnected=request.is_disconnected):
+        async for snap in state.broadcast.subscribe():
             if snap is None:
                 yield ": keep-alive\n\n"
                 continue

@@ -5,12 +5,15 @@ console polls: every ``interval`` seconds, in a worker thread, it reads the
 per-stage counts and the newest history sequence number, and yields a
 :class:`Snapshot` when either changed. :func:`changes` is the only producer
 of the stream; an event feed replaces its body and nothing else.
+:class:`Broadcast` runs one such producer per app, however many pages are
+open, and hands each change to every open stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 INTERVAL = 0.5
 #: Seconds between keep-alive comments on an idle stream.
 KEEPALIVE = 15.0
+
+log = logging.getLogger("treadle.web")
 
 
 @attrs.frozen
@@ -70,6 +75,65 @@ async def changes(runner: Any, *, interval: float = INTERVAL,
             yield None
         await asyncio.sleep(interval)
         idle += interval
+
+
+class Broadcast:
+    """One :func:`changes` producer per app, shared by every open stream.
+
+    The producer starts with the first subscriber and stops with the last;
+    a subscriber gets the newest snapshot at once, then each later one (a
+    slow subscriber skips to the newest), and ``None`` after ``KEEPALIVE``
+    seconds without a change.
+    """
+
+    def __init__(self, runner: Any, *, interval: float = INTERVAL) -> None:
+        self.runner = runner
+        self.interval = interval
+        self._latest: Snapshot | None = None
+        self._version = 0
+        self._changed: asyncio.Condition | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribers = 0
+
+    async def subscribe(self) -> AsyncIterator[Snapshot | None]:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        changed = self._changed
+        self._subscribers += 1
+        if self._task is None:
+            self._task = asyncio.create_task(self._produce())
+        seen = 0
+        try:
+            while True:
+                async with changed:
+                    try:
+                        await asyncio.wait_for(changed.wait_for(lambda seen=seen: self._version != seen), KEEPALIVE)
+                    except asyncio.TimeoutError:
+                        yield None
+                        continue
+                    seen, snap = self._version, self._latest
+                yield snap
+        finally:
+            self._subscribers -= 1
+            if self._subscribers == 0 and self._task is not None:
+                self._task.cancel()
+                self._task, self._latest, self._version = None, None, 0
+
+    async def _produce(self) -> None:
+        assert self._changed is not None
+        while True:
+            try:
+                async for snap in changes(self.runner, interval=self.interval):
+                    if snap is None:
+                        continue
+                    async with self._changed:
+                        self._latest, self._version = snap, self._version + 1
+                        self._changed.notify_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. the database went away: say so, try again
+                log.exception("treadle web console: reading the store for live updates failed")
+                await asyncio.sleep(max(1.0, self.interval))
 
 
 def sse(event: str, data: str, *, id: Any = None) -> str:
