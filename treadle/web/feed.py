@@ -105,9 +105,12 @@ class Broadcast:
         seen = 0
         try:
             while True:
+                def moved(seen: int = seen) -> bool:
+                    return self._version != seen
+
                 async with changed:
                     try:
-                        await asyncio.wait_for(changed.wait_for(lambda seen=seen: self._version != seen), KEEPALIVE)
+                        await asyncio.wait_for(changed.wait_for(moved), KEEPALIVE)
                     except asyncio.TimeoutError:
                         yield None
                         continue
