@@ -373,3 +373,38 @@ def test_streams_share_one_poller(runner, monkeypatch):
         finally:
             for s in streams:
                 s.__exit__(None, None, None)
+
+
+def test_escalated_review_shows_attempts_and_takes_one(store_url):
+    """An escalated gated stage lists every attempt with its verdict; one can be approved as the output."""
+    from tests.web_gated import pipeline as gated
+    from treadle import Runner, open_store
+
+    runner = Runner(gated, open_store(store_url))
+    runner.submit({"id": "g1"})
+    runner.run()
+    c = client(create_app(gated, runner.store, token=TOKEN))
+    page = c.get("/review?item=g1&stage=extract").text
+    assert 'id="attempts"' in page and "attempt 2 is not good enough" in page and "100" in page
+    r = c.post("/review/approve", data={"csrf": csrf(page), "item": "g1", "stage": "extract",
+                                        "attempt": "2", "take": "1", "reviewer": "ann"})
+    assert r.status_code == 303 and "attempt%201" in r.headers["location"]
+    st = runner.status("g1").stages["extract"]
+    assert st.state == "completed" and st.output == {"total": "100"} and st.review.reviewer == "ann"
+
+
+def test_failed_item_shows_its_error_and_retries(store_url):
+    """A failed stage's error is on the item page; Retry puts it back to pending."""
+    from tests.web_gated import pipeline as gated
+    from treadle import Runner, open_store
+
+    runner = Runner(gated, open_store(store_url))
+    runner.submit({"id": "bad", "fail": True})
+    runner.run()
+    c = client(create_app(gated, runner.store, token=TOKEN))
+    page = c.get("/item?id=bad").text
+    assert "cannot read bad" in page and 'id="retry"' in page
+    assert c.get("/items?state=failed").text.count('class="row"') == 1
+    r = c.post("/item/retry", data={"csrf": csrf(page), "item": "bad"})
+    assert r.status_code == 303 and "1%20stage" in r.headers["location"]
+    assert runner.status("bad").stages["extract"].state == "pending"

@@ -226,6 +226,7 @@ async def decide(request: Request) -> Response:
     if action == "approve":
         fn = queries.approve
         kwargs["note"] = str(form.get("note", "")).strip() or None
+        kwargs["take"] = _int(form.get("take"))
         if text is not None:
             try:
                 data = json.loads(str(text))
@@ -240,6 +241,8 @@ async def decide(request: Request) -> Response:
                     "next": str(form.get("next") or "/inbox")})
             kwargs.update(data=data, edited=bool(changes))
         done = f"approved {item_id} at {stage}" + (" with edits" if kwargs.get("edited") else "")
+        if kwargs["take"] is not None:
+            done += f" (the output of attempt {kwargs['take']})"
     elif action == "reject":
         fn, reason = queries.reject, str(form.get("reason", "")).strip()
         if not reason:

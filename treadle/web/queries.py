@@ -91,7 +91,10 @@ def _upstream(pipeline: Any, stage: str) -> set[str]:
 
 
 def check_current(runner: Any, item_id: str, stage: str, attempt: int | None) -> Any:
-    """Refuse a decision on a review the reviewer did not see: decided meanwhile, or produced again."""
+    """Refuse a decision on a review the reviewer did not see: decided meanwhile, or produced again.
+
+    ``attempt`` is the stage's attempt number the page showed (None: not checked).
+    """
     stage = runner.pipeline.check_stage(stage)
     st = runner.status(item_id).stages[stage]
     if st.state != WAITING:
@@ -119,11 +122,15 @@ def _expect(method: Any, attempt: int | None) -> dict[str, Any]:
 
 
 def approve(runner: Any, item_id: str, stage: str, *, attempt: int | None, reviewer: str,
-            data: Any = None, edited: bool = False, note: str | None = None) -> None:
+            data: Any = None, edited: bool = False, note: str | None = None,
+            take: int | None = None) -> None:
+    """Approve as it is, with edited ``data``, or (gated stage) the output of attempt ``take``."""
     check_current(runner, item_id, stage, attempt)
     kwargs = _expect(runner.approve, attempt)
     if edited:
         kwargs["data"] = data
+    elif take is not None:
+        kwargs["attempt"] = take
     runner.approve(item_id, stage, note=note or None, reviewer=reviewer, **kwargs)
 
 
