@@ -408,3 +408,28 @@ def test_failed_item_shows_its_error_and_retries(store_url):
     r = c.post("/item/retry", data={"csrf": csrf(page), "item": "bad"})
     assert r.status_code == 303 and "1%20stage" in r.headers["location"]
     assert runner.status("bad").stages["extract"].state == "pending"
+
+
+def test_mounted_under_a_prefix(runner):
+    """create_app mounts in another Starlette app: links, cookie and redirects keep the prefix."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    outer = Starlette(routes=[Mount("/treadle", app=create_app(pipeline, runner.store, token=TOKEN))])
+    c = TestClient(outer, follow_redirects=False)
+    r = c.get(f"/treadle/inbox?token={TOKEN}")
+    assert r.headers["location"] == "/treadle/inbox" and "Path=/treadle" in r.headers["set-cookie"]
+    page = c.get("/treadle/inbox").text
+    assert 'href="/treadle/static/console.css"' in page and 'name="next" value="/inbox"' in page
+    r = c.post("/treadle/review/approve", data={"csrf": csrf(page), "item": "d00", "stage": "review",
+                                                 "attempt": "1", "reviewer": "x", "next": "/inbox"})
+    assert r.headers["location"].startswith("/treadle/inbox?flash=approved")
+
+
+def test_next_never_leaves_the_app(app):
+    c = client(app)
+    page = c.get("/inbox").text
+    for evil in ("https://evil.example/", "//evil.example/x", "/\\\\evil"):
+        r = c.post("/reviewer", data={"csrf": csrf(page), "reviewer": "x", "next": evil})
+        assert r.headers["location"].startswith("/inbox?flash="), evil

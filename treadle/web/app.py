@@ -103,7 +103,8 @@ def _ago(ts: float | None) -> str:
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     state = request.app.state
     reviewer = unquote(request.cookies.get(REVIEWER_COOKIE, ""))
-    ctx = {"request": request, "base": request.scope.get("root_path", ""), "csrf": state.csrf,
+    ctx = {"request": request, "base": request.scope.get("root_path", ""), "here": _here(request),
+           "csrf": state.csrf,
            "csrf_field": CSRF_FIELD, "read_only": state.read_only, "pipeline": state.runner.pipeline,
            "store_url": state.store_url, "reviewer": reviewer, "flash": request.query_params.get("flash"),
            **context}
@@ -127,8 +128,20 @@ def _int(value: Any, default: int | None = None) -> int | None:
         return default
 
 
-def _back(request: Request, path: str, flash: str) -> RedirectResponse:
+def _here(request: Request) -> str:
+    """This page's path and query, relative to the app (as ``next`` values carry it)."""
     base = request.scope.get("root_path", "")
+    path = request.url.path
+    if base and path.startswith(base):
+        path = path[len(base):] or "/"
+    return path + (f"?{request.url.query}" if request.url.query else "")
+
+
+def _back(request: Request, path: str, flash: str) -> RedirectResponse:
+    """Redirect to ``path`` inside the app (never elsewhere) with a message."""
+    base = request.scope.get("root_path", "")
+    if not path.startswith("/") or path.startswith("//") or "\\" in path:
+        path = "/inbox"
     sep = "&" if "?" in path else "?"
     return RedirectResponse(f"{base}{path}{sep}flash={quote(flash)}", status_code=303)
 
@@ -305,8 +318,6 @@ async def set_reviewer(request: Request) -> Response:
     form = await checked_form(request)
     name = str(form.get("reviewer", "")).strip()
     back = str(form.get("next") or "/inbox")
-    if not back.startswith("/"):
-        back = "/inbox"
     if not name:
         return _back(request, back, "A reviewer name cannot be empty.")
     return _remember(_back(request, back, f"reviewing as {name}"), name)
