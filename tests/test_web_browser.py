@@ -117,3 +117,28 @@ def test_two_sessions_decide_the_same_review(tmp_path):
         assert "no longer awaiting review" in error.text and "approved by Ann" in error.text
     assert decisions(runner) == [("d01", "approved", "Ann")]
     assert stage_of(runner, "d01").state == "completed"
+
+
+def test_keyboard_shortcuts(tmp_path):
+    """j/k move, x selects, Enter opens; on a review page `a` approves."""
+    from selenium.webdriver.common.keys import Keys
+
+    runner = waiting_store(f"sqlite:///{tmp_path / 'store.db'}", 5)
+    app = create_app(pipeline, runner.store, token=TOKEN)
+    with live_server(app) as base, chromium() as browser:
+        browser.get(f"{base}/inbox?token={TOKEN}")
+        _css(browser, "#reviewer-input").send_keys("Kim\n")
+        wait_for(browser, lambda d: d.find_elements("css selector", "#reviewer-name"))
+        body = _css(browser, "body")
+        body.send_keys("j", "x", "j", "j", "x", "k")  # select d00 and d02; cursor back on d01
+        assert [b.get_attribute("value") for b in browser.find_elements("css selector", "input.sel:checked")] \
+            == [json.dumps(["d00", "review", 1]), json.dumps(["d02", "review", 1])]
+        assert _css(browser, "tr.row.cursor").get_attribute("data-item") == "d01"
+        _css(browser, "#approve-selected").click()
+        wait_for(browser, lambda d: "approved 2" in d.find_element("css selector", "#flash").text)
+        _css(browser, "body").send_keys("j", Keys.ENTER)  # the first row is now d01
+        wait_for(browser, lambda d: "d01" in d.find_element("css selector", "h1").text)
+        _css(browser, "body").send_keys("a")
+        wait_for(browser, lambda d: "approved d01" in d.find_element("css selector", "#flash").text)
+    assert sorted(decisions(runner)) == [("d00", "approved", "Kim"), ("d01", "approved", "Kim"),
+                                         ("d02", "approved", "Kim")]
