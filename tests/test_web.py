@@ -405,6 +405,8 @@ def test_failed_item_shows_its_error_and_retries(store_url):
     page = c.get("/item?id=bad").text
     assert "cannot read bad" in page and 'id="retry"' in page
     assert c.get("/items?state=failed").text.count('class="row"') == 1
+    assert c.get("/items?error=CANNOT+READ").text.count('class="row"') == 1
+    assert c.get("/items?error=no+such+error").text.count('class="row"') == 0
     r = c.post("/item/retry", data={"csrf": csrf(page), "item": "bad"})
     assert r.status_code == 303 and "1%20stage" in r.headers["location"]
     assert runner.status("bad").stages["extract"].state == "pending"

@@ -328,13 +328,14 @@ async def set_reviewer(request: Request) -> Response:
 async def items(request: Request) -> Response:
     q = request.query_params
     stage, state, page = q.get("stage") or None, q.get("state") or None, max(0, _int(q.get("page"), 0) or 0)
+    error = q.get("error") or None
     try:
         result = await run_in_threadpool(queries.items_page, request.app.state.runner, stage=stage,
-                                         state=state, page=page, size=PAGE)
+                                         state=state, page=page, size=PAGE, error=error)
     except (TreadleError, KeyError, ValueError) as exc:
         return render(request, "error.html", {"message": str(exc)}, status=400)
     return render(request, "items.html", {"result": result, "stage": stage or "", "state": state or "",
-                                          "states": queries.STATE_ORDER})
+                                          "error": error or "", "states": queries.STATE_ORDER})
 
 
 async def item(request: Request) -> Response:

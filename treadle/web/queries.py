@@ -166,11 +166,25 @@ def diff(runner: Any, item_id: str, stage: str, data: Any) -> list[dict[str, Any
     return json_diff(st.review.data if st.review else None, data)
 
 
-def items_page(runner: Any, *, stage: str | None, state: str | None, page: int, size: int) -> Page:
+def items_page(runner: Any, *, stage: str | None, state: str | None, page: int, size: int,
+               error: str | None = None) -> Page:
+    """Items by stage and state, oldest first; ``error`` keeps those with a stage error containing it."""
     if stage:
         runner.pipeline.check_stage(stage)
     if state:
         state = StageState(state).value
+    needle = (error or "").strip().lower()
+    if needle:  # scans the candidates (by default the failed ones) until the page is full
+        ids = runner.store.item_ids(runner.pipeline, stage or None, state or StageState.FAILED.value, None)
+        found: list[Any] = []
+        for item_id in ids:
+            status = runner.status(item_id)
+            stages = [status.stages[stage]] if stage else list(status.stages.values())
+            if any(needle in (st.error or "").lower() for st in stages):
+                found.append(status)
+                if len(found) > (page + 1) * size:
+                    break
+        return Page(found[page * size:(page + 1) * size], page, size, None, len(found) > (page + 1) * size)
     limit = (page + 1) * size + 1
     ids = runner.store.item_ids(runner.pipeline, stage or None, state or None, limit)
     rows = [runner.status(i) for i in ids[page * size:(page + 1) * size]]
