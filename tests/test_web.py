@@ -26,7 +26,7 @@ from treadle.web import create_app
 
 GETS = ["/", "/inbox", "/review?item=d00&stage=review", "/items", "/item?id=d00",
         "/fragments/overview", "/stream", "/static/console.css", "/static/htmx-2.0.11.min.js", "/nowhere"]
-POSTS = ["/review/approve", "/review/reject", "/review/changes", "/review/preview", "/inbox/approve",
+POSTS = ["/review/approve", "/review/reject", "/review/changes", "/review/preview", "/inbox/decide",
          "/reviewer", "/item/retry", "/item/rerun"]
 
 
@@ -57,7 +57,9 @@ def test_every_route_needs_the_token(app, runner):
     for path in POSTS:
         assert c.post(path, data={"item": "d00", "stage": "review", "reviewer": "x"}).status_code == 401, path
     assert c.get("/?token=wrong").status_code == 401
-    assert c.get("/", cookies={"treadle_token": "wrong"}).status_code == 401
+    wrong = client(app, login=False)
+    wrong.cookies.set("treadle_token", "wrong")
+    assert wrong.get("/").status_code == 401
     assert stage_of(runner, "d00").state == "awaiting_review"
 
 
@@ -229,10 +231,28 @@ def test_bulk_approve_selected(app, runner):
     c = client(app)
     page = c.get("/inbox").text
     sel = [json.dumps([f"d0{i}", "review", 1]) for i in (1, 3, 5)]
-    r = c.post("/inbox/approve", data={"csrf": csrf(page), "sel": sel, "reviewer": "dee"})
+    r = c.post("/inbox/decide", data={"csrf": csrf(page), "sel": sel, "reviewer": "dee", "do": "approve"})
     assert r.status_code == 303 and "approved%203" in r.headers["location"]
     assert sorted(decisions(runner)) == [(f"d0{i}", "approved", "dee") for i in (1, 3, 5)]
     assert stage_of(runner, "d00").state == "awaiting_review"
+    # again: the three are refused (already decided), with the reason
+    r = c.post("/inbox/decide", data={"csrf": csrf(page), "sel": sel[:1]})
+    assert "nothing%20was%20changed" in r.headers["location"]
+    r = c.post("/inbox/decide", data={"csrf": csrf(page), "sel": sel[:1], "do": "approve"})
+    assert "approved%200" in r.headers["location"] and "no%20longer%20awaiting" in r.headers["location"]
+
+
+def test_bulk_reject_selected_needs_a_reason(app, runner):
+    c = client(app)
+    page = c.get("/inbox").text
+    sel = [json.dumps([f"d0{i}", "review", 1]) for i in (0, 2)]
+    base = {"csrf": csrf(page), "sel": sel, "reviewer": "dee", "do": "reject"}
+    r = c.post("/inbox/decide", data=base)
+    assert "needs%20a%20reason" in r.headers["location"] and decisions(runner) == []
+    r = c.post("/inbox/decide", data={**base, "reason": "off topic"})
+    assert "rejected%202" in r.headers["location"]
+    assert sorted(decisions(runner)) == [("d00", "rejected", "dee"), ("d02", "rejected", "dee")]
+    assert stage_of(runner, "d02").review.note == "off topic"
 
 
 def test_inbox_filters_oldest_first_and_pages(store_url):

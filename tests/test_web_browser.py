@@ -136,9 +136,12 @@ def test_keyboard_shortcuts(tmp_path):
         assert _css(browser, "tr.row.cursor").get_attribute("data-item") == "d01"
         _css(browser, "#approve-selected").click()
         wait_for(browser, lambda d: "approved 2" in d.find_element("css selector", "#flash").text)
+        _css(browser, 'tr[data-item="d04"] input.sel').click()
+        _css(browser, "#bulk-reason").send_keys("off topic\n")  # Enter in the reason rejects
+        wait_for(browser, lambda d: "rejected 1" in d.find_element("css selector", "#flash").text)
         _css(browser, "body").send_keys("j", Keys.ENTER)  # the first row is now d01
         wait_for(browser, lambda d: "d01" in d.find_element("css selector", "h1").text)
         _css(browser, "body").send_keys("a")
         wait_for(browser, lambda d: "approved d01" in d.find_element("css selector", "#flash").text)
     assert sorted(decisions(runner)) == [("d00", "approved", "Kim"), ("d01", "approved", "Kim"),
-                                         ("d02", "approved", "Kim")]
+                                         ("d02", "approved", "Kim"), ("d04", "rejected", "Kim")]

@@ -292,12 +292,19 @@ async def preview(request: Request) -> Response:
     return render(request, "_diff.html", {"diff": changes, "error": None})
 
 
-async def bulk_approve(request: Request) -> Response:
+async def bulk_decide(request: Request) -> Response:
+    """POST /inbox/decide: approve the selected reviews as they are, or reject them with one reason."""
     form = await checked_form(request)
     reviewer = _reviewer(request, form)
     back = str(form.get("next") or "/inbox")
     if reviewer is None:
         return _back(request, back, "Tell us your name first: it is recorded with each decision.")
+    if form.get("do") not in ("approve", "reject"):
+        return _back(request, back, "Choose Approve selected or Reject selected; nothing was changed.")
+    reject = form.get("do") == "reject"
+    reason = str(form.get("reason", "")).strip()
+    if reject and not reason:
+        return _back(request, back, "Rejecting needs a reason; nothing was changed.")
     selected = []
     for raw in form.getlist("sel"):
         try:
@@ -307,8 +314,9 @@ async def bulk_approve(request: Request) -> Response:
         selected.append((str(item_id), str(stage), _int(attempt)))
     if not selected:
         return _back(request, back, "Nothing selected.")
-    done, refused = await run_in_threadpool(queries.approve_many, request.app.state.runner, selected, reviewer)
-    msg = f"approved {len(done)} item(s)"
+    done, refused = await run_in_threadpool(queries.decide_many, request.app.state.runner, selected,
+                                            reviewer, reason if reject else None)
+    msg = f"{'rejected' if reject else 'approved'} {len(done)} item(s)"
     if refused:
         msg += f"; refused {len(refused)}: " + " ".join(refused[:3])
     return _remember(_back(request, back, msg), reviewer)
@@ -373,7 +381,7 @@ def _routes() -> list[Any]:
         Route("/fragments/overview", overview_fragment),
         Route("/stream", stream),
         Route("/inbox", inbox),
-        Route("/inbox/approve", bulk_approve, methods=["POST"]),
+        Route("/inbox/decide", bulk_decide, methods=["POST"]),
         Route("/review", review),
         Route("/review/preview", preview, methods=["POST"]),
         Route("/review/{action}", decide, methods=["POST"]),

@@ -147,13 +147,17 @@ def request_changes(runner: Any, item_id: str, stage: str, *, attempt: int | Non
                            **_expect(runner.request_changes, attempt))
 
 
-def approve_many(runner: Any, selected: list[tuple[str, str, int | None]], reviewer: str
-                 ) -> tuple[list[str], list[str]]:
-    """Approve each selected review as it is; returns (approved ids, refusal messages)."""
+def decide_many(runner: Any, selected: list[tuple[str, str, int | None]], reviewer: str,
+                reason: str | None = None) -> tuple[list[str], list[str]]:
+    """Approve each selected review as it is (or reject it, given a ``reason``); each decision is
+    checked and recorded on its own. Returns (decided ids, refusal messages)."""
     done, refused = [], []
     for item_id, stage, attempt in selected:
         try:
-            approve(runner, item_id, stage, attempt=attempt, reviewer=reviewer)
+            if reason is None:
+                approve(runner, item_id, stage, attempt=attempt, reviewer=reviewer)
+            else:
+                reject(runner, item_id, stage, attempt=attempt, reviewer=reviewer, reason=reason)
         except InvalidTransitionError as exc:
             refused.append(str(exc))
         else:

@@ -9,6 +9,12 @@
     cursor = Math.max(0, Math.min(all.length - 1, cursor + by));
     all[cursor].classList.add("cursor"); all[cursor].scrollIntoView({block: "nearest"});
   }
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && e.target.id === "bulk-reason") {
+      e.preventDefault();
+      var b = document.getElementById("reject-selected"); if (b) b.click();
+    }
+  });
   function typing(e) { var t = e.target.tagName; return t === "INPUT" || t === "TEXTAREA" || t === "SELECT"; }
   document.addEventListener("keydown", function (e) {
     if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
