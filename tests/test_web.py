@@ -73,6 +73,22 @@ def test_token_once_then_cookie(app):
     assert client(app, login=False).get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
+def test_security_headers(app):
+    """Every response forbids framing and inline scripts, also the 401."""
+    for c in (client(app), client(app, login=False)):
+        r = c.get("/inbox")
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert "script-src 'self';" in r.headers["content-security-policy"]
+        assert r.headers["x-frame-options"] == "DENY"
+
+
+def test_serve_warns_off_loopback():
+    from treadle.cli.serve import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
+    assert not _loopback("0.0.0.0") and not _loopback("192.168.1.4")
+
+
 def test_post_without_csrf_is_refused(app, runner):
     """A POST with the cookie but without the page's CSRF token is refused (403); the store is unchanged."""
     c = client(app)

@@ -23,6 +23,17 @@ _UNAUTHORIZED = """<!doctype html><meta charset="utf-8"><title>treadle: token ne
 <code>python -m treadle serve</code> printed (it ends in <code>?token=...</code>).</p>"""
 
 
+#: Sent with every response: no framing, no inline scripts, nothing from other sites.
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     (b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+      b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'")),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
 def new_token() -> str:
     """A fresh access token (printed by ``serve`` at each start)."""
     return secrets.token_urlsafe(24)
@@ -55,6 +66,7 @@ class TokenGate:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        send = _with_headers(send)
         request = Request(scope)
         query = request.query_params.get("token")
         if query is not None and same(query, self.token):
@@ -75,6 +87,15 @@ class TokenGate:
                                "nothing can be changed from it.</p>", status_code=403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _with_headers(send: Any) -> Any:
+    async def sender(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+        await send(message)
+
+    return sender
 
 
 async def checked_form(request: Request) -> Any:
