@@ -145,3 +145,18 @@ def test_keyboard_shortcuts(tmp_path):
         wait_for(browser, lambda d: "approved d01" in d.find_element("css selector", "#flash").text)
     assert sorted(decisions(runner)) == [("d00", "approved", "Kim"), ("d01", "approved", "Kim"),
                                          ("d02", "approved", "Kim"), ("d04", "rejected", "Kim")]
+
+
+def test_item_page_follows_the_store(tmp_path):
+    """An open item page shows a decision taken elsewhere within 2 s, without a reload."""
+    runner = waiting_store(f"sqlite:///{tmp_path / 'store.db'}", 2)
+    app = create_app(pipeline, runner.store, token=TOKEN)
+    with live_server(app) as base, chromium() as browser:
+        browser.get(f"{base}/item?id=d00&token={TOKEN}")
+        state = 'tr[data-stage="review"] .state'
+        assert _css(browser, state).text == "awaiting_review"
+        browser.execute_script("window.__noReload = true;")
+        runner.approve("d00", "review", reviewer="elsewhere")
+        wait_for(browser, lambda d: d.find_element("css selector", state).text == "completed", timeout=2.0)
+        assert "approved by elsewhere" in _css(browser, "#item-live").text
+        assert browser.execute_script("return window.__noReload === true;")
