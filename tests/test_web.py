@@ -25,7 +25,7 @@ from treadle.store.memory import MemoryStore
 from treadle.web import create_app
 
 GETS = ["/", "/inbox", "/review?item=d00&stage=review", "/items", "/item?id=d00",
-        "/fragments/overview", "/stream", "/static/console.css", "/static/htmx-2.0.11.min.js", "/nowhere"]
+        "/fragments/overview", "/fragments/waiting", "/stream", "/static/console.css", "/static/htmx-2.0.11.min.js", "/nowhere"]
 POSTS = ["/review/approve", "/review/reject", "/review/changes", "/review/preview", "/inbox/decide",
          "/reviewer", "/item/retry", "/item/rerun"]
 
@@ -281,7 +281,9 @@ def test_inbox_filters_oldest_first_and_pages(store_url):
     second = c.get("/inbox?page=1").text
     assert second.count('class="row"') == 5 and ">d54<" in second and ">d00<" not in second
     only = c.get("/inbox?q=OF+D07").text
-    assert only.count('class="row"') == 1 and ">d07<" in only
+    assert only.count('class="row"') == 1 and ">d07<" in only and "1 match" in only
+    assert c.get("/fragments/waiting").text == "55 waiting"
+    assert c.get("/fragments/waiting?stage=publish").text == "0 waiting"
     assert c.get("/inbox?stage=publish").text.count('class="row"') == 0
     assert c.get("/inbox?stage=nope").status_code == 400
 

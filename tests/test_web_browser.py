@@ -80,12 +80,17 @@ def test_review_fifty_then_live_overview(tmp_path):
         got = sorted(decisions(runner))
         assert got == sorted([("d00", "approved", "Rita Reviewer"), ("d01", "rejected", "Rita Reviewer")]
                              + [(f"d{i:02d}", "approved", "Rita Reviewer") for i in range(2, 12)])
+        assert "38 waiting" in _css(browser, "#waiting-now").text
         assert stage_of(runner, "d00").output["title"] == "Edited in the browser"
         assert stage_of(runner, "d01").review.note == "duplicate of d00"
 
+        # the inbox's count is live
+        runner.approve("d12", "review", reviewer="someone else")
+        wait_for(browser, lambda d: d.find_element("css selector", "#waiting-now").text == "37 waiting", timeout=2.0)
+
         # the overview follows a runner in another process, without a reload
         browser.get(f"{base}/")
-        wait_for(browser, lambda d: _cell(d, "review", "awaiting_review") == "38")
+        wait_for(browser, lambda d: _cell(d, "review", "awaiting_review") == "37")
         browser.execute_script("window.__noReload = true;")
         assert _cell(browser, "publish", "completed") == "0"
         proc = subprocess.run([sys.executable, "-m", "treadle", "run", "tests/web_pipeline.py:pipeline",
@@ -93,7 +98,7 @@ def test_review_fifty_then_live_overview(tmp_path):
                               check=False)
         assert proc.returncode == 0, proc.stderr
         done = time.monotonic()
-        wait_for(browser, lambda d: _cell(d, "publish", "completed") == "11", timeout=2.0)
+        wait_for(browser, lambda d: _cell(d, "publish", "completed") == "12", timeout=2.0)
         assert time.monotonic() - done < 2.0
         assert browser.execute_script("return window.__noReload === true;")
         assert _cell(browser, "review", "rejected") == "1"

@@ -203,6 +203,15 @@ async def inbox(request: Request) -> Response:
     return render(request, "inbox.html", {"result": result, "stage": stage or "", "q": text or ""})
 
 
+async def waiting_fragment(request: Request) -> Response:
+    """GET /fragments/waiting?stage=S: how many reviews wait now (the inbox's live counter)."""
+    stage = request.query_params.get("stage") or None
+    counts = await run_in_threadpool(request.app.state.runner.counts)
+    n = (counts.get(stage, {}).get(queries.WAITING, 0) if stage
+         else sum(c.get(queries.WAITING, 0) for c in counts.values()))
+    return HTMLResponse(f"{n} waiting")
+
+
 async def review(request: Request) -> Response:
     q = request.query_params
     return await _review_response(request, q.get("item", ""), q.get("stage", ""))
@@ -381,6 +390,7 @@ def _routes() -> list[Any]:
         Route("/fragments/overview", overview_fragment),
         Route("/stream", stream),
         Route("/inbox", inbox),
+        Route("/fragments/waiting", waiting_fragment),
         Route("/inbox/decide", bulk_decide, methods=["POST"]),
         Route("/review", review),
         Route("/review/preview", preview, methods=["POST"]),
