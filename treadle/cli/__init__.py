@@ -19,6 +19,7 @@ from ..runner import Runner
 from ..store import open_store
 from ..store.urls import mask_text, mask_url
 from . import render
+from . import serve as web_serve  # web console (treadle/cli/serve.py)
 from .graph import FORMATS
 from .target import load_target
 
@@ -40,7 +41,7 @@ class UsageError(Exception):
     """Bad command-line usage (exit 2)."""
 
 
-READ_ONLY = {"status", "reviews", "history"}
+READ_ONLY = {"status", "reviews", "history", "serve"}  # serve: web console
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -131,6 +132,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     graph = cmd("graph", "print the DAG", "python -m treadle graph app.py:pipeline --format mermaid")
     graph.add_argument("--format", choices=sorted(FORMATS), default="text")
+
+    # -- web console: treadle/cli/serve.py ------------------------------------
+    web_serve.add_arguments(cmd("serve", "the local web console: review inbox, live overview, items",
+                            "python -m treadle serve app.py:pipeline --port 8321"))
+    # -- end web console ------------------------------------------------------
     return p, commands
 
 
@@ -455,4 +461,5 @@ def _history(args, runner: Runner, url, stdin, stdout, stderr) -> int:
 COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
+    "serve": web_serve.run,  # web console: treadle/cli/serve.py
 }
