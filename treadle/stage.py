@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, Union
 
@@ -47,10 +48,35 @@ class StageSpec:
         return self.fn(item, ctx) if self.takes_ctx else self.fn(item)
 
 
-def arity(fn: Callable[..., Any], what: str, name: str) -> bool:
-    """Return True if ``fn`` takes ``(item, ctx)``, False if only ``(item)``.
+#: An annotation that names the context type: ``StageContext``, ``treadle.StageContext``,
+#: ``StageContext | None``, as a class or as a string (``from __future__ import annotations``).
+_CONTEXT_ANNOTATION = re.compile(r"\bStageContext\b")
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
-    Raises :class:`InvalidStageError` if it can take neither.
+
+def wants_context(param: inspect.Parameter) -> bool:
+    """Whether a function's second positional parameter is meant for ``ctx``.
+
+    It is when it is required (no default), named ``ctx``, or annotated with
+    the context type. A parameter with a default, such as the closure idiom
+    ``def f(item, _s=s)``, keeps its default.
+    """
+    if param.default is inspect.Parameter.empty or param.name == "ctx":
+        return True
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        return False
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return bool(_CONTEXT_ANNOTATION.search(text))
+
+
+def arity(fn: Callable[..., Any], what: str, name: str) -> bool:
+    """Return True if ``fn`` is called ``(item, ctx)``, False if ``(item)``.
+
+    ``fn`` must accept one positional argument (the item); it also gets ``ctx``
+    when its second positional parameter :func:`wants_context`. ``*args`` alone
+    gets the item only. Raises :class:`InvalidStageError` if ``fn`` can take
+    neither ``(item)`` nor ``(item, ctx)``.
     """
     if not callable(fn):
         raise InvalidStageError(
@@ -60,12 +86,15 @@ def arity(fn: Callable[..., Any], what: str, name: str) -> bool:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: trust them with (item)
         return False
-    for args in ((None, None), (None,)):
+    positional = [p for p in sig.parameters.values() if p.kind in _POSITIONAL]
+    for args in ((None,), (None, None)):
         try:
             sig.bind(*args)
         except TypeError:
             continue
-        return len(args) == 2
+        if len(args) == 2:  # the second parameter is required
+            return True
+        return len(positional) >= 2 and wants_context(positional[1])
     raise InvalidStageError(
         f"{what} {name!r} has signature {sig}, which cannot take (item) or (item, ctx); "
         "define it as def f(item) or def f(item, ctx).",
