@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union
 
 import attrs
 
+from .context import Outputs
 from .errors import InvalidStageError
+from .serialization import is_record_type
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,12 +42,22 @@ class StageSpec:
     review: str = "never"
     review_timeout: float | None = None
     on_timeout: str = "reject"
+    output_type: type | None = None
     takes_ctx: bool = True
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
+    #: ``output_type`` of each upstream stage that has one; set by the Pipeline.
+    upstream_types: Mapping[str, type] = attrs.field(factory=dict, eq=False, repr=False)
 
     def call(self, item: Any, ctx: Any) -> Any:
-        """Call the stage function with ``(item, ctx)`` or ``(item)`` as it accepts."""
+        """Call the stage function with ``(item, ctx)`` or ``(item)`` as it accepts.
+
+        Upstream outputs with an ``output_type`` come back as instances of it.
+        """
+        # Until the engine builds ctx.outputs with the pipeline's output types
+        # itself (Outputs(raw, pipeline.output_types)), give them here.
+        if self.upstream_types and isinstance(ctx.outputs, Outputs):
+            ctx.outputs = ctx.outputs.typed(self.upstream_types)
         return self.fn(item, ctx) if self.takes_ctx else self.fn(item)
 
 
@@ -148,11 +161,28 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("review_timeout", "a number of seconds > 0")
     if opts["on_timeout"] not in ON_TIMEOUT:
         raise bad("on_timeout", "'approve' or 'reject'")
+    if opts["output_type"] is not None and not is_record_type(opts["output_type"]):
+        raise bad("output_type", "an attrs class or a dataclass")
+
+
+def returned_type(fn: Callable[..., Any]) -> type | None:
+    """The attrs class or dataclass ``fn`` is annotated to return, if any.
+
+    treadle's own outcome classes (``-> Review``, ``-> Completed``) do not count.
+    """
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no output type
+        return None
+    if not is_record_type(hint) or hint.__module__.partition(".")[0] == "treadle":
+        return None  # not a record, or an outcome (Review, Completed, FanOut, ...)
+    return hint
 
 
 _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
+    output_type=None,
 )
 
 
@@ -171,6 +201,8 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
     rollback = options.get("rollback")
     rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
+    if options["output_type"] is None:
+        options["output_type"] = returned_type(fn)
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
         takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
@@ -191,6 +223,7 @@ def stage(
     review: str = "never",
     review_timeout: float | None = None,
     on_timeout: Literal["approve", "reject"] = "reject",
+    output_type: type | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -201,11 +234,15 @@ def stage(
 
     ``review_timeout`` (seconds) with ``on_timeout="approve" | "reject"``
     decides a review nobody decided in time (actor ``timeout``).
+
+    ``output_type`` (an attrs class or dataclass; by default the function's
+    return annotation when it is one) restores this stage's output as an
+    instance in downstream stages' ``ctx.outputs``.
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
         concurrency=concurrency, gate=gate, on_exhausted=on_exhausted, review=review,
-        review_timeout=review_timeout, on_timeout=on_timeout,
+        review_timeout=review_timeout, on_timeout=on_timeout, output_type=output_type,
     )
 
     def decorate(fn: F) -> F:

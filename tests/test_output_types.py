@@ -1,0 +1,113 @@
+"""Outputs declared with a type come back downstream as instances, also after a restart."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+import attrs
+import pytest
+
+from treadle import InvalidStageError, Pipeline, Review, Runner, SerializationError, open_store, stage
+
+
+@attrs.frozen
+class Track:
+    title: str
+    tags: tuple[str, ...] = ()
+    added: datetime.date | None = None
+
+
+@dataclasses.dataclass
+class Size:
+    bytes_: int
+
+
+@stage(output_type=Track)
+def identify(item):
+    return Track(item["title"], ("rock",), datetime.date(2026, 1, 2))
+
+
+@stage()
+def measure(item) -> Size:  # the return annotation declares the type
+    return Size(123)
+
+
+@stage(after=[identify, measure])
+def check(item, ctx):
+    return Review({"title": ctx.outputs["identify"].title}, message="title ok?")
+
+
+@stage(after=[check])
+def export(item, ctx):
+    track, size = ctx.outputs["identify"], ctx.outputs["measure"]
+    return {"track": type(track).__name__, "tags": list(track.tags), "added": track.added.isoformat(),
+            "size": type(size).__name__, "review": type(ctx.outputs["check"]).__name__}
+
+
+def make_pipeline() -> Pipeline:
+    return Pipeline("typed", [identify, measure, check, export])
+
+
+def test_a_declared_output_type_comes_back_as_an_instance_after_a_restart(tmp_path):
+    """identify (output_type=Track) and measure (-> Size) reach export as instances, across a restart."""
+    url = f"sqlite:///{tmp_path / 'typed.db'}"
+    first = Runner(make_pipeline(), open_store(url))
+    first.submit({"id": "t1", "title": "Song"})
+    first.run()
+    assert first.status("t1").stages["check"].review.data == {"title": "Song"}
+    first.store.close()
+
+    # A new process would do exactly this: a new pipeline object, a new store connection.
+    second = Runner(make_pipeline(), open_store(url))
+    second.approve("t1", "check")
+    second.run()
+    assert second.status("t1").stages["export"].output == {
+        "track": "Track", "tags": ["rock"], "added": "2026-01-02", "size": "Size", "review": "dict"}
+    # What status() shows stays the stored JSON.
+    assert second.status("t1").stages["identify"].output == {
+        "title": "Song", "tags": ["rock"], "added": "2026-01-02"}
+
+
+def test_the_pipeline_lists_its_output_types():
+    """Pipeline.output_types maps each typed stage to its type."""
+    assert dict(make_pipeline().output_types) == {"identify": Track, "measure": Size}
+
+
+def test_an_outcome_annotation_is_not_an_output_type():
+    """def f(item) -> Review: the approved data stays as it was stored (Review is not the output)."""
+    @stage()
+    def ask(item) -> Review:
+        return Review({"x": 1})
+
+    @stage()
+    def plain(item) -> dict:
+        return {}
+    assert ask.__treadle_stage__.output_type is None and plain.__treadle_stage__.output_type is None
+
+
+def test_an_output_type_must_be_an_attrs_class_or_a_dataclass():
+    """@stage(output_type=dict) is refused at decoration."""
+    with pytest.raises(InvalidStageError, match="output_type=<class 'dict'> is invalid"):
+        stage(output_type=dict)(lambda item: None)
+
+
+def test_an_output_that_does_not_fit_its_type_fails_the_stage_reading_it():
+    """A stored output that cannot build the declared type fails the downstream stage, naming both."""
+    @stage(output_type=Track)
+    def wrong(item):
+        return {"name": "no title"}
+
+    @stage(after=[wrong])
+    def reader(item, ctx):
+        return ctx.outputs["wrong"]
+
+    runner = Runner(Pipeline("typed", [wrong, reader]), open_store("memory://"))
+    runner.submit({"id": "a"})
+    runner.run()
+    status = runner.status("a").stages
+    assert status["wrong"].state == "completed"
+    assert status["reader"].state == "failed"
+    assert "SerializationError: The stored output of stage 'wrong'" in status["reader"].error
+    assert "cannot be read as a Track" in status["reader"].error
+    assert SerializationError.__name__ in status["reader"].error
