@@ -64,23 +64,31 @@ class Block:
         return self.marker.split(":", 1)[1].strip() if self.marker and ":" in self.marker else None
 
 
-def collect() -> list[Block]:
+def blocks_of(page: str, text: str) -> list[Block]:
+    """The fenced code blocks of one markdown page, in order."""
     blocks = []
-    for path in PAGES:
-        text = path.read_text(encoding="utf-8")
-        page = path.relative_to(ROOT).as_posix()
-        for m in FENCE.finditer(text):
-            marker = MARKER.search(text[:m.start()].rstrip() + "\n")
-            blocks.append(Block(page, text.count("\n", 0, m.start()) + 1, m.group(2).lower(),
-                                textwrap.dedent(m.group(3)),
-                                re.sub(r"\s+", "", marker.group(1)) if marker else None))
+    for m in FENCE.finditer(text):
+        marker = MARKER.search(text[:m.start()].rstrip() + "\n")
+        blocks.append(Block(page, text.count("\n", 0, m.start()) + 1, m.group(2).lower(),
+                            textwrap.dedent(m.group(3)),
+                            re.sub(r"\s+", "", marker.group(1)) if marker else None))
     return blocks
 
 
-BLOCKS = collect()
-PYTHON = [b for b in BLOCKS if b.lang in ("python", "py", "python3")]
-SHELL = [b for b in BLOCKS if b.lang in ("sh", "bash", "shell", "console")
-         and "python -m treadle" in b.code]  # in page order: a block may continue the previous
+def python_blocks(blocks: list[Block]) -> list[Block]:
+    return [b for b in blocks if b.lang in ("python", "py", "python3")]
+
+
+def shell_blocks(blocks: list[Block]) -> list[Block]:
+    """Shell blocks naming python -m treadle, in page order (a block may continue the previous)."""
+    return [b for b in blocks if b.lang in ("sh", "bash", "shell", "console")
+            and "python -m treadle" in b.code]
+
+
+BLOCKS = [b for path in PAGES
+          for b in blocks_of(path.relative_to(ROOT).as_posix(), path.read_text(encoding="utf-8"))]
+PYTHON = python_blocks(BLOCKS)
+SHELL = shell_blocks(BLOCKS)
 
 
 def params(blocks: list[Block]) -> list[object]:
@@ -103,10 +111,10 @@ def chain(block: Block, blocks: list[Block]) -> list[Block]:
     return [*earlier[start:], block]
 
 
-def write_files(page: str, before: int, folder: Path) -> set[str]:
+def write_files(page: str, before: int, folder: Path, python: list[Block]) -> set[str]:
     """Write the page's ``file:`` blocks above line ``before`` (the latest of each name)."""
     names = set()
-    for b in PYTHON:
+    for b in python:
         if b.page == page and b.line < before and b.file:
             (folder / b.file).write_text(b.code, encoding="utf-8")
             names.add(b.file)
@@ -126,18 +134,23 @@ def test_the_docs_have_code_blocks_to_check():
     assert any(EXAMPLE.search(b.code) for b in SHELL)
 
 
-@pytest.mark.parametrize("block", params(PYTHON))
-def test_python_block(block: Block, tmp_path: Path):
-    """The block compiles; unless marked a fragment, it runs to completion."""
+def check_python(block: Block, python: list[Block], tmp_path: Path) -> None:
+    """The block compiles; unless marked a fragment (or a file), it runs to completion."""
     compile(block.code, block.id, "exec")
     if block.marker == "fragment" or block.file:
         return
-    write_files(block.page, block.line, tmp_path)
+    write_files(block.page, block.line, tmp_path, python)
     script = tmp_path / "block.py"
-    script.write_text("\n".join(b.code for b in chain(block, PYTHON)), encoding="utf-8")
+    script.write_text("\n".join(b.code for b in chain(block, python)), encoding="utf-8")
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=clean_env(tmp_path),
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"{block.id} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.parametrize("block", params(PYTHON))
+def test_python_block(block: Block, tmp_path: Path):
+    """The block compiles; unless marked a fragment, it runs to completion."""
+    check_python(block, PYTHON, tmp_path)
 
 
 def treadle_commands(code: str) -> list[list[str]]:
@@ -153,11 +166,10 @@ def treadle_commands(code: str) -> list[list[str]]:
     return commands
 
 
-@pytest.mark.parametrize("block", params(SHELL))
-def test_shell_block(block: Block, tmp_path: Path):
+def check_shell(block: Block, shell: list[Block], python: list[Block], tmp_path: Path) -> None:
     """Its python -m treadle commands exit 0 against the example they name (else: valid sh).
 
-    A block that a later one continues is run as part of that later block's test.
+    A block that a later one continues is run as part of that later block's check.
     """
     code = "\n".join(line.removeprefix("$ ")
                      for line in block.code.splitlines()
@@ -165,11 +177,11 @@ def test_shell_block(block: Block, tmp_path: Path):
     syntax = subprocess.run(["bash", "-n"], input=code, capture_output=True, text=True,
                             check=False)
     assert syntax.returncode == 0, f"{block.id} is not valid sh: {syntax.stderr}"
-    if any(block in chain(later, SHELL)[:-1] for later in SHELL):
+    if any(block in chain(later, shell)[:-1] for later in shell):
         return  # a later block continues this one and runs its commands first
-    blocks = chain(block, SHELL)
+    blocks = chain(block, shell)
     examples = {name for b in blocks for name in EXAMPLE.findall(b.code)}
-    page_files = {b.file for b in PYTHON if b.page == block.page and b.file}
+    page_files = {b.file for b in python if b.page == block.page and b.file}
     targets = {name for b in blocks for name in TARGET_FILE.findall(b.code)} & page_files
     if not examples and not targets:
         return
@@ -177,9 +189,59 @@ def test_shell_block(block: Block, tmp_path: Path):
         assert (ROOT / example).is_file(), f"{block.id} names {example}, which does not exist"
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     for command, source in [(c, b) for b in blocks for c in treadle_commands(b.code)]:
-        write_files(source.page, source.line, tmp_path)
+        write_files(source.page, source.line, tmp_path, python)
         args = [sys.executable, *command[1:]]
         proc = subprocess.run(args, cwd=tmp_path, env=clean_env(tmp_path), input="a\n" * 20,
                               capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, (f"{source.id}: `{shlex.join(command)}` exited {proc.returncode}\n"
                                       f"{proc.stdout}\n{proc.stderr}")
+
+
+@pytest.mark.parametrize("block", params(SHELL))
+def test_shell_block(block: Block, tmp_path: Path):
+    """Its python -m treadle commands exit 0 against the example they name (else: valid sh)."""
+    check_shell(block, SHELL, PYTHON, tmp_path)
+
+
+BROKEN_PAGE = """
+```python
+from treadle import stage
+
+@stage(retry=0)                        # invalid: InvalidStageError
+def fetch(item): ...
+```
+
+<!-- fragment -->
+```python
+runner.approve("t1", "review")         # a fragment still compiles...
+```
+
+<!-- fragment -->
+```python
+runner.approve("t1", "review"          # ...so this one fails
+```
+
+```sh
+python -m treadle run examples/quickstart.py:pipeline
+```
+
+<!-- continue -->
+```sh
+python -m treadle approve examples/quickstart.py:pipeline memo-1 review
+```
+"""
+
+
+def test_a_broken_block_fails_its_check(tmp_path):
+    """A block that raises, a fragment that does not compile, a failing command: each fails."""
+    blocks = blocks_of("broken.md", BROKEN_PAGE)
+    python, shell = python_blocks(blocks), shell_blocks(blocks)
+    for name in "abcd":
+        (tmp_path / name).mkdir()
+    with pytest.raises(AssertionError, match="InvalidStageError"):
+        check_python(python[0], python, tmp_path / "a")
+    check_python(python[1], python, tmp_path / "b")
+    with pytest.raises(SyntaxError):
+        check_python(python[2], python, tmp_path / "c")
+    with pytest.raises(AssertionError, match=r"broken.md:\d+: `python -m treadle approve .*` exited 2"):
+        check_shell(shell[1], shell, python, tmp_path / "d")

@@ -8,7 +8,9 @@ import datetime
 import attrs
 import pytest
 
-from treadle import InvalidStageError, Pipeline, Review, Runner, SerializationError, open_store, stage
+from treadle import (
+    InvalidStageError, Pipeline, Review, Runner, SerializationError, open_store, stage,
+)
 
 
 @attrs.frozen

@@ -78,7 +78,7 @@ class Pipeline:
         self.renames: Mapping[str, str] = MappingProxyType(self._check_renames(renames or {}))
         #: Stage name -> ``output_type``, for the stages that declare one.
         self.output_types: Mapping[str, type] = MappingProxyType(
-            {n: specs[n].output_type for n in order if specs[n].output_type is not None})
+            {n: tp for n in order if (tp := specs[n].output_type) is not None})
         if self.output_types:  # each stage restores its upstream outputs as their types
             self.stages = MappingProxyType({n: self._with_upstream_types(specs[n]) for n in order})
         #: Stages with a ``rollback`` (compensation) callable.
