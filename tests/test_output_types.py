@@ -8,9 +8,7 @@ import datetime
 import attrs
 import pytest
 
-from treadle import (
-    InvalidStageError, Pipeline, Review, Runner, SerializationError, open_store, stage,
-)
+from treadle import InvalidStageError, Pipeline, Review, Runner, open_store, stage
 
 
 @attrs.frozen
@@ -94,22 +92,42 @@ def test_an_output_type_must_be_an_attrs_class_or_a_dataclass():
         stage(output_type=dict)(lambda item: None)
 
 
-def test_an_output_that_does_not_fit_its_type_fails_the_stage_reading_it():
-    """A stored output that cannot build the declared type fails the downstream stage, naming both."""
-    @stage(output_type=Track)
+def test_an_output_that_does_not_fit_its_type_fails_the_stage_that_returned_it():
+    """A stage with output_type=Track returning something that is not one fails, not retried."""
+    @stage(output_type=Track, retry=3)
     def wrong(item):
         return {"name": "no title"}
 
-    @stage(after=[wrong])
-    def reader(item, ctx):
-        return ctx.outputs["wrong"]
+    @stage(output_type=Track)
+    def fits(item):
+        return {"title": "a dict that builds a Track"}
 
-    runner = Runner(Pipeline("typed", [wrong, reader]), open_store("memory://"))
+    runner = Runner(Pipeline("typed", [wrong, fits]), open_store("memory://"))
     runner.submit({"id": "a"})
     runner.run()
     status = runner.status("a").stages
-    assert status["wrong"].state == "completed"
-    assert status["reader"].state == "failed"
-    assert "SerializationError: The stored output of stage 'wrong'" in status["reader"].error
-    assert "cannot be read as a Track" in status["reader"].error
-    assert SerializationError.__name__ in status["reader"].error
+    assert status["wrong"].state == "failed" and status["wrong"].attempts == 1
+    assert status["wrong"].error.startswith(
+        "SerializationError: The output of stage 'wrong' {'name': 'no title'} cannot be read as a Track")
+    assert status["fits"].state == "completed"
+
+
+def test_a_review_edit_that_does_not_fit_the_type_fails_the_stage_reading_it():
+    """An approved edit missing a field of the output_type fails the downstream stage, naming both."""
+    @stage(output_type=Track)
+    def ask(item):
+        return Review(Track("Song"), message="title?")
+
+    @stage(after=[ask])
+    def reader(item, ctx):
+        return ctx.outputs["ask"].title
+
+    runner = Runner(Pipeline("typed", [ask, reader]), open_store("memory://"))
+    runner.submit({"id": "a"})
+    runner.run()
+    runner.approve("a", "ask", data={"name": "no title"})
+    runner.run()
+    status = runner.status("a").stages
+    assert status["ask"].state == "completed" and status["reader"].state == "failed"
+    assert "SerializationError: The output of stage 'ask' {'name': 'no title'} cannot be read as a Track" in (
+        status["reader"].error)

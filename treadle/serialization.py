@@ -215,7 +215,7 @@ def structure(value: Any, tp: type, *, what: str, stage: str | None = None) -> A
     except Exception as exc:  # noqa: BLE001 - cattrs raises several kinds
         detail = cattrs.transform_error(exc) if isinstance(exc, cattrs.BaseValidationError) else exc
         raise SerializationError(
-            f"The stored {what} {value!r} cannot be read as a {tp.__name__}: {detail}. "
+            f"The {what} {value!r} cannot be read as a {tp.__name__}: {detail}. "
             f"Make the stage return a {tp.__name__}, or change its output_type.",
             stage=stage,
         ) from None

@@ -12,7 +12,8 @@ import attrs
 
 from .context import Outputs
 from .errors import InvalidStageError
-from .serialization import is_record_type
+from .outcomes import Completed, FanOut, Review, Skipped
+from .serialization import is_record_type, structure
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,7 +59,23 @@ class StageSpec:
         # itself (Outputs(raw, pipeline.output_types)), give them here.
         if self.upstream_types and isinstance(ctx.outputs, Outputs):
             ctx.outputs = ctx.outputs.typed(self.upstream_types)
-        return self.fn(item, ctx) if self.takes_ctx else self.fn(item)
+        result = self.fn(item, ctx) if self.takes_ctx else self.fn(item)
+        if self.output_type is not None:
+            self._check_output(result)
+        return result
+
+    def _check_output(self, result: Any) -> None:
+        """A declared output_type must fit what the stage returns (None is allowed).
+
+        Raises SerializationError, which fails the stage without a retry.
+        """
+        output = result.output if isinstance(result, Completed) else result
+        if output is None or isinstance(result, (Review, FanOut, Skipped)):
+            return
+        assert self.output_type is not None
+        if not isinstance(output, self.output_type):
+            structure(output, self.output_type, what=f"output of stage {self.name!r}",
+                      stage=self.name)
 
 
 #: An annotation that names the context type: ``StageContext``, ``treadle.StageContext``,
