@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 
 import attrs
 import pytest
 
-from treadle import InvalidStageError, Pipeline, Review, Runner, open_store, stage
+from treadle import (
+    InvalidStageError, Pipeline, Review, Runner, SerializationError, open_store, stage,
+)
 
 
 @attrs.frozen
@@ -131,3 +134,19 @@ def test_a_review_edit_that_does_not_fit_the_type_fails_the_stage_reading_it():
     assert status["ask"].state == "completed" and status["reader"].state == "failed"
     assert "SerializationError: The output of stage 'ask' {'name': 'no title'} cannot be read as a Track" in (
         status["reader"].error)
+
+
+def test_the_output_type_of_an_async_stage_is_checked_when_it_is_awaited():
+    """spec.call of an async def stage returns an awaitable whose result is checked."""
+    @stage(output_type=Track)
+    async def good(item):
+        return Track("t")
+
+    @stage(output_type=Track)
+    async def bad(item):
+        return {"name": "no title"}
+
+    ctx = None
+    assert asyncio.run(good.__treadle_stage__.call({"id": "a"}, ctx)) == Track("t")
+    with pytest.raises(SerializationError, match="output of stage 'bad'"):
+        asyncio.run(bad.__treadle_stage__.call({"id": "a"}, ctx))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union
 
 import attrs
@@ -60,8 +60,16 @@ class StageSpec:
         if self.upstream_types and isinstance(ctx.outputs, Outputs):
             ctx.outputs = ctx.outputs.typed(self.upstream_types)
         result = self.fn(item, ctx) if self.takes_ctx else self.fn(item)
-        if self.output_type is not None:
-            self._check_output(result)
+        if self.output_type is None:
+            return result
+        if inspect.isawaitable(result):  # an async stage: check what it returns when awaited
+            return self._checked(result)
+        self._check_output(result)
+        return result
+
+    async def _checked(self, awaitable: Awaitable[Any]) -> Any:
+        result = await awaitable
+        self._check_output(result)
         return result
 
     def _check_output(self, result: Any) -> None:
