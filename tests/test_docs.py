@@ -6,7 +6,9 @@
   ``<!-- continue -->`` runs after the page's previous runnable blocks, as one
   script. A block preceded by ``<!-- file: NAME.py -->`` is the content of
   that file (a tutorial step): it is compiled, and written to the scratch
-  directory of every later block of the page.
+  directory of every later block of the page. A block preceded by
+  ``<!-- requires: module -->`` (an optional dependency, e.g. ``distributed``)
+  runs where that module is installed and is skipped elsewhere.
 - A ```sh / ```console block naming ``python -m treadle`` runs its
   ``python -m treadle`` commands, in order, in a scratch directory holding a
   copy of examples/, when it names an example (``examples/x.py:pipeline``) or
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -31,7 +34,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^([ \t]*)```([\w-]*)[^\n]*\n(.*?)^\1```[ \t]*$", re.DOTALL | re.MULTILINE)
-MARKER = re.compile(r"<!--\s*(fragment|continue|file:\s*[\w.-]+)\s*-->\s*\Z")
+MARKER = re.compile(r"<!--\s*(fragment|continue|file:\s*[\w.-]+|requires:\s*[\w.]+)\s*-->\s*\Z")
 EXAMPLE = re.compile(r"\bexamples/[\w./-]+\.py\b")
 TARGET_FILE = re.compile(r"(?<![\w/.-])([\w-]+\.py):")
 
@@ -61,7 +64,17 @@ class Block:
     @property
     def file(self) -> str | None:
         """The file name this block is the content of (``<!-- file: x.py -->``)."""
-        return self.marker.split(":", 1)[1].strip() if self.marker and ":" in self.marker else None
+        return self._argument("file")
+
+    @property
+    def requires(self) -> str | None:
+        """The module this block needs (``<!-- requires: distributed -->``)."""
+        return self._argument("requires")
+
+    def _argument(self, kind: str) -> str | None:
+        if self.marker and self.marker.startswith(f"{kind}:"):
+            return self.marker.split(":", 1)[1]
+        return None
 
 
 def blocks_of(page: str, text: str) -> list[Block]:
@@ -106,7 +119,7 @@ def chain(block: Block, blocks: list[Block]) -> list[Block]:
     if block.marker != "continue":
         return [block]
     earlier = [b for b in blocks if b.page == block.page and b.line < block.line
-               and b.marker != "fragment" and b.file is None]
+               and b.marker != "fragment" and b.file is None and b.requires is None]
     start = max((i for i, b in enumerate(earlier) if b.marker != "continue"), default=0)
     return [*earlier[start:], block]
 
@@ -139,6 +152,8 @@ def check_python(block: Block, python: list[Block], tmp_path: Path) -> None:
     compile(block.code, block.id, "exec")
     if block.marker == "fragment" or block.file:
         return
+    if block.requires and importlib.util.find_spec(block.requires) is None:
+        pytest.skip(f"{block.id} needs {block.requires}, which is not installed")
     write_files(block.page, block.line, tmp_path, python)
     script = tmp_path / "block.py"
     script.write_text("\n".join(b.code for b in chain(block, python)), encoding="utf-8")
@@ -204,6 +219,11 @@ def test_shell_block(block: Block, tmp_path: Path):
 
 
 BROKEN_PAGE = """
+<!-- requires: no_such_module_here -->
+```python
+import no_such_module_here
+```
+
 ```python
 from treadle import stage
 
@@ -238,10 +258,12 @@ def test_a_broken_block_fails_its_check(tmp_path):
     python, shell = python_blocks(blocks), shell_blocks(blocks)
     for name in "abcd":
         (tmp_path / name).mkdir()
-    with pytest.raises(AssertionError, match="InvalidStageError"):
+    with pytest.raises(pytest.skip.Exception, match="needs no_such_module_here"):
         check_python(python[0], python, tmp_path / "a")
-    check_python(python[1], python, tmp_path / "b")
+    with pytest.raises(AssertionError, match="InvalidStageError"):
+        check_python(python[1], python, tmp_path / "a")
+    check_python(python[2], python, tmp_path / "b")
     with pytest.raises(SyntaxError):
-        check_python(python[2], python, tmp_path / "c")
+        check_python(python[3], python, tmp_path / "c")
     with pytest.raises(AssertionError, match=r"broken.md:\d+: `python -m treadle approve .*` exited 2"):
         check_shell(shell[1], shell, python, tmp_path / "d")
