@@ -101,8 +101,9 @@ def main() -> int:
     waiting = runner.items(state="awaiting_review")
     if waiting:
         here = os.path.relpath(__file__)
-        print(f"{len(waiting)} item(s) await review, e.g. {waiting[0].item_id}: "
-              f"{waiting[0].stages['review'].review.message}")
+        review_info = waiting[0].stages["review"].review
+        message = review_info.message if review_info is not None else ""
+        print(f"{len(waiting)} item(s) await review, e.g. {waiting[0].item_id}: {message}")
         print(f"review them:   python -m treadle review {here}:pipeline --db {url}")
         print(f"then continue: python {here}")
     return 0 if report.ok else 1

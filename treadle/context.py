@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .serialization import from_json
+from .serialization import from_json, structure
 
 _lazy_lock = threading.Lock()
 
@@ -25,19 +25,33 @@ class StartMark:
 
 
 class Outputs(Mapping[str, Any]):
-    """Read-only mapping of upstream stage name -> output, decoded on first access."""
+    """Read-only mapping of upstream stage name -> output, decoded on first access.
 
-    __slots__ = ("_raw", "_decoded")
+    ``types`` maps a stage name to its ``output_type`` (an attrs class or
+    dataclass): that stage's output comes back as an instance of it.
+    """
 
-    def __init__(self, raw: Mapping[str, str | None]) -> None:
+    __slots__ = ("_raw", "_decoded", "_types")
+
+    def __init__(self, raw: Mapping[str, str | None],
+                 types: Mapping[str, type] | None = None) -> None:
         self._raw = raw
         self._decoded: dict[str, Any] = {}
+        self._types = types or {}
+
+    def typed(self, types: Mapping[str, type]) -> Outputs:
+        """The same outputs, restoring the stages named in ``types`` as those types."""
+        return Outputs(self._raw, {**self._types, **types})
 
     def __getitem__(self, name: str) -> Any:
         try:
             return self._decoded[name]
         except KeyError:
-            value = self._decoded[name] = from_json(self._raw[name])
+            value = from_json(self._raw[name])
+            tp = self._types.get(name)
+            if tp is not None:
+                value = structure(value, tp, what=f"output of stage {name!r}", stage=name)
+            self._decoded[name] = value
             return value
 
     def __iter__(self) -> Iterator[str]:

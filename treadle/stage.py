@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import re
+import typing
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union
 
 import attrs
 
+from .context import Outputs
 from .errors import InvalidStageError
+from .outcomes import Completed, FanOut, Review, Skipped
+from .serialization import is_record_type, structure
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,19 +43,78 @@ class StageSpec:
     review: str = "never"
     review_timeout: float | None = None
     on_timeout: str = "reject"
+    output_type: type | None = None
     takes_ctx: bool = True
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
+    #: ``output_type`` of each upstream stage that has one; set by the Pipeline.
+    upstream_types: Mapping[str, type] = attrs.field(factory=dict, eq=False, repr=False)
 
     def call(self, item: Any, ctx: Any) -> Any:
-        """Call the stage function with ``(item, ctx)`` or ``(item)`` as it accepts."""
-        return self.fn(item, ctx) if self.takes_ctx else self.fn(item)
+        """Call the stage function with ``(item, ctx)`` or ``(item)`` as it accepts.
+
+        Upstream outputs with an ``output_type`` come back as instances of it.
+        """
+        # Until the engine builds ctx.outputs with the pipeline's output types
+        # itself (Outputs(raw, pipeline.output_types)), give them here.
+        if self.upstream_types and isinstance(ctx.outputs, Outputs):
+            ctx.outputs = ctx.outputs.typed(self.upstream_types)
+        result = self.fn(item, ctx) if self.takes_ctx else self.fn(item)
+        if self.output_type is None:
+            return result
+        if inspect.isawaitable(result):  # an async stage: check what it returns when awaited
+            return self._checked(result)
+        self._check_output(result)
+        return result
+
+    async def _checked(self, awaitable: Awaitable[Any]) -> Any:
+        result = await awaitable
+        self._check_output(result)
+        return result
+
+    def _check_output(self, result: Any) -> None:
+        """A declared output_type must fit what the stage returns (None is allowed).
+
+        Raises SerializationError, which fails the stage without a retry.
+        """
+        output = result.output if isinstance(result, Completed) else result
+        if output is None or isinstance(result, (Review, FanOut, Skipped)):
+            return
+        assert self.output_type is not None
+        if not isinstance(output, self.output_type):
+            structure(output, self.output_type, what=f"output of stage {self.name!r}",
+                      stage=self.name)
+
+
+#: An annotation that names the context type: ``StageContext``, ``treadle.StageContext``,
+#: ``StageContext | None``, as a class or as a string (``from __future__ import annotations``).
+_CONTEXT_ANNOTATION = re.compile(r"\bStageContext\b")
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def wants_context(param: inspect.Parameter) -> bool:
+    """Whether a function's second positional parameter is meant for ``ctx``.
+
+    It is when it is required (no default), named ``ctx``, or annotated with
+    the context type. A parameter with a default, such as the closure idiom
+    ``def f(item, _s=s)``, keeps its default.
+    """
+    if param.default is inspect.Parameter.empty or param.name == "ctx":
+        return True
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        return False
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return bool(_CONTEXT_ANNOTATION.search(text))
 
 
 def arity(fn: Callable[..., Any], what: str, name: str) -> bool:
-    """Return True if ``fn`` takes ``(item, ctx)``, False if only ``(item)``.
+    """Return True if ``fn`` is called ``(item, ctx)``, False if ``(item)``.
 
-    Raises :class:`InvalidStageError` if it can take neither.
+    ``fn`` must accept one positional argument (the item); it also gets ``ctx``
+    when its second positional parameter :func:`wants_context`. ``*args`` alone
+    gets the item only. Raises :class:`InvalidStageError` if ``fn`` can take
+    neither ``(item)`` nor ``(item, ctx)``.
     """
     if not callable(fn):
         raise InvalidStageError(
@@ -60,12 +124,15 @@ def arity(fn: Callable[..., Any], what: str, name: str) -> bool:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: trust them with (item)
         return False
-    for args in ((None, None), (None,)):
+    positional = [p for p in sig.parameters.values() if p.kind in _POSITIONAL]
+    for args in ((None,), (None, None)):
         try:
             sig.bind(*args)
         except TypeError:
             continue
-        return len(args) == 2
+        if len(args) == 2:  # the second parameter is required
+            return True
+        return len(positional) >= 2 and wants_context(positional[1])
     raise InvalidStageError(
         f"{what} {name!r} has signature {sig}, which cannot take (item) or (item, ctx); "
         "define it as def f(item) or def f(item, ctx).",
@@ -119,11 +186,28 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("review_timeout", "a number of seconds > 0")
     if opts["on_timeout"] not in ON_TIMEOUT:
         raise bad("on_timeout", "'approve' or 'reject'")
+    if opts["output_type"] is not None and not is_record_type(opts["output_type"]):
+        raise bad("output_type", "an attrs class or a dataclass")
+
+
+def returned_type(fn: Callable[..., Any]) -> type | None:
+    """The attrs class or dataclass ``fn`` is annotated to return, if any.
+
+    treadle's own outcome classes (``-> Review``, ``-> Completed``) do not count.
+    """
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no output type
+        return None
+    if not is_record_type(hint) or hint.__module__.partition(".")[0] == "treadle":
+        return None  # not a record, or an outcome (Review, Completed, FanOut, ...)
+    return hint
 
 
 _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
+    output_type=None,
 )
 
 
@@ -142,6 +226,8 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
     rollback = options.get("rollback")
     rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
+    if options["output_type"] is None:
+        options["output_type"] = returned_type(fn)
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
         takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
@@ -162,6 +248,7 @@ def stage(
     review: str = "never",
     review_timeout: float | None = None,
     on_timeout: Literal["approve", "reject"] = "reject",
+    output_type: type | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -172,11 +259,15 @@ def stage(
 
     ``review_timeout`` (seconds) with ``on_timeout="approve" | "reject"``
     decides a review nobody decided in time (actor ``timeout``).
+
+    ``output_type`` (an attrs class or dataclass; by default the function's
+    return annotation when it is one) restores this stage's output as an
+    instance in downstream stages' ``ctx.outputs``.
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
         concurrency=concurrency, gate=gate, on_exhausted=on_exhausted, review=review,
-        review_timeout=review_timeout, on_timeout=on_timeout,
+        review_timeout=review_timeout, on_timeout=on_timeout, output_type=output_type,
     )
 
     def decorate(fn: F) -> F:

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import attrs
-import pytest
 
 from . import signals
+from ._pytest_compat import pytest
 from .errors import ItemNotFoundError
 from .pipeline import Pipeline
 from .stage import stage
