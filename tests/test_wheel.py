@@ -123,7 +123,11 @@ def test_every_module_of_the_installed_package_imports(python, tmp_path):
     """
     found = json.loads(run([python, "-c", IMPORT_ALL], cwd=tmp_path).stdout)
     assert not Path(found["file"]).is_relative_to(ROOT)
-    assert set(found["names"]) == source_modules()
+    # the submodules of an optional extra's package that needs its extra to import
+    # (treadle.web without starlette) cannot be listed: walk_packages imports the package
+    expected = {m for m in source_modules()
+                if not any(m.startswith(p + ".") for p in found["missing"])}
+    assert set(found["names"]) == expected
     assert found["pytest"] is False
     for name, error in found["missing"].items():
         assert 'pip install "treadle[' in error, f"{name} does not import: {error}"

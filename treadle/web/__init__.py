@@ -9,6 +9,15 @@ extra (starlette, uvicorn, jinja2, python-multipart).
 
 from __future__ import annotations
 
-from .app import create_app
+try:
+    import jinja2  # noqa: F401
+    import starlette  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"treadle.web needs the web extra ({exc.name} is missing): "
+        'pip install "treadle[web]"'
+    ) from exc
+
+from .app import create_app  # noqa: E402
 
 __all__ = ["create_app"]
