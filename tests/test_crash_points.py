@@ -60,7 +60,9 @@ HIT: dict[str, tuple[int, ...]] = {
     "after-claim-commit": (1,),    # the very first claims: committed, nothing started
     "in-stage": (3,),              # the third stage about to run; two may be running
     "before-result-commit": (1,),  # the first batch of results, never committed
-    "after-result-commit": (1,),   # the first batch of results, committed, unreported
+    # A batch with a subtask's result, committed, while its sibling still runs
+    # (searched like before-signals, see LANDED); the first batch would be prep's.
+    "after-result-commit": tuple(range(2, 16)),
     # The first batch with completions, committed, not signalled. Which hit that is
     # depends on timing (and on whether empty batches meet the point): each N is
     # a full crash-and-resume, every invariant checked, until one lands (LANDED).
@@ -85,7 +87,7 @@ def worker(*args: str, crash_at: str | None = None) -> subprocess.CompletedProce
         env["TREADLE_CRASH_AT"] = crash_at
     cmd = [sys.executable, str(WORKER), *args]
     try:
-        return subprocess.run(cmd, env=env, capture_output=True, text=True,
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
                               timeout=SUBPROCESS_TIMEOUT)
     except subprocess.TimeoutExpired as exc:  # run() hung: a bug, not a slow machine
         pytest.fail(f"{' '.join(cmd)} (TREADLE_CRASH_AT={crash_at}) still running after "
@@ -328,8 +330,8 @@ def check_settled(seen: Inspection, ctx: str) -> None:
         assert subs == {n: "completed" for n in points.SUBTASKS}, (ctx, item_id, subs)
         if item_id in points.FAILING:
             assert "fails for good" in (st.stages["final"].error or ""), (ctx, st.stages["final"])
-    for stage, by_state in seen.counts.items():
-        assert not set(by_state) & {"running", "awaiting_review", "pending_review"}, (ctx, seen.counts)
+    for by_state in seen.counts.values():
+        assert not set(by_state) & {"running", "awaiting_review"}, (ctx, seen.counts)
 
 
 def check_history(seen: Inspection, ctx: str) -> None:
@@ -472,6 +474,10 @@ class Facts:
         return [h for hist in self.seen.history.values() for h in hist
                 if pid_of(h.actor) == self.crash_pid and (not states or h.state in states)]
 
+    def crash_outcomes(self) -> list[Any]:
+        """Stage outcomes (not subtasks') the crashed process committed."""
+        return [h for h in self.crash_rows(*RUNNER_STATES) if h.subtask is None]
+
     def claimed_never_started(self) -> list[tuple[str, str, int]]:
         started = {(e.item, e.key, e.attempt) for e in self.crash_executions()}
         return [(h.item_id, h.stage, h.attempt) for h in self.crash_rows("running")
@@ -499,11 +505,32 @@ def _before_result_commit(f: Facts) -> None:
     assert f.reruns.keys, f"{f.ctx}: no result was lost, so none ran again"
 
 
+def _mid_fanout(f: Facts) -> list[str]:
+    """Items whose fan-out had a subtask committed by the crashed process but was
+    completed by the resumed one."""
+    out = []
+    for item_id, hist in f.seen.history.items():
+        subs = [h for h in hist if h.stage == "fan" and h.subtask and h.state == "completed"
+                and pid_of(h.actor) == f.crash_pid]
+        done = [h for h in hist if h.stage == "fan" and h.subtask is None and h.state == "completed"]
+        if subs and [pid_of(h.actor) for h in done] == [f.resume_pid]:
+            out.append(item_id)
+    return out
+
+
 def _after_result_commit(f: Facts) -> None:
-    # The first results committed: they are kept and did not run again.
-    kept = f.crash_rows(*RUNNER_STATES)
+    # Results committed: they are kept and did not run again.
+    kept = f.crash_outcomes()
     assert kept, f"{f.ctx}: no result of the crashed process was committed"
     assert not {(h.item_id, h.stage) for h in kept} & set(f.reruns.keys), f.ctx
+    # Mid fan-out: the stage function ran again to rebuild the FanOut; the subtask
+    # committed before the crash kept its output and did not run again.
+    for item_id in _mid_fanout(f):
+        assert (item_id, "fan") in f.reruns.keys, (f.ctx, item_id)
+        committed = {h.subtask for h in f.seen.history[item_id] if h.stage == "fan" and h.subtask
+                     and h.state == "completed" and pid_of(h.actor) == f.crash_pid}
+        assert committed and not {(item_id, f"fan/{n}") for n in committed} & set(f.reruns.keys), (
+            f.ctx, item_id, committed)
 
 
 def _unsignalled(f: Facts) -> list[Any]:
@@ -519,7 +546,7 @@ def _before_signals(f: Facts) -> None:
     unsignalled = _unsignalled(f)
     assert unsignalled, f"{f.ctx}: no committed completion went unsignalled"
     assert not {(h.item_id, h.stage) for h in unsignalled} & set(f.reruns.keys), f.ctx
-    kept = f.crash_rows(*RUNNER_STATES)
+    kept = f.crash_outcomes()
     assert not {(h.item_id, h.stage) for h in kept} & set(f.reruns.keys), f.ctx
 
 
@@ -566,6 +593,7 @@ def _mid_schema_migration(f: Facts) -> None:
 #: Did the crash land where the point's own check needs it? (Default: yes.)
 LANDED: dict[str, Callable[[Facts], bool]] = {
     "before-signals": lambda f: bool(_unsignalled(f)),
+    "after-result-commit": lambda f: bool(_mid_fanout(f)),
 }
 
 SPECIFIC: dict[str, Callable[[Facts], None]] = {

@@ -41,10 +41,20 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from treadle import FanOut, Pipeline, Review, Runner, SubTask, open_store, signals, stage
+from treadle import (
+    FanOut,
+    Pipeline,
+    Review,
+    Runner,
+    SubTask,
+    open_store,
+    signals,
+    stage,
+)
 
 NAME = "crashpoints"
 ITEMS = ("a", "b", "c", "d", "r", "bad")
@@ -53,6 +63,7 @@ REJECTED = ("r",)
 FAILING = ("bad",)
 STAGES = ("prep", "fan", "review", "final")
 SUBTASKS = ("x", "y")
+SLOW_SUBTASK, SLOW_SECONDS = "y", 0.05
 ROLLBACK_STAGES = ("prep", "fan")
 EDIT = {"a": {"title": "EDITED(a)"}}
 REJECT_REASON = "duplicate"
@@ -123,6 +134,8 @@ def build(log_path: str | None = None) -> Pipeline:
 
     def sub(item_id: str, name: str) -> str:
         effect(item_id, f"fan/{name}", 0)
+        if name == SLOW_SUBTASK:  # widen the window where x is committed, y is not
+            time.sleep(SLOW_SECONDS)
         return f"{name}({item_id})"
 
     @stage(rollback=undo)
