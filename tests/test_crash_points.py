@@ -93,8 +93,10 @@ def worker(*args: str, crash_at: str | None = None) -> subprocess.CompletedProce
         return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
                               timeout=SUBPROCESS_TIMEOUT)
     except subprocess.TimeoutExpired as exc:  # run() hung: a bug, not a slow machine
+        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x
+                    for x in (exc.stdout, exc.stderr))
         pytest.fail(f"{' '.join(cmd)} (TREADLE_CRASH_AT={crash_at}) still running after "
-                    f"{SUBPROCESS_TIMEOUT} s\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}")
+                    f"{SUBPROCESS_TIMEOUT} s\nstdout:\n{out}\nstderr:\n{err}")
 
 
 @attrs.define
