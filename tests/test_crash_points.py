@@ -205,18 +205,18 @@ def fresh_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callab
     """A factory of empty stores: ``fresh_url(kind)`` is the URL of a new one."""
     schemas: list[str] = []
     admin: Any = None
+    made = 0
 
     def make(kind: str) -> str:
-        nonlocal admin
-        n = len(list(tmp_path.glob("points-*.db"))) + len(schemas)
+        nonlocal admin, made
+        made += 1
         if kind == "sqlite":
-            path = tmp_path / f"points-{n}.db"
+            path = tmp_path / f"points-{made}.db"
             path.touch()
             return f"sqlite:///{path}"
         base = request.getfixturevalue("postgres_url")  # skips without a server
-        if n == 0 and not schemas:
-            schemas.append("")  # the fixture's own schema, dropped by the fixture
-            return base
+        if made == 1:
+            return base  # the fixture's own schema, dropped by the fixture
         import psycopg2
 
         root = os.environ["TREADLE_TEST_POSTGRES_URL"]
@@ -232,8 +232,7 @@ def fresh_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callab
     yield make
     if admin is not None:
         for schema in schemas:
-            if schema:
-                admin.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
+            admin.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
         admin.close()
 
 
@@ -247,7 +246,7 @@ def test_crash_at_point_then_resume_keeps_every_invariant(
     """Killed at each named point of the commit protocol, a pipeline resumes with every
     committed result and decision intact and only the in-flight work run again."""
     assert point in HIT and point in SPECIFIC, f"crash point {point!r} has no scenario here: add one"
-    tried, started = [], time.monotonic()
+    landed, tried, started = None, [], time.monotonic()
     for hit in HIT[point]:
         if time.monotonic() - started > SEARCH_BUDGET:
             break
@@ -257,11 +256,12 @@ def test_crash_at_point_then_resume_keeps_every_invariant(
         tried.append(hit)
         if LANDED.get(point, lambda f: True)(facts):
             print(f"TREADLE_CRASH_AT={point}@{hit} ({kind}): landed after {len(tried)} tries")
+            landed = facts
             break
-    else:
+    if landed is None:
         pytest.fail(f"TREADLE_CRASH_AT={point}@N with N in {tried}: no crash landed where "
                     f"the point's own check needs it (see LANDED)")
-    SPECIFIC[point](facts)
+    SPECIFIC[point](landed)
 
 
 def crash_and_resume(url: str, workdir: Path, crash_at: str, kind: str,
