@@ -502,7 +502,7 @@ def _after_claim_commit(f: Facts) -> None:
 
 def _in_stage(f: Facts) -> None:
     # The 3rd stage died before its function ran; at most the 2 before it ran.
-    assert len(f.crash_executions("all")) <= HIT["in-stage"][0] - 1, (f.ctx, f.crash_executions("all"))
+    assert len(f.crash_executions()) <= HIT["in-stage"][0] - 1, (f.ctx, f.crash_executions())
     assert f.claimed_never_started(), f"{f.ctx}: the stage about to run was not claimed"
 
 
