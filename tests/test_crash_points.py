@@ -3,7 +3,7 @@
 For each point of ``treadle._crash.CRASH_POINTS`` and each SQL store:
 
 1. the store is created at the code's schema version and the scenario's
-   items submitted (``tests/crash/points.py --setup``);
+   items submitted (``points.setup``, as ``tests/crash/points.py URL --setup``);
 2. a real subprocess drives the scenario of tests/crash/points.py (stages,
    a FanOut, a Review decided in that process, rollbacks, and a schema
    migration when it opens the store) with ``TREADLE_CRASH_AT=<point>@<n>``;
@@ -264,47 +264,55 @@ def test_crash_at_point_then_resume_keeps_every_invariant(
     SPECIFIC[point](landed)
 
 
-def crash_and_resume(url: str, workdir: Path, crash_at: str, kind: str,
+def crash_and_resume(url: str, workdir: Path, crash_at: str | tuple[str, ...], kind: str,
                      inspect: Callable[[str], Inspection]) -> Facts:
-    """Set up a store at ``url``, crash the scenario at ``crash_at``, resume it to its
-    end, check every invariant; return what the point's own check needs."""
-    point = crash_at.partition("@")[0]
+    """Set up a store at ``url``, crash the scenario at ``crash_at`` (several: crash
+    the resuming processes too, each at the next one; these may finish instead),
+    resume it to its end, check every invariant; return what the point's own
+    check needs."""
+    crashes = (crash_at,) if isinstance(crash_at, str) else crash_at
+    point = crashes[0].partition("@")[0]
     log = workdir / "effects.log"
     decisions_log, signals_log = Path(f"{log}.decisions"), Path(f"{log}.signals")
+    ctx = f"point={'+'.join(crashes)} kind={kind}"
 
-    setup = worker(url, "--setup")
-    assert setup.returncode == 0, setup.stderr
+    points.setup(url)  # the store at the code's schema version, the items submitted
     base_version, base_cols = schema_of(url)
     assert base_version is not None and points.PROBE_COLUMN not in base_cols
 
     # -- crash --
-    crashed = worker(url, str(log), crash_at=crash_at)
-    assert crashed.returncode == CRASH_EXIT, (
-        f"TREADLE_CRASH_AT={crash_at}: exit status {crashed.returncode}, not {CRASH_EXIT}: "
-        f"the scenario never reached the point\nstdout:\n{crashed.stdout}\nstderr:\n{crashed.stderr}")
-    assert "Traceback" not in crashed.stderr, crashed.stderr
-    after_crash = read_executions(log)
-    (crash_pid,) = read_pids(log)
-    version, cols = schema_of(url)
-    if point == "mid-schema-migration":
-        # The migration's transaction was cut: the store is as it was, untouched.
-        assert (version, cols) == (base_version, base_cols), (version, cols)
-        assert not after_crash and not decisions_log.exists()
-    else:
-        assert version == base_version + 1 and points.PROBE_COLUMN in cols, (version, cols)
+    crashed: list[int] = []
+    for k, spec in enumerate(crashes):
+        proc = worker(url, str(log), crash_at=spec)
+        pid = read_pids(log)[-1]
+        if k > 0 and proc.returncode == 0:
+            continue  # a later crash the resumed scenario did not reach: it just finished
+        assert proc.returncode == CRASH_EXIT, (
+            f"TREADLE_CRASH_AT={spec}: exit status {proc.returncode}, not {CRASH_EXIT}: the "
+            f"scenario never reached the point\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        assert "Traceback" not in proc.stderr, proc.stderr
+        crashed.append(pid)
+        if k == 0:
+            after_crash = read_executions(log)
+            version, cols = schema_of(url)
+            if point == "mid-schema-migration":
+                # The migration's transaction was cut: the store is as it was, untouched.
+                assert (version, cols) == (base_version, base_cols), (version, cols)
+                assert not after_crash and not decisions_log.exists()
+            else:
+                assert version == base_version + 1 and points.PROBE_COLUMN in cols, (version, cols)
 
     # -- resume --
     resumed = worker(url, str(log))
-    ctx = f"point={crash_at} kind={kind}"
     assert resumed.returncode == 0, f"{ctx}\nstdout:\n{resumed.stdout}\nstderr:\n{resumed.stderr}"
     assert "Traceback" not in resumed.stderr, resumed.stderr
     report = json.loads(resumed.stdout.splitlines()[-1])
     assert report["items"] == {"completed": 4, "rolled_back": 2} and not report["interrupted"], report
 
     executions = read_executions(log)
-    assert read_pids(log)[0] == crash_pid
-    (_, resume_pid) = read_pids(log)
-    assert {e.pid for e in executions} <= {crash_pid, resume_pid}, ctx
+    pids = read_pids(log)
+    resume_pid = pids[-1]
+    assert {e.pid for e in executions} <= set(pids), ctx
 
     # -- the schema: current, and nothing lost --
     version, cols = schema_of(url)
@@ -317,11 +325,53 @@ def crash_and_resume(url: str, workdir: Path, crash_at: str, kind: str,
 
     check_settled(seen, ctx)
     check_history(seen, ctx)
-    check_decisions(seen, read_jsonl(decisions_log), crash_pid, resume_pid, ctx)
+    check_decisions(seen, read_jsonl(decisions_log), pids, ctx)
     check_signals(seen, read_signals(signals_log), ctx)
-    reruns = check_executions(seen, executions, crash_pid, resume_pid, ctx)
+    # A process that finished without reaching its crash point ran like a resume:
+    # what it ran must have committed, which check_executions asks of every process
+    # but the crashed ones' in-flight work.
+    reruns = check_executions(seen, executions, pids, crashed, ctx)
     return Facts(seen, executions, read_jsonl(decisions_log), read_signals(signals_log),
-                 crash_pid, resume_pid, reruns, ctx)
+                 crashed[0], resume_pid, reruns, ctx)
+
+
+# -- long profile ---------------------------------------------------------------------
+#: ``TREADLE_CRASH_SWEEP=N`` adds two sweeps (tens of minutes; absent otherwise):
+#: every point at each of its hits 1..N, and every point (@1, @3) followed by a
+#: crash of the resuming process at every point (@1). Generic invariants only.
+SWEEP = int(os.environ.get("TREADLE_CRASH_SWEEP", "0") or 0)
+
+
+def _reached(run: Callable[[], Facts]) -> Facts:
+    try:
+        return run()
+    except AssertionError as exc:
+        if "never reached the point" in str(exc) and "exit status 0" in str(exc):
+            pytest.skip("the scenario meets the point fewer times")
+        raise
+
+
+if SWEEP:  # not even collected otherwise
+    @pytest.mark.timeout(120)
+    @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+    @pytest.mark.parametrize("hit", range(1, SWEEP + 1))
+    @pytest.mark.parametrize("point", CRASH_POINTS)
+    def test_crash_at_every_hit(point: str, hit: int, kind: str, tmp_path: Path,
+                                fresh_url: Callable[[str], str],
+                                inspect: Callable[[str], Inspection]) -> None:
+        """The long profile: a crash at each hit of each point keeps every invariant."""
+        _reached(lambda: crash_and_resume(fresh_url(kind), tmp_path, f"{point}@{hit}", kind, inspect))
+
+    @pytest.mark.timeout(120)
+    @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+    @pytest.mark.parametrize("second", CRASH_POINTS)
+    @pytest.mark.parametrize("first", [f"{p}@{n}" for p in CRASH_POINTS for n in (1, 3)])
+    def test_crash_while_resuming(first: str, second: str, kind: str, tmp_path: Path,
+                                  fresh_url: Callable[[str], str],
+                                  inspect: Callable[[str], Inspection]) -> None:
+        """The long profile: the resuming process crashes too; the third run settles it all."""
+        _reached(lambda: crash_and_resume(fresh_url(kind), tmp_path, (first, f"{second}@1"), kind,
+                                          inspect))
 
 
 # -- invariants -------------------------------------------------------------------
@@ -360,8 +410,8 @@ def check_history(seen: Inspection, ctx: str) -> None:
         assert all(n == 1 for n in outcomes.values()), (ctx, item_id, dict(outcomes))
 
 
-def check_decisions(seen: Inspection, decisions: list[dict[str, Any]], crash_pid: int,
-                    resume_pid: int, ctx: str) -> None:
+def check_decisions(seen: Inspection, decisions: list[dict[str, Any]], pids: list[int],
+                    ctx: str) -> None:
     """Each item was decided once; every decision that returned is in the store, as made."""
     per_item = defaultdict(list)
     for d in decisions:
@@ -371,7 +421,7 @@ def check_decisions(seen: Inspection, decisions: list[dict[str, Any]], crash_pid
         made = per_item[item_id]
         assert len(made) == 1, f"{ctx}: {item_id} decided {len(made)} times: {made}"
         (d,) = made
-        assert d["pid"] in (crash_pid, resume_pid), (ctx, d)
+        assert d["pid"] in pids, (ctx, d)
         review = seen.status[item_id].stages["review"].review
         want = "rejected" if item_id in points.REJECTED else "approved"
         assert (d["decision"], review.decision) == (want, want), (ctx, item_id, d, review)
@@ -416,11 +466,12 @@ def outcome_pids(seen: Inspection, item_id: str, key: str, attempt: int | None) 
     return [p for p in (pid_of(h.actor) for h in rows) if p is not None]
 
 
-def check_executions(seen: Inspection, executions: list[Execution], crash_pid: int,
-                     resume_pid: int, ctx: str) -> Reruns:
+def check_executions(seen: Inspection, executions: list[Execution], pids: list[int],
+                     crashed: list[int], ctx: str) -> Reruns:
     """The side-effect log against the store: each expected execution happened; each
-    process ran each key at most once; a key ran again after the crash only if its
-    first execution's outcome never committed (it was in flight), and then once."""
+    process ran each key at most once; a key ran again after a crash only if its
+    earlier execution's outcome never committed (it was in flight), and then once
+    more per crash."""
     by_key: dict[tuple[str, str], list[Execution]] = defaultdict(list)
     for e in executions:
         by_key[(e.item, e.key)].append(e)
@@ -432,26 +483,28 @@ def check_executions(seen: Inspection, executions: list[Execution], crash_pid: i
     for (item_id, key), execs in sorted(by_key.items()):
         where = f"{ctx}: {item_id} {key} ran {[(e.attempt, e.pid) for e in execs]}"
         per_pid = Counter(e.pid for e in execs)
-        assert set(per_pid) <= {crash_pid, resume_pid}, where
+        assert set(per_pid) <= set(pids), where
         assert all(n == 1 for n in per_pid.values()), f"{where}: twice in one process"
-        if len(execs) == 1:
-            (e,) = execs
-            got = outcome_pids(seen, item_id, key, e.attempt)
-            assert got == [e.pid], f"{where}: its outcome was recorded by {got}"
-            if e.pid == crash_pid:
+        assert [e.pid for e in execs] == [p for p in pids if p in per_pid], where
+        *earlier, last = execs
+        got = outcome_pids(seen, item_id, key, last.attempt)
+        assert got == [last.pid], f"{where}: its last run's outcome was recorded by {got}"
+        if not earlier:
+            if last.pid in crashed:
                 crash_only.append((item_id, key))
             continue
-        first, second = execs
-        assert (first.pid, second.pid) == (crash_pid, resume_pid), f"{where}: ran again, not after a crash"
-        lost = outcome_pids(seen, item_id, key, first.attempt)
-        assert crash_pid not in lost, f"{where}: its outcome had committed, yet it ran again"
-        assert outcome_pids(seen, item_id, key, second.attempt) == [resume_pid], where
+        for e in earlier:
+            assert e.pid in crashed, f"{where}: ran again, not after a crash"
+            lost = outcome_pids(seen, item_id, key, e.attempt)
+            assert e.pid not in lost, f"{where}: its outcome had committed, yet it ran again"
         if "/" not in key and "!" not in key:
-            # The crashed attempt was claimed by the crashed runner, then recovered.
+            # Each crashed attempt was claimed by its runner, then recovered.
             hist = [h for h in seen.history[item_id] if h.stage == key and h.subtask is None]
-            claims = [h for h in hist if h.state == "running" and h.attempt == first.attempt]
-            assert [pid_of(h.actor) for h in claims] == [crash_pid], (where, hist)
-            assert second.attempt > first.attempt, where
+            for e in earlier:
+                claims = [h for h in hist if h.state == "running" and h.attempt == e.attempt]
+                assert [pid_of(h.actor) for h in claims] == [e.pid], (where, hist)
+            attempts = [e.attempt for e in execs]
+            assert attempts == sorted(set(attempts)), where
         reruns.append((item_id, key))
     return Reruns(reruns, crash_only)
 
