@@ -23,6 +23,8 @@ work that was in flight at the crash (executed, its outcome not committed)
 runs again, at most once more; the schema is current, no data lost.
 
 Run one point: ``python -m pytest tests/test_crash_points.py -k mid-rollback``.
+The long profile (``TREADLE_CRASH_SWEEP=N``, tens of minutes) crashes at every
+hit 1..N of every point, and crashes the resuming process too.
 """
 
 from __future__ import annotations
