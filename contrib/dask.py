@@ -26,12 +26,45 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any
 
+import os
+import sys
+import sysconfig
+
 try:
+    import cloudpickle
     from distributed import Client
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "treadle.contrib.dask needs dask.distributed: pip install \"treadle[dask]\""
     ) from exc
+
+
+def _run_pickled(blob: bytes) -> Any:
+    """On a worker: unpickle ``(fn, args)`` and call it."""
+    fn, args = cloudpickle.loads(blob)
+    return fn(*args)
+
+
+_shipped: dict[str, bool] = {}
+
+
+def _ship_module(name: str | None) -> None:
+    """Workers would import user code by module name, which only works if they have
+    the same files on their path. A module that is not an installed package (the
+    pipeline's own file, e.g. ``python -m treadle run file.py:pipeline``) is sent
+    by value instead, with the function."""
+    if not name or name in _shipped:
+        return
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    by_value = bool(path) and name != "__main__" and not any(
+        os.path.abspath(path).startswith(os.path.abspath(p) + os.sep) for p in _INSTALLED if p)
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    _shipped[name] = by_value
+
+
+_INSTALLED = {sysconfig.get_paths().get(k) for k in ("purelib", "platlib", "stdlib", "platstdlib")}
 
 
 class DaskExecutor(Executor):
@@ -88,7 +121,15 @@ class DaskExecutor(Executor):
 
     def submit_task(self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
         """The runner's way in: ``task.stage`` picks the resources."""
-        return self._executor(getattr(task, "stage", None)).submit(fn, *args)
+        for arg in args[:1]:  # the stage spec or the subtask: ship their modules if need be
+            for user_fn in (getattr(arg, "fn", None), getattr(arg, "when", None),
+                            getattr(arg, "gate", None), getattr(arg, "rollback", None)):
+                if user_fn is not None:
+                    _ship_module(getattr(user_fn, "__module__", None))
+        # Pickled here with cloudpickle (Dask would try plain pickle first, which
+        # refers to the user's module by name even when it is shipped by value).
+        blob = cloudpickle.dumps((fn, args))
+        return self._executor(getattr(task, "stage", None)).submit(_run_pickled, blob)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Shut down the per-resource executors; the client stays the caller's."""

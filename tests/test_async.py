@@ -309,3 +309,18 @@ def _inflight_pipeline() -> Any:
     finally:
         sys.path.pop(0)
     return inflight.pipeline
+
+
+def test_generator_functions_are_refused_at_decoration():
+    """An ``async def`` with ``yield`` (or a plain generator) cannot be a stage."""
+    from treadle import PipelineDefinitionError
+
+    async def agen(item):
+        yield 1
+
+    def gen(item):
+        yield 1
+
+    for fn in (agen, gen):
+        with pytest.raises(PipelineDefinitionError, match="generator function"):
+            stage()(fn)

@@ -129,3 +129,25 @@ def test_a_killed_worker_loses_nothing_and_doubles_nothing(client, tmp_path):
         assert completed == {"work": 1, "gpu": 1}
     assert not [s for i in ids for s in runner.status(i).stages.values()
                 if s.state == StageState.RUNNING]
+
+
+def test_run_dask_runs_the_cli_on_the_cluster(cluster, tmp_path):
+    """``python -m treadle run TARGET --dask ADDRESS``: the stages run on the cluster."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    log = tmp_path / "cli.log"
+    item = '{"id": "c1", "log": "%s", "sleep": 0.01}' % log
+    done = subprocess.run(
+        [sys.executable, "-m", "treadle", "run", f"{root}/tests/dask_stages.py:simple",
+         "--db", db, "--item", item, "--dask", cluster.scheduler_address],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert f"Dask cluster at {cluster.scheduler_address}" in done.stdout
+    pids = {int(ln.split()[4]) for ln in log.read_text().splitlines()}
+    assert done.returncode == 0 and pids and not pids & {os.getpid()}
+    runner = Runner(dask_stages.simple, open_store(db))
+    assert runner.status("c1").state == "completed"

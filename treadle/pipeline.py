@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
-import attrs
-
 from .errors import (
-    CycleError, DuplicateStageError, InvalidStageError, PipelineDefinitionError,
-    UnknownStageError, did_you_mean,
+    CycleError,
+    DuplicateStageError,
+    InvalidStageError,
+    PipelineDefinitionError,
+    UnknownStageError,
+    did_you_mean,
 )
 from .serialization import ItemCodec
 from .stage import SPEC_ATTR, StageSpec, spec_of
@@ -79,16 +81,9 @@ class Pipeline:
         #: Stage name -> ``output_type``, for the stages that declare one.
         self.output_types: Mapping[str, type] = MappingProxyType(
             {n: tp for n in order if (tp := specs[n].output_type) is not None})
-        if self.output_types:  # each stage restores its upstream outputs as their types
-            self.stages = MappingProxyType({n: self._with_upstream_types(specs[n]) for n in order})
         #: Stages with a ``rollback`` (compensation) callable.
         self.rollback_stages: frozenset[str] = frozenset(
             n for n in order if specs[n].rollback is not None)
-
-    def _with_upstream_types(self, spec: StageSpec) -> StageSpec:
-        ancestors = self.ancestors[spec.name]
-        types = {n: t for n, t in self.output_types.items() if n in ancestors}
-        return attrs.evolve(spec, upstream_types=types) if types else spec
 
     @property
     def item_type(self) -> type | None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar, Union
 
 import attrs
 
-from .context import Outputs
 from .errors import InvalidStageError
 from .outcomes import Completed, FanOut, Review, Skipped
 from .serialization import is_record_type, structure
@@ -48,17 +47,12 @@ class StageSpec:
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
     #: ``output_type`` of each upstream stage that has one; set by the Pipeline.
-    upstream_types: Mapping[str, type] = attrs.field(factory=dict, eq=False, repr=False)
 
     def call(self, item: Any, ctx: Any) -> Any:
         """Call the stage function with ``(item, ctx)`` or ``(item)`` as it accepts.
 
         Upstream outputs with an ``output_type`` come back as instances of it.
         """
-        # Until the engine builds ctx.outputs with the pipeline's output types
-        # itself (Outputs(raw, pipeline.output_types)), give them here.
-        if self.upstream_types and isinstance(ctx.outputs, Outputs):
-            ctx.outputs = ctx.outputs.typed(self.upstream_types)
         result = self.fn(item, ctx) if self.takes_ctx else self.fn(item)
         if self.output_type is None:
             return result
@@ -119,6 +113,13 @@ def arity(fn: Callable[..., Any], what: str, name: str) -> bool:
     if not callable(fn):
         raise InvalidStageError(
             f"{what} {name!r} is {fn!r}, which is not callable; pass a function.", stage=name
+        )
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+        raise InvalidStageError(
+            f"{what} {name!r} is {kind} function (it yields); treadle calls it once and "
+            "stores what it returns: return the result (or a FanOut of several subtasks).",
+            stage=name,
         )
     try:
         sig = inspect.signature(fn)

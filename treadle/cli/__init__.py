@@ -75,6 +75,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     run.add_argument("--log-format", choices=["json", "console"],
                      help="log every transition with structlog in this format")
     run.add_argument("--no-source", action="store_true", help="do not submit the pipeline's source items")
+    run.add_argument("--dask", metavar="ADDRESS",  # treadle.contrib.dask
+                     help="run stages on the Dask cluster at ADDRESS (e.g. tcp://host:8786); "
+                          'needs pip install "treadle[dask]"')
     run.add_argument("--metrics-port", type=int, metavar="PORT",  # treadle.contrib.prometheus
                      help="serve Prometheus metrics on :PORT/metrics while the run lasts")
 
@@ -256,6 +259,7 @@ def _run(args, runner: Runner, url: str, stdin, stdout, stderr) -> int:
         disconnect = _configure_logging(args.log_format, stdout, runner.pipeline)
     tty = stdout.isatty() and not args.log_format
     metrics = None
+    dask = _connect_dask(args.dask, runner, stdout) if args.dask else None
     try:
         if args.metrics_port is not None:  # treadle.contrib.prometheus: /metrics while the run lasts
             from treadle.contrib.prometheus import instrument as metrics_for
@@ -281,10 +285,32 @@ def _run(args, runner: Runner, url: str, stdin, stdout, stderr) -> int:
             disconnect()
         if metrics is not None:
             metrics.close()
+        if dask is not None:
+            dask.close()
     _summary(args, runner, report, url, stdout, submitted=len(new))
     if report.interrupted:
         return 130
     return 1 if report.items.get("failed") else 0
+
+
+def _connect_dask(address: str, runner: Runner, stdout: TextIO) -> Any:
+    """Run the stages on the Dask cluster at ``address``; returns the client to close."""
+    try:
+        from distributed import Client
+
+        from treadle.contrib.dask import DaskExecutor
+    except ImportError:
+        raise UsageError('--dask needs dask.distributed: pip install "treadle[dask]"') from None
+    try:
+        client = Client(address, timeout=10)
+    except Exception as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    executor = DaskExecutor(client)
+    runner.executor = executor
+    link = executor.dashboard_link
+    stdout.write(f"running stages on the Dask cluster at {address}"
+                 + (f" (dashboard: {link})" if link else "") + "\n")
+    return client
 
 
 def _configure_logging(fmt: str, out: TextIO, pipeline: Pipeline) -> Any:

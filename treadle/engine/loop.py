@@ -544,7 +544,8 @@ class Scheduler:
             if spec.gate is not None:  # earlier verdicts and feedback, from the history
                 gate_state = gate_history(
                     self.lease.call(self.store.history, p, claim.item_id), claim.stage)
-            ctx = StageContext(claim.item_id, claim.stage, claim.attempt, Outputs(raw),
+            ctx = StageContext(claim.item_id, claim.stage, claim.attempt,
+                               Outputs(raw, p.output_types),
                                pipeline=p.name, logger=self._logger,
                                feedback=gate_state.feedback if gate_state else ())
             task = StageTask(claim.item_id, claim.stage, claim.attempt)

@@ -74,7 +74,8 @@ class Rollbacks:
         records = self.lease.call(store.stage_records, self.pipeline, item_id)
         outputs = {r.stage: r.output for r in records if r.state == StageState.COMPLETED}
         attempt = next((r.attempt for r in records if r.stage == stage), 0)
-        ctx = StageContext(item_id, stage, attempt, Outputs(outputs), pipeline=self.pipeline.name,
+        ctx = StageContext(item_id, stage, attempt, Outputs(outputs, self.pipeline.output_types),
+                           pipeline=self.pipeline.name,
                            logger=self.logger)
         item_json, _ = self.lease.call(store.item_data, self.pipeline, item_id)
         task = RollbackTask(item_id, stage)
