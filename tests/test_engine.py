@@ -563,3 +563,29 @@ def test_an_executor_that_refuses_a_task_goes_through_the_retry_policy():
         runner.run()
     st = runner.status("x").stages["one"]
     assert st.state == StageState.COMPLETED and st.attempts == 2
+
+
+def test_two_runners_share_slow_work(store_url):
+    """Two runners on one store, 60 items of slow stages: both execute stages (a runner
+    claims what its workers can run before its next commit, not 128 ahead)."""
+    if store_url == "memory://":
+        pytest.skip("runners share a store across processes or threads: SQL stores")
+
+    @stage()
+    def slow(item):
+        time.sleep(0.02)
+        return 1
+
+    pipeline = Pipeline("share", [slow])
+    Runner(pipeline, open_store(store_url)).submit(*({"id": i} for i in range(60)))
+    runners = [Runner(pipeline, open_store(store_url), workers=2) for _ in range(2)]
+    threads = [threading.Thread(target=r.run, daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    inspect_runner = Runner(pipeline, open_store(store_url))
+    actors = Counter(h.actor for i in range(60) for h in inspect_runner.history(i)
+                     if h.state == "completed")
+    assert sum(actors.values()) == 60
+    assert len(actors) == 2, actors

@@ -15,13 +15,17 @@ _lazy_lock = threading.Lock()
 class StartMark:
     """Set by the worker when it starts a task: timeouts count from then."""
 
-    __slots__ = ("started",)
+    __slots__ = ("started", "finished")
 
     def __init__(self) -> None:
         self.started: float | None = None
+        self.finished: float | None = None
 
     def start(self) -> None:
         self.started = time.monotonic()
+
+    def finish(self) -> None:
+        self.finished = time.monotonic()
 
 
 class Outputs(Mapping[str, Any]):

@@ -21,6 +21,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import queue
 import signal as _signal
 import threading
@@ -130,6 +131,8 @@ class Scheduler:
         self.slots: Slots = None  # type: ignore[assignment]  # made with the pool in run()
         self.rollbacks: Rollbacks = None  # type: ignore[assignment]
         self._capacity = 0
+        self._task_s: float | None = None  # running average of a task's duration
+        self._commit_s = 0.002             # ... and of a commit's
         self._sized_by: ExecutorPool | None = None
 
     # -- the run -------------------------------------------------------------
@@ -153,11 +156,29 @@ class Scheduler:
 
     @property
     def capacity(self) -> int:
-        """How many tasks to hold at most (claimed ahead of the pool)."""
+        """How many tasks to hold at most (claimed ahead of the pool).
+
+        With its own threads, a runner claims what its workers can run until the
+        next commit, not more: with fast stages that is many (up to
+        ``max(128, 8 x workers)``, so each commit carries many results); with
+        slow ones, a few per worker, which leaves ready work for other runners
+        on the same store to share.
+        """
         extra = self.async_limit if self.on_loop else 0
         if self._sized_by is not None:
             return 2 * self._sized_by.capacity + extra
-        return self._capacity + extra
+        w = self.workers
+        if self._task_s is None:  # nothing measured yet: a little ahead
+            return 2 * w + extra
+        ahead = w * (2 + math.ceil(self._commit_s / max(self._task_s, 1e-6)))
+        return min(self._capacity, ahead) + extra
+
+    def _timed(self, kind: str, seconds: float) -> None:
+        """Running averages (exponential) of task and commit durations."""
+        if kind == "task":
+            self._task_s = seconds if self._task_s is None else 0.8 * self._task_s + 0.2 * seconds
+        else:
+            self._commit_s = 0.8 * self._commit_s + 0.2 * seconds
 
     def run(self) -> Counters:
         """Run until nothing more can move (or a stop); returns the counters."""
@@ -243,6 +264,9 @@ class Scheduler:
         entry = self.slots.finish(task)
         if entry is None:
             return  # timed out, dropped or released: its late result is not ours to record
+        mark = entry.mark
+        if mark is not None and mark.started is not None and mark.finished is not None:
+            self._timed("task", mark.finished - mark.started)
         if isinstance(task, RollbackTask):
             self.rollbacks.done(task, outcome)
         elif isinstance(task, SubtaskTask):
@@ -313,12 +337,15 @@ class Scheduler:
         return result.claims
 
     def _store_commit(self, writes: _Writes, limit: int) -> CommitResult:
-        return self.lease.call(
+        started = time.monotonic()
+        result = self.lease.call(
             self.store.commit, self.pipeline, self.owner, [t for t, _ in writes.done], limit,
             self.only, fanouts=[s for _, s, _ in writes.starts],
             subtasks=[r for _, r, _ in writes.subs],
             restarts=[(t.item_id, t.stage, name) for t, name in writes.restarts],
         )
+        self._timed("commit", time.monotonic() - started)
+        return result
 
     def _restore(self, writes: _Writes) -> None:
         """Put writes that could not be committed back (shutdown releases their claims)."""

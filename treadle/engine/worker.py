@@ -44,7 +44,11 @@ def execute(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
     run = _stage(spec, codec, item_json, ctx, policy, gate_state, True)
     if instrument.active():
         run = _observed(_stage_execution(ctx), run, _transition_outcome)
-    return run_sync(run)
+    try:
+        return run_sync(run)
+    finally:
+        if mark is not None:
+            mark.finish()
 
 
 async def execute_async(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any,
@@ -187,7 +191,11 @@ def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
     run = _subtask(sub, item_id, stage, attempt, policy, True)
     if instrument.active():
         run = _observed(_subtask_execution(sub, pipeline, item_id, stage, attempt), run, _sub_outcome)
-    return run_sync(run)
+    try:
+        return run_sync(run)
+    finally:
+        if mark is not None:
+            mark.finish()
 
 
 async def execute_subtask_async(sub: SubTask, item_id: str, stage: str, attempt: int,
@@ -238,7 +246,11 @@ def execute_rollback(spec: StageSpec, codec: ItemCodec, item_json: str,
     run = _rollback(spec, codec, item_json, ctx, True)
     if instrument.active():
         run = _observed(_rollback_execution(ctx), run, _rollback_outcome)
-    return run_sync(run)
+    try:
+        return run_sync(run)
+    finally:
+        if mark is not None:
+            mark.finish()
 
 
 async def execute_rollback_async(spec: StageSpec, codec: ItemCodec, item_json: str,
