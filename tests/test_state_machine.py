@@ -1,0 +1,355 @@
+"""Stateful property test: the same random operations on memory, SQLite and PostgreSQL
+stores, through the public ``Runner`` API, leave every store in the same state.
+
+Operations: submit items, run to quiescence, crash (claims, and part of a fan-out,
+committed by an owner that is gone) and restart, approve / approve with an edit /
+reject, request changes, retry, rerun from a stage. After every step: the stores
+agree on every item's stage, subtask and item states and outputs, and every
+operation had the same outcome (value or error) on each; no (item, stage, attempt)
+or (item, stage, subtask, attempt) is recorded completed twice; after a run no
+stage is ``running``; every decision is in the store's history and status.
+
+Profiles (``TREADLE_HYPOTHESIS_PROFILE``): ``ci`` (default, about half a minute)
+and ``long`` (see docs/durability.md, "Property tests").
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections import Counter
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    MultipleResults,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from treadle import FanOut, Pipeline, Review, Runner, Skipped, open_store, stage
+from treadle.store.base import StateStore
+from treadle.store.fanout import FanOutStart, SubResult
+
+from .conftest import POSTGRES_URL, REQUIRE_POSTGRES, required
+
+PROFILES = {
+    "ci": settings(max_examples=20, stateful_step_count=15, deadline=None, database=None,
+                   suppress_health_check=list(HealthCheck), print_blob=True),
+    "long": settings(max_examples=300, stateful_step_count=40, deadline=None, database=None,
+                     suppress_health_check=list(HealthCheck), print_blob=True),
+}
+PROFILE = os.environ.get("TREADLE_HYPOTHESIS_PROFILE", "ci")
+TEST_TIMEOUT = {"ci": 150, "long": 6 * 3600}.get(PROFILE, 150)
+RUN_TIMEOUT = 30.0  # one run() that takes longer has hung
+DEAD = "dead-owner"  # never registered: a runner process that is gone
+SUBTASKS = ("p", "q", "r")
+
+
+# -- the pipeline: every stage a deterministic function of the item and attempt ------------
+@stage()
+def scan(item: dict[str, Any], ctx: Any) -> dict[str, int]:
+    n = item["n"]
+    if n % 5 == 0 and ctx.attempt == 1:
+        raise RuntimeError(f"scan of {n} fails on its first attempt")
+    return {"n": n}
+
+
+@stage(after=[scan])
+def enrich(item: dict[str, Any], ctx: Any) -> FanOut:
+    n, attempt = item["n"], ctx.attempt
+
+    def part(name: str) -> Any:
+        def run() -> Any:
+            if name == "q" and n % 3 == 0 and attempt == 1:
+                raise ConnectionError(f"q is down for {n}")
+            return f"{name}{n}"
+        return run
+
+    return FanOut({name: part(name) for name in SUBTASKS})
+
+
+@stage(after=[scan])
+def check(item: dict[str, Any], ctx: Any) -> Any:
+    n = item["n"]
+    if n % 2 == 0:
+        return Review({"n": n, "attempt": ctx.attempt}, message="Confirm n")
+    return {"n": n, "auto": True}
+
+
+@stage(after=[enrich, check])
+def publish(item: dict[str, Any], ctx: Any) -> Any:
+    if item["n"] % 7 == 6:
+        return Skipped("sevens are not published")
+    return {"check": ctx.outputs["check"], "enrich": ctx.outputs["enrich"]}
+
+
+@stage(after=[publish], when=lambda item, ctx: item["n"] % 4 != 1)
+def archive(item: dict[str, Any], ctx: Any) -> str:
+    return f"archived {item['n']}"
+
+
+def make_pipeline() -> Pipeline:
+    return Pipeline("differential", [scan, enrich, check, publish, archive])
+
+
+def guarded_run(runner: Runner) -> Any:
+    """``runner.run()``, failing the test if it does not return within RUN_TIMEOUT."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["report"] = runner.run()
+        except BaseException as exc:  # re-raised in the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="guarded-run", daemon=True)
+    thread.start()
+    thread.join(RUN_TIMEOUT)
+    if thread.is_alive():
+        pytest.fail(f"run() on {runner.store!r} did not return within {RUN_TIMEOUT:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["report"]
+
+
+def outcome(fn: Any) -> tuple[str, Any]:
+    """What a call did, comparable across stores: its value or its error's type."""
+    try:
+        return ("ok", fn())
+    except Exception as exc:  # the same refusal is expected of every store
+        return ("error", type(exc).__name__)
+
+
+class StoresAgree(RuleBasedStateMachine):
+    """One runner per store kind, driven in lockstep."""
+
+    items = Bundle("items")
+
+    def __init__(self, postgres: str | None) -> None:
+        super().__init__()
+        self.pipeline = make_pipeline()
+        self.tmp = tempfile.mkdtemp(prefix="treadle-sm-")
+        self.postgres = postgres
+        self.schema: str | None = None
+        urls = {"memory": "memory://", "sqlite": f"sqlite:///{self.tmp}/store.db"}
+        if postgres:
+            self.schema = f"treadle_sm_{uuid.uuid4().hex[:12]}"
+            self._admin(f'CREATE SCHEMA "{self.schema}"')
+            sep = "&" if "?" in postgres else "?"
+            urls["postgresql"] = f"{postgres}{sep}options={quote(f'-csearch_path={self.schema}')}"
+        self.stores: dict[str, StateStore] = {k: open_store(u) for k, u in urls.items()}
+        self.runners = {k: Runner(self.pipeline, s, workers=3, lease=5.0)
+                        for k, s in self.stores.items()}
+        self.known: set[str] = set()
+        self.clean = True  # no crash since the last run
+        self.decisions: list[tuple[str, str, str, str]] = []  # (item, stage, state, reviewer)
+        self.current: dict[str, tuple[str, Any]] = {}  # item -> (decision, edit) still standing
+
+    def _admin(self, sql: str) -> None:
+        import psycopg2
+
+        assert self.postgres is not None
+        conn = psycopg2.connect(self.postgres)
+        try:
+            conn.autocommit = True
+            conn.cursor().execute(sql)
+        finally:
+            conn.close()
+
+    def teardown(self) -> None:
+        for s in self.stores.values():
+            s.close()
+        if self.schema:
+            self._admin(f'DROP SCHEMA "{self.schema}" CASCADE')
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def each(self, call: Any) -> Any:
+        """Apply ``call(runner)`` to every store; all must have the same outcome."""
+        results = {k: outcome(lambda r=r: call(r)) for k, r in self.runners.items()}
+        first = next(iter(results.values()))
+        assert all(v == first for v in results.values()), results
+        return first
+
+    # -- rules ------------------------------------------------------------------------------
+    @initialize(target=items, ns=st.lists(st.integers(0, 23), min_size=1, max_size=4, unique=True))
+    def first_items(self, ns: list[int]) -> MultipleResults[str]:
+        """Start from a few items run once, so that later steps find work in every state."""
+        ids = [self.submit(n) for n in ns]
+        self.run()
+        return multiple(*ids)
+
+    @rule(target=items, n=st.integers(0, 23))
+    def submit(self, n: int) -> str:
+        item_id = f"i{n}"
+        self.each(lambda r: r.submit({"id": item_id, "n": n}))
+        self.known.add(item_id)
+        return item_id
+
+    @rule()
+    def run(self) -> None:
+        for runner in self.runners.values():
+            guarded_run(runner)
+        self.clean = True
+
+    @rule(item=items, fanout=st.booleans())
+    def crash(self, item: str, fanout: bool) -> None:
+        """A runner claims the item's ready stages (and starts a fan-out, one subtask
+        done), then its process dies: the next run must recover and redo the rest."""
+        claimed = self.each(lambda r: [
+            (c.stage, c.attempt)
+            for c in r.store.commit(r.pipeline, DEAD, [], 100, only=[item]).claims])
+        for stage_name, attempt in claimed[1] if fanout and claimed[0] == "ok" else []:
+            if stage_name == "enrich":
+                start = FanOutStart(item, "enrich", attempt, SUBTASKS)
+                started = self.each(lambda r: [p.run for p in r.store.commit(
+                    r.pipeline, DEAD, [], 0, fanouts=[start]).fanouts])
+                for name, sub_attempt in started[1][0] if started[0] == "ok" else []:
+                    if name == "p":  # one subtask's result committed before the crash
+                        done = SubResult(item, "enrich", "p", sub_attempt, "completed",
+                                         output=f'"p{item[1:]}"')
+                        self.each(lambda r: len(r.store.commit(
+                            r.pipeline, DEAD, [], 0, subtasks=[done]).sub_accepted))
+        self.clean = False
+
+    def _decide(self, item: str, stage_name: str, state: str, call: Any) -> bool:
+        """Make one decision on every store; True if it was accepted (by all)."""
+        reviewer = f"rev{len(self.decisions)}"
+        result = self.each(lambda r: call(r, reviewer))
+        if result[0] == "ok":
+            self.decisions.append((item, stage_name, state, reviewer))
+        return bool(result[0] == "ok")
+
+    @rule(item=items, stage_name=st.sampled_from(["check", "publish"]),
+          edit=st.none() | st.integers(0, 9))
+    def approve(self, item: str, stage_name: str, edit: int | None) -> None:
+        data = None if edit is None else {"edited": edit}
+        kw = {} if data is None else {"data": data}
+        if self._decide(item, stage_name, "completed",
+                        lambda r, who: r.approve(item, stage_name, reviewer=who, note="ok", **kw)):
+            if stage_name == "check":
+                self.current[item] = ("approved", data)
+
+    @rule(item=items)
+    def reject(self, item: str) -> None:
+        if self._decide(item, "check", "rejected",
+                        lambda r, who: r.reject(item, "check", reason="wrong n", reviewer=who)):
+            self.current[item] = ("rejected", None)
+
+    @rule(item=items)
+    def request_changes(self, item: str) -> None:
+        if self._decide(item, "check", "changes_requested",
+                        lambda r, who: r.request_changes(item, "check", feedback={"fix": who},
+                                                         reviewer=who)):
+            self.current.pop(item, None)
+
+    def awaiting(self) -> list[str]:
+        """Items whose ``check`` awaits review (the stores agree on it: an invariant)."""
+        memory = self.runners["memory"]
+        return memory.store.item_ids(memory.pipeline, "check", "awaiting_review", None)
+
+    @precondition(lambda self: bool(self.awaiting()))
+    @rule(data=st.data(), kind=st.sampled_from(["approve", "edit", "reject", "changes"]),
+          edit=st.integers(0, 9))
+    def decide_waiting(self, data: st.DataObject, kind: str, edit: int) -> None:
+        """A decision on an item that awaits one (the rules above mostly hit the others)."""
+        item = data.draw(st.sampled_from(self.awaiting()), label="item")
+        if kind in ("approve", "edit"):
+            self.approve(item, "check", edit if kind == "edit" else None)
+        elif kind == "reject":
+            self.reject(item)
+        else:
+            self.request_changes(item)
+        assert self.decisions and self.decisions[-1][0] == item  # accepted everywhere
+
+    @rule(item=st.none() | items)
+    def retry(self, item: str | None) -> None:
+        result = self.each(lambda r: sorted(r.retry(item)))
+        if result[0] == "ok":
+            for moved, _ in result[1]:
+                self.current.pop(moved, None)
+
+    @rule(item=items, from_stage=st.sampled_from(["scan", "enrich", "check", "publish"]))
+    def rerun(self, item: str, from_stage: str) -> None:
+        result = self.each(lambda r: r.rerun(item, from_stage=from_stage))
+        if result[0] == "ok" and from_stage in ("scan", "check"):
+            self.current.pop(item, None)
+
+    # -- invariants -----------------------------------------------------------------------
+    def views(self) -> dict[str, Any]:
+        out = {}
+        for kind, r in self.runners.items():
+            view = {}
+            for item in sorted(self.known):
+                s = r.status(item)
+                view[item] = (s.state.value, {
+                    name: (st_.state.value, st_.attempts, st_.output, st_.error,
+                           sorted((n, t.state.value, t.attempts) for n, t in st_.subtasks.items()))
+                    for name, st_ in s.stages.items()})
+            out[kind] = view
+        return out
+
+    @invariant()
+    def stores_agree(self) -> None:
+        views = self.views()
+        first_kind, first = next(iter(views.items()))
+        for kind, view in views.items():
+            for item in sorted(self.known):
+                assert view[item] == first[item], (item, kind, view[item], first_kind, first[item])
+
+    @invariant()
+    def no_completion_twice(self) -> None:
+        for kind, r in self.runners.items():
+            for item in self.known:
+                done = Counter((h.stage, h.subtask, h.attempt) for h in r.history(item)
+                               if h.state == "completed")
+                twice = [k for k, n in done.items() if n > 1]
+                assert not twice, (kind, item, twice)
+
+    @invariant()
+    def nothing_running_after_a_run(self) -> None:
+        if not self.clean:
+            return
+        for kind, r in self.runners.items():
+            running = {i: c["running"] for i, c in r.counts().items() if c.get("running")}
+            assert not running, (kind, running)
+
+    @invariant()
+    def every_decision_is_recorded(self) -> None:
+        for kind, r in self.runners.items():
+            histories = {i: r.history(i) for i in {d[0] for d in self.decisions}}
+            for item, stage_name, state, reviewer in self.decisions:
+                assert any(h.stage == stage_name and h.state == state and h.actor == reviewer
+                           for h in histories[item]), (kind, item, stage_name, state, reviewer)
+            for item, (decision, data) in self.current.items():
+                st_ = r.status(item).stages["check"]
+                if decision == "approved" and st_.state.value == "completed":
+                    assert st_.review is not None and st_.review.decision == "approved", (kind, item)
+                    if data is not None:
+                        assert st_.output == data, (kind, item, st_.output)
+                        pub = r.status(item).stages["publish"]
+                        if pub.state.value == "completed":
+                            assert pub.output["check"] == data, (kind, item, pub.output)
+                if decision == "rejected" and st_.state.value == "rejected":
+                    assert st_.review is not None and st_.review.decision == "rejected", (kind, item)
+
+
+@pytest.mark.timeout(TEST_TIMEOUT)
+def test_memory_sqlite_and_postgresql_agree_step_by_step() -> None:
+    """Random operation sequences leave memory, SQLite and PostgreSQL stores in one state."""
+    if not POSTGRES_URL and required(REQUIRE_POSTGRES):
+        pytest.fail(f"TREADLE_TEST_POSTGRES_URL is not set; {REQUIRE_POSTGRES}=1 requires it",
+                    pytrace=False)
+    run_state_machine_as_test(lambda: StoresAgree(POSTGRES_URL), settings=PROFILES[PROFILE])
