@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
+    MultipleResults,
     RuleBasedStateMachine,
     initialize,
-    MultipleResults,
     invariant,
     multiple,
     precondition,
@@ -112,7 +112,7 @@ def guarded_run(runner: Runner) -> Any:
     def target() -> None:
         try:
             box["report"] = runner.run()
-        except BaseException as exc:  # re-raised in the test thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
             box["error"] = exc
 
     thread = threading.Thread(target=target, name="guarded-run", daemon=True)
@@ -129,7 +129,7 @@ def outcome(fn: Any) -> tuple[str, Any]:
     """What a call did, comparable across stores: its value or its error's type."""
     try:
         return ("ok", fn())
-    except Exception as exc:  # the same refusal is expected of every store
+    except Exception as exc:  # noqa: BLE001 - the same refusal is expected of every store
         return ("error", type(exc).__name__)
 
 
@@ -237,10 +237,11 @@ class StoresAgree(RuleBasedStateMachine):
     def approve(self, item: str, stage_name: str, edit: int | None) -> None:
         data = None if edit is None else {"edited": edit}
         kw = {} if data is None else {"data": data}
-        if self._decide(item, stage_name, "completed",
-                        lambda r, who: r.approve(item, stage_name, reviewer=who, note="ok", **kw)):
-            if stage_name == "check":
-                self.current[item] = ("approved", data)
+        accepted = self._decide(
+            item, stage_name, "completed",
+            lambda r, who: r.approve(item, stage_name, reviewer=who, note="ok", **kw))
+        if accepted and stage_name == "check":
+            self.current[item] = ("approved", data)
 
     @rule(item=items)
     def reject(self, item: str) -> None:

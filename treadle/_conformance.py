@@ -9,6 +9,7 @@ yielding a fresh, empty store to check a store of your own.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -621,7 +622,7 @@ class StoreConformance:
         for step in steps:
             step()
             seen.append(s.history(shape, "i1"))
-        for earlier, later in zip(seen, seen[1:]):
+        for earlier, later in itertools.pairwise(seen):
             assert later[: len(earlier)] == earlier
             assert len(later) > len(earlier)
         seqs = [h["seq"] for h in seen[-1]]
