@@ -40,7 +40,7 @@ from hypothesis.stateful import (
 )
 
 from treadle import FanOut, Pipeline, Review, Runner, Skipped, open_store, stage
-from treadle.store.base import StateStore
+from treadle.store.base import StateStore, Transition
 from treadle.store.fanout import FanOutStart, SubResult
 
 from .conftest import POSTGRES_URL, REQUIRE_POSTGRES, required
@@ -59,50 +59,53 @@ SUBTASKS = ("p", "q", "r")
 
 
 # -- the pipeline: every stage a deterministic function of the item and attempt ------------
-@stage()
-def scan(item: dict[str, Any], ctx: Any) -> dict[str, int]:
-    n = item["n"]
-    if n % 5 == 0 and ctx.attempt == 1:
-        raise RuntimeError(f"scan of {n} fails on its first attempt")
-    return {"n": n}
+def undo(item: dict[str, Any]) -> None:
+    """A compensation with nothing to undo (what matters is that it is recorded)."""
 
 
-@stage(after=[scan])
-def enrich(item: dict[str, Any], ctx: Any) -> FanOut:
-    n, attempt = item["n"], ctx.attempt
+def make_pipeline(on_failure: str = "stop") -> Pipeline:
+    """scan -> (enrich: a FanOut, check: a Review for even n) -> publish -> archive."""
+    rollback = undo if on_failure == "rollback" else None
 
-    def part(name: str) -> Any:
-        def run() -> Any:
-            if name == "q" and n % 3 == 0 and attempt == 1:
-                raise ConnectionError(f"q is down for {n}")
-            return f"{name}{n}"
-        return run
+    @stage(rollback=rollback)
+    def scan(item: dict[str, Any], ctx: Any) -> dict[str, int]:
+        n = item["n"]
+        if n % 5 == 0 and ctx.attempt == 1:
+            raise RuntimeError(f"scan of {n} fails on its first attempt")
+        return {"n": n}
 
-    return FanOut({name: part(name) for name in SUBTASKS})
+    @stage(after=[scan])
+    def enrich(item: dict[str, Any], ctx: Any) -> FanOut:
+        n, attempt = item["n"], ctx.attempt
 
+        def part(name: str) -> Any:
+            def run() -> Any:
+                if name == "q" and n % 3 == 0 and attempt == 1:
+                    raise ConnectionError(f"q is down for {n}")
+                return f"{name}{n}"
+            return run
 
-@stage(after=[scan])
-def check(item: dict[str, Any], ctx: Any) -> Any:
-    n = item["n"]
-    if n % 2 == 0:
-        return Review({"n": n, "attempt": ctx.attempt}, message="Confirm n")
-    return {"n": n, "auto": True}
+        return FanOut({name: part(name) for name in SUBTASKS})
 
+    @stage(after=[scan], rollback=rollback)
+    def check(item: dict[str, Any], ctx: Any) -> Any:
+        n = item["n"]
+        if n % 2 == 0:
+            return Review({"n": n, "attempt": ctx.attempt}, message="Confirm n")
+        return {"n": n, "auto": True}
 
-@stage(after=[enrich, check])
-def publish(item: dict[str, Any], ctx: Any) -> Any:
-    if item["n"] % 7 == 6:
-        return Skipped("sevens are not published")
-    return {"check": ctx.outputs["check"], "enrich": ctx.outputs["enrich"]}
+    @stage(after=[enrich, check])
+    def publish(item: dict[str, Any], ctx: Any) -> Any:
+        if item["n"] % 7 == 6:
+            return Skipped("sevens are not published")
+        return {"check": ctx.outputs["check"], "enrich": ctx.outputs["enrich"]}
 
+    @stage(after=[publish], when=lambda item, ctx: item["n"] % 4 != 1)
+    def archive(item: dict[str, Any], ctx: Any) -> str:
+        return f"archived {item['n']}"
 
-@stage(after=[publish], when=lambda item, ctx: item["n"] % 4 != 1)
-def archive(item: dict[str, Any], ctx: Any) -> str:
-    return f"archived {item['n']}"
-
-
-def make_pipeline() -> Pipeline:
-    return Pipeline("differential", [scan, enrich, check, publish, archive])
+    return Pipeline("differential", [scan, enrich, check, publish, archive],
+                    on_failure=on_failure)  # type: ignore[arg-type]
 
 
 def guarded_run(runner: Runner) -> Any:
@@ -138,9 +141,9 @@ class StoresAgree(RuleBasedStateMachine):
 
     items = Bundle("items")
 
-    def __init__(self, postgres: str | None) -> None:
+    def __init__(self, postgres: str | None, on_failure: str = "stop") -> None:
         super().__init__()
-        self.pipeline = make_pipeline()
+        self.pipeline = make_pipeline(on_failure)
         self.tmp = tempfile.mkdtemp(prefix="treadle-sm-")
         self.postgres = postgres
         self.schema: str | None = None
@@ -204,13 +207,20 @@ class StoresAgree(RuleBasedStateMachine):
             guarded_run(runner)
         self.clean = True
 
-    @rule(item=items, fanout=st.booleans())
-    def crash(self, item: str, fanout: bool) -> None:
+    @rule(item=items, fanout=st.booleans(), mid_rollback=st.booleans())
+    def crash(self, item: str, fanout: bool, mid_rollback: bool) -> None:
         """A runner claims the item's ready stages (and starts a fan-out, one subtask
-        done), then its process dies: the next run must recover and redo the rest."""
+        done; or, in a rollback pipeline, records a stage's failure and claims the
+        item's rollback), then its process dies: the next run must recover the rest."""
         claimed = self.each(lambda r: [
             (c.stage, c.attempt)
             for c in r.store.commit(r.pipeline, DEAD, [], 100, only=[item]).claims])
+        if mid_rollback and self.pipeline.on_failure == "rollback" and claimed[0] == "ok" \
+                and claimed[1]:
+            stage_name, attempt = claimed[1][0]
+            failed = Transition(item, stage_name, attempt, "failed", error="RuntimeError: crashed")
+            self.each(lambda r: len(r.store.commit(r.pipeline, DEAD, [failed], 0).accepted))
+            self.each(lambda r: r.store.claim_rollbacks(r.pipeline, DEAD, 100))  # type: ignore[attr-defined]
         for stage_name, attempt in claimed[1] if fanout and claimed[0] == "ok" else []:
             if stage_name == "enrich":
                 start = FanOutStart(item, "enrich", attempt, SUBTASKS)
@@ -347,10 +357,25 @@ class StoresAgree(RuleBasedStateMachine):
                     assert st_.review is not None and st_.review.decision == "rejected", (kind, item)
 
 
-@pytest.mark.timeout(TEST_TIMEOUT)
-def test_memory_sqlite_and_postgresql_agree_step_by_step() -> None:
-    """Random operation sequences leave memory, SQLite and PostgreSQL stores in one state."""
+def require_postgres_in_ci() -> None:
+    """Without a server the test compares memory and SQLite only, except where CI demands it."""
     if not POSTGRES_URL and required(REQUIRE_POSTGRES):
         pytest.fail(f"TREADLE_TEST_POSTGRES_URL is not set; {REQUIRE_POSTGRES}=1 requires it",
                     pytrace=False)
+
+
+@pytest.mark.timeout(TEST_TIMEOUT)
+def test_memory_sqlite_and_postgresql_agree_step_by_step() -> None:
+    """Random operation sequences leave memory, SQLite and PostgreSQL stores in one state."""
+    require_postgres_in_ci()
     run_state_machine_as_test(lambda: StoresAgree(POSTGRES_URL), settings=PROFILES[PROFILE])
+
+
+@pytest.mark.timeout(TEST_TIMEOUT)
+def test_stores_agree_with_rollbacks() -> None:
+    """The same with ``on_failure="rollback"``: compensations, and crashes in the middle of
+    them, leave every store in one state."""
+    require_postgres_in_ci()
+    profile = PROFILES[PROFILE]
+    run_state_machine_as_test(lambda: StoresAgree(POSTGRES_URL, "rollback"),
+                              settings=settings(profile, max_examples=max(1, profile.max_examples // 2)))
