@@ -21,7 +21,7 @@ import tempfile
 import threading
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import pytest
@@ -63,7 +63,7 @@ def undo(item: dict[str, Any]) -> None:
     """A compensation with nothing to undo (what matters is that it is recorded)."""
 
 
-def make_pipeline(on_failure: str = "stop") -> Pipeline:
+def make_pipeline(on_failure: Literal["stop", "rollback"] = "stop") -> Pipeline:
     """scan -> (enrich: a FanOut, check: a Review for even n) -> publish -> archive."""
     rollback = undo if on_failure == "rollback" else None
 
@@ -105,7 +105,7 @@ def make_pipeline(on_failure: str = "stop") -> Pipeline:
         return f"archived {item['n']}"
 
     return Pipeline("differential", [scan, enrich, check, publish, archive],
-                    on_failure=on_failure)  # type: ignore[arg-type]
+                    on_failure=on_failure)
 
 
 def guarded_run(runner: Runner) -> Any:
@@ -141,7 +141,7 @@ class StoresAgree(RuleBasedStateMachine):
 
     items = Bundle("items")
 
-    def __init__(self, postgres: str | None, on_failure: str = "stop") -> None:
+    def __init__(self, postgres: str | None, on_failure: Literal["stop", "rollback"] = "stop") -> None:
         super().__init__()
         self.pipeline = make_pipeline(on_failure)
         self.tmp = tempfile.mkdtemp(prefix="treadle-sm-")
@@ -190,12 +190,15 @@ class StoresAgree(RuleBasedStateMachine):
     @initialize(target=items, ns=st.lists(st.integers(0, 23), min_size=1, max_size=4, unique=True))
     def first_items(self, ns: list[int]) -> MultipleResults[str]:
         """Start from a few items run once, so that later steps find work in every state."""
-        ids = [self.submit(n) for n in ns]
+        ids = [self._submit(n) for n in ns]
         self.run()
         return multiple(*ids)
 
     @rule(target=items, n=st.integers(0, 23))
     def submit(self, n: int) -> str:
+        return self._submit(n)
+
+    def _submit(self, n: int) -> str:
         item_id = f"i{n}"
         self.each(lambda r: r.submit({"id": item_id, "n": n}))
         self.known.add(item_id)
@@ -220,7 +223,7 @@ class StoresAgree(RuleBasedStateMachine):
             stage_name, attempt = claimed[1][0]
             failed = Transition(item, stage_name, attempt, "failed", error="RuntimeError: crashed")
             self.each(lambda r: len(r.store.commit(r.pipeline, DEAD, [failed], 0).accepted))
-            self.each(lambda r: r.store.claim_rollbacks(r.pipeline, DEAD, 100))  # type: ignore[attr-defined]
+            self.each(lambda r: r.store.claim_rollbacks(r.pipeline, DEAD, 100))
         for stage_name, attempt in claimed[1] if fanout and claimed[0] == "ok" else []:
             if stage_name == "enrich":
                 start = FanOutStart(item, "enrich", attempt, SUBTASKS)

@@ -13,7 +13,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import pytest
 
@@ -37,7 +37,7 @@ def _undo(item: Any) -> None:
     """A rollback callable (never called here: the suite only records outcomes)."""
 
 
-def _conformance_pipeline(on_failure: str = "stop") -> Pipeline:
+def _conformance_pipeline(on_failure: Literal["stop", "rollback"] = "stop") -> Pipeline:
     @stage(rollback=_undo)
     def a(item: Any) -> None: ...
 
@@ -50,7 +50,7 @@ def _conformance_pipeline(on_failure: str = "stop") -> Pipeline:
     @stage(after=[b, c])
     def d(item: Any) -> None: ...
 
-    return Pipeline("conformance", [a, b, c, d], on_failure=on_failure)  # type: ignore[arg-type]
+    return Pipeline("conformance", [a, b, c, d], on_failure=on_failure)
 
 
 OWNER = "test-host:1:owner"
