@@ -52,7 +52,8 @@ def require_postgres() -> str:
 
 
 def find_chromium() -> str | None:
-    """A Chromium executable: ``$TREADLE_CHROMIUM`` if set, else the first on ``PATH``."""
+    """A Chromium executable: ``$TREADLE_CHROMIUM`` if set, else the first on ``PATH``,
+    else one that ``playwright install chromium`` downloaded."""
     explicit = os.environ.get("TREADLE_CHROMIUM")
     if explicit:
         return explicit if Path(explicit).exists() else None
@@ -60,7 +61,9 @@ def find_chromium() -> str | None:
         path = shutil.which(name)
         if path:
             return path
-    return None
+    browsers = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or Path.home() / ".cache" / "ms-playwright")
+    found = sorted(browsers.glob("chromium-*/chrome-linux*/chrome"))
+    return str(found[-1]) if found else None
 
 
 def require_chromium() -> str:
