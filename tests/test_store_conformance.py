@@ -64,3 +64,14 @@ class TestConformance(StoreConformance):
             with pytest.raises(InvalidTransitionError):
                 operation()
             assert self.snapshot(store, shape, "i1") == before
+
+    def test_threads_sharing_one_store_claim_each_stage_once(
+            self, store: StateStore, shape: Pipeline, store_url: str,
+            request: pytest.FixtureRequest) -> None:
+        if store_url.startswith("postgresql"):
+            request.applymarker(pytest.mark.xfail(
+                strict=True, raises=KeyError,
+                reason="bug (issue 12 #7): the item cache is shared by the threads using one "
+                       "store; on PostgreSQL one thread's clear() lands between another's update "
+                       "and lookup"))
+        super().test_threads_sharing_one_store_claim_each_stage_once(store, shape)

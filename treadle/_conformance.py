@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, cast
 
@@ -627,6 +629,57 @@ class StoreConformance:
             assert len(later) > len(earlier)
         seqs = [h["seq"] for h in seen[-1]]
         assert seqs == sorted(set(seqs))
+
+    # -- concurrency ----------------------------------------------------------------------
+    def test_threads_sharing_one_store_claim_each_stage_once(self, store: StateStore,
+                                                             shape: Pipeline) -> None:
+        """Several threads doing group commits on one store object never fail, never
+        claim an (item, stage) twice, and together complete every item."""
+        n_items = 120
+        errors: list[Exception] = []
+        claimed: list[tuple[str, str]] = []
+        lock = threading.Lock()
+        store.prepare(shape)
+        store.submit(shape, [(f"i{k}", f'{{"id":"i{k}"}}') for k in range(n_items)], "test")
+        if hasattr(store, "ITEM_CACHE"):
+            store.ITEM_CACHE = 2  # evict often: exercise the item cache too
+
+        def work(w: int) -> None:
+            owner = f"test-host:{100 + w}:worker"
+            store.register_runner(owner, "test-host", 100 + w, 30.0)
+            results: list[Transition] = []
+            try:
+                for _ in range(10 * n_items):
+                    res = store.commit(shape, owner, results, 3)
+                    with lock:
+                        claimed.extend((c.item_id, c.stage) for c in res.claims)
+                    results = [self.done(c.item_id, c.stage, c.attempt, output="1")
+                               for c in res.claims]
+                    if not results:
+                        return
+            except Exception as exc:  # noqa: BLE001 - re-raised below, in the test thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        if errors:
+            raise errors[0]
+        assert not [t for t in threads if t.is_alive()]
+        twice = [k for k, n in Counter(claimed).items() if n > 1]
+        assert not twice, twice
+        # a worker may stop while others still hold work: finish what is left
+        leftover: list[Transition] = []
+        while True:
+            res = store.commit(shape, OWNER, leftover, 50)
+            claimed.extend((c.item_id, c.stage) for c in res.claims)
+            leftover = [self.done(c.item_id, c.stage, c.attempt, output="1") for c in res.claims]
+            if not leftover:
+                break
+        assert store.item_state_counts(shape) == {"completed": n_items}
+        assert sorted(Counter(claimed).values()) == [1] * (n_items * len(shape.order))
 
     # -- leases, release, recovery -----------------------------------------------------
     def test_recover_returns_claims_of_dead_or_lapsed_runners(self, ready_store: StateStore,
