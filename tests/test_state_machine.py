@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from typing import Any, Literal
@@ -108,24 +109,28 @@ def make_pipeline(on_failure: Literal["stop", "rollback"] = "stop") -> Pipeline:
                     on_failure=on_failure)
 
 
-def guarded_run(runner: Runner) -> Any:
-    """``runner.run()``, failing the test if it does not return within RUN_TIMEOUT."""
-    box: dict[str, Any] = {}
+def guarded_run(*runners: Runner) -> None:
+    """``run()`` on each runner, concurrently; fails the test if one does not return
+    within RUN_TIMEOUT, re-raises the first error."""
+    errors: list[BaseException] = []
 
-    def target() -> None:
+    def target(runner: Runner) -> None:
         try:
-            box["report"] = runner.run()
+            runner.run()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            box["error"] = exc
+            errors.append(exc)
 
-    thread = threading.Thread(target=target, name="guarded-run", daemon=True)
-    thread.start()
-    thread.join(RUN_TIMEOUT)
-    if thread.is_alive():
-        pytest.fail(f"run() on {runner.store!r} did not return within {RUN_TIMEOUT:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["report"]
+    threads = [threading.Thread(target=target, args=(r,), name="guarded-run", daemon=True)
+               for r in runners]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    for thread, runner in zip(threads, runners):
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            pytest.fail(f"run() on {runner.store!r} did not return within {RUN_TIMEOUT:g} s")
+    if errors:
+        raise errors[0]
 
 
 def outcome(fn: Any) -> tuple[str, Any]:
@@ -208,6 +213,13 @@ class StoresAgree(RuleBasedStateMachine):
     def run(self) -> None:
         for runner in self.runners.values():
             guarded_run(runner)
+        self.clean = True
+
+    @rule()
+    def run_two_runners(self) -> None:
+        """Two runners share each store at once: together they do the work once."""
+        for runner in self.runners.values():
+            guarded_run(runner, Runner(self.pipeline, runner.store, workers=2, lease=5.0))
         self.clean = True
 
     @rule(item=items, fanout=st.booleans(), mid_rollback=st.booleans())
