@@ -22,7 +22,7 @@ import pytest
 from .errors import InvalidTransitionError, ItemNotFoundError
 from .pipeline import Pipeline
 from .stage import stage
-from .store.base import CommitResult, Shape, StateStore, Transition
+from .store.base import CommitResult, Outlook, Shape, StateStore, Transition
 from .store.fanout import FanOutStart, SubResult
 
 
@@ -709,6 +709,73 @@ class StoreConformance:
         last = ready_store.history(shape, "i1")[-1]
         assert (last["stage"], last["state"], last["actor"]) == ("a", "pending", "recovery")
         assert ready_store.recover(shape, "test-host", lambda pid: True) == []
+
+    def test_outlook_counts_ready_and_running_work(self, ready_store: StateStore,
+                                                   shape: Pipeline) -> None:
+        """outlook() counts ready pending rows and running rows, optionally of some items."""
+        assert ready_store.outlook(shape) == Outlook(ready=2, running=0)
+        ready_store.commit(shape, OWNER, [], 1, only=["i1"])
+        assert ready_store.outlook(shape) == Outlook(ready=1, running=1)
+        assert ready_store.outlook(shape, ["i1"]) == Outlook(ready=0, running=1)
+        ready_store.commit(shape, OWNER, [self.done("i1", "a", output="1")], 0)
+        assert ready_store.outlook(shape, ["i1"]) == Outlook(ready=2, running=0)
+
+    def test_overdue_reviews_are_listed_oldest_first(self, ready_store: StateStore,
+                                                     shape: Pipeline) -> None:
+        """overdue_reviews() lists items awaiting review at a stage for at least the timeout."""
+        ready_store.commit(shape, OWNER, [], 2)
+        ready_store.commit(shape, OWNER, [self.done("i1", "a", state="awaiting_review",
+                                                    review='{"data":1}')], 0)
+        time.sleep(0.02)
+        ready_store.commit(shape, OWNER, [self.done("i2", "a", state="awaiting_review",
+                                                    review='{"data":2}')], 0)
+        assert ready_store.overdue_reviews(shape, "a", 0.0) == ["i1", "i2"]
+        assert ready_store.overdue_reviews(shape, "a", 3600.0) == []
+        assert ready_store.overdue_reviews(shape, "b", 0.0) == []
+        self.decision(ready_store, shape)
+        assert ready_store.overdue_reviews(shape, "a", 0.0) == ["i2"]
+
+    def test_release_orphans_gives_back_claims_the_runner_does_not_know(
+            self, ready_store: StateStore, shape: Pipeline) -> None:
+        """Claims of this owner missing from ``keep`` (a commit whose reply was lost) go
+        back to pending; kept ones and other owners' stay."""
+        ready_store.register_runner(OTHER, "test-host", 2, 30.0)
+        ready_store.commit(shape, OWNER, [], 1, only=["i1"])
+        ready_store.commit(shape, OTHER, [], 1, only=["i2"])
+        assert ready_store.release_orphans(shape, OWNER, {("i1", "a", 1)}) == 0
+        assert ready_store.release_orphans(shape, OWNER, set()) == 1
+        assert self.states(ready_store, shape, "i1")["a"] == "pending"
+        assert self.states(ready_store, shape, "i2")["a"] == "running"
+
+    def test_declared_rename_carries_records_over(self, ready_store: StateStore,
+                                                  shape: Pipeline) -> None:
+        """A stage renamed with ``Pipeline(renames=...)`` keeps its state, output and
+        history under the new name."""
+        ready_store.commit(shape, OWNER, [], 1, only=["i1"])
+        ready_store.commit(shape, OWNER, [self.done("i1", "a", output='"A"')], 0)
+
+        @stage(rollback=_undo)
+        def first(item: Any) -> None: ...
+
+        @stage(after=[first])
+        def b(item: Any) -> None: ...
+
+        @stage(after=[first])
+        def c(item: Any) -> None: ...
+
+        @stage(after=[b, c])
+        def d(item: Any) -> None: ...
+
+        renamed = Pipeline("conformance", [first, b, c, d], renames={"a": "first"})
+        ready_store.prepare(renamed)
+        rec = {r.stage: r for r in ready_store.stage_records(renamed, "i1")}
+        assert (rec["first"].state, rec["first"].output) == ("completed", '"A"')
+        assert "a" not in rec
+        assert ("first", "renamed") in [(h["stage"], h["state"])
+                                        for h in ready_store.history(renamed, "i1")]
+        claims = ready_store.commit(renamed, OWNER, [], 10, only=["i1"]).claims
+        assert sorted(c.stage for c in claims) == ["b", "c"]
+        assert all(c.outputs["first"] == '"A"' for c in claims)
 
     def test_prepare_adds_rows_for_new_stages(self, ready_store: StateStore, shape: Pipeline) -> None:
         """A stage added to the pipeline gets rows for known items, ready where deps are done."""
