@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from typing import Any, Literal
@@ -54,7 +56,7 @@ PROFILES = {
 }
 PROFILE = os.environ.get("TREADLE_HYPOTHESIS_PROFILE", "ci")
 TEST_TIMEOUT = {"ci": 150, "long": 6 * 3600}.get(PROFILE, 150)
-RUN_TIMEOUT = 30.0  # one run() that takes longer has hung
+RUN_TIMEOUT = 60.0  # one run() that takes longer has hung (generous: CI machines get loaded)
 DEAD = "dead-owner"  # never registered: a runner process that is gone
 SUBTASKS = ("p", "q", "r")
 
@@ -128,7 +130,12 @@ def guarded_run(*runners: Runner) -> None:
     for thread, runner in zip(threads, runners):
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
-            pytest.fail(f"run() on {runner.store!r} did not return within {RUN_TIMEOUT:g} s")
+            frames = sys._current_frames()
+            stacks = "\n".join(
+                f"--- {t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
+                for t in threading.enumerate() if t.ident in frames and t is not threading.current_thread())
+            pytest.fail(f"run() on {runner.store!r} did not return within {RUN_TIMEOUT:g} s; "
+                        f"{runner.store.counts(runner.pipeline)}\nthreads:\n{stacks}")
     if errors:
         raise errors[0]
 
@@ -159,10 +166,14 @@ class StoresAgree(RuleBasedStateMachine):
             sep = "&" if "?" in postgres else "?"
             urls["postgresql"] = f"{postgres}{sep}options={quote(f'-csearch_path={self.schema}')}"
         self.stores: dict[str, StateStore] = {k: open_store(u) for k, u in urls.items()}
-        self.runners = {k: Runner(self.pipeline, s, workers=3, lease=5.0)
+        self.runners = {k: Runner(self.pipeline, s, workers=3)
                         for k, s in self.stores.items()}
         self.known: set[str] = set()
         self.clean = True  # no crash since the last run
+        self.just_ran = False  # the last step was a run
+        # Known bug (see test_store_conformance.py): a rerun that resets nothing still
+        # records the item as pending. Such items are left out of the settled-state check.
+        self.rerun_nothing: set[str] = set()
         self.decisions: list[tuple[str, str, str, str]] = []  # (item, stage, state, reviewer)
         self.current: dict[str, tuple[str, Any]] = {}  # item -> (decision, edit) still standing
 
@@ -186,6 +197,7 @@ class StoresAgree(RuleBasedStateMachine):
 
     def each(self, call: Any) -> Any:
         """Apply ``call(runner)`` to every store; all must have the same outcome."""
+        self.just_ran = False
         results = {k: outcome(lambda r=r: call(r)) for k, r in self.runners.items()}
         first = next(iter(results.values()))
         assert all(v == first for v in results.values()), results
@@ -213,14 +225,14 @@ class StoresAgree(RuleBasedStateMachine):
     def run(self) -> None:
         for runner in self.runners.values():
             guarded_run(runner)
-        self.clean = True
+        self.clean = self.just_ran = True
 
     @rule()
     def run_two_runners(self) -> None:
         """Two runners share each store at once: together they do the work once."""
         for runner in self.runners.values():
-            guarded_run(runner, Runner(self.pipeline, runner.store, workers=2, lease=5.0))
-        self.clean = True
+            guarded_run(runner, Runner(self.pipeline, runner.store, workers=2))
+        self.clean = self.just_ran = True
 
     @rule(item=items, fanout=st.booleans(), mid_rollback=st.booleans())
     def crash(self, item: str, fanout: bool, mid_rollback: bool) -> None:
@@ -310,6 +322,8 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(item=items, from_stage=st.sampled_from(["scan", "enrich", "check", "publish"]))
     def rerun(self, item: str, from_stage: str) -> None:
         result = self.each(lambda r: r.rerun(item, from_stage=from_stage))
+        if result == ("ok", []):
+            self.rerun_nothing.add(item)
         if result[0] == "ok" and from_stage in ("scan", "check"):
             self.current.pop(item, None)
 
@@ -351,6 +365,19 @@ class StoresAgree(RuleBasedStateMachine):
         for kind, r in self.runners.items():
             running = {i: c["running"] for i, c in r.counts().items() if c.get("running")}
             assert not running, (kind, running)
+
+    @invariant()
+    def settled_item_states_are_exact_after_a_run(self) -> None:
+        """Right after a run, the item states the store keeps match those its stages imply
+        (a decision, retry or rerun settles them only at the next run)."""
+        if not self.just_ran:
+            return
+        for kind, r in self.runners.items():
+            if self.rerun_nothing:
+                continue  # the known bug above: counts cannot tell which item is off
+            settled = {k: v for k, v in r.item_counts().items() if v}
+            exact = {k: v for k, v in r.item_counts(exact=True).items() if v}
+            assert settled == exact, (kind, settled, exact)
 
     @invariant()
     def every_decision_is_recorded(self) -> None:
