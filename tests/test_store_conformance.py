@@ -78,6 +78,21 @@ class TestConformance(StoreConformance):
         assert ready_store.rerun(shape, "i1", "b", "test") == []
         assert ready_store.settled_item_counts(shape).get("failed") == 1
 
+    @pytest.mark.xfail(strict=True, raises=AssertionError,
+                       reason="bug: retry() of a rolled-back item moves its failed stage back to "
+                              "pending behind a rolled-back one (it can never run) and records "
+                              "the item as pending for good")
+    def test_retry_of_a_rolled_back_item_keeps_states_consistent(self, store: StateStore) -> None:
+        """After retry() of a rolled-back item, the item state kept is the one its stages imply."""
+        shape = self.failing_rollback_item(store)
+        ops = self.rollbacks(store)
+        ops.claim_rollbacks(shape, OWNER, 10)
+        for stage_name in ("b", "a"):
+            ops.record_rollback(shape, OWNER, "i1", stage_name, error=None, traceback=None)
+        assert ops.finish_rollback(shape, OWNER, "i1") == "rolled_back"
+        store.retry(shape, "i1", None, "test")
+        assert store.settled_item_counts(shape) == store.item_state_counts(shape)
+
     def test_threads_sharing_one_store_claim_each_stage_once(
             self, store: StateStore, shape: Pipeline, store_url: str,
             request: pytest.FixtureRequest) -> None:
