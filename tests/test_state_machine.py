@@ -400,12 +400,14 @@ class StoresAgree(RuleBasedStateMachine):
         if not self.just_ran:
             return
         for kind, r in self.runners.items():
-            expected = Counter(r.item_counts(exact=True))
-            for item in self.stale:  # the known bug above
-                expected[r.status(item).state.value] -= 1
-                expected["pending"] += 1
-            settled = {k: v for k, v in r.item_counts().items() if v}
-            assert settled == {k: v for k, v in expected.items() if v}, (kind, settled, self.stale)
+            settled = Counter(r.item_counts())
+            exact = Counter(r.item_counts(exact=True))
+            # The known bug above: some of the stale items may be recorded as pending
+            # instead of their state (a later step, e.g. a rollback, may have settled them).
+            extra, missing = settled - exact, exact - settled
+            stale = Counter(r.status(item).state.value for item in self.stale)
+            assert set(extra) <= {"pending"} and extra.total() == missing.total() \
+                and not missing - stale, (kind, dict(settled), dict(exact), self.stale)
 
     @invariant()
     def every_decision_is_recorded(self) -> None:
