@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     settings = settings_from(args)
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     started = time.perf_counter()
     header: dict[str, Any] = {
         "schema": 2,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 #: Wall-clock time at which this interpreter got to run benchmark code.
 CHILD_STARTED = time.time()
@@ -22,6 +24,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     spec["child_started"] = CHILD_STARTED
     kind = spec["kind"]
+    fn: Callable[[dict[str, Any]], dict[str, Any]]
     if kind == "floor":
         from .floor import run_floor as fn
     elif kind == "peer":

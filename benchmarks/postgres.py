@@ -13,7 +13,11 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import psycopg2.extensions
 
 ENV = "TREADLE_TEST_POSTGRES_URL"
 
@@ -38,7 +42,7 @@ def unavailable() -> str | None:
     return None
 
 
-def _admin():  # type: ignore[no-untyped-def]
+def _admin() -> psycopg2.extensions.connection:
     import psycopg2
 
     conn = psycopg2.connect(base_url(), connect_timeout=10)
@@ -75,7 +79,8 @@ def server_version() -> str | None:
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW server_version")
-            return str(cur.fetchone()[0])
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
     finally:
         conn.close()
 
@@ -90,7 +95,8 @@ def server_settings() -> dict[str, str] | None:
         with conn.cursor() as cur:
             for name in ("synchronous_commit", "fsync", "autovacuum", "shared_buffers"):
                 cur.execute(f"SHOW {name}")
-                out[name] = str(cur.fetchone()[0])
+                row = cur.fetchone()
+                out[name] = "?" if row is None else str(row[0])
         return out
     finally:
         conn.close()

@@ -243,7 +243,7 @@ class Suite:
                                     "workers": self.s.workers, "url": url})
             except MeasurementError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - e.g. creating the PostgreSQL schema
+            except Exception as exc:
                 raise MeasurementError(f"store setup failed: {exc}") from exc
             return dict(r, store=store)
 
@@ -467,7 +467,7 @@ def compare_peers(peer_rows: list[dict[str, Any]],
                 if r["peer"] not in best or r["transitions_per_s"] > best[r["peer"]]["transitions_per_s"]:
                     best[r["peer"]] = r
             fastest = max(best.values(), key=lambda r: r["transitions_per_s"])
-            treadle = {}
+            treadle: dict[str, dict[str, Any]] = {}
             for r in treadle_rows.get(workload, []):
                 cur = treadle.get(r["store"])
                 if cur is None or abs(math.log(r["n"] / n)) < abs(math.log(cur["n"] / n)):

@@ -33,7 +33,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": target, "measured": measured, "met": met})
 
     # 1. W1 SQLite N=10,000 at default durability over the floor at NORMAL.
-    t = "W1 SQLite N=10,000, default durability (synchronous=full): transitions/s >= 1.0x the floor at synchronous=NORMAL"
+    t = ("W1 SQLite N=10,000, default durability (synchronous=full): transitions/s >= 1.0x the floor "
+         "at synchronous=NORMAL")
     r = _row(wl["W1"]["results"], store=STORE, n=10_000)
     if r is None or r.get("ratio_floor_normal") is None:
         add(t, "not measured (needs W1 N=10,000 and the floor)", None)

@@ -23,7 +23,10 @@ from typing import Any
 
 import attrs
 from tenacity import (
-    RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
 )
 
 #: The shape of every retry policy.
@@ -63,4 +66,5 @@ def resolve(retry: Any) -> RetryDecider | None:
         return None
     if isinstance(retry, int):
         return attempts(retry) if retry > 1 else None
-    return retry
+    decider: RetryDecider = retry
+    return decider

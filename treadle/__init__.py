@@ -11,9 +11,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .context import StageContext
 from .errors import (
-    CycleError, DuplicateStageError, InvalidItemError, InvalidStageError,
-    InvalidTransitionError, ItemNotFoundError, PipelineDefinitionError, SerializationError,
-    StageTimeout, StoreError, TreadleError, UnknownStageError,
+    CycleError,
+    DuplicateStageError,
+    InvalidItemError,
+    InvalidStageError,
+    InvalidTransitionError,
+    ItemNotFoundError,
+    PipelineDefinitionError,
+    SerializationError,
+    StageTimeout,
+    StoreError,
+    TreadleError,
+    UnknownStageError,
 )
 from .outcomes import Completed, FanOut, Review, Skipped, SubTask
 from .pipeline import Pipeline

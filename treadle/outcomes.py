@@ -8,7 +8,7 @@ or did not apply (:class:`Skipped`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -42,7 +42,7 @@ class SubTask:
     kwargs: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __init__(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.__attrs_init__(name, fn, tuple(args), dict(kwargs))
+        self.__attrs_init__(name, fn, tuple(args), dict(kwargs))  # type: ignore[attr-defined]
 
 
 @attrs.frozen
@@ -52,7 +52,7 @@ class FanOut:
     ``subtasks`` is a mapping ``name -> callable`` or an iterable of :class:`SubTask`.
     """
 
-    subtasks: Union[Mapping[str, Callable[[], Any]], Iterable[SubTask]]
+    subtasks: Mapping[str, Callable[[], Any]] | Iterable[SubTask]
 
 
 @attrs.frozen
@@ -68,7 +68,7 @@ class Skipped:
 
 
 #: Any value a stage function may return.
-Outcome = Union[Completed, Review, FanOut, Skipped, Any]
+Outcome: TypeAlias = Completed | Review | FanOut | Skipped | Any
 
 
 def to_outcome(value: Any) -> Completed | Review | FanOut | Skipped:

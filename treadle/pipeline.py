@@ -56,7 +56,7 @@ class Pipeline:
             )
         self.name = name
         self.source = source
-        self.on_failure = on_failure
+        self.on_failure: str = on_failure  # a plain str: what the store's Shape protocol reads
         self.codec = ItemCodec(item_type)
         specs = self._collect(stages)
         self._validate_deps(specs)
@@ -119,7 +119,8 @@ class Pipeline:
 
     # -- validation --------------------------------------------------------
     def _collect(self, stages: Iterable[Callable[..., Any]]) -> dict[str, StageSpec]:
-        if isinstance(stages, (str, bytes)) or not isinstance(stages, Iterable):
+        given: object = stages  # checked at run time: a caller may pass anything
+        if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
             raise PipelineDefinitionError(
                 f"Pipeline {self.name!r}: stages must be a list of stage functions, got {stages!r}."
             )

@@ -17,20 +17,32 @@ _signals = blinker.Namespace()
 _log = logging.getLogger("treadle.signals")
 
 item_submitted = _signals.signal("item_submitted", doc="An item was stored (item_id).")
-stage_started = _signals.signal("stage_started", doc="A stage was claimed and starts (item_id, stage, attempt).")
-stage_completed = _signals.signal("stage_completed", doc="A stage completed (item_id, stage, attempt, data=output).")
+stage_started = _signals.signal(
+    "stage_started", doc="A stage was claimed and starts (item_id, stage, attempt).")
+stage_completed = _signals.signal(
+    "stage_completed", doc="A stage completed (item_id, stage, attempt, data=output).")
 stage_failed = _signals.signal("stage_failed", doc="A stage failed (item_id, stage, attempt, error, final).")
-stage_skipped = _signals.signal("stage_skipped", doc="A stage was skipped (item_id, stage, attempt, data=reason).")
-review_required = _signals.signal("review_required", doc="A stage awaits review (item_id, stage, attempt, data, message).")
-review_decided = _signals.signal("review_decided", doc="A human decided a review (item_id, stage, decision, data, reviewer).")
-subtask_started = _signals.signal("subtask_started", doc="A fan-out subtask starts (item_id, stage, subtask, attempt).")
-subtask_completed = _signals.signal("subtask_completed", doc="A subtask completed (item_id, stage, subtask, attempt, data).")
-subtask_failed = _signals.signal("subtask_failed", doc="A subtask failed (item_id, stage, subtask, attempt, error).")
+stage_skipped = _signals.signal(
+    "stage_skipped", doc="A stage was skipped (item_id, stage, attempt, data=reason).")
+review_required = _signals.signal(
+    "review_required", doc="A stage awaits review (item_id, stage, attempt, data, message).")
+review_decided = _signals.signal(
+    "review_decided", doc="A human decided a review (item_id, stage, decision, data, reviewer).")
+subtask_started = _signals.signal(
+    "subtask_started", doc="A fan-out subtask starts (item_id, stage, subtask, attempt).")
+subtask_completed = _signals.signal(
+    "subtask_completed", doc="A subtask completed (item_id, stage, subtask, attempt, data).")
+subtask_failed = _signals.signal(
+    "subtask_failed", doc="A subtask failed (item_id, stage, subtask, attempt, error).")
 item_finished = _signals.signal("item_finished", doc="An item reached a finished state (item_id, state).")
-quality_passed = _signals.signal("quality_passed", doc="A gate accepted an output (item_id, stage, attempt, data).")
-quality_failed = _signals.signal("quality_failed", doc="A gate rejected an output or was uncertain (item_id, stage, attempt, data).")
-retry_scheduled = _signals.signal("retry_scheduled", doc="Another attempt was scheduled (item_id, stage, attempt, error, data).")
-escalated = _signals.signal("escalated", doc="A gated stage went to human review (item_id, stage, attempt, data).")
+quality_passed = _signals.signal(
+    "quality_passed", doc="A gate accepted an output (item_id, stage, attempt, data).")
+quality_failed = _signals.signal(
+    "quality_failed", doc="A gate rejected an output or was uncertain (item_id, stage, attempt, data).")
+retry_scheduled = _signals.signal(
+    "retry_scheduled", doc="Another attempt was scheduled (item_id, stage, attempt, error, data).")
+escalated = _signals.signal(
+    "escalated", doc="A gated stage went to human review (item_id, stage, attempt, data).")
 
 ALL = {
     s.name: s for s in (

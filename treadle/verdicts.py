@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -34,7 +34,7 @@ class Uncertain:
     reason: str
 
 
-Verdict = Union[Accepted, Rejected, Uncertain]
+Verdict: TypeAlias = Accepted | Rejected | Uncertain
 
 
 def to_verdict(value: Any) -> Verdict:

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from ..errors import TreadleError
 from ..pipeline import Pipeline
 from ..runner import Runner
+from ..status import RunReport
 from ..store import open_store
 from ..store.urls import mask_text, mask_url
 from . import render
@@ -246,7 +247,8 @@ def _target_hint(args: argparse.Namespace, url: str) -> str:
 
 # -- commands -------------------------------------------------------------------
 
-def _run(args, runner: Runner, url: str, stdin, stdout, stderr) -> int:
+def _run(args: argparse.Namespace, runner: Runner, url: str,
+         stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     from .progress import Progress
 
     if args.workers < 1:
@@ -329,7 +331,8 @@ def _configure_logging(fmt: str, out: TextIO, pipeline: Pipeline) -> Any:
     return connect(sender=pipeline)
 
 
-def _summary(args, runner: Runner, report, url: str, out: TextIO, *, submitted: int) -> None:
+def _summary(args: argparse.Namespace, runner: Runner, report: RunReport, url: str, out: TextIO, *,
+             submitted: int) -> None:
     out.write(f"\nsubmitted {submitted} new item(s); this run executed {report.executed} stage(s)"
               f"{' (interrupted: run again to continue)' if report.interrupted else ''}\n")
     out.write(render.counts_table(runner.counts()) + "\n")
@@ -345,7 +348,8 @@ def _summary(args, runner: Runner, report, url: str, out: TextIO, *, submitted: 
         out.write(f"{waiting} item(s) await review: python -m treadle review {_target_hint(args, url)}\n")
 
 
-def _submit(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _submit(args: argparse.Namespace, runner: Runner, url: str,
+            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     items = _items(args, runner.pipeline, stdin)
     if not items:
         raise UsageError("nothing to submit: pass --item JSON or --items FILE.jsonl")
@@ -354,7 +358,8 @@ def _submit(args, runner: Runner, url, stdin, stdout, stderr) -> int:
     return 0
 
 
-def _status(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _status(args: argparse.Namespace, runner: Runner, url: str,
+            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     if args.item is not None:
         status = runner.status(args.item)
         took = render.durations(runner.history(args.item))
@@ -384,7 +389,8 @@ def _waiting(runner: Runner, stage: str | None) -> list[tuple[str, str, Any]]:
             if st.state == "awaiting_review" and (stage is None or name == stage)]
 
 
-def _reviews(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _reviews(args: argparse.Namespace, runner: Runner, url: str,
+             stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     waiting = _waiting(runner, args.stage)
     if args.json:
         stdout.write(json.dumps([{"item_id": i, "stage": s, "message": r.message if r else "",
@@ -402,16 +408,17 @@ def _reviews(args, runner: Runner, url, stdin, stdout, stderr) -> int:
     return 0
 
 
-def _reviewer(args) -> str:
+def _reviewer(args: argparse.Namespace) -> str:
     if args.reviewer:
-        return args.reviewer
+        return str(args.reviewer)
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001
         return "human"
 
 
-def _review(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _review(args: argparse.Namespace, runner: Runner, url: str,
+            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     from .interactive import review_loop
 
     if args.stage is not None:
@@ -432,7 +439,8 @@ def _review(args, runner: Runner, url, stdin, stdout, stderr) -> int:
     return 0
 
 
-def _approve(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _approve(args: argparse.Namespace, runner: Runner, url: str,
+             stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     kwargs: dict[str, Any] = {}
     if args.data is not None:
         kwargs["data"] = _json_arg(args.data, "--data")
@@ -444,20 +452,23 @@ def _approve(args, runner: Runner, url, stdin, stdout, stderr) -> int:
     return 0
 
 
-def _reject(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _reject(args: argparse.Namespace, runner: Runner, url: str,
+            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     runner.reject(args.item, args.stage, reason=args.reason, reviewer=_reviewer(args),
                   expect=args.expect)
     stdout.write(f"rejected {args.item} at {args.stage}\n")
     return 0
 
 
-def _retry(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _retry(args: argparse.Namespace, runner: Runner, url: str,
+           stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     if args.item is None and not args.all_failed:
         raise UsageError("retry needs an ITEM, or --all-failed to retry every failed item")
     moved = runner.retry(args.item, stage=args.stage, actor=f"cli:{_reviewer_default()}")
     for item_id, stage in moved:
         stdout.write(f"{item_id} {stage} -> pending\n")
-    stdout.write(f"{len(moved)} stage(s) back to pending; run: python -m treadle run {_target_hint(args, url)}\n")
+    stdout.write(f"{len(moved)} stage(s) back to pending; "
+                 f"run: python -m treadle run {_target_hint(args, url)}\n")
     return 0
 
 
@@ -468,14 +479,16 @@ def _reviewer_default() -> str:
         return "human"
 
 
-def _rerun(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _rerun(args: argparse.Namespace, runner: Runner, url: str,
+           stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     reset = runner.rerun(args.item, from_stage=args.from_stage, actor=f"cli:{_reviewer_default()}")
     stdout.write(f"{args.item}: {', '.join(reset) or 'nothing'} back to pending; "
                  f"run: python -m treadle run {_target_hint(args, url)}\n")
     return 0
 
 
-def _history(args, runner: Runner, url, stdin, stdout, stderr) -> int:
+def _history(args: argparse.Namespace, runner: Runner, url: str,
+             stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     entries = runner.history(args.item)
     if args.json:
         stdout.write(json.dumps(render.history_json(entries), indent=2, default=str) + "\n")

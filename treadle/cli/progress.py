@@ -24,7 +24,7 @@ class Progress:
         self.tty = tty
         self.interval = interval if interval is not None else (0.2 if tty else 2.0)
         self.per_stage: dict[str, dict[str, int]] = {s: {} for s in pipeline.order}
-        self.totals = dict.fromkeys(("completed", "failed", "skipped", "review"), 0)
+        self.totals: dict[str, int] = dict.fromkeys(("completed", "failed", "skipped", "review"), 0)
         self.items_done = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -46,7 +46,7 @@ class Progress:
                 if kind == "item_finished":
                     self.items_done += 1
                     return
-                stage = data.get("stage")
+                stage = str(data.get("stage"))
                 bucket = self.per_stage.setdefault(stage, {})
                 bucket[kind] = bucket.get(kind, 0) + 1
                 self.totals[kind] += 1
@@ -94,7 +94,7 @@ class Progress:
             clear = f"\x1b[{self._drawn}F" if self._drawn else ""
             self.out.write(clear + "".join(f"\x1b[2K{line}\n" for line in block))
             self._drawn = len(block)
-        elif final or (sum(t.values()) and t != self._last):
+        elif final or (any(t.values()) and t != self._last):
             self.out.write(("done: " if final else "progress: ") + head + "\n")
         self._last = t
         self.out.flush()
