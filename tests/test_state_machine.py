@@ -174,9 +174,7 @@ class StoresAgree(RuleBasedStateMachine):
         self.known: set[str] = set()
         self.clean = True  # no crash since the last run
         self.just_ran = False  # the last step was a run
-        # Known bug (see test_store_conformance.py): a retry or rerun after which nothing
-        # can run (a rerun that resets nothing; a retry of a rolled-back item) still records
-        # the item as pending. The settled-state check expects exactly that of such items.
+        # Retried or rerun items that the next run did not move (for the failure messages).
         self.touched: set[str] = set()  # items retried or rerun since the last run
         self.stale: set[str] = set()  # touched items the next run did not move
         self._before_run: dict[str, Any] = {}
@@ -402,12 +400,7 @@ class StoresAgree(RuleBasedStateMachine):
         for kind, r in self.runners.items():
             settled = Counter(r.item_counts())
             exact = Counter(r.item_counts(exact=True))
-            # The known bug above: some of the stale items may be recorded as pending
-            # instead of their state (a later step, e.g. a rollback, may have settled them).
-            extra, missing = settled - exact, exact - settled
-            stale = Counter(r.status(item).state.value for item in self.stale)
-            assert set(extra) <= {"pending"} and extra.total() == missing.total() \
-                and not missing - stale, (kind, dict(settled), dict(exact), self.stale)
+            assert settled == exact, (kind, dict(settled), dict(exact), self.stale)
 
     @invariant()
     def every_decision_is_recorded(self) -> None:

@@ -14,14 +14,11 @@ from treadle.testing import StoreConformance
 class TestConformance(StoreConformance):
     """Runs every conformance test over the memory, SQLite and PostgreSQL stores (see conftest.py).
 
-    The tests marked ``xfail`` below are known store bugs (issue 12); once one is
-    fixed, its test passes, the strict xfail fails, and the test moves into
-    :class:`~treadle.testing.StoreConformance` without its marker.
+    The tests below are regression tests of store bugs of issue 12 (#3, #7, #10,
+    #14) and of two found by these tests (a rerun that resets nothing, retry of
+    a rolled-back item).
     """
 
-    @pytest.mark.xfail(strict=True, raises=(TypeError, AssertionError),
-                       reason="bug (issue 12 #10): request_changes with non-JSON feedback raises a "
-                              "raw TypeError, and the memory store is left pending without history")
     def test_request_changes_with_unstorable_feedback_changes_nothing(
             self, ready_store: StateStore, shape: Pipeline) -> None:
         """Feedback that is not JSON is a SerializationError and the stage still awaits review."""
@@ -34,9 +31,6 @@ class TestConformance(StoreConformance):
         finally:
             assert self.snapshot(ready_store, shape, "i1") == before
 
-    @pytest.mark.xfail(strict=True, raises=(UnicodeEncodeError, AssertionError),
-                       reason="bug (issue 12 #14): an error text with a lone surrogate fails the "
-                              "whole group commit on SQL stores and is stored raw in memory")
     def test_one_unstorable_text_does_not_block_the_group_commit(
             self, ready_store: StateStore, shape: Pipeline) -> None:
         """A lone surrogate in an error message is stored escaped; the other results commit."""
@@ -51,9 +45,6 @@ class TestConformance(StoreConformance):
         assert rec.state == "failed" and rec.error is not None
         rec.error.encode("utf-8")  # stored escaped: a driver can send it
 
-    @pytest.mark.xfail(strict=True, raises=(AssertionError, pytest.fail.Exception),
-                       reason="bug (issue 12 #3): retry() and rerun() while an item rolls back "
-                              "overwrite its rolling-back state instead of being refused")
     def test_retry_and_rerun_refused_while_rolling_back(self, store: StateStore) -> None:
         """While a rollback is claimed, retry and rerun raise InvalidTransitionError."""
         shape = self.failing_rollback_item(store)
@@ -65,10 +56,6 @@ class TestConformance(StoreConformance):
                 operation()
             assert self.snapshot(store, shape, "i1") == before
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="bug: a rerun that resets nothing (its stage waits on a failed "
-                              "upstream) still records the item as pending, so run reports and "
-                              "`python -m treadle run`'s exit status miss the failed item")
     def test_rerun_that_resets_nothing_keeps_the_item_state(self, ready_store: StateStore,
                                                             shape: Pipeline) -> None:
         """A rerun from a stage behind a failed one changes nothing, not even the item state."""
@@ -78,28 +65,37 @@ class TestConformance(StoreConformance):
         assert ready_store.rerun(shape, "i1", "b", "test") == []
         assert ready_store.settled_item_counts(shape).get("failed") == 1
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="bug: retry() of a rolled-back item moves its failed stage back to "
-                              "pending behind a rolled-back one (it can never run) and records "
-                              "the item as pending for good")
     def test_retry_of_a_rolled_back_item_keeps_states_consistent(self, store: StateStore) -> None:
-        """After retry() of a rolled-back item, the item state kept is the one its stages imply."""
+        """retry() of a rolled-back item is refused (bulk retry leaves it alone); its state holds."""
         shape = self.failing_rollback_item(store)
         ops = self.rollbacks(store)
         ops.claim_rollbacks(shape, OWNER, 10)
         for stage_name in ("b", "a"):
             ops.record_rollback(shape, OWNER, "i1", stage_name, error=None, traceback=None)
         assert ops.finish_rollback(shape, OWNER, "i1") == "rolled_back"
-        store.retry(shape, "i1", None, "test")
+        before = self.snapshot(store, shape, "i1")
+        with pytest.raises(InvalidTransitionError, match="was rolled back"):
+            store.retry(shape, "i1", None, "test")
+        assert self.snapshot(store, shape, "i1") == before
+        assert store.retry(shape, None, None, "test") == []  # bulk retry leaves it be
         assert store.settled_item_counts(shape) == store.item_state_counts(shape)
+
+    def test_rerun_behind_a_rolled_back_stage_is_refused(self, store: StateStore) -> None:
+        """A rerun from a stage whose upstream was rolled back is refused (it could never
+        run); a rerun from the rolled-back stage itself redoes the item."""
+        shape = self.failing_rollback_item(store)
+        ops = self.rollbacks(store)
+        ops.claim_rollbacks(shape, OWNER, 10)
+        for stage_name in ("b", "a"):
+            ops.record_rollback(shape, OWNER, "i1", stage_name, error=None, traceback=None)
+        assert ops.finish_rollback(shape, OWNER, "i1") == "rolled_back"
+        before = self.snapshot(store, shape, "i1")
+        with pytest.raises(InvalidTransitionError, match="rolled back"):
+            store.rerun(shape, "i1", "b", "test")
+        assert self.snapshot(store, shape, "i1") == before
+        assert store.rerun(shape, "i1", "a", "test") == ["a", "b", "c"]
 
     def test_threads_sharing_one_store_claim_each_stage_once(
             self, store: StateStore, shape: Pipeline, store_url: str,
             request: pytest.FixtureRequest) -> None:
-        if store_url.startswith("postgresql"):
-            request.applymarker(pytest.mark.xfail(
-                strict=True, raises=KeyError,
-                reason="bug (issue 12 #7): the item cache is shared by the threads using one "
-                       "store; on PostgreSQL one thread's clear() lands between another's update "
-                       "and lookup"))
         super().test_threads_sharing_one_store_claim_each_stage_once(store, shape)

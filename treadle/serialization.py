@@ -302,3 +302,15 @@ class ItemCodec:
 
 def issubclass_mapping(tp: type) -> bool:
     return isinstance(tp, type) and issubclass(tp, Mapping)
+
+
+def storable_text(text: str) -> str:
+    """Text any database can store: NUL and lone surrogates (as ``os.fsdecode``
+    makes of undecodable bytes) are written as backslash escapes."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -6,21 +6,10 @@ import json
 import traceback
 from typing import Any
 
+from ..serialization import storable_text as clean_text
 from ..states import StageState
 from ..store.base import Transition
 from ..store.fanout import SubResult
-
-
-def clean_text(text: str) -> str:
-    """Text any database can store: NUL and lone surrogates (as ``os.fsdecode``
-    makes of undecodable bytes) are written as backslash escapes."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def error_text(exc: BaseException) -> str:

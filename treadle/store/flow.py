@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import attrs
+
+from ..serialization import storable_text
 from ..states import DONE_STATES, FINISHED_ITEM_STATES
 from .logic import deps_done, item_state
 from .records import PENDING, ROLLING_BACK, SKIPPED, HistoryRow, Shape, Transition
@@ -27,6 +30,7 @@ def apply(tx: Tx, shape: Shape, owner: str, transitions: Sequence[Transition]
     """Apply guarded stage results and record the accepted ones: (accepted, refused)."""
     if not transitions:
         return [], []
+    transitions = [_storable(t) for t in transitions]
     flags = tx.apply(shape.name, owner, transitions)
     accepted = [t for t, ok in zip(transitions, flags) if ok]
     refused = [t for t, ok in zip(transitions, flags) if not ok]
@@ -36,6 +40,15 @@ def apply(tx: Tx, shape: Shape, owner: str, transitions: Sequence[Transition]
         for t in accepted
     ])
     return accepted, refused
+
+
+def _storable(t: Transition) -> Transition:
+    """Error text and tracebacks escaped so that any database can hold them."""
+    error = None if t.error is None else storable_text(t.error)
+    tb = None if t.traceback is None else storable_text(t.traceback)
+    if error is t.error and tb is t.traceback:
+        return t
+    return attrs.evolve(t, error=error, traceback=tb)
 
 
 def advance(tx: Tx, shape: Shape, owner: str, accepted: Sequence[Transition]

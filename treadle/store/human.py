@@ -22,6 +22,7 @@ from .records import (
     FAILED,
     PENDING,
     REJECTED,
+    ROLLED_BACK,
     ROLLING_BACK,
     RUNNING,
     CommitResult,
@@ -138,6 +139,17 @@ def retry(tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
     items = {i for i, _ in rows}
     _refuse_rolling_back(tx, shape, items, "retry")
     states = tx.stage_states(shape.name, items)
+    rolled = {i for i in items
+              if any(st == ROLLED_BACK for st, _ in states.get(i, {}).values())}
+    if rolled:  # compensated: a failed stage cannot simply run again behind undone ones
+        if item_id is not None:
+            raise InvalidTransitionError(
+                f"Item {item_id!r} was rolled back (its compensations ran), so its failed "
+                "stages cannot simply run again. To start it over, rerun it from its first "
+                f"stage: python -m treadle rerun TARGET {item_id} --from STAGE.",
+                item_id=item_id, state=ROLLED_BACK)
+        rows = [(i, s) for i, s in rows if i not in rolled]  # bulk retry: leave them be
+        items -= rolled
     ready: list[tuple[str, str]] = []
     waiting: list[tuple[str, str]] = []
     for i, s in rows:
@@ -163,6 +175,20 @@ def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str) -> list[st
     if not rows:
         tx.require_item(shape.name, item_id)
     _refuse_rolling_back(tx, shape, {item_id}, "rerun")
+    upstream: set[str] = set()
+    todo = list(shape.deps[stage])
+    while todo:
+        dep = todo.pop()
+        if dep not in upstream:
+            upstream.add(dep)
+            todo.extend(shape.deps[dep])
+    undone = [s for s in shape.order if s in upstream and s in rows
+              and rows[s].state == ROLLED_BACK]
+    if undone:  # it could never run: what it depends on was compensated
+        raise InvalidTransitionError(
+            f"Cannot rerun item {item_id!r} from {stage!r}: stage {undone[0]!r} before it was "
+            f"rolled back. Rerun from {undone[0]!r} (or earlier) to redo the item from there.",
+            item_id=item_id, stage=undone[0], state=ROLLED_BACK)
     busy = [s for s in targets if s in rows and rows[s].state == RUNNING]
     if busy:
         raise InvalidTransitionError(
@@ -195,7 +221,8 @@ def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str) -> list[st
     if stage in rows and rows[stage].state == PENDING:
         tx.set_state(shape.name, [(item_id, stage)], PENDING, (PENDING,), ready=first_ready)
     tx.append_history(shape.name, history)
-    tx.set_item_states(shape.name, [(item_id, PENDING)])
+    if moved:  # a rerun that reset nothing leaves the item as it was
+        tx.set_item_states(shape.name, [(item_id, PENDING)])
     names = {s for _, s in moved}
     return [s for s in targets if s in names]
 
