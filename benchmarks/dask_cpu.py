@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         threads = measure(args.n, loops, None, f"{tmp}/threads.db")
         rates = {}
         for workers in (1, 2):
-            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+            with LocalCluster(  # type: ignore[no-untyped-call]
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None) as cluster, \
+                    Client(cluster) as client:  # type: ignore[no-untyped-call]
                 rates[workers] = measure(args.n, loops, DaskExecutor(client),
                                          f"{tmp}/dask{workers}.db")
     print(f"CPU-bound stages, N={args.n} x ~50 ms of pure Python")

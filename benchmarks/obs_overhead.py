@@ -49,6 +49,7 @@ def child(side: str, n: int, url: str, workers: int) -> dict[str, Any]:
             SpanExporter,
             SpanExportResult,
         )
+
         from treadle.contrib import otel
 
         class Drop(SpanExporter):
@@ -61,6 +62,7 @@ def child(side: str, n: int, url: str, workers: int) -> dict[str, Any]:
         handles.append(otel.instrument(provider, runner))
     if metering:
         from prometheus_client import CollectorRegistry
+
         from treadle.contrib import prometheus
 
         handles.append(prometheus.instrument(runner, registry=CollectorRegistry()))

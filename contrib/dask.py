@@ -20,15 +20,14 @@ event loop. Install with ``pip install "treadle[dask]"``.
 
 from __future__ import annotations
 
+import os
+import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any
-
-import os
-import sys
-import sysconfig
 
 try:
     import cloudpickle
@@ -56,8 +55,8 @@ def _ship_module(name: str | None) -> None:
     if not name or name in _shipped:
         return
     module = sys.modules.get(name)
-    path = getattr(module, "__file__", None)
-    by_value = bool(path) and name != "__main__" and not any(
+    path: str | None = getattr(module, "__file__", None)
+    by_value = path is not None and name != "__main__" and not any(
         os.path.abspath(path).startswith(os.path.abspath(p) + os.sep) for p in _INSTALLED if p)
     if by_value:
         cloudpickle.register_pickle_by_value(module)
@@ -111,7 +110,7 @@ class DaskExecutor(Executor):
         with self._lock:
             ex = self._executors.get(key)
             if ex is None:
-                ex = self._executors[key] = self.client.get_executor(
+                ex = self._executors[key] = self.client.get_executor(  # type: ignore[no-untyped-call]
                     pure=False, resources=need or None)
         return ex
 

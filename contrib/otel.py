@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 try:
     from opentelemetry import context as otel_context
@@ -103,7 +103,7 @@ def item_span_context(pipeline: str, item_id: Any, *, sampled: bool = True) -> S
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
 
 
-class _ItemIds(IdGenerator):  # type: ignore[misc,valid-type]
+class _ItemIds(IdGenerator):
     """Delegates to the tracer's id generator, except for the item span."""
 
     def __init__(self, inner: Any) -> None:
@@ -223,7 +223,7 @@ class Tracing:
         key = (pipeline, item_id)
         found = self._contexts.get(key)
         if found is not None:
-            return found
+            return cast(otel_context.Context, found)
         trace_id, span_id = _ids(pipeline, item_id)
         flags = TraceFlags(TraceFlags.SAMPLED if self._sampled(trace_id) else TraceFlags.DEFAULT)
         span = NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags))
@@ -275,7 +275,7 @@ class Tracing:
                         return float(row["at"])
             except Exception:  # noqa: BLE001 - fall back on what this process saw
                 _log.exception("treadle.contrib.otel: reading the review start failed")
-        return seen
+        return None if seen is None else float(seen)
 
     def _on_review_decided(self, sender: Any, *, item_id: str, stage: str, decision: str,
                            reviewer: str | None = None, **_: Any) -> None:

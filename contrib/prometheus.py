@@ -72,7 +72,8 @@ class Metrics:
         self.registry = registry
         self.pipeline: Any = runner.pipeline
         name = self.name = runner.pipeline.name
-        self.completed = Counter("treadle_stages_completed", "Stages completed (by their code or a review approval).",
+        self.completed = Counter("treadle_stages_completed",
+                                 "Stages completed (by their code or a review approval).",
                                  LABELS, registry=None)
         self.failed = Counter("treadle_stages_failed", "Stages failed for good.", LABELS, registry=None)
         self.retried = Counter("treadle_stages_retried", "Further attempts scheduled after a failure "

@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 
 from treadle import (
-    Accepted, InvalidTransitionError, ItemState, Pipeline, Rejected, Runner, StageState,
-    Uncertain, open_store, stage,
+    Accepted,
+    InvalidTransitionError,
+    ItemState,
+    Pipeline,
+    Rejected,
+    Runner,
+    StageState,
+    Uncertain,
+    open_store,
+    stage,
 )
 from treadle.testing import capture_signals
 

@@ -19,7 +19,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
-from treadle.contrib import otel
 
 from tests.obs import spans as span_io
 from treadle import (
@@ -33,6 +32,7 @@ from treadle import (
     open_store,
     stage,
 )
+from treadle.contrib import otel
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,13 @@ import attrs
 import pytest
 
 from treadle import (
-    InvalidStageError, Pipeline, Review, Runner, SerializationError, open_store, stage,
+    InvalidStageError,
+    Pipeline,
+    Review,
+    Runner,
+    SerializationError,
+    open_store,
+    stage,
 )
 
 

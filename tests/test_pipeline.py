@@ -6,8 +6,13 @@ import attrs
 import pytest
 
 from treadle import (
-    CycleError, DuplicateStageError, InvalidStageError, Pipeline, PipelineDefinitionError,
-    UnknownStageError, stage,
+    CycleError,
+    DuplicateStageError,
+    InvalidStageError,
+    Pipeline,
+    PipelineDefinitionError,
+    UnknownStageError,
+    stage,
 )
 from treadle.stage import SPEC_ATTR
 

@@ -19,9 +19,9 @@ pytest.importorskip("prometheus_client")
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from treadle.contrib import prometheus
 
 from treadle import Pipeline, Review, Runner, instrument, open_store, stage
+from treadle.contrib import prometheus
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent

@@ -224,7 +224,7 @@ def test_threads_committing_on_one_store_with_a_tiny_item_cache(kind, tmp_path, 
                 done = [Transition(c.item_id, c.stage, c.attempt, "completed",
                                    output=json.dumps(c.item_id)) for c in result.claims]
                 result = store.commit(pipe, owner, done, 5)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
@@ -451,7 +451,7 @@ def test_heartbeat_and_recover_run_alongside_commits(store):
         try:
             while not stop.is_set():
                 fn()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     helpers = [threading.Thread(target=loop, args=(lambda: store.heartbeat("committer", 60),)),

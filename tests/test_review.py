@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 
 from treadle import (
-    InvalidTransitionError, ItemNotFoundError, ItemState, Pipeline, Review, Runner,
-    SerializationError, StageState, UnknownStageError, open_store, stage,
+    InvalidTransitionError,
+    ItemNotFoundError,
+    ItemState,
+    Pipeline,
+    Review,
+    Runner,
+    SerializationError,
+    StageState,
+    UnknownStageError,
+    open_store,
+    stage,
 )
 from treadle.testing import capture_signals
 
@@ -264,10 +273,10 @@ def test_decision_from_another_process_is_picked_up_by_a_running_run(tmp_path):
     while observer.status("fast").stages["check"].state != "awaiting_review":
         assert time.time() < deadline
         time.sleep(0.02)
-    code = ("import sys; sys.path.insert(0, {tmp!r}); import live_pipeline;"
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import live_pipeline;"
             "from treadle import Runner, open_store;"
-            "Runner(live_pipeline.pipeline, open_store({db!r})).approve('fast', 'check', data={{'v': 2}})"
-            ).format(tmp=str(tmp_path), db=db)
+            f"Runner(live_pipeline.pipeline, open_store({db!r})).approve('fast', 'check', data={{'v': 2}})"
+            )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     deadline = time.time() + 20
     while observer.status("fast").stages["publish"].state != "completed":

@@ -9,8 +9,16 @@ import attrs
 import pytest
 
 from treadle import (
-    InvalidItemError, ItemNotFoundError, ItemState, Pipeline, Review, Runner, Skipped,
-    StageState, UnknownStageError, stage,
+    InvalidItemError,
+    ItemNotFoundError,
+    ItemState,
+    Pipeline,
+    Review,
+    Runner,
+    Skipped,
+    StageState,
+    UnknownStageError,
+    stage,
 )
 from treadle.testing import capture_signals
 

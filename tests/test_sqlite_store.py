@@ -6,10 +6,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 from treadle import Runner, StoreError, open_store
 from treadle.store.schema import SCHEMA_VERSION
@@ -127,8 +126,8 @@ def test_two_processes_submit_concurrently(tmp_path):
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_an_older_schema_is_migrated_in_place(kind, tmp_path, monkeypatch, request):
     """Opening a store of an older schema runs the migration steps and keeps the data."""
-    from playhouse.migrate import migrate
     import peewee as pw
+    from playhouse.migrate import migrate
 
     from treadle.store import schema
 

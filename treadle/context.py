@@ -15,7 +15,7 @@ _lazy_lock = threading.Lock()
 class StartMark:
     """Set by the worker when it starts a task: timeouts count from then."""
 
-    __slots__ = ("started", "finished")
+    __slots__ = ("finished", "started")
 
     def __init__(self) -> None:
         self.started: float | None = None
@@ -35,7 +35,7 @@ class Outputs(Mapping[str, Any]):
     dataclass): that stage's output comes back as an instance of it.
     """
 
-    __slots__ = ("_raw", "_decoded", "_types")
+    __slots__ = ("_decoded", "_raw", "_types")
 
     def __init__(self, raw: Mapping[str, str | None],
                  types: Mapping[str, type] | None = None) -> None:
@@ -80,8 +80,19 @@ class StageContext:
       runner gave it up at shutdown; long stages should check it.
     """
 
-    __slots__ = ("item_id", "stage", "attempt", "outputs", "feedback", "pipeline", "_log",
-                 "_cancelled", "_logger", "mark", "claimed_at")
+    __slots__ = (
+        "_cancelled",
+        "_log",
+        "_logger",
+        "attempt",
+        "claimed_at",
+        "feedback",
+        "item_id",
+        "mark",
+        "outputs",
+        "pipeline",
+        "stage",
+    )
 
     def __init__(self, item_id: str, stage: str, attempt: int, outputs: Mapping[str, Any], *,
                  pipeline: str = "", feedback: tuple[Any, ...] = (), logger: Any = None) -> None:

@@ -113,12 +113,11 @@ class _guarded(AbstractContextManager[Any]):
     def __enter__(self) -> Any:
         return self.inner.__enter__()
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         try:
             self.inner.__exit__(*exc)
         except Exception:  # noqa: BLE001
             _log.exception("treadle: instrument %r failed on exit; ignored", self.inner)
-        return False
 
 
 __all__ = ["Execution", "Instrument", "active", "add", "around", "remove"]

@@ -272,7 +272,7 @@ class ItemCodec:
                 raise InvalidItemError(
                     f"Item {item!r} has no 'id' attribute; add an id field (str or int)."
                 )
-            return normalize_id(item.id)
+            return normalize_id(getattr(item, "id"))  # noqa: B009 - typed as Any
         raise InvalidItemError(
             f"Item {item!r} is a {type(item).__name__}; items must be attrs instances, "
             "dataclass instances or dicts with an 'id' key."

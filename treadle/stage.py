@@ -6,7 +6,7 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -22,7 +22,7 @@ ON_EXHAUSTED = ("fail", "escalate")
 ON_TIMEOUT = ("approve", "reject")
 
 #: A dependency: a stage function or a stage name.
-Dependency = Union[str, Callable[..., Any]]
+Dependency = str | Callable[..., Any]
 
 
 @attrs.frozen

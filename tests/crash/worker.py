@@ -20,9 +20,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import pipeline as crash_pipeline  # noqa: E402  (tests/crash/pipeline.py)
+import pipeline as crash_pipeline
 
-from treadle import Runner, open_store  # noqa: E402
+from treadle import Runner, open_store
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from treadle.contrib import otel
-
 from tests.obs.spans import file_provider
 from treadle import Pipeline, Review, Runner, open_store, stage
+from treadle.contrib import otel
 
 
 def build(spans: str) -> Pipeline:

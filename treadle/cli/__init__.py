@@ -304,8 +304,8 @@ def _connect_dask(address: str, runner: Runner, stdout: TextIO) -> Any:
     except ImportError:
         raise UsageError('--dask needs dask.distributed: pip install "treadle[dask]"') from None
     try:
-        client = Client(address, timeout=10)
-    except Exception as exc:
+        client = Client(address, timeout=10)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is a usage problem
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     executor = DaskExecutor(client)
     runner.executor = executor

@@ -6,10 +6,13 @@ import json
 import traceback
 from typing import Any
 
-from ..serialization import storable_text as clean_text
+from ..serialization import storable_text
 from ..states import StageState
 from ..store.base import Transition
 from ..store.fanout import SubResult
+
+#: Text any database can store (the one definition is in treadle.serialization).
+clean_text = storable_text
 
 
 def error_text(exc: BaseException) -> str:

@@ -79,18 +79,19 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str) -> None:
         try:
-            import psycopg2  # type: ignore[import-untyped]  # noqa: F401
+            import psycopg2  # noqa: F401
         except ImportError:
             raise StoreError(
                 "PostgreSQL stores need psycopg2: pip install 'treadle[postgres]'."
             ) from None
-        from playhouse.db_url import parse  # type: ignore[import-untyped]
+        from playhouse.db_url import parse
 
         libpq_url, self.schema = split_schema(url)
         try:
             params = parse(libpq_url.replace("postgres://", "postgresql://", 1), unquote_password=True)
         except Exception as exc:  # noqa: BLE001 - a malformed URL
-            raise StoreError(f"Cannot parse the store URL {mask_url(url)}: {mask_text(str(exc), url)}.") from None
+            raise StoreError(
+                f"Cannot parse the store URL {mask_url(url)}: {mask_text(str(exc), url)}.") from None
         import peewee as pw
 
         if self.schema is not None:
@@ -148,7 +149,7 @@ class PostgresStore(SqlStore):
         return int(cur.rowcount)
 
     def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        from psycopg2.extras import execute_batch  # type: ignore[import-untyped]
+        from psycopg2.extras import execute_batch
 
         execute_batch(cur, sql, list(rows), page_size=200)
 

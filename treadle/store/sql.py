@@ -194,7 +194,7 @@ class SqlStore(BaseStore):
 
     def _migrate(self, tx: SqlTx, version: int) -> None:
         """Apply ``schema.MIGRATIONS`` from ``version`` up, in this transaction."""
-        from playhouse.migrate import SchemaMigrator  # type: ignore[import-untyped]
+        from playhouse.migrate import SchemaMigrator
 
         migrator = SchemaMigrator.from_database(self.db)
         for target in range(version + 1, schema.SCHEMA_VERSION + 1):
@@ -224,8 +224,9 @@ class SqlStore(BaseStore):
             return False  # another process reconciled it while we waited
         for stage in shape.order:
             tx._exec(
-                "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
-                "SELECT pipeline, item_id, ?, 'pending', 0, 0, 0, ? FROM treadle_item WHERE pipeline=? "
+                "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, "
+                "not_before, updated_at) SELECT pipeline, item_id, ?, 'pending', 0, 0, 0, ? "
+                "FROM treadle_item WHERE pipeline=? "
                 "ON CONFLICT (pipeline, item_id, stage) DO NOTHING", (stage, tx.now, shape.name))
         for stage in shape.order:
             deps = shape.deps[stage]

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import apsw
-from playhouse.apsw_ext import APSWDatabase  # type: ignore[import-untyped]
+from playhouse.apsw_ext import APSWDatabase
 
 from ..errors import StoreError
 from .sql import SqlStore

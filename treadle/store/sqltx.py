@@ -100,8 +100,9 @@ class SqlTx(Tx):
 
     def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
         self._many(
-            "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, not_before, updated_at) "
-            "VALUES (?,?,?,'pending',?,0,0,?) ON CONFLICT (pipeline, item_id, stage) DO NOTHING",
+            "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, "
+            "not_before, updated_at) VALUES (?,?,?,'pending',?,0,0,?) "
+            "ON CONFLICT (pipeline, item_id, stage) DO NOTHING",
             ((pipeline, i, s, 1 if r else 0, self.now) for i, s, r in rows),
         )
 
@@ -232,7 +233,8 @@ class SqlTx(Tx):
         data: dict[str, str] = {}
         for chunk in chunks(ids):
             data.update(self._exec(
-                f"SELECT item_id, data FROM treadle_item WHERE pipeline=? AND item_id IN ({marks(len(chunk))})",
+                "SELECT item_id, data FROM treadle_item WHERE pipeline=? "
+                f"AND item_id IN ({marks(len(chunk))})",
                 (pipeline, *chunk)))
         return data
 

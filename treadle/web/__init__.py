@@ -18,6 +18,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'pip install "treadle[web]"'
     ) from exc
 
-from .app import create_app  # noqa: E402
+from .app import create_app
 
 __all__ = ["create_app"]

@@ -253,8 +253,9 @@ async def decide(request: Request) -> Response:
             try:
                 data = json.loads(str(text))
             except json.JSONDecodeError as exc:
-                return await _review_response(request, item_id, stage, status=400, text=str(text),
-                                              error=f"The edited data is not valid JSON: {exc}. Nothing was saved.")
+                return await _review_response(
+                    request, item_id, stage, status=400, text=str(text),
+                    error=f"The edited data is not valid JSON: {exc}. Nothing was saved.")
             changes = await run_in_threadpool(queries.diff, runner, item_id, stage, data)
             if changes and form.get("confirm") != "1":
                 return render(request, "confirm.html", {
@@ -377,7 +378,8 @@ async def item_action(request: Request) -> Response:
             msg = f"{len(moved)} stage(s) back to pending; a runner picks them up"
         else:
             stage = str(form.get("stage", ""))
-            reset = await run_in_threadpool(lambda: runner.rerun(item_id, from_stage=stage, actor=f"web:{who}"))
+            reset = await run_in_threadpool(
+                lambda: runner.rerun(item_id, from_stage=stage, actor=f"web:{who}"))
             msg = f"{', '.join(reset) or 'nothing'} back to pending; a runner picks them up"
     except (TreadleError, ValueError, KeyError) as exc:
         msg = f"refused: {exc}"

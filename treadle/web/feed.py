@@ -59,7 +59,8 @@ def snapshot(runner: Any) -> Snapshot:
 
 
 async def changes(runner: Any, *, interval: float = INTERVAL,
-                  disconnected: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[Snapshot | None]:
+                  disconnected: Callable[[], Awaitable[bool]] | None = None,
+                  ) -> AsyncIterator[Snapshot | None]:
     """Yield a snapshot now and after every change; ``None`` as a keep-alive when idle."""
     last: Snapshot | None = None
     idle = 0.0
