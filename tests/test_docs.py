@@ -40,13 +40,7 @@ TARGET_FILE = re.compile(r"(?<![\w/.-])([\w-]+\.py):")
 
 #: Blocks known to be broken in pages another change owns: (page, text the
 #: block contains) -> why. Remove the entry when the page is fixed.
-KNOWN_BROKEN = {
-    ("docs/review.md", 'runner.items(state="awaiting_review")'):
-        "approves t1 twice (the second approve raises InvalidTransitionError) and uses names "
-        "defined elsewhere: fix it, or mark it <!-- fragment -->",
-    ("docs/review.md", "review_timeout=24 * 3600"):
-        "uses names defined elsewhere (identify): mark it <!-- fragment -->",
-}
+KNOWN_BROKEN: dict[tuple[str, str], str] = {}
 
 
 @attrs.frozen
