@@ -473,3 +473,24 @@ def test_next_never_leaves_the_app(app):
     for evil in ("https://evil.example/", "//evil.example/x", "/\\\\evil"):
         r = c.post("/reviewer", data={"csrf": csrf(page), "reviewer": "x", "next": evil})
         assert r.headers["location"].startswith("/inbox?flash="), evil
+
+
+def test_serve_metrics_port_exposes_the_stores_gauges(tmp_path):
+    """`serve --metrics-port 0` also serves Prometheus /metrics: the waiting reviews show."""
+    import httpx
+
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    waiting_store(db, 3)
+    proc = subprocess.Popen([sys.executable, "-m", "treadle", "serve", "tests/web_pipeline.py:pipeline",
+                             "--db", db, "--port", "0", "--metrics-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        metrics_url = lines[2].split("metrics: ", 1)[1].strip()
+        body = httpx.get(metrics_url, timeout=10).text
+        waiting = [ln for ln in body.splitlines()
+                   if ln.startswith('treadle_reviews_waiting{pipeline="web-docs",stage="review"}')]
+        assert waiting == ['treadle_reviews_waiting{pipeline="web-docs",stage="review"} 3.0']
+    finally:
+        proc.terminate()
+        proc.wait(15)

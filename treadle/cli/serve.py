@@ -18,6 +18,8 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
                    help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     c.add_argument("--read-only", action="store_true", help="show everything, change nothing")
+    c.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="also serve Prometheus metrics on :PORT/metrics (treadle[prometheus])")
 
 
 def run(args: argparse.Namespace, runner: Any, url: str, stdin: TextIO, stdout: TextIO,
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace, runner: Any, url: str, stdin: TextIO, stdout: 
                          "pip install 'treadle[web]'") from None
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be a port number, 0-65535")
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:
@@ -51,10 +55,24 @@ def run(args: argparse.Namespace, runner: Any, url: str, stdin: TextIO, stdout: 
     if not _loopback(args.host):
         stdout.write(f"  warning: listening on {args.host}; anyone who can reach this port and "
                      "learns the token can decide reviews. The token is sent in clear (no TLS).\n")
+    metrics = None
+    if args.metrics_port is not None:  # the store's gauges (and counters of this process)
+        try:
+            from ..contrib.prometheus import instrument as metrics_for
+        except ImportError:
+            raise UsageError("--metrics-port needs prometheus-client: "
+                             "pip install 'treadle[prometheus]'") from None
+        metrics = metrics_for(runner)
+        stdout.write(f"  metrics: http://{shown}:{metrics.serve(args.metrics_port, args.host)}"
+                     "/metrics\n")
     stdout.write("Ctrl-C stops it.\n")
     stdout.flush()
     config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0
 
 
