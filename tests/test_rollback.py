@@ -124,3 +124,29 @@ def test_sigkill_mid_rollback_resumes_without_repeating(tmp_path):
     st = runner.status("only")
     assert st.state == ItemState.ROLLED_BACK
     assert [st.stages[s].state for s in ("s1", "s2", "s3")] == [StageState.ROLLED_BACK] * 3
+
+
+def test_advance_one_item_rolls_back_only_that_item(store, monkeypatch):
+    """Runner.advance(item) runs that item's rollback, not other items' waiting ones."""
+    undone = []
+
+    @stage(rollback=lambda item: undone.append(item["id"]))
+    def book(item):
+        return 1
+
+    @stage(after=[book])
+    def pay(item):
+        raise RuntimeError("declined")
+
+    pipeline = Pipeline("adv", [book, pay], on_failure="rollback")
+    Runner(pipeline, store).submit({"id": "a"}, {"id": "b"})
+    from treadle.engine.rollback import Rollbacks
+
+    # both items fail and wait for their rollbacks; nobody runs them yet
+    with monkeypatch.context() as m:
+        m.setattr(Rollbacks, "pump", lambda self: False)
+        Runner(pipeline, store).run()
+    assert undone == []
+    runner = Runner(pipeline, store)
+    runner.advance("a")
+    assert "a" in undone and "b" not in undone

@@ -152,7 +152,7 @@ class Scheduler:
         self.aio = AsyncPool(self.async_limit, self.results)  # its thread starts on first use
         self.slots = Slots(pool, limits, timeouts, self.aio)
         self.rollbacks = Rollbacks(p, self.owner, self.lease, self.slots, self.reporter,
-                                   self.stop.is_set, self._logger)
+                                   self.stop.is_set, self._logger, self.only)
 
     @property
     def capacity(self) -> int:

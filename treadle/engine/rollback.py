@@ -9,7 +9,7 @@ the next rollback not yet recorded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import signals
@@ -32,7 +32,8 @@ class Rollbacks:
     BATCH = 16
 
     def __init__(self, pipeline: Any, owner: str, lease: Lease, slots: Slots,
-                 reporter: Reporter, stopping: Callable[[], bool], logger: Any) -> None:
+                 reporter: Reporter, stopping: Callable[[], bool], logger: Any,
+                 only: Sequence[str] | None = None) -> None:
         self.pipeline = pipeline
         self.owner = owner
         self.lease = lease
@@ -42,6 +43,7 @@ class Rollbacks:
         self.logger = logger
         self.enabled = pipeline.on_failure == "rollback"
         self.plans: dict[str, list[str]] = {}  # item -> stages still to roll back
+        self.only = only  # Runner.advance(item_id): that item's rollback only
 
     def __len__(self) -> int:
         return len(self.plans)
@@ -51,7 +53,8 @@ class Rollbacks:
         if not self.enabled or self.stopping():
             return False
         store = self.lease.store
-        claimed = self.lease.call(store.claim_rollbacks, self.pipeline, self.owner, self.BATCH)
+        claimed = self.lease.call(store.claim_rollbacks, self.pipeline, self.owner, self.BATCH,
+                                  self.only)
         for item_id, plan in claimed:
             self.plans[item_id] = list(plan)
             self._next(item_id)

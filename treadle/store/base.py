@@ -76,7 +76,8 @@ class StateStore(Protocol):
                restarts: Sequence[tuple[str, str, str]] = ()) -> CommitResult: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook: ...
     # -- rollbacks
-    def claim_rollbacks(self, shape: Shape, owner: str, limit: int) -> list[tuple[str, list[str]]]: ...
+    def claim_rollbacks(self, shape: Shape, owner: str, limit: int,
+                        only: Sequence[str] | None = None) -> list[tuple[str, list[str]]]: ...
     def record_rollback(self, shape: Shape, owner: str, item_id: str, stage: str, *,
                         error: str | None, traceback: str | None) -> bool: ...
     def finish_rollback(self, shape: Shape, owner: str, item_id: str) -> str | None: ...
@@ -268,10 +269,12 @@ class BaseStore(abc.ABC):
             flow.release(tx, shape, owner, keys, unstarted)
 
     # -- rollbacks -----------------------------------------------------------
-    def claim_rollbacks(self, shape: Shape, owner: str, limit: int) -> list[tuple[str, list[str]]]:
-        """Claim items waiting for rollback: (item_id, stages to roll back, in order)."""
+    def claim_rollbacks(self, shape: Shape, owner: str, limit: int,
+                        only: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
+        """Claim items waiting for rollback (only those in ``only``, if given):
+        (item_id, stages to roll back, in order)."""
         with self.transaction() as tx:
-            return rollback.claim_rollbacks(tx, shape, owner, limit)
+            return rollback.claim_rollbacks(tx, shape, owner, limit, only)
 
     def record_rollback(self, shape: Shape, owner: str, item_id: str, stage: str, *,
                         error: str | None, traceback: str | None) -> bool:

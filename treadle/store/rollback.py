@@ -22,10 +22,14 @@ from .records import COMPLETED, ROLLED_BACK, ROLLING_BACK, HistoryRow, Shape
 from .tx import Tx
 
 
-def claim_rollbacks(tx: Tx, shape: Shape, owner: str, limit: int) -> list[tuple[str, list[str]]]:
-    """Claim items waiting for rollback: (item_id, stages to roll back, in order)."""
+def claim_rollbacks(tx: Tx, shape: Shape, owner: str, limit: int,
+                    only: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
+    """Claim items waiting for rollback (only those in ``only``, if given):
+    (item_id, stages to roll back, in order)."""
     out = []
-    for item_id in tx.items_in_state(shape.name, ROLLING_BACK, limit):
+    waiting = (tx.items_in_state(shape.name, ROLLING_BACK, limit) if only is None else
+               [i for i in only if tx.item_state_of(shape.name, i) == ROLLING_BACK][:limit])
+    for item_id in waiting:
         if not tx.cas_item_state(shape.name, item_id, ROLLING_BACK, f"{ROLLING_BACK}:{owner}"):
             continue
         out.append((item_id, rollback_plan(tx, shape, item_id)))
