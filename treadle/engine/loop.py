@@ -562,31 +562,37 @@ class Scheduler:
     def _dispatch(self) -> None:
         p = self.pipeline
         queue_ = self.undispatched
+        listening = self.reporter.listening
+        stages, all_ancestors, types = p.stages, p.ancestors, p.output_types
+        admit, on_loop = self.slots.admit, self.on_loop
         while queue_:
             claim = queue_[0]
-            spec = p.stages[claim.stage]
-            ancestors = p.ancestors[claim.stage]
-            raw = {s: o for s, o in claim.outputs.items() if s in ancestors}
+            spec = stages[claim.stage]
+            if claim.outputs:
+                ancestors = all_ancestors[claim.stage]
+                raw = {s: o for s, o in claim.outputs.items() if s in ancestors}
+            else:
+                raw = {}
             gate_state = None
             if spec.gate is not None:  # earlier verdicts and feedback, from the history
                 gate_state = gate_history(
                     self.lease.call(self.store.history, p, claim.item_id), claim.stage)
-            ctx = StageContext(claim.item_id, claim.stage, claim.attempt,
-                               Outputs(raw, p.output_types),
+            ctx = StageContext(claim.item_id, claim.stage, claim.attempt, Outputs(raw, types),
                                pipeline=p.name, logger=self._logger,
                                feedback=gate_state.feedback if gate_state else ())
             task = StageTask(claim.item_id, claim.stage, claim.attempt)
-            self.reporter.emit(signals.stage_started, item_id=claim.item_id, stage=claim.stage,
-                               attempt=claim.attempt)
+            if listening:
+                self.reporter.emit(signals.stage_started, item_id=claim.item_id,
+                                   stage=claim.stage, attempt=claim.attempt)
             policy = self.policies[claim.stage]
-            if claim.stage in self.on_loop:
+            if claim.stage in on_loop:
                 entry = Entry(task, execute_async, (spec, p.codec, claim.item, ctx, policy,
                                                     gate_state, spec.timeout), ctx=ctx, aio=True)
             else:
                 entry = Entry(task, execute, (spec, p.codec, claim.item, ctx, policy, gate_state,
                                               ctx.mark), ctx=ctx, mark=ctx.mark)
             queue_.popleft()
-            self.slots.admit(entry)
+            admit(entry)
 
     # -- shutdown --------------------------------------------------------------
     def _shutdown(self) -> bool:

@@ -120,6 +120,11 @@ class Reporter:
         self._listening = _listening()
         self._settled = 0
 
+    @property
+    def listening(self) -> bool:
+        """Some receiver is connected to some treadle signal (else nothing is queued)."""
+        return self._listening
+
     def emit(self, sig: blinker.NamedSignal, **data: Any) -> None:
         """Queue one signal for delivery with the next :meth:`send`."""
         if self._listening:

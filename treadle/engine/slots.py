@@ -90,6 +90,9 @@ class Slots:
     def admit(self, entry: Entry) -> None:
         """Take a task in hand; run it now, or once its stage has a free slot."""
         self.entries[entry.task] = entry
+        if not self.limits:
+            self._queue(entry)
+            return
         stage = entry.task.stage
         limit = self.limits.get(stage)
         if limit is not None:
@@ -106,8 +109,9 @@ class Slots:
         return self.threads
 
     def _queue(self, entry: Entry) -> None:
-        lane = self._lane(entry)
-        if not lane.has_room():
+        lane = self.loop if entry.aio else self.threads
+        assert lane is not None, "an async task without an event loop"
+        if lane.bounded and not lane.has_room():
             lane.queued.append(entry)
             return
         self._hand(entry, lane)
@@ -115,7 +119,7 @@ class Slots:
     def _hand(self, entry: Entry, lane: Lane) -> None:
         entry.handed = True
         lane.in_flight += 1
-        timeout = self.timeouts.get(entry.task.stage)
+        timeout = self.timeouts.get(entry.task.stage) if self.timeouts else None
         if timeout is not None and entry.mark is not None:  # coroutines time out themselves
             entry.deadline = time.monotonic() + timeout
             heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), entry))
@@ -227,11 +231,13 @@ class Slots:
             entry.deadline = None
             self._stale += 1
             self._compact()
-        lane = self._lane(entry)
+        lane = self.loop if entry.aio else self.threads
+        assert lane is not None
         if entry.handed:
             entry.handed = False
             lane.in_flight -= 1
-        self._release_limit(entry)
+        if self.limits:
+            self._release_limit(entry)
         while lane.queued and lane.has_room():
             self._hand(lane.queued.popleft(), lane)
 
