@@ -278,7 +278,9 @@ def test_sigkill_with_hundreds_of_coroutines_in_flight(tmp_path):
     db, log = tmp_path / "aio.db", tmp_path / "aio.log"
     env = {**os.environ, "TREADLE_AIO_LOG": str(log), "PYTHONPATH": str(ROOT)}
     script = ROOT / "tests" / "aio" / "inflight.py"
-    proc = subprocess.Popen([sys.executable, str(script), str(db)], env=env)
+    # the killed run's coroutines wait long enough that none can finish before the kill
+    proc = subprocess.Popen([sys.executable, str(script), str(db)],
+                            env={**env, "TREADLE_AIO_SLEEP": "30"})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         lines = log.read_text().split("\n") if log.exists() else []
