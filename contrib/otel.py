@@ -36,6 +36,7 @@ Install with ``pip install "treadle[otel]"``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import hashlib
 import logging
@@ -328,17 +329,8 @@ class Tracing:
         return self._tracer
 
 
-class _Nothing:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NOTHING = _Nothing()
+#: What an instrument enters for work it does not follow.
+_NOTHING = contextlib.nullcontext()
 
 
 class _SpanScope:

@@ -30,6 +30,7 @@ lapsed). Install with ``pip install "treadle[prometheus]"``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -198,17 +199,8 @@ class Metrics:
                 return
 
 
-class _Nothing:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NOTHING = _Nothing()
+#: What an instrument enters for work it does not follow.
+_NOTHING = contextlib.nullcontext()
 
 
 class _Timer:
