@@ -65,14 +65,19 @@ class TestConformance(StoreConformance):
         assert ready_store.rerun(shape, "i1", "b", "test") == []
         assert ready_store.settled_item_counts(shape).get("failed") == 1
 
-    def test_retry_of_a_rolled_back_item_keeps_states_consistent(self, store: StateStore) -> None:
-        """retry() of a rolled-back item is refused (bulk retry leaves it alone); its state holds."""
+    def rolled_back_item(self, store: StateStore) -> Pipeline:
+        """The item of :meth:`failing_rollback_item`, rolled back to the end."""
         shape = self.failing_rollback_item(store)
         ops = self.rollbacks(store)
         ops.claim_rollbacks(shape, OWNER, 10)
         for stage_name in ("b", "a"):
             ops.record_rollback(shape, OWNER, "i1", stage_name, error=None, traceback=None)
         assert ops.finish_rollback(shape, OWNER, "i1") == "rolled_back"
+        return shape
+
+    def test_retry_of_a_rolled_back_item_keeps_states_consistent(self, store: StateStore) -> None:
+        """retry() of a rolled-back item is refused (bulk retry leaves it alone); its state holds."""
+        shape = self.rolled_back_item(store)
         before = self.snapshot(store, shape, "i1")
         with pytest.raises(InvalidTransitionError, match="was rolled back"):
             store.retry(shape, "i1", None, "test")
@@ -83,12 +88,7 @@ class TestConformance(StoreConformance):
     def test_rerun_behind_a_rolled_back_stage_is_refused(self, store: StateStore) -> None:
         """A rerun from a stage whose upstream was rolled back is refused (it could never
         run); a rerun from the rolled-back stage itself redoes the item."""
-        shape = self.failing_rollback_item(store)
-        ops = self.rollbacks(store)
-        ops.claim_rollbacks(shape, OWNER, 10)
-        for stage_name in ("b", "a"):
-            ops.record_rollback(shape, OWNER, "i1", stage_name, error=None, traceback=None)
-        assert ops.finish_rollback(shape, OWNER, "i1") == "rolled_back"
+        shape = self.rolled_back_item(store)
         before = self.snapshot(store, shape, "i1")
         with pytest.raises(InvalidTransitionError, match="rolled back"):
             store.rerun(shape, "i1", "b", "test")

@@ -114,16 +114,6 @@ class AsyncPool:
         with self._lock:
             return list(self._live)
 
-    def written_off(self, task: Any) -> None:
-        """Nothing to replace: a coroutine holds no thread."""
-
-    def returned(self, task: Any) -> None:
-        """Nothing to retire."""
-
-    def cancel_queued(self) -> list[Any]:
-        """Nothing waits here: coroutines start at once (the scheduler queues the rest)."""
-        return []
-
     def shutdown(self, wait: bool) -> None:
         """Cancel what still runs and stop the loop."""
         loop = self._loop

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+import attrs
 import structlog
 
 from .. import signals
@@ -65,22 +66,25 @@ from .worker import (
 _log = logging.getLogger("treadle.runner")
 
 
+def _average(average: float | None, sample: float) -> float:
+    """The next value of an exponential running average."""
+    return sample if average is None else 0.8 * average + 0.2 * sample
+
+
 def _is_value_error(exc: BaseException) -> bool:
     """Did a commit fail because of a value the database refuses (a lone surrogate,
     a NUL, a number out of range), rather than because the store is in trouble?"""
     return isinstance(exc, (ValueError, TypeError, OverflowError))
 
 
+@attrs.define
 class _Writes:
     """Results waiting for the next group commit."""
 
-    __slots__ = ("done", "restarts", "starts", "subs")
-
-    def __init__(self) -> None:
-        self.done: list[tuple[Transition, Any]] = []
-        self.subs: list[tuple[SubtaskTask, SubResult, Any]] = []
-        self.starts: list[tuple[StageTask, FanOutStart, list[SubTask]]] = []
-        self.restarts: list[tuple[StageTask, str]] = []
+    done: list[tuple[Transition, Any]] = attrs.field(factory=list)
+    subs: list[tuple[SubtaskTask, SubResult, Any]] = attrs.field(factory=list)
+    starts: list[tuple[StageTask, FanOutStart, list[SubTask]]] = attrs.field(factory=list)
+    restarts: list[tuple[StageTask, str]] = attrs.field(factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.done or self.subs or self.starts or self.restarts)
@@ -140,8 +144,7 @@ class Scheduler:
         p = self.pipeline
         if self.executor is None:
             pool: ThreadPool | ExecutorPool = ThreadPool(self.workers, self.results)
-            # our threads say when they start: claim ahead for larger group commits;
-            # coroutines wait on I/O without a thread: hold async_limit more of them
+            # our threads say when they start: claim ahead for larger group commits
             self._capacity = max(128, 8 * self.workers)
         else:
             pool = ExecutorPool(self.executor, self.workers, self.results)
@@ -173,12 +176,6 @@ class Scheduler:
         ahead = w * (2 + math.ceil(self._commit_s / max(self._task_s, 1e-6)))
         return min(self._capacity, ahead) + extra
 
-    def _timed(self, kind: str, seconds: float) -> None:
-        """Running averages (exponential) of task and commit durations."""
-        if kind == "task":
-            self._task_s = seconds if self._task_s is None else 0.8 * self._task_s + 0.2 * seconds
-        else:
-            self._commit_s = 0.8 * self._commit_s + 0.2 * seconds
 
     def run(self) -> Counters:
         """Run until nothing more can move (or a stop); returns the counters."""
@@ -266,21 +263,14 @@ class Scheduler:
             return  # timed out, dropped or released: its late result is not ours to record
         mark = entry.mark
         if mark is not None and mark.started is not None and mark.finished is not None:
-            self._timed("task", mark.finished - mark.started)
+            self._task_s = _average(self._task_s, mark.finished - mark.started)
         if isinstance(task, RollbackTask):
             self.rollbacks.done(task, outcome)
+        elif isinstance(outcome, BaseException):  # the pool failed it (e.g. a broken process pool)
+            self._fail(task, outcome)
         elif isinstance(task, SubtaskTask):
-            if isinstance(outcome, BaseException):  # e.g. a process pool that broke
-                result = sub_failure(task.item_id, task.stage, task.name, task.attempt, outcome,
-                                     self.policies[task.stage])
-                self.writes.subs.append((task, result, None))
-            else:
-                self.writes.subs.append((task, outcome[0], outcome[1]))
+            self.writes.subs.append((task, outcome[0], outcome[1]))
         else:
-            if isinstance(outcome, BaseException):  # the pool failed it, not the stage
-                self.writes.done.append((failure(task.item_id, task.stage, task.attempt, outcome,
-                                                 self.policies[task.stage]), None))
-                return
             t, value = outcome
             if t.state == FANOUT:
                 names = tuple(s.name for s in value)
@@ -306,17 +296,21 @@ class Scheduler:
             entry.ctx.cancelled.set()
         task = entry.task
         timeout = self.pipeline.stages[task.stage].timeout or 0.0
-        exc = StageTimeout(f"timed out after {timeout:g} s")
-        policy = self.policies[task.stage]
-        if isinstance(task, SubtaskTask):
-            result = sub_failure(task.item_id, task.stage, task.name, task.attempt, exc, policy)
-            self.writes.subs.append((task, result, None))
-        elif isinstance(task, StageTask):
-            self.writes.done.append((failure(task.item_id, task.stage, task.attempt, exc, policy),
-                                     None))
-        else:  # a rollback: recorded as failed, the item's next rollback runs
+        if isinstance(task, RollbackTask):  # recorded as failed, the item's next rollback runs
             self.rollbacks.done(task, (f"StageTimeout: rollback timed out after {timeout:g} s",
                                        None))
+        else:
+            self._fail(task, StageTimeout(f"timed out after {timeout:g} s"))
+
+    def _fail(self, task: StageTask | SubtaskTask, exc: BaseException) -> None:
+        """Record ``exc`` as the failure of a stage or subtask run (its retry policy applies)."""
+        policy = self.policies[task.stage]
+        if isinstance(task, SubtaskTask):
+            self.writes.subs.append((task, sub_failure(task.item_id, task.stage, task.name,
+                                                       task.attempt, exc, policy), None))
+        else:
+            self.writes.done.append((failure(task.item_id, task.stage, task.attempt, exc, policy),
+                                     None))
 
     # -- the commit ----------------------------------------------------------
     def _commit(self, limit: int) -> list[Claim]:
@@ -344,7 +338,7 @@ class Scheduler:
             subtasks=[r for _, r, _ in writes.subs],
             restarts=[(t.item_id, t.stage, name) for t, name in writes.restarts],
         )
-        self._timed("commit", time.monotonic() - started)
+        self._commit_s = _average(self._commit_s, time.monotonic() - started)
         return result
 
     def _restore(self, writes: _Writes) -> None:
@@ -360,35 +354,14 @@ class Scheduler:
         _log.warning("treadle: a group commit of %d result(s) failed (%s: %s); committing them "
                      "one by one", len(writes.done) + len(writes.subs) + len(writes.starts),
                      type(exc).__name__, clean_text(str(exc)))
-        pieces: list[_Writes] = []
-        for d in writes.done:
-            w = _Writes()
-            w.done.append(d)
-            pieces.append(w)
-        for s in writes.subs:
-            w = _Writes()
-            w.subs.append(s)
-            pieces.append(w)
-        for st in writes.starts:
-            w = _Writes()
-            w.starts.append(st)
-            pieces.append(w)
+        pieces = [*(_Writes(done=[d]) for d in writes.done),
+                  *(_Writes(subs=[s]) for s in writes.subs),
+                  *(_Writes(starts=[st]) for st in writes.starts)]
         if writes.restarts:
-            w = _Writes()
-            w.restarts.extend(writes.restarts)
-            pieces.append(w)
+            pieces.append(_Writes(restarts=list(writes.restarts)))
         for n, piece in enumerate(pieces):
             try:
-                try:
-                    self._after_commit(piece, self._store_commit(piece, 0))
-                except StoreError:
-                    self._restore(piece)
-                    raise
-                except Exception as err:
-                    if not _is_value_error(err):
-                        self._restore(piece)
-                        raise self._store_trouble(err) from err
-                    self._store_failure(piece, err)
+                self._commit_piece(piece)
             except StoreError:
                 for rest in pieces[n + 1:]:  # not committed: shutdown gives their claims back
                     self._restore(rest)
@@ -396,6 +369,20 @@ class Scheduler:
         result = self._store_commit(_Writes(), limit)
         self._after_commit(_Writes(), result)
         return result.claims
+
+    def _commit_piece(self, piece: _Writes) -> None:
+        """Commit one result on its own; if the store refuses its value, record the
+        stage's (or subtask's) failure instead. Raises StoreError (piece kept) otherwise."""
+        try:
+            self._after_commit(piece, self._store_commit(piece, 0))
+        except StoreError:
+            self._restore(piece)
+            raise
+        except Exception as err:
+            if not _is_value_error(err):
+                self._restore(piece)
+                raise self._store_trouble(err) from err
+            self._store_failure(piece, err)
 
     def _store_trouble(self, exc: Exception) -> StoreError:
         return StoreError(

@@ -58,8 +58,9 @@ class ThreadPool:
         """Queue one task."""
         self._tasks.put((task, fn, args))
 
-    def written_off(self, task: Any) -> None:
-        """A task timed out and may hold its thread for good: add a thread in its place."""
+    def written_off(self, task: Any) -> bool:
+        """A task timed out and may hold its thread for good: add a thread in its place.
+        True: the pool's capacity is not held by it (this pool queues what it cannot run)."""
         with self._lock:
             if len(self._spare_for) >= self.SPARE_FACTOR * self.capacity:
                 if not self._warned:
@@ -68,9 +69,10 @@ class ThreadPool:
                         "treadle: %d timed-out stages still hold their threads (they ignore "
                         "ctx.cancelled); no more threads are added, so queued stages wait for "
                         "one of them to return", len(self._spare_for))
-                return
+                return True
             self._spare_for.add(task)
             self._add_thread()
+            return True
 
     def returned(self, task: Any) -> None:
         """A written-off task finally returned: if a thread was added in its place,

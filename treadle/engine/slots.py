@@ -90,11 +90,8 @@ class Slots:
     def admit(self, entry: Entry) -> None:
         """Take a task in hand; run it now, or once its stage has a free slot."""
         self.entries[entry.task] = entry
-        if not self.limits:
-            self._queue(entry)
-            return
         stage = entry.task.stage
-        limit = self.limits.get(stage)
+        limit = self.limits.get(stage) if self.limits else None
         if limit is not None:
             if self.active[stage] >= limit:
                 self.waiting[stage].append(entry)
@@ -109,9 +106,8 @@ class Slots:
         return self.threads
 
     def _queue(self, entry: Entry) -> None:
-        lane = self.loop if entry.aio else self.threads
-        assert lane is not None, "an async task without an event loop"
-        if lane.bounded and not lane.has_room():
+        lane = self._lane(entry)
+        if not lane.has_room():
             lane.queued.append(entry)
             return
         self._hand(entry, lane)
@@ -164,7 +160,9 @@ class Slots:
             del self.entries[entry.task]
             entry.deadline = None
             self.written_off.add(entry.task)
-            if self._remote and not entry.aio and not self.pool.written_off(entry.task):
+            if self.pool.written_off(entry.task):
+                self._release(entry)
+            else:
                 # An executor's worker still runs it: handing its place to another task
                 # would queue that one inside the executor, where its clock would run
                 # out before it starts. The place is freed when it returns.
@@ -172,10 +170,6 @@ class Slots:
                 entry.handed = False
                 self._release_limit(entry)
                 self._warn_if_all_held()
-            else:
-                if not self._remote:
-                    self.pool.written_off(entry.task)
-                self._release(entry)
             out.append(entry)
         return out
 
@@ -222,8 +216,8 @@ class Slots:
         waiting = self.waiting.get(entry.task.stage)
         if waiting is not None and entry in waiting:
             waiting.remove(entry)  # it never took a slot
-        elif entry in self._lane(entry).queued:
-            self._lane(entry).queued.remove(entry)
+        elif entry in (lane := self._lane(entry)).queued:
+            lane.queued.remove(entry)
             self._release_limit(entry)
 
     def _release(self, entry: Entry) -> None:
@@ -231,13 +225,11 @@ class Slots:
             entry.deadline = None
             self._stale += 1
             self._compact()
-        lane = self.loop if entry.aio else self.threads
-        assert lane is not None
+        lane = self._lane(entry)
         if entry.handed:
             entry.handed = False
             lane.in_flight -= 1
-        if self.limits:
-            self._release_limit(entry)
+        self._release_limit(entry)
         while lane.queued and lane.has_room():
             self._hand(lane.queued.popleft(), lane)
 
