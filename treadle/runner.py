@@ -10,16 +10,17 @@ from typing import Any
 
 from . import signals
 from ._review import ReviewMixin
+from ._steer import SteerMixin
 from .engine import Scheduler
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
-from .states import StageState, SubtaskState
+from .states import ItemState, StageState, SubtaskState
 from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
 from .store.base import StateStore
 from .store.logic import item_state
 
 
-class Runner(ReviewMixin):
+class Runner(ReviewMixin, SteerMixin):
     """Runs a :class:`~treadle.Pipeline` against a store.
 
     ``workers`` threads run stage functions (or pass any
@@ -115,11 +116,16 @@ class Runner(ReviewMixin):
                           executor=self.executor, lease=self.lease, grace=self.grace, only=only,
                           async_limit=self.async_limit)
         c = sched.run()
+        held = 0
+        if sched.control.paused:  # ready work a pause holds back
+            held = (self.store.outlook(self.pipeline, only).ready
+                    - self.store.outlook(self.pipeline, only, sched.control.stages or ()).ready)
         return RunReport(
             executed=c.executed, completed=c.completed, failed=c.failed, skipped=c.skipped,
             awaiting_review=c.awaiting_review, refused=c.refused,
             items=self._item_counts(), interrupted=c.interrupted,
             failures=self._failures(), skipped_downstream=c.skipped_downstream,
+            cancelled=c.cancelled, paused=held,
         )
 
     # -- inspecting ----------------------------------------------------------
@@ -163,6 +169,8 @@ class Runner(ReviewMixin):
             )
         state = item_state(self.pipeline.order,
                            {n: (r.state, r.ready) for n, r in records.items()})
+        if self.store.stored_item_states(self.pipeline, [key]).get(key) == ItemState.CANCELLED:
+            state = ItemState.CANCELLED
         return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=submitted)
 
     def items(self, stage: str | None = None, state: str | None = None,

@@ -43,12 +43,15 @@ retry_scheduled = _signals.signal(
     "retry_scheduled", doc="Another attempt was scheduled (item_id, stage, attempt, error, data).")
 escalated = _signals.signal(
     "escalated", doc="A gated stage went to human review (item_id, stage, attempt, data).")
+item_cancelled = _signals.signal(
+    "item_cancelled", doc="An item was cancelled (item_id, reason, actor, state).")
 
 ALL = {
     s.name: s for s in (
         item_submitted, stage_started, stage_completed, stage_failed, stage_skipped,
         review_required, review_decided, subtask_started, subtask_completed, subtask_failed,
         item_finished, quality_passed, quality_failed, retry_scheduled, escalated,
+        item_cancelled,
     )
 }
 

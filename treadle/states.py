@@ -37,6 +37,7 @@ class ItemState(_StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     ROLLED_BACK = "rolled_back"
+    CANCELLED = "cancelled"
 
 
 class SubtaskState(_StrEnum):
@@ -53,5 +54,5 @@ DONE_STATES = frozenset({StageState.COMPLETED.value, StageState.SKIPPED.value})
 #: Item states after which nothing more happens without a human or a retry.
 FINISHED_ITEM_STATES = frozenset(
     {ItemState.COMPLETED.value, ItemState.FAILED.value, ItemState.REJECTED.value,
-     ItemState.ROLLED_BACK.value}
+     ItemState.ROLLED_BACK.value, ItemState.CANCELLED.value}
 )

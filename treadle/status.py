@@ -79,6 +79,30 @@ class HistoryEntry:
 
 
 @attrs.frozen
+class Event:
+    """One committed event of the feed (:meth:`treadle.Runner.events`).
+
+    ``id`` increases in commit order and is the cursor: pass the last one seen
+    as ``since`` to get what came after. ``state`` names what happened (the
+    history's state: ``submitted``, ``running`` (a start), ``completed``,
+    ``failed``, ``skipped``, ``awaiting_review``, ``approved``... see
+    docs/events.md); ``item_id`` is None for events of the whole pipeline
+    (``paused``, ``resumed``).
+    """
+
+    id: int
+    at: float
+    item_id: str | None
+    stage: str | None
+    subtask: str | None
+    state: str
+    attempt: int
+    actor: str
+    error: str | None = None
+    details: Any = None
+
+
+@attrs.frozen
 class RunReport:
     """What a ``Runner.run()`` did, and where the workload stands at its end."""
 
@@ -93,6 +117,10 @@ class RunReport:
     failures: list[tuple[str, str, str | None]] = attrs.field(factory=list)
     #: Stages skipped without running because an upstream Skipped(propagate=True).
     skipped_downstream: int = 0
+    #: Stage runs in hand when their item was cancelled (their results were discarded).
+    cancelled: int = 0
+    #: Stage runs ready but held by a pause when the run ended (``resume`` frees them).
+    paused: int = 0
 
     @property
     def ok(self) -> bool:

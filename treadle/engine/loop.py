@@ -46,6 +46,7 @@ from ..store.fanout import FanOutStart, SubResult
 from ..store.urls import mask_url
 from .aio import AsyncPool
 from .calls import is_async
+from .control import Control
 from .failures import clean_text, failure, sub_failure
 from .fanout import FanOuts, FanRun
 from .gate import gate_history
@@ -156,6 +157,7 @@ class Scheduler:
         self.slots = Slots(pool, limits, timeouts, self.aio)
         self.rollbacks = Rollbacks(p, self.owner, self.lease, self.slots, self.reporter,
                                    self.stop.is_set, self._logger, self.only)
+        self.control = Control(p, self.store, self.lease)
 
     @property
     def capacity(self) -> int:
@@ -188,6 +190,7 @@ class Scheduler:
             self.lease.start()
             try:
                 self.lease.recover(self.pipeline)
+                self.control.refresh(force=True)
                 self.rollbacks.pump()
                 self._loop()
             finally:
@@ -212,6 +215,9 @@ class Scheduler:
         while True:
             self._drain(block=False)
             self._tick()
+            cancelled = self.control.refresh()
+            if cancelled:
+                self._cancelled(cancelled)
             stopping = self.stop.is_set()
             room = 0 if stopping else self.capacity - len(slots)
             claims: list[Claim] = []
@@ -228,7 +234,11 @@ class Scheduler:
                 continue
             if claims:
                 continue
-            look = self.lease.call(self.store.outlook, self.pipeline, self.only)
+            cancelled = self.control.refresh(force=True)  # a resume may free work
+            if cancelled:
+                self._cancelled(cancelled)
+            look = self.lease.call(self.store.outlook, self.pipeline, self.only,
+                                   self.control.stages)
             if look.ready == 0 and look.running == 0:
                 if self.rollbacks.pump():
                     continue
@@ -337,6 +347,7 @@ class Scheduler:
             self.only, fanouts=[s for _, s, _ in writes.starts],
             subtasks=[r for _, r, _ in writes.subs],
             restarts=[(t.item_id, t.stage, name) for t, name in writes.restarts],
+            stages=self.control.stages,
         )
         self._commit_s = _average(self._commit_s, time.monotonic() - started)
         return result
@@ -457,6 +468,30 @@ class Scheduler:
         held |= {t.key for t in self.fanouts.runs}
         held |= {(c.item_id, c.stage, c.attempt) for c in self.undispatched}
         return held | self.writes.claims()
+
+    def _cancelled(self, items: set[str]) -> None:
+        """Items were cancelled (by anyone): their work in hand is told to stop
+        (``ctx.cancelled``) and forgotten, so its results are never recorded; the
+        cancel already took their claims back in the store."""
+        mine = [t for t in self.slots.entries if t.item_id in items]
+        for entry in self.slots.drop(mine):
+            if entry.ctx is not None:
+                entry.ctx.cancelled.set()
+            if isinstance(entry.task, StageTask):
+                self.counters.cancelled += 1
+        for run in [r for r in self.fanouts if r.task.item_id in items]:
+            self.fanouts.pop(run.task)
+            self.counters.cancelled += 1
+        self.timers = [t for t in self.timers if t[2].item_id not in items]
+        heapq.heapify(self.timers)
+        kept = [c for c in self.undispatched if c.item_id not in items]
+        self.counters.cancelled += len(self.undispatched) - len(kept)
+        self.undispatched = collections.deque(kept)
+        w = self.writes
+        w.done = [d for d in w.done if d[0].item_id not in items]
+        w.subs = [d for d in w.subs if d[0].item_id not in items]
+        w.starts = [d for d in w.starts if d[0].item_id not in items]
+        w.restarts = [d for d in w.restarts if d[0].item_id not in items]
 
     # -- fan-out -------------------------------------------------------------
     def _fan_out(self, starts: list[tuple[StageTask, FanOutStart, list[SubTask]]],

@@ -41,6 +41,7 @@ class Counters:
     skipped_downstream: int = 0
     awaiting_review: int = 0
     refused: int = 0
+    cancelled: int = 0  # stage runs in hand when their item was cancelled
     interrupted: bool = False
 
 

@@ -24,15 +24,17 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ItemNotFoundError
 from ..states import StageState
-from . import fanout, flow, human, rollback
+from . import control, fanout, flow, human, rollback
 from .logic import item_state
 from .records import (
+    CANCELLED,
     FAILED,
     PENDING,
     RUNNING,
     SKIPPED,
     Claim,
     CommitResult,
+    ControlRow,
     FanOutPlan,
     FanOutStart,
     HistoryRow,
@@ -73,8 +75,21 @@ class StateStore(Protocol):
                claim_limit: int, only: Sequence[str] | None = None, *,
                fanouts: Sequence[FanOutStart] = (),
                subtasks: Sequence[SubResult] = (),
-               restarts: Sequence[tuple[str, str, str]] = ()) -> CommitResult: ...
-    def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook: ...
+               restarts: Sequence[tuple[str, str, str]] = (),
+               stages: Sequence[str] | None = None) -> CommitResult: ...
+    def outlook(self, shape: Shape, only: Sequence[str] | None = None,
+                stages: Sequence[str] | None = None) -> Outlook: ...
+    # -- pause, resume, cancel, and the event feed
+    def control(self, shape: Shape, since: int = 0,
+                kinds: Sequence[str] | None = None) -> list[ControlRow]: ...
+    def pause(self, shape: Shape, stage: str | None, actor: str, reason: str | None = None
+              ) -> bool: ...
+    def resume(self, shape: Shape, stage: str | None, actor: str) -> bool: ...
+    def cancel(self, shape: Shape, item_ids: Sequence[str], reason: str, actor: str
+               ) -> list[tuple[str, str]]: ...
+    def events(self, shape: Shape, since: int, limit: int,
+               item_id: str | None = None) -> list[dict[str, Any]]: ...
+    def wait_for_events(self, shape: Shape, timeout: float) -> None: ...
     # -- rollbacks
     def claim_rollbacks(self, shape: Shape, owner: str, limit: int,
                         only: Sequence[str] | None = None) -> list[tuple[str, list[str]]]: ...
@@ -85,6 +100,8 @@ class StateStore(Protocol):
     def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]: ...
     def item_state_counts(self, shape: Shape) -> dict[str, int]: ...
     def settled_item_counts(self, shape: Shape) -> dict[str, int]: ...
+    def stored_item_states(self, shape: Shape, item_ids: Iterable[str] | None
+                           ) -> dict[str, str]: ...
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]: ...
     def item_ids(self, shape: Shape, stage: str | None, state: str | None,
                  limit: int | None) -> list[str]: ...
@@ -179,10 +196,12 @@ class BaseStore(abc.ABC):
                claim_limit: int, only: Sequence[str] | None = None, *,
                fanouts: Sequence[FanOutStart] = (),
                subtasks: Sequence[SubResult] = (),
-               restarts: Sequence[tuple[str, str, str]] = ()) -> CommitResult:
+               restarts: Sequence[tuple[str, str, str]] = (),
+               stages: Sequence[str] | None = None) -> CommitResult:
         """Apply finished stages, mark dependents ready, claim the next work: one transaction.
 
-        ``only`` restricts claims to those item ids. ``fanouts`` start the
+        ``only`` restricts claims to those item ids, ``stages`` to those stages
+        (the runner leaves paused ones out). ``fanouts`` start the
         subtasks of stages that returned FanOut; ``subtasks`` are subtask
         results; ``restarts`` (item, stage, subtask) claim retried subtasks again.
         """
@@ -193,13 +212,16 @@ class BaseStore(abc.ABC):
             accepted, refused = flow.apply(tx, shape, owner, transitions)
             skipped, check = flow.advance(tx, shape, owner, accepted)
             finished = flow.finish(tx, shape, check)
-            claims = self._claim(tx, shape, owner, claim_limit, only) if claim_limit > 0 else []
+            claims = (self._claim(tx, shape, owner, claim_limit, only, stages)
+                      if claim_limit > 0 else [])
         return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused,
                             restarted)
 
     def _claim(self, tx: Tx, shape: Shape, owner: str, limit: int,
-               only: Sequence[str] | None) -> list[Claim]:
-        rows = tx.claim(shape.name, owner, shape.order, limit, only)
+               only: Sequence[str] | None, stages: Sequence[str] | None = None) -> list[Claim]:
+        if stages is not None and not stages:
+            return []
+        rows = tx.claim(shape.name, owner, shape.order if stages is None else stages, limit, only)
         if not rows:
             return []
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])
@@ -228,11 +250,19 @@ class BaseStore(abc.ABC):
         per_item: dict[str, dict[str, tuple[str, bool]]] = {}
         for item_id, stage, state, ready in self._all_stage_rows(shape):
             per_item.setdefault(item_id, {})[stage] = (state, ready)
+        stored = self.stored_item_states(shape, None)
         counts: dict[str, int] = {}
-        for states in per_item.values():
-            key = item_state(shape.order, states).value
+        for item_id, states in per_item.items():
+            key = (CANCELLED if stored.get(item_id) == CANCELLED
+                   else item_state(shape.order, states).value)
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+    @abc.abstractmethod
+    def stored_item_states(self, shape: Shape, item_ids: Iterable[str] | None
+                           ) -> dict[str, str]:
+        """The recorded state of these items (None: every item), as stored: the
+        last settled state, ``cancelled``, or ``rolling_back[:owner]``."""
 
     @abc.abstractmethod
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
@@ -287,6 +317,35 @@ class BaseStore(abc.ABC):
         """Settle a rolled-back item; returns its state (None if not this runner's)."""
         with self.transaction() as tx:
             return rollback.finish_rollback(tx, shape, owner, item_id)
+
+    # -- pause, resume, cancel ------------------------------------------------
+    def pause(self, shape: Shape, stage: str | None, actor: str, reason: str | None = None
+              ) -> bool:
+        """Pause claims of ``stage`` (None: the whole pipeline) for every runner;
+        False if it was paused already."""
+        with self.transaction() as tx:
+            return control.pause(tx, shape, stage, actor, reason)
+
+    def resume(self, shape: Shape, stage: str | None, actor: str) -> bool:
+        """Lift the pause of ``stage`` (None: every pause); False if none was there."""
+        with self.transaction() as tx:
+            return control.resume(tx, shape, stage, actor)
+
+    def cancel(self, shape: Shape, item_ids: Sequence[str], reason: str, actor: str
+               ) -> list[tuple[str, str]]:
+        """Cancel items still in progress, all or none (see ``control.cancel``)."""
+        with self.transaction() as tx:
+            return control.cancel(tx, shape, item_ids, reason, actor)
+
+    def wait_for_events(self, shape: Shape, timeout: float) -> None:
+        """Sleep until a commit may have added events, at most ``timeout`` seconds.
+
+        This default polls (it just sleeps, at most a fifth of a second); the
+        PostgreSQL store is woken by its commits' notifications instead.
+        """
+        import time
+
+        time.sleep(min(timeout, 0.2))
 
     # -- human operations ----------------------------------------------------
     def retry(self, shape: Shape, item_id: str | None, stage: str | None,

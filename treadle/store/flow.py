@@ -15,7 +15,7 @@ import attrs
 from ..serialization import storable_text
 from ..states import DONE_STATES, FINISHED_ITEM_STATES
 from .logic import deps_done, item_state
-from .records import PENDING, ROLLING_BACK, SKIPPED, HistoryRow, Shape, Transition
+from .records import CANCELLED, PENDING, ROLLING_BACK, SKIPPED, HistoryRow, Shape, Transition
 from .rollback import recover_rollbacks, wants_rollback
 from .tx import Tx
 
@@ -190,8 +190,8 @@ def rename(tx: Tx, shape: Shape) -> bool:
 
 def resettle(tx: Tx, shape: Shape) -> None:
     """Recompute every item's recorded state after the pipeline changed shape."""
-    rolling = tx.rolling_back(shape.name)
-    ids = [i for i in tx.items_in_state(shape.name, "", None, prefix=True) if i not in rolling]
+    keep = set(tx.rolling_back(shape.name)) | set(tx.items_in_state(shape.name, CANCELLED, None))
+    ids = [i for i in tx.items_in_state(shape.name, "", None, prefix=True) if i not in keep]
     states = tx.stage_states(shape.name, ids)
     tx.set_item_states(shape.name, [(i, item_state(shape.order, states.get(i, {})).value)
                                     for i in ids])

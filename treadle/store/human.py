@@ -14,10 +14,12 @@ from typing import Any
 
 from .._crash import crash_point
 from ..errors import InvalidTransitionError
+from .control import cancelled_refusal
 from .flow import advance, finish
 from .logic import deps_done
 from .records import (
     AWAITING,
+    CANCELLED,
     COMPLETED,
     FAILED,
     PENDING,
@@ -78,6 +80,8 @@ def awaiting_row(tx: Tx, shape: Shape, item_id: str, stage: str,
         tx.require_item(shape.name, item_id)
     row = rows.get(stage)
     if row is None or row.state != AWAITING:
+        if tx.item_states(shape.name, [item_id]).get(item_id) == CANCELLED:
+            raise cancelled_refusal(item_id, "be decided on")
         raise not_awaiting(item_id, stage, row.state if row else PENDING)
     if expect is not None and row.attempt != expect:
         raise version_changed(item_id, stage, expect, row.attempt)
@@ -136,8 +140,16 @@ def retry(tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
     rows = tx.find(shape.name, shape.order, item_id, stage, (FAILED, REJECTED))
     if item_id is not None and not rows:
         tx.require_item(shape.name, item_id)
+        if tx.item_states(shape.name, [item_id]).get(item_id) == CANCELLED:
+            raise cancelled_refusal(item_id, "be retried")
     items = {i for i, _ in rows}
     _refuse_rolling_back(tx, shape, items, "retry")
+    cancelled = {i for i, st in tx.item_states(shape.name, items).items() if st == CANCELLED}
+    if cancelled:  # final: a bulk retry leaves them be, a retry of one says why not
+        if item_id is not None:
+            raise cancelled_refusal(item_id, "be retried")
+        rows = [(i, s) for i, s in rows if i not in cancelled]
+        items -= cancelled
     states = tx.stage_states(shape.name, items)
     rolled = {i for i in items
               if any(st == ROLLED_BACK for st, _ in states.get(i, {}).values())}
@@ -175,6 +187,8 @@ def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str) -> list[st
     if not rows:
         tx.require_item(shape.name, item_id)
     _refuse_rolling_back(tx, shape, {item_id}, "rerun")
+    if tx.item_states(shape.name, [item_id]).get(item_id) == CANCELLED:
+        raise cancelled_refusal(item_id, "be rerun")
     upstream: set[str] = set()
     todo = list(shape.deps[stage])
     while todo:

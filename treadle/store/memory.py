@@ -11,6 +11,8 @@ module holds the store's lock, its transactions and its reads.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import threading
 import time
@@ -24,7 +26,7 @@ from ..errors import ItemNotFoundError
 from ..states import DONE_STATES
 from .base import BaseStore
 from .memtables import MemoryTx, Tables, _Undo
-from .records import PENDING, Outlook, Shape, StageRecord, SubRecord
+from .records import PENDING, ControlRow, Outlook, Shape, StageRecord, SubRecord
 from .tx import Tx
 
 
@@ -34,6 +36,7 @@ class MemoryStore(BaseStore):
     def __init__(self) -> None:
         self.url = "memory://"
         self._lock = threading.RLock()
+        self._committed = threading.Condition(threading.Lock())  # wakes wait_for_events
         self.t = Tables()
         self._tx: MemoryTx | None = None
         self._registered: dict[str, tuple[str, int]] = {}  # runners registered here
@@ -47,7 +50,7 @@ class MemoryStore(BaseStore):
             if self._tx is not None:  # nested: part of the enclosing transaction
                 yield self._tx
                 return
-            tx = self._tx = MemoryTx(self.t, _Undo(len(self.t.history)))
+            tx = self._tx = MemoryTx(self.t, _Undo(len(self.t.history), len(self.t.control)))
             try:
                 yield tx
             except BaseException:
@@ -57,6 +60,9 @@ class MemoryStore(BaseStore):
             finally:
                 self._tx = None
             self.t.shrink()
+            if len(self.t.history) > tx.undo.history_len:
+                with self._committed:
+                    self._committed.notify_all()
 
     def _reconcile(self, tx: Tx, shape: Shape) -> bool:
         self.t.shapes[shape.name] = tuple(
@@ -102,18 +108,20 @@ class MemoryStore(BaseStore):
             self._registered.pop(owner, None)
 
     # -- reads -------------------------------------------------------------
-    def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook:
+    def outlook(self, shape: Shape, only: Sequence[str] | None = None,
+                stages: Sequence[str] | None = None) -> Outlook:
         """Ready and running rows, read from the ready heap and the running index
         (what ``claim`` and ``recover`` see), not from every row."""
         with self._lock:
             wanted = set(shape.order)
+            claimable = wanted if stages is None else set(stages)
             items = set(only) if only is not None else None
             stages = self.t.stages
             ready = set()
             for row_id, key in self.t.ready.get(shape.name, ()):
                 r = stages.get(key)
                 if (r is not None and r.id == row_id and r.state == PENDING and r.ready
-                        and key[2] in wanted and (items is None or key[1] in items)):
+                        and key[2] in claimable and (items is None or key[1] in items)):
                     ready.add(key)
             running = sum(1 for key in self.t.running.get(shape.name, ())
                           if key[2] in wanted and (items is None or key[1] in items))
@@ -162,6 +170,13 @@ class MemoryStore(BaseStore):
                         for n, r in sorted(subs.items(), key=lambda kv: kv[1].id)]
             return out
 
+    def stored_item_states(self, shape: Shape, item_ids: Iterable[str] | None
+                           ) -> dict[str, str]:
+        with self._lock:
+            items = self.t.items.get(shape.name, {})
+            ids = items if item_ids is None else [i for i in item_ids if i in items]
+            return {i: items[i].state for i in ids}
+
     def settled_item_counts(self, shape: Shape) -> dict[str, int]:
         with self._lock:
             out: dict[str, int] = {}
@@ -185,6 +200,33 @@ class MemoryStore(BaseStore):
                  "error": r.error, "traceback": r.traceback, "details": r.details}
                 for seq, p, at, r in self.t.history if p == shape.name and r.item_id == item_id
             ]
+
+    def events(self, shape: Shape, since: int, limit: int,
+               item_id: str | None = None) -> list[dict[str, Any]]:
+        """History rows after id ``since``, oldest first: the event feed."""
+        with self._lock:
+            history = self.t.history
+            start = bisect.bisect_right(history, since, key=lambda h: h[0])
+            out = []
+            for seq, p, at, r in itertools.islice(history, start, None):
+                if p == shape.name and (item_id is None or r.item_id == item_id):
+                    out.append({"seq": seq, "at": at, "item_id": r.item_id, "stage": r.stage,
+                                "subtask": r.subtask, "state": r.state, "attempt": r.attempt,
+                                "actor": r.actor, "error": r.error, "details": r.details})
+                    if len(out) >= limit:
+                        break
+            return out
+
+    def control(self, shape: Shape, since: int = 0,
+                kinds: Sequence[str] | None = None) -> list[ControlRow]:
+        """Pauses, resumes and cancellations after id ``since``, oldest first."""
+        with self._lock:
+            return self.t.control_rows(shape.name, since, kinds)
+
+    def wait_for_events(self, shape: Shape, timeout: float) -> None:
+        """Sleep until this store commits (or ``timeout`` seconds pass)."""
+        with self._committed:
+            self._committed.wait(timeout)
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         with self._lock:

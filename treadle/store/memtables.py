@@ -23,6 +23,7 @@ from .records import (
     PENDING,
     ROLLING_BACK,
     RUNNING,
+    ControlRow,
     HistoryRow,
     StageRecord,
     SubRecord,
@@ -97,8 +98,9 @@ class _Item:
 class _Undo:
     """Before-images of what one transaction touched, to restore if it fails."""
 
-    def __init__(self, history_len: int) -> None:
+    def __init__(self, history_len: int, control_len: int = 0) -> None:
         self.history_len = history_len
+        self.control_len = control_len
         self.stages: dict[StageKey, _RowSnap | None] = {}
         self.items: dict[tuple[str, str], _Item | None] = {}
         self.subtasks: dict[StageKey, dict[str, _Sub] | None] = {}
@@ -482,6 +484,20 @@ class MemoryTx(Tx):
         if item_id not in self.s.items.get(pipeline, {}):
             raise ItemNotFoundError(item_id, pipeline)
 
+    def append_control(self, pipeline: str, kind: str, targets: Sequence[str], actor: str,
+                       reason: str | None) -> None:
+        for target in targets:
+            self.s.control.append(
+                (pipeline, ControlRow(next(self.s.ids), kind, target, self.now, actor, reason)))
+
+    def control_rows(self, pipeline: str, since: int, kinds: Sequence[str] | None = None
+                     ) -> list[ControlRow]:
+        return self.s.control_rows(pipeline, since, kinds)
+
+    def item_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
+        items = self.s.items.get(pipeline, {})
+        return {i: items[i].state for i in item_ids if i in items}
+
 
 class Tables:
     """The rows of a memory store and their indexes (the ready heap, running rows,
@@ -493,6 +509,7 @@ class Tables:
         self.stages: dict[StageKey, _Row] = {}
         self.ready: dict[str, list[tuple[int, StageKey]]] = {}  # heap of (row id, key)
         self.history: list[tuple[int, str, float, HistoryRow]] = []
+        self.control: list[tuple[str, ControlRow]] = []
         self.runners: dict[str, tuple[str, int, float]] = {}
         self.shapes: dict[str, tuple[str, ...]] = {}
         self.deps_seen: dict[str, dict[str, tuple[str, ...]]] = {}
@@ -505,6 +522,7 @@ class Tables:
     def undo(self, undo: _Undo) -> None:
         """Put back every row a failed transaction touched."""
         del self.history[undo.history_len:]
+        del self.control[undo.control_len:]
         for key, snap in undo.stages.items():
             if snap is None:
                 self.stages.pop(key, None)
@@ -552,6 +570,11 @@ class Tables:
             if len(running) * 8 < self.running_peak.get(pipeline, 0):
                 self.running[pipeline] = set(running)
                 self.running_peak[pipeline] = len(running)
+
+    def control_rows(self, pipeline: str, since: int, kinds: Sequence[str] | None = None
+                     ) -> list[ControlRow]:
+        return [r for p, r in self.control
+                if p == pipeline and r.id > since and (not kinds or r.kind in kinds)]
 
     def push(self, pipeline: str, row: _Row, key: tuple[str, str, str]) -> None:
         heapq.heappush(self.ready.setdefault(pipeline, []), (row.id, key))

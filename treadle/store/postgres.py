@@ -164,6 +164,47 @@ class PostgresStore(SqlStore):
         # sessions: one at a time, until the transaction ends.
         tx._exec("SELECT pg_advisory_xact_lock(7465656164)")  # "treadle"
 
+    #: First key of the advisory locks that order each pipeline's history (below).
+    FEED_LOCK = 74656164
+    #: The channel a commit notifies (payload: the pipeline) for followers and idle runners.
+    CHANNEL = "treadle_feed"
+
+    def _before_history(self, tx: Any, pipelines: Sequence[str]) -> None:
+        """Make history ids follow commit order, per pipeline, and notify followers.
+
+        A sequence hands out ids when rows are inserted, not when they commit:
+        two transactions could commit out of id order, and a reader of the feed
+        that moved its cursor past the later one would never see the earlier.
+        Each transaction therefore writes its history last, under a lock on its
+        pipeline held until COMMIT: ids then commit in order. The lock holder
+        only inserts and commits, so it never waits for another transaction's
+        rows (no deadlock); what it costs is that those last steps of the
+        commits of one pipeline's runners take turns.
+        """
+        for name in pipelines:  # sorted by the caller: one lock order everywhere
+            tx._exec("SELECT pg_advisory_xact_lock(?, hashtext(?))", (self.FEED_LOCK, name))
+            tx._exec("SELECT pg_notify(?, ?)", (self.CHANNEL, name))
+
+    def wait_for_events(self, shape: Any, timeout: float) -> None:
+        """Sleep until a commit notifies (LISTEN), at most ``timeout`` seconds.
+
+        Each thread listens on a connection of its own, opened on first use.
+        """
+        import select
+
+        conn = getattr(self._local, "listener", None)
+        try:
+            if conn is None or conn.closed:
+                conn = self._local.listener = self._database._connect()
+                conn.autocommit = True
+                conn.cursor().execute(f"LISTEN {self.CHANNEL}")
+            if select.select([conn], [], [], max(0.0, timeout)) != ([], [], []):
+                conn.poll()
+                conn.notifies.clear()
+        except Exception:  # noqa: BLE001 - a lost listener: poll instead, reconnect next time
+            self._local.listener = None
+            super().wait_for_events(shape, timeout)
+
     @staticmethod
     def _apply_batch(tx: Any, pipeline: str, owner: str, transitions: Sequence[Any]) -> list[bool]:
         """Guarded stage results as one ``UPDATE ... FROM (VALUES ...)`` per page:

@@ -29,6 +29,10 @@ ROLLED_BACK = StageState.ROLLED_BACK.value
 #: The item state of an item whose rollback waits for a runner; ``rolling_back:<owner>``
 #: while that runner runs it.
 ROLLING_BACK = "rolling_back"
+#: The item state of a cancelled item (terminal; see ``store/control.py``).
+CANCELLED = "cancelled"
+#: The kinds of control rows (``store/control.py``).
+PAUSE, RESUME, CANCEL = "pause", "resume", "cancel"
 
 
 class Shape(Protocol):
@@ -118,6 +122,17 @@ class HistoryRow(NamedTuple):
     traceback: str | None = None
     details: str | None = None
     subtask: str | None = None
+
+
+class ControlRow(NamedTuple):
+    """One stored request every runner honours: a pause, a resume or a cancellation."""
+
+    id: int
+    kind: str
+    target: str
+    at: float
+    actor: str
+    reason: str | None
 
 
 @attrs.frozen
@@ -210,7 +225,7 @@ class StageRecord:
 
 
 __all__ = [
-    "AWAITING", "COMPLETED", "FAILED", "PENDING", "REJECTED", "ROLLED_BACK", "ROLLING_BACK",
-    "RUNNING", "SKIPPED", "Claim", "CommitResult", "FanOutPlan", "FanOutStart", "HistoryRow",
+    "AWAITING", "CANCEL", "CANCELLED", "COMPLETED", "PAUSE", "RESUME", "FAILED", "PENDING", "REJECTED", "ROLLED_BACK", "ROLLING_BACK",
+    "RUNNING", "SKIPPED", "Claim", "CommitResult", "ControlRow", "FanOutPlan", "FanOutStart", "HistoryRow",
     "Outlook", "Shape", "StageRecord", "SubRecord", "SubResult", "Transition", "dumps",
 ]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from ..states import StageState
 from .logic import item_state
-from .records import COMPLETED, ROLLED_BACK, ROLLING_BACK, HistoryRow, Shape
+from .records import CANCEL, CANCELLED, COMPLETED, ROLLED_BACK, ROLLING_BACK, HistoryRow, Shape
 from .tx import Tx
 
 
@@ -70,6 +70,8 @@ def finish_rollback(tx: Tx, shape: Shape, owner: str, item_id: str) -> str | Non
     """Settle a rolled-back item; returns its state (None if not this runner's)."""
     states = tx.stage_states(shape.name, [item_id]).get(item_id, {})
     state = item_state(shape.order, states).value
+    if any(r.target == item_id for r in tx.control_rows(shape.name, 0, (CANCEL,))):
+        state = CANCELLED  # a cancelled item's compensations ran: it ends cancelled
     if not tx.cas_item_state(shape.name, item_id, f"{ROLLING_BACK}:{owner}", state):
         return None
     return state

@@ -13,7 +13,7 @@ from typing import Any
 import peewee as pw
 
 #: Bump when the tables change, and add the step that gets there to MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Partial indexes of what lease recovery reads every second: the running stage
 #: rows and the items whose rollback waits or runs (few of either, among many
@@ -35,10 +35,17 @@ def _add_recovery_indexes(migrator: Any) -> None:
         db.execute_sql(sql.replace("%", "%%") if isinstance(db, pw.PostgresqlDatabase) else sql)
 
 
+def _add_control_table(migrator: Any) -> None:
+    """Schema 3: the control rows (pauses, resumes, cancellations) every runner follows."""
+    db = migrator.database
+    models = make_models(db)
+    db.create_tables([models["Control"]], safe=True)
+
+
 #: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
 #: (call ``playhouse.migrate.migrate(migrator.add_column(...), ...)``). Steps run
 #: in order, in one transaction, under the store's exclusive lock.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _add_recovery_indexes}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _add_recovery_indexes, 3: _add_control_table}
 
 
 def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
@@ -141,8 +148,25 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
         class Meta:
             table_name = "treadle_runner"
 
+    class Control(Base):
+        """What people asked every runner to honour, in order: ``pause`` / ``resume``
+        (target: a stage, or "" for the whole pipeline) and ``cancel`` (target: an
+        item). Runners read the rows after the last one they saw."""
+
+        id = pw.BigAutoField()
+        pipeline = pw.TextField()
+        kind = pw.TextField()
+        target = pw.TextField()
+        at = pw.DoubleField()
+        actor = pw.TextField()
+        reason = pw.TextField(null=True)
+
+        class Meta:
+            table_name = "treadle_control"
+            indexes = ((("pipeline", "id"), False),)
+
     models: dict[str, Any] = {
         "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
-        "History": History, "Runner": Runner,
+        "History": History, "Runner": Runner, "Control": Control,
     }
     return models

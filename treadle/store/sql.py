@@ -23,17 +23,20 @@ from ..errors import ItemNotFoundError, StoreError
 from . import schema
 from .base import BaseStore
 from .records import (
+    ControlRow,
     Outlook,
     Shape,
     StageRecord,
     SubRecord,
 )
 from .schema import make_models
-from .sqltx import SqlTx, marks
+from .sqltx import SqlTx, chunks, control_query, marks
 from .tx import Tx
 from .urls import mask_text, mask_url
 
 _T = TypeVar("_T")
+_EVENT_KEYS = ("seq", "at", "item_id", "stage", "subtask", "state", "attempt", "actor", "error",
+               "details")
 
 
 def _reset(database: Any) -> None:
@@ -84,6 +87,9 @@ class SqlStore(BaseStore):
     def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         cur.executemany(sql, rows)
 
+    def _before_history(self, tx: SqlTx, pipelines: Sequence[str]) -> None:
+        """Hook: just before a transaction writes its history rows (its last write)."""
+
     # -- connections ---------------------------------------------------------
     @property
     def db(self) -> pw.Database:
@@ -112,7 +118,9 @@ class SqlStore(BaseStore):
     def transaction(self) -> Iterator[SqlTx]:
         cur = self._retry_once(lambda: self._begin_cursor())
         try:
-            yield SqlTx(self, cur)
+            tx = SqlTx(self, cur)
+            yield tx
+            tx.flush()
         except BaseException:
             with contextlib.suppress(Exception):  # a dead connection rolls back by itself
                 cur.execute("ROLLBACK")
@@ -279,16 +287,19 @@ class SqlStore(BaseStore):
             tx._exec("DELETE FROM treadle_runner WHERE owner=?", (owner,))
 
     # -- reads -------------------------------------------------------------
-    def outlook(self, shape: Shape, only: Sequence[str] | None = None) -> Outlook:
-        stages = marks(len(shape.order))
+    def outlook(self, shape: Shape, only: Sequence[str] | None = None,
+                stages: Sequence[str] | None = None) -> Outlook:
+        names = shape.order if stages is None else stages
         items = f" AND item_id IN ({marks(len(only))})" if only is not None else ""
         params = (shape.name, *shape.order, *(only or ()))
         ready = self._read(
             "SELECT count(*) FROM treadle_stage WHERE pipeline=? AND state='pending' "
-            f"AND ready=1 AND stage IN ({stages}){items}", params)[0][0]
+            f"AND ready=1 AND stage IN ({marks(len(names))}){items}",
+            (shape.name, *names, *(only or ())))[0][0] if names else 0
+        stages_in = marks(len(shape.order))
         running = self._read(
             "SELECT count(*) FROM treadle_stage WHERE pipeline=? AND state='running' "
-            f"AND stage IN ({stages}){items}", params)[0][0]
+            f"AND stage IN ({stages_in}){items}", params)[0][0]
         return Outlook(ready, running)
 
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]:
@@ -336,6 +347,18 @@ class SqlStore(BaseStore):
             "SELECT stage, name, state, attempt, output, error FROM treadle_subtask "
             "WHERE pipeline=? AND item_id=? ORDER BY id", (shape.name, item_id)) if r[0] in wanted]
 
+    def stored_item_states(self, shape: Shape, item_ids: Iterable[str] | None
+                           ) -> dict[str, str]:
+        if item_ids is None:
+            return dict(self._read("SELECT item_id, state FROM treadle_item WHERE pipeline=?",
+                                   (shape.name,)))
+        out: dict[str, str] = {}
+        for chunk in chunks(list(item_ids)):
+            out.update(self._read(
+                "SELECT item_id, state FROM treadle_item WHERE pipeline=? "
+                f"AND item_id IN ({marks(len(chunk))})", (shape.name, *chunk)))
+        return out
+
     def settled_item_counts(self, shape: Shape) -> dict[str, int]:
         return dict(self._read(
             "SELECT state, count(*) FROM treadle_item WHERE pipeline=? GROUP BY state", (shape.name,)))
@@ -355,6 +378,20 @@ class SqlStore(BaseStore):
         return [dict(zip(keys, r)) for r in self._read(
             "SELECT id, at, item_id, stage, subtask, state, attempt, actor, error, traceback, details "
             "FROM treadle_history WHERE pipeline=? AND item_id=? ORDER BY id", (shape.name, item_id))]
+
+    def events(self, shape: Shape, since: int, limit: int,
+               item_id: str | None = None) -> list[dict[str, Any]]:
+        """History rows after id ``since``, oldest first: the event feed."""
+        one = " AND item_id=?" if item_id is not None else ""
+        return [dict(zip(_EVENT_KEYS, r)) for r in self._read(
+            "SELECT id, at, item_id, stage, subtask, state, attempt, actor, error, details "
+            f"FROM treadle_history WHERE pipeline=? AND id>?{one} ORDER BY id LIMIT {int(limit)}",
+            (shape.name, since, *((item_id,) if item_id is not None else ())))]
+
+    def control(self, shape: Shape, since: int = 0,
+                kinds: Sequence[str] | None = None) -> list[ControlRow]:
+        """Pauses, resumes and cancellations after id ``since``, oldest first."""
+        return control_query(self._read, shape.name, since, kinds)
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         return self._read(

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from ..errors import ItemNotFoundError
 from .records import (
     PENDING,
+    ControlRow,
     ROLLING_BACK,
     HistoryRow,
     StageRecord,
@@ -36,6 +37,7 @@ class Dialect(Protocol):
     @property
     def _sql(self) -> Callable[[str], str]: ...
     def _now(self, cur: Any) -> float: ...
+    def _before_history(self, tx: Any, pipelines: Sequence[str]) -> None: ...
     def _changes(self, cur: Any) -> int: ...
     def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
@@ -61,6 +63,9 @@ class SqlTx(Tx):
         self.cur = cur
         self.sql = store._sql
         self.now = store._now(cur)
+        # History rows are written at the end of the transaction, together (see ``flush``).
+        self.history: list[tuple[Any, ...]] = []
+        self.pipelines: set[str] = set()
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self.cur.execute(self.sql(sql), params)
@@ -208,12 +213,27 @@ class SqlTx(Tx):
                    [(st, self.now, pipeline, i) for i, st in rows])
 
     def append_history(self, pipeline: str, rows: Iterable[HistoryRow]) -> None:
+        before = len(self.history)
+        self.history.extend(
+            (pipeline, r.item_id, r.stage, r.subtask, r.state, r.attempt, r.actor, self.now,
+             r.error, r.traceback, r.details) for r in rows)
+        if len(self.history) > before:
+            self.pipelines.add(pipeline)
+
+    def flush(self) -> None:
+        """Write the history rows of this transaction: the last statement before COMMIT.
+
+        The history is also the event feed, read by its ids: the store's
+        ``_before_history`` hook makes those ids follow commit order (PostgreSQL
+        takes a lock held until COMMIT; SQLite already has one writer at a time).
+        """
+        if not self.history:
+            return
+        self.store._before_history(self, sorted(self.pipelines))
+        rows, self.history = self.history, []
         self._many(
             "INSERT INTO treadle_history (pipeline, item_id, stage, subtask, state, attempt, actor, at, "
-            "error, traceback, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            ((pipeline, r.item_id, r.stage, r.subtask, r.state, r.attempt, r.actor, self.now,
-              r.error, r.traceback, r.details) for r in rows),
-        )
+            "error, traceback, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
               only: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
@@ -377,5 +397,33 @@ class SqlTx(Tx):
                                (pipeline, item_id))):
             raise ItemNotFoundError(item_id, pipeline)
 
+    def append_control(self, pipeline: str, kind: str, targets: Sequence[str], actor: str,
+                       reason: str | None) -> None:
+        self._many("INSERT INTO treadle_control (pipeline, kind, target, at, actor, reason) "
+                   "VALUES (?,?,?,?,?,?)", [(pipeline, kind, t, self.now, actor, reason)
+                                            for t in targets])
 
-__all__ = ["Dialect", "SqlTx", "chunks", "marks"]
+    def control_rows(self, pipeline: str, since: int, kinds: Sequence[str] | None = None
+                     ) -> list[ControlRow]:
+        return control_query(lambda sql, params: list(self._exec(sql, params)), pipeline, since,
+                             kinds)
+
+    def item_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in chunks(list(item_ids)):
+            out.update(self._exec(
+                "SELECT item_id, state FROM treadle_item WHERE pipeline=? "
+                f"AND item_id IN ({marks(len(chunk))})", (pipeline, *chunk)))
+        return out
+
+
+def control_query(read: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], pipeline: str,
+                  since: int, kinds: Sequence[str] | None) -> list[ControlRow]:
+    """Control rows after ``since`` through ``read`` (a transaction's or a plain read)."""
+    cond = f" AND kind IN ({marks(len(kinds))})" if kinds else ""
+    return [ControlRow(*r) for r in read(
+        "SELECT id, kind, target, at, actor, reason FROM treadle_control "
+        f"WHERE pipeline=? AND id>?{cond} ORDER BY id", (pipeline, since, *(kinds or ())))]
+
+
+__all__ = ["Dialect", "SqlTx", "chunks", "control_query", "marks"]

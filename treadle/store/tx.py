@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 
-from .records import HistoryRow, StageRecord, SubRecord, SubResult, Transition
+from .records import ControlRow, HistoryRow, StageRecord, SubRecord, SubResult, Transition
 
 
 class Tx(abc.ABC):
@@ -173,6 +173,20 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def require_item(self, pipeline: str, item_id: str) -> None:
         """Raise :class:`~treadle.ItemNotFoundError` if the item is unknown."""
+
+    @abc.abstractmethod
+    def append_control(self, pipeline: str, kind: str, targets: Sequence[str], actor: str,
+                       reason: str | None) -> None:
+        """Append control rows (``pause``, ``resume``, ``cancel``), one per target."""
+
+    @abc.abstractmethod
+    def control_rows(self, pipeline: str, since: int, kinds: Sequence[str] | None = None
+                     ) -> list[ControlRow]:
+        """Control rows after id ``since`` (of those kinds, if given), oldest first."""
+
+    @abc.abstractmethod
+    def item_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
+        """The recorded item-level state of each known item of ``item_ids``."""
 
 
 __all__ = ["Tx"]
