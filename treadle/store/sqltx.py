@@ -13,8 +13,8 @@ from typing import Any, Protocol
 from ..errors import ItemNotFoundError
 from .records import (
     PENDING,
-    ControlRow,
     ROLLING_BACK,
+    ControlRow,
     HistoryRow,
     StageRecord,
     SubRecord,
