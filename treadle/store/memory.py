@@ -24,7 +24,7 @@ from ..errors import ItemNotFoundError
 from ..states import DONE_STATES
 from .base import BaseStore
 from .memtables import MemoryTx, Tables, _Undo
-from .records import PENDING, Outlook, Shape, StageRecord, SubRecord
+from .records import PENDING, Outlook, ResultRow, Shape, StageRecord, SubRecord
 from .tx import Tx
 
 
@@ -125,10 +125,16 @@ class MemoryStore(BaseStore):
                 return []
             return [
                 StageRecord(item_id, s, r.state, r.ready, r.attempt, r.output, r.error,
-                            r.review, r.updated_at)
+                            r.review, r.updated_at, *(r.stamp or (None, None)))
                 for s in shape.order
                 if (r := self.t.stages.get((shape.name, item_id, s))) is not None
             ]
+
+    def item_version(self, shape: Shape, item_id: str) -> str | None:
+        """The pipeline version an item was recorded at (None: without one)."""
+        with self._lock:
+            item = self.t.items.get(shape.name, {}).get(item_id)
+            return item.version if item is not None else None
 
     def item_data(self, shape: Shape, item_id: str) -> tuple[str, float]:
         with self._lock:
@@ -185,6 +191,25 @@ class MemoryStore(BaseStore):
                  "error": r.error, "traceback": r.traceback, "details": r.details}
                 for seq, p, at, r in self.t.history if p == shape.name and r.item_id == item_id
             ]
+
+    # -- what plan reads (docs/changes.md) ---------------------------------------
+    def result_rows(self, shape: Shape) -> list[ResultRow]:
+        """Every stage row of the pipeline (removed stages too), for ``plan``."""
+        with self._lock:
+            return [(k[1], k[2], r.state, r.stamp[0] if r.stamp else None)
+                    for k, r in self.t.stages.items() if k[0] == shape.name]
+
+    def definitions(self, shape: Shape) -> dict[tuple[str, str], str]:
+        """(stage, fingerprint) -> definition JSON, as recorded by runners."""
+        with self._lock:
+            return dict(self.t.definitions.get(shape.name, {}))
+
+    def item_versions(self, shape: Shape) -> list[tuple[str, str | None, str]]:
+        """(item_id, version, data) of every item, oldest first."""
+        with self._lock:
+            items = self.t.items.get(shape.name, {})
+            return [(i, it.version, it.data)
+                    for i, it in sorted(items.items(), key=lambda kv: kv[1].id)]
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         with self._lock:
