@@ -186,7 +186,7 @@ def restore_error(pipeline: Pipeline, data: Any) -> str | None:
     """Why ``data`` cannot be restored as the pipeline's item type (None if it can)."""
     codec = pipeline.codec
     item_type = codec.item_type
-    if item_type is None or isinstance(item_type, type) and issubclass(item_type, Mapping):
+    if item_type is None or (isinstance(item_type, type) and issubclass(item_type, Mapping)):
         return None if isinstance(data, Mapping) else "not a JSON object"
     from .serialization import CONVERTER
 
@@ -241,5 +241,13 @@ def stale_resets(plan: Plan, stage: str | None = None) -> list[tuple[str, str, d
     return out
 
 
-__all__ = ["KINDS", "RESULT_STATES", "Change", "Plan", "make_plan", "restore_error",
-           "stale_resets", "short"]
+__all__ = [
+    "KINDS",
+    "RESULT_STATES",
+    "Change",
+    "Plan",
+    "make_plan",
+    "restore_error",
+    "short",
+    "stale_resets",
+]

@@ -172,8 +172,9 @@ class PostgresStore(SqlStore):
         one round trip instead of one per result."""
         from psycopg2.extras import execute_values
 
-        none = (None, None)
-        stamp_of = stamps.get if stamps is not None else {}.get
+        none: tuple[str | None, str | None] = (None, None)
+        table: Mapping[str, tuple[str | None, str | None]] = stamps if stamps is not None else {}
+        stamp_of = table.get
         rows = [(pipeline, owner, tx.now, t.item_id, t.stage, t.attempt, t.state,
                  t.output is not None or t.state in ("completed", "skipped"), t.output, t.error,
                  t.review, 1 if t.state == "pending" else 0, tx.now + t.delay,

@@ -307,7 +307,7 @@ class SqlStore(BaseStore):
         """Every stage row of the pipeline (removed stages too), for ``plan``."""
         rows: list[ResultRow] = self._read(
             "SELECT item_id, stage, state, fingerprint FROM treadle_stage WHERE pipeline=?",
-            (shape.name,))  # type: ignore[assignment]
+            (shape.name,))
         return rows
 
     def definitions(self, shape: Shape) -> dict[tuple[str, str], str]:

@@ -145,8 +145,9 @@ class SqlTx(Tx):
         changes = self.store._changes
         cur = self.cur
         flags = []
-        none = (None, None)
-        stamp_of = stamps.get if stamps is not None else {}.get
+        none: tuple[str | None, str | None] = (None, None)
+        table: Mapping[str, tuple[str | None, str | None]] = stamps if stamps is not None else {}
+        stamp_of = table.get
         for t in transitions:
             set_output = t.output is not None or t.state in ("completed", "skipped")
             ready = 1 if t.state == PENDING else 0
