@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
 
 from .fingerprint import describe
-from .states import StageState
+from .states import FINISHED_ITEM_STATES, StageState
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .store.base import StateStore
+    from .store.records import ResultRow
 
 #: The states of a stage row that hold a result made by some definition of the stage.
 RESULT_STATES = frozenset({StageState.COMPLETED.value, StageState.SKIPPED.value,
                            StageState.AWAITING_REVIEW.value})
 _RUNNING = StageState.RUNNING.value
-_PENDING = StageState.PENDING.value
+#: Item states of items that had finished (plan counts them for an added stage).
+FINISHED = FINISHED_ITEM_STATES
 
 #: Kinds of change, in the order a plan lists them.
 KINDS = ("added", "removed", "renamed", "changed", "unknown", "migrate", "unrestorable")
@@ -95,38 +96,56 @@ class Plan:
 
 
 def make_plan(pipeline: Pipeline, store: StateStore) -> Plan:
-    """Compare ``pipeline`` with what ``store`` holds (reads only)."""
+    """Compare ``pipeline`` with what ``store`` holds (reads only).
+
+    One pass over the stage rows (plain tuples) finds the stale groups and
+    the rows per stage; only the items a change touches are looked at again.
+    """
     rows = store.result_rows(pipeline)
-    by_item: dict[str, dict[str, tuple[str, str | None]]] = {}
-    for item_id, stage, state, fp in rows:
-        by_item.setdefault(item_id, {})[stage] = (state, fp)
     items = store.item_versions(pipeline)
+    current = pipeline.fingerprints
+    per_stage: Counter[str] = Counter()
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for item_id, stage, state, fp in rows:
+        per_stage[stage] += 1
+        if state in RESULT_STATES and fp != current.get(stage, fp):
+            groups.setdefault((stage, fp), []).append(item_id)
     changes: list[Change] = []
-    changes += _shape_changes(pipeline, by_item, [i for i, _, _ in items])
-    changes += _stale(pipeline, by_item, store.definitions(pipeline))
+    finished = {i for i, _, _, state in items if state in FINISHED}
+    changes += _shape_changes(pipeline, rows, per_stage, [i for i, _, _, _ in items], finished)
+    changes += _stale(pipeline, rows, groups, store.definitions(pipeline))
     changes += _restore_checks(pipeline, items)
     return Plan(pipeline.name, pipeline.version, len(items), tuple(changes))
 
 
-def _shape_changes(pipeline: Pipeline, by_item: Mapping[str, Mapping[str, tuple[str, str | None]]],
-                   item_ids: list[str]) -> list[Change]:
+def _shape_changes(pipeline: Pipeline, rows: list[ResultRow], per_stage: Mapping[str, int],
+                   item_ids: list[str], finished: set[str]) -> list[Change]:
     """Stages added (rows missing), removed (rows of unknown stages), renamed (declared)."""
     out: list[Change] = []
-    renamed_from = {old: new for old, new in pipeline.renames.items()}
-    for stage in pipeline.order:
-        olds = [o for o, n in renamed_from.items() if n == stage]
-        missing = [i for i in item_ids
-                   if stage not in by_item.get(i, {}) and not any(o in by_item.get(i, {}) for o in olds)]
-        if missing:
-            settled = sum(1 for i in missing if _finished(by_item.get(i, {})))
+    renamed_from = dict(pipeline.renames)
+    lacking = [s for s in pipeline.order
+               if per_stage.get(s, 0) + sum(per_stage.get(o, 0) for o, n in renamed_from.items()
+                                            if n == s) < len(item_ids)]
+    if lacking:  # some items lack a row of these stages: read those items' rows
+        names = set(lacking) | {o for o, n in renamed_from.items() if n in lacking}
+        having: dict[str, set[str]] = {s: set() for s in names}
+        for item_id, stage, _, _ in rows:
+            if stage in names:
+                having[stage].add(item_id)
+        for stage in lacking:
+            olds = [having[o] for o, n in renamed_from.items() if n == stage]
+            missing = [i for i in item_ids
+                       if i not in having[stage] and not any(i in h for h in olds)]
+            if not missing:
+                continue
+            settled = sum(1 for i in missing if i in finished)
             out.append(Change(
                 "added", stage, len(missing),
                 f"new stage {stage!r}: {len(missing)} item(s) will run it "
                 f"({settled} of them finished before)", True, item_ids=tuple(missing)))
-    counts: Counter[str] = Counter()
-    for stages in by_item.values():
-        counts.update(s for s in stages if s not in pipeline.stages)
-    for stage, n in sorted(counts.items()):
+    for stage, n in sorted(per_stage.items()):
+        if stage in pipeline.stages:
+            continue
         if stage in renamed_from:
             out.append(Change("renamed", stage, n,
                               f"stage {stage!r} renamed to {renamed_from[stage]!r}: the records of "
@@ -138,23 +157,14 @@ def _shape_changes(pipeline: Pipeline, by_item: Mapping[str, Mapping[str, tuple[
     return out
 
 
-def _finished(stages: Mapping[str, tuple[str, str | None]]) -> bool:
-    return bool(stages) and all(st not in (_PENDING, _RUNNING) for st, _ in stages.values())
-
-
-def _stale(pipeline: Pipeline, by_item: Mapping[str, Mapping[str, tuple[str, str | None]]],
+def _stale(pipeline: Pipeline, rows: list[ResultRow],
+           groups: Mapping[tuple[str, str | None], list[str]],
            recorded: Mapping[tuple[str, str], str]) -> list[Change]:
     """Results made by another definition of their stage, grouped by old fingerprint."""
-    groups: dict[tuple[str, str | None], list[str]] = {}
-    for item_id, stages in by_item.items():
-        for stage, (state, fp) in stages.items():
-            if state in RESULT_STATES and stage in pipeline.fingerprints \
-                    and fp != pipeline.fingerprints[stage]:
-                groups.setdefault((stage, fp), []).append(item_id)
     rank = {s: i for i, s in enumerate(pipeline.order)}
     out: list[Change] = []
     for (stage, fp), ids in sorted(groups.items(), key=lambda g: (rank[g[0][0]], g[0][1] or "")):
-        ids.sort()
+        ids = sorted(ids)
         new = pipeline.fingerprints[stage]
         if fp is None:
             out.append(Change("unknown", stage, len(ids),
@@ -165,10 +175,16 @@ def _stale(pipeline: Pipeline, by_item: Mapping[str, Mapping[str, tuple[str, str
         text = recorded.get((stage, fp))
         reasons = tuple(describe(json.loads(text) if text else None, pipeline.definitions[stage]))
         below = pipeline.descendants[stage]
-        downstream = sum(1 for i in ids for s, (st, _) in by_item[i].items()
-                         if s in below and st in RESULT_STATES)
-        flying = sum(1 for i in ids if any(st == _RUNNING for s, (st, _) in by_item[i].items()
-                                           if s == stage or s in below))
+        touched = below | {stage}
+        members = set(ids)
+        downstream = 0
+        flying: set[str] = set()
+        for item_id, s, state, _ in rows:
+            if s in touched and item_id in members:
+                if state == _RUNNING:
+                    flying.add(item_id)
+                elif s in below and state in RESULT_STATES:
+                    downstream += 1
         policy = pipeline.change_policy(stage)
         then = ("the next run reruns them (on_change='rerun')" if policy == "rerun"
                 else "kept until python -m treadle rerun --stale")
@@ -177,40 +193,54 @@ def _stale(pipeline: Pipeline, by_item: Mapping[str, Mapping[str, tuple[str, str
             f"stage {stage!r}: {len(ids)} item(s) hold results of fingerprint {short(fp)} "
             f"(now {short(new)}: {', '.join(reasons)}); {downstream} result(s) downstream "
             f"depend on them; {then}",
-            policy == "keep", downstream=downstream, in_flight=flying, reasons=reasons,
+            policy == "keep", downstream=downstream, in_flight=len(flying), reasons=reasons,
             old=fp, new=new, item_ids=tuple(ids)))
     return out
 
 
 def restore_error(pipeline: Pipeline, data: Any) -> str | None:
     """Why ``data`` cannot be restored as the pipeline's item type (None if it can)."""
-    codec = pipeline.codec
-    item_type = codec.item_type
-    if item_type is None or (isinstance(item_type, type) and issubclass(item_type, Mapping)):
+    item_type = pipeline.codec.item_type
+    if item_type is None or isinstance(item_type, type) and issubclass(item_type, Mapping):
         return None if isinstance(data, Mapping) else "not a JSON object"
-    from .serialization import CONVERTER
+    from .serialization import CONVERTER, structure_problem
 
     try:
         CONVERTER.structure(data, item_type)
     except Exception as exc:  # noqa: BLE001 - cattrs raises several kinds
-        if isinstance(exc, cattrs.BaseValidationError):
-            return "; ".join(cattrs.transform_error(exc, path=item_type.__name__))
-        return str(exc)
+        return structure_problem(exc, item_type)
     return None
 
 
-def _restore_checks(pipeline: Pipeline, items: Iterable[tuple[str, str | None, str]]) -> list[Change]:
+def _shape(value: Any) -> Hashable:
+    """The shape of JSON data: field names and value types, recursively (values
+    themselves do not count: items of one shape restore alike)."""
+    if isinstance(value, dict):
+        return (tuple(value), tuple(_shape(v) if isinstance(v, (dict, list)) else type(v)
+                                    for v in value.values()))
+    if isinstance(value, list):
+        return ("[]", frozenset(_shape(v) for v in value))
+    return type(value)
+
+
+def _restore_checks(pipeline: Pipeline,
+                    items: Iterable[tuple[str, str | None, str, str]]) -> list[Change]:
     """Items a migration will upgrade, and items the item type can no longer restore."""
     migrate: dict[str | None, list[str]] = {}
     broken: dict[tuple[str | None, str], list[str]] = {}
     check = pipeline.item_type is not None
-    for item_id, version, data in items:
+    seen: dict[Hashable, str | None] = {}  # JSON shape -> restore error: one check per shape
+    for item_id, version, data, _ in items:
         if version != pipeline.version and version in pipeline.migrations:
             migrate.setdefault(version, []).append(item_id)
             continue
         if not check:
             continue
-        error = restore_error(pipeline, json.loads(data))
+        value = json.loads(data)
+        key = _shape(value)
+        if key not in seen:
+            seen[key] = restore_error(pipeline, value)
+        error = seen[key]
         if error is not None:
             broken.setdefault((version, error), []).append(item_id)
     out: list[Change] = []

@@ -204,11 +204,11 @@ class MemoryStore(BaseStore):
         with self._lock:
             return dict(self.t.definitions.get(shape.name, {}))
 
-    def item_versions(self, shape: Shape) -> list[tuple[str, str | None, str]]:
-        """(item_id, version, data) of every item, oldest first."""
+    def item_versions(self, shape: Shape) -> list[tuple[str, str | None, str, str]]:
+        """(item_id, version, data, recorded item state) of every item, oldest first."""
         with self._lock:
             items = self.t.items.get(shape.name, {})
-            return [(i, it.version, it.data)
+            return [(i, it.version, it.data, it.state)
                     for i, it in sorted(items.items(), key=lambda kv: kv[1].id)]
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:

@@ -316,10 +316,10 @@ class SqlStore(BaseStore):
             "SELECT stage, fingerprint, definition FROM treadle_definition WHERE pipeline=?",
             (shape.name,))}
 
-    def item_versions(self, shape: Shape) -> list[tuple[str, str | None, str]]:
-        """(item_id, version, data) of every item, oldest first."""
-        return [(r[0], r[1], r[2]) for r in self._read(
-            "SELECT item_id, version, data FROM treadle_item WHERE pipeline=? ORDER BY id",
+    def item_versions(self, shape: Shape) -> list[tuple[str, str | None, str, str]]:
+        """(item_id, version, data, recorded item state) of every item, oldest first."""
+        return [(r[0], r[1], r[2], r[3]) for r in self._read(
+            "SELECT item_id, version, data, state FROM treadle_item WHERE pipeline=? ORDER BY id",
             (shape.name,))]
 
     def item_version(self, shape: Shape, item_id: str) -> str | None:
