@@ -61,7 +61,7 @@ def pipelines() -> tuple[Pipeline, Pipeline]:
 
 def fill(url: str, n: int, v1: Pipeline) -> Any:
     """A store of ``n`` items whose stages v1 completed (bulk inserts)."""
-    store = open_store(url)
+    store: Any = open_store(url)
     Runner(v1, store).submit(Item("seed", 0))  # schema, stage rows, recorded definitions
     with store.transaction() as tx:
         if hasattr(tx, "_many"):

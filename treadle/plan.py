@@ -201,7 +201,7 @@ def _stale(pipeline: Pipeline, rows: list[ResultRow],
 def restore_error(pipeline: Pipeline, data: Any) -> str | None:
     """Why ``data`` cannot be restored as the pipeline's item type (None if it can)."""
     item_type = pipeline.codec.item_type
-    if item_type is None or isinstance(item_type, type) and issubclass(item_type, Mapping):
+    if item_type is None or (isinstance(item_type, type) and issubclass(item_type, Mapping)):
         return None if isinstance(data, Mapping) else "not a JSON object"
     from .serialization import CONVERTER, structure_problem
 
@@ -216,11 +216,11 @@ def _shape(value: Any) -> Hashable:
     """The shape of JSON data: field names and value types, recursively (values
     themselves do not count: items of one shape restore alike)."""
     if isinstance(value, dict):
-        return (tuple(value), tuple(_shape(v) if isinstance(v, (dict, list)) else type(v)
+        return (tuple(value), tuple(_shape(v) if isinstance(v, (dict, list)) else type(v).__name__
                                     for v in value.values()))
     if isinstance(value, list):
         return ("[]", frozenset(_shape(v) for v in value))
-    return type(value)
+    return type(value).__name__
 
 
 def _restore_checks(pipeline: Pipeline,
