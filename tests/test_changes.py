@@ -482,3 +482,28 @@ def test_cli_plan_gates_a_deploy_and_rerun_stale_recomputes(tmp_path):
     assert len(reasons) == 1 and "new dependency x" in reasons[0]
     assert cli("rerun", two, "--stale", "--stage", "nope").returncode == 2
     assert cli("rerun", two).returncode == 2  # neither ITEM --from nor --stale
+
+
+def test_cli_reviews_show_the_earlier_decision_of_a_stale_review(tmp_path):
+    """reviews (table and --json) show the decision made before rerun --stale."""
+    import os
+    import subprocess
+    import sys
+
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "treadle", *args, "--db", db],
+                              capture_output=True, text=True, timeout=120, env=dict(os.environ))
+
+    (tmp_path / "rv1.py").write_text(textwrap.dedent(REVIEWED))
+    (tmp_path / "rv2.py").write_text(textwrap.dedent(REVIEWED).replace('"ok?"', '"sure?"'))
+    one, two = f"{tmp_path / 'rv1.py'}:pipeline", f"{tmp_path / 'rv2.py'}:pipeline"
+    assert cli("run", one, "--item", '{"id": "k", "n": 1}').returncode == 0
+    assert cli("approve", one, "k", "check", "--reviewer", "ana").returncode == 0
+    assert cli("rerun", two, "--stale", "--yes").returncode == 0
+    assert cli("run", two).returncode == 0
+    table = cli("reviews", two)
+    assert "earlier: approved by ana" in table.stdout, table.stdout
+    (entry,) = json.loads(cli("reviews", two, "--json").stdout)
+    assert entry["message"] == "sure?" and entry["previous"]["decision"] == "approved"

@@ -400,14 +400,15 @@ def _reviews(args: argparse.Namespace, runner: Runner, url: str,
     if args.json:
         stdout.write(json.dumps([{"item_id": i, "stage": s, "message": r.message if r else "",
                                   "data": r.data if r else None,
-                                  "version": r.version if r else None} for i, s, r in waiting],
+                                  "version": r.version if r else None,
+                                  "previous": r.previous if r else None} for i, s, r in waiting],
                                 indent=2) + "\n")
         return 0
     if not waiting:
         stdout.write("Nothing awaits review.\n")
         return 0
     stdout.write(render.table(["item", "stage", "message", "data"],
-                              [[i, s, render.short(r.message, 40) if r else "",
+                              [[i, s, render.short(r.message + render.earlier(r), 60) if r else "",
                                 render.short(r.data if r else None, 60)] for i, s, r in waiting]) + "\n")
     stdout.write(f"decide them with: python -m treadle review {_target_hint(args, url)}\n")
     return 0

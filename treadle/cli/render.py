@@ -106,6 +106,14 @@ def item_json(status: ItemStatus, took: dict[str, float] | None = None) -> dict[
     }
 
 
+def earlier(review: Any) -> str:
+    """`` (earlier: approved by ana)`` for a review redone after a definition change."""
+    prev = getattr(review, "previous", None)
+    if not prev:
+        return ""
+    return f" (earlier: {prev.get('decision')} by {prev.get('reviewer') or 'someone'})"
+
+
 def history_table(entries: Sequence[HistoryEntry]) -> str:
     rows = []
     for h in entries:
