@@ -809,3 +809,60 @@ class StoreConformance:
         [claim] = ready_store.commit(shape, OWNER, [], 10).claims
         assert (claim.item_id, claim.attempt) == ("i1", 1)
 
+
+    # -- definition changes (docs/changes.md) ------------------------------------
+    def test_results_record_their_fingerprint_and_items_their_version(
+            self, store: StateStore) -> None:
+        """Each result records its stage's fingerprint and the pipeline version; each
+        item the version it was submitted at; runner starts record the definitions."""
+        shape = Pipeline("conformance", [s.fn for s in _conformance_pipeline().stages.values()],
+                         version="7")
+        store.prepare(shape)
+        store.register_runner(OWNER, "test-host", 1, 30.0)
+        store.submit(shape, [("i1", '{"id":"i1"}')], "test")
+        store.commit(shape, OWNER, [], 1)
+        store.commit(shape, OWNER, [self.done("i1", "a", output="1")], 0)
+        rec = {r.stage: r for r in store.stage_records(shape, "i1")}
+        assert (rec["a"].fingerprint, rec["a"].version) == (shape.fingerprints["a"], "7")
+        assert (rec["b"].fingerprint, rec["b"].version) == (None, None)  # no result yet
+        assert store.item_version(shape, "i1") == "7"
+        assert [(i, v, st) for i, v, _, st in store.item_versions(shape)] == [("i1", "7", "pending")]
+        assert ("i1", "a", "completed", shape.fingerprints["a"]) in store.result_rows(shape)
+        recorded = store.definitions(shape)
+        assert json.loads(recorded[("a", shape.fingerprints["a"])]) == shape.definitions["a"]
+        store.prepare(shape)  # recorded once
+        assert store.definitions(shape) == recorded
+
+    def test_item_migration_is_guarded_on_the_version(self, store: StateStore) -> None:
+        """migrate_items upgrades items of one version once, with a history entry each."""
+        old = Pipeline("conformance", [s.fn for s in _conformance_pipeline().stages.values()],
+                       version="1")
+        store.prepare(old)
+        store.submit(old, [("i1", '{"id":"i1"}'), ("i2", '{"id":"i2"}')], "test")
+        new = Pipeline("conformance", [s.fn for s in _conformance_pipeline().stages.values()],
+                       version="2")
+
+        def upgrade(text: str) -> str:
+            return json.dumps({**json.loads(text), "v": 2})
+
+        assert store.migrate_items(new, "1", "2", upgrade, 1, "migration") == 1
+        assert store.migrate_items(new, "1", "2", upgrade, 10, "migration") == 1
+        assert store.migrate_items(new, "1", "2", upgrade, 10, "migration") == 0
+        assert json.loads(store.item_data(new, "i2")[0]) == {"id": "i2", "v": 2}
+        assert store.item_version(new, "i1") == "2"
+        assert [h["state"] for h in store.history(new, "i1")].count("migrated") == 1
+
+    def test_reset_stale_reruns_downstream_with_the_reason(self, ready_store: StateStore,
+                                                           shape: Pipeline) -> None:
+        """reset_stale sends a stage and its downstream back to pending, the reason in the
+        history; an item with a stage running is left alone."""
+        ready_store.commit(shape, OWNER, [], 10)
+        ready_store.commit(shape, OWNER, [self.done("i1", "a", output="1")], 0)
+        why = {"reason": "stale", "why": "fingerprint x -> y: code changed"}
+        reset = ready_store.reset_stale(shape, [("i1", "a", why), ("i2", "a", why)], "test")
+        assert reset == [("i1", "a")]  # i2's stage a is running
+        assert self.states(ready_store, shape, "i1")["a"] == "pending"
+        assert self.states(ready_store, shape, "i2")["a"] == "running"
+        details = [h["details"] for h in ready_store.history(shape, "i1")
+                   if h["stage"] == "a" and h["state"] == "pending"]
+        assert json.loads(details[-1])["why"] == "fingerprint x -> y: code changed"

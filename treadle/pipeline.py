@@ -17,8 +17,12 @@ from .errors import (
     UnknownStageError,
     did_you_mean,
 )
+from .fingerprint import fingerprint, parts
 from .serialization import ItemCodec
-from .stage import SPEC_ATTR, StageSpec, spec_of
+from .stage import ON_CHANGE, SPEC_ATTR, StageSpec, spec_of
+
+#: An item migration: the stored item (plain JSON data) in, the upgraded data out.
+Migration = Callable[[Any], Any]
 
 
 class Pipeline:
@@ -32,6 +36,13 @@ class Pipeline:
     ``source`` is an optional callable yielding items: each run submits the
     ones whose id is not yet known. ``renames`` maps old stage names to
     current ones: the stored records of a renamed stage carry over.
+
+    ``version`` (a label such as ``"2026.12"``) is recorded on each item at
+    submission and on each stage result. ``on_change`` (``"keep"``, the
+    default, or ``"rerun"``) says what a runner does with results made by an
+    older definition of their stage; ``@stage(on_change=...)`` overrides it.
+    ``Runner.plan()`` reports what a changed definition does to stored items
+    (docs/changes.md).
     """
 
     def __init__(
@@ -43,6 +54,8 @@ class Pipeline:
         source: Callable[[], Iterable[Any]] | None = None,
         on_failure: Literal["stop", "rollback"] = "stop",
         renames: Mapping[str, str] | None = None,
+        version: str | None = None,
+        on_change: Literal["keep", "rerun"] = "keep",
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise PipelineDefinitionError(f"Pipeline name must be a non-empty string, got {name!r}.")
@@ -54,7 +67,17 @@ class Pipeline:
             raise PipelineDefinitionError(
                 f"Pipeline {name!r}: source={source!r} is not callable; pass a function yielding items."
             )
+        if version is not None and (not isinstance(version, str) or not version):
+            raise PipelineDefinitionError(
+                f"Pipeline {name!r}: version={version!r} is invalid; use a non-empty string label.")
+        if on_change not in ON_CHANGE:
+            raise PipelineDefinitionError(
+                f"Pipeline {name!r}: on_change={on_change!r} is invalid; use 'keep' or 'rerun'.")
         self.name = name
+        self.version: str | None = version
+        self.on_change: str = on_change
+        #: from_version -> (to_version, migration), registered with :meth:`migrate`.
+        self.migrations: dict[str | None, tuple[str, Migration]] = {}
         self.source = source
         self.on_failure: str = on_failure  # a plain str: what the store's Shape protocol reads
         self.codec = ItemCodec(item_type)
@@ -84,6 +107,50 @@ class Pipeline:
         #: Stages with a ``rollback`` (compensation) callable.
         self.rollback_stages: frozenset[str] = frozenset(
             n for n in order if specs[n].rollback is not None)
+        #: Stage name -> the parts of its definition that change results (docs/changes.md).
+        self.definitions: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+            {n: parts(specs[n]) for n in order})
+        #: Stage name -> its fingerprint, computed once here.
+        self.fingerprints: Mapping[str, str] = MappingProxyType(
+            {n: fingerprint(d) for n, d in self.definitions.items()})
+        #: Stage name -> (fingerprint, pipeline version): what each stored result records.
+        self.stamps: Mapping[str, tuple[str, str | None]] = MappingProxyType(
+            {n: (fp, version) for n, fp in self.fingerprints.items()})
+
+    def change_policy(self, stage: str) -> str:
+        """``"keep"`` or ``"rerun"``: the stage's ``on_change``, else the pipeline's."""
+        return self.stages[stage].on_change or self.on_change
+
+    def migrate(self, *, from_version: str | None,
+                to_version: str | None = None) -> Callable[[Migration], Migration]:
+        """Register an item migration: ``fn(data) -> data`` upgrades the stored JSON
+        data of items recorded at ``from_version`` (None: items stored without a
+        version) to ``to_version`` (default: this pipeline's version).
+
+        A runner applies migrations when it starts, in batches of one transaction
+        each, once per item (each item's history records it). Returns ``fn``.
+        """
+        target = to_version if to_version is not None else self.version
+        if target is None:
+            raise PipelineDefinitionError(
+                f"Pipeline {self.name!r}: a migration needs a version to migrate to; pass "
+                "Pipeline(..., version=...) or migrate(to_version=...).")
+        if target == from_version:
+            raise PipelineDefinitionError(
+                f"Pipeline {self.name!r}: migrate(from_version={from_version!r}) would migrate "
+                "items to the version they already have.")
+
+        def register(fn: Migration) -> Migration:
+            if not callable(fn):
+                raise PipelineDefinitionError(
+                    f"Pipeline {self.name!r}: migration {fn!r} is not callable.")
+            if from_version in self.migrations:
+                raise PipelineDefinitionError(
+                    f"Pipeline {self.name!r}: two migrations from version {from_version!r}.")
+            self.migrations[from_version] = (target, fn)
+            return fn
+
+        return register
 
     @property
     def item_type(self) -> type | None:

@@ -9,9 +9,11 @@ from concurrent.futures import Executor
 from typing import Any
 
 from . import signals
+from ._changes import ChangesMixin
 from ._review import ReviewMixin
 from ._steer import SteerMixin
 from .engine import Scheduler
+from .errors import InvalidItemError
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
 from .states import ItemState, StageState, SubtaskState
@@ -20,7 +22,7 @@ from .store.base import StateStore
 from .store.logic import item_state
 
 
-class Runner(ReviewMixin, SteerMixin):
+class Runner(ReviewMixin, SteerMixin, ChangesMixin):
     """Runs a :class:`~treadle.Pipeline` against a store.
 
     ``workers`` threads run stage functions (or pass any
@@ -67,6 +69,7 @@ class Runner(ReviewMixin, SteerMixin):
         if not self._prepared:
             self.store.prepare(self.pipeline)
             self._prepared = True
+            self._on_start()
 
     # -- feeding -----------------------------------------------------------
     def submit(self, *items: Any, actor: str = "api") -> list[str]:
@@ -144,12 +147,15 @@ class Runner(ReviewMixin, SteerMixin):
             subtasks.setdefault(sub.stage, {})[sub.name] = SubtaskStatus(
                 sub.name, SubtaskState(sub.state), sub.attempt, sub.error, from_json(sub.output))
         gated = [n for n, s in self.pipeline.stages.items() if s.gate is not None]
+        awaiting = [n for n, r in records.items() if r.state == StageState.AWAITING_REVIEW]
         logs: dict[str, list[dict[str, Any]]] = {}
-        if gated:
+        previous: dict[str, dict[str, Any]] = {}
+        if gated or awaiting:
             from .engine.gate import gate_history
 
             entries = self.store.history(self.pipeline, key)
             logs = {n: list(gate_history(entries, n).attempts) for n in gated}
+            previous = _earlier_decisions(entries, awaiting)
         stages: dict[str, StageStatus] = {}
         for name in self.pipeline.order:
             r = records.get(name)
@@ -160,18 +166,20 @@ class Runner(ReviewMixin, SteerMixin):
             if r.review is not None:
                 rv = from_json(r.review)
                 review = ReviewInfo(rv.get("data"), rv.get("message", ""), rv.get("decision"),
-                                    rv.get("reviewer"), rv.get("note"), version=r.attempt)
+                                    rv.get("reviewer"), rv.get("note"), version=r.attempt,
+                                    previous=previous.get(name))
             stages[name] = StageStatus(
                 stage=name, state=StageState(r.state), attempts=r.attempt,
                 output=from_json(r.output), error=r.error, review=review,
                 subtasks=subtasks.get(name, {}), updated_at=r.updated_at,
-                attempt_log=logs.get(name, []),
+                attempt_log=logs.get(name, []), fingerprint=r.fingerprint, version=r.version,
             )
         state = item_state(self.pipeline.order,
                            {n: (r.state, r.ready) for n, r in records.items()})
         if self.store.stored_item_states(self.pipeline, [key]).get(key) == ItemState.CANCELLED:
             state = ItemState.CANCELLED
-        return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=submitted)
+        return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=submitted,
+                          version=self.store.item_version(self.pipeline, key))
 
     def items(self, stage: str | None = None, state: str | None = None,
               limit: int | None = None) -> list[ItemStatus]:
@@ -204,8 +212,20 @@ class Runner(ReviewMixin, SteerMixin):
 
     def item(self, item_id: Any) -> Any:
         """The stored item, restored as the pipeline's item type."""
-        data, _ = self.store.item_data(self.pipeline, normalize_id(item_id))
-        return self.pipeline.codec.load(data)
+        key = normalize_id(item_id)
+        data, _ = self.store.item_data(self.pipeline, key)
+        try:
+            return self.pipeline.codec.load(data)
+        except InvalidItemError:
+            from .plan import restore_error
+
+            error = restore_error(self.pipeline, from_json(data))
+            version = self.store.item_version(self.pipeline, key)
+            raise InvalidItemError(
+                f"Item {key!r} (recorded at version {version!r}) cannot be restored as "
+                f"{getattr(self.pipeline.item_type, '__name__', '?')} of pipeline version "
+                f"{self.pipeline.version!r}: {error}. Add @pipeline.migrate(from_version="
+                f"{version!r}) to upgrade such items (docs/changes.md).") from None
 
     # -- steering ------------------------------------------------------------
     def retry(self, item_id: Any | None = None, *, stage: str | None = None,
@@ -242,6 +262,20 @@ class Runner(ReviewMixin, SteerMixin):
                 if st.state == StageState.FAILED:
                     out.append((status.item_id, name, st.error))
         return out
+
+
+def _earlier_decisions(entries: list[dict[str, Any]], stages: list[str]) -> dict[str, dict[str, Any]]:
+    """Stage -> the review decision cleared when the stage was last reset as stale."""
+    out: dict[str, dict[str, Any]] = {}
+    for h in entries:
+        if h["stage"] not in stages or not h["details"]:
+            continue
+        details = from_json(h["details"])
+        if isinstance(details, dict) and details.get("reason") == "stale":
+            cleared = details.get("cleared_review")
+            if isinstance(cleared, dict) and cleared.get("decision") is not None:
+                out[h["stage"]] = {**cleared, "why": details.get("why")}
+    return out
 
 
 __all__ = ["Runner"]

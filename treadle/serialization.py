@@ -296,8 +296,17 @@ class ItemCodec:
             return CONVERTER.structure(data, self.item_type)
         except Exception as exc:  # noqa: BLE001 - cattrs raises several kinds
             raise InvalidItemError(
-                f"Cannot build a {self.item_type.__name__} from {data!r}: {exc}."
+                f"Cannot build a {self.item_type.__name__} from {data!r}: "
+                f"{structure_problem(exc, self.item_type)}."
             ) from None
+
+
+def structure_problem(exc: Exception, tp: type) -> str:
+    """What a cattrs structuring error says, naming the fields at fault
+    (``required field missing @ Track.size``)."""
+    if isinstance(exc, cattrs.BaseValidationError):
+        return "; ".join(cattrs.transform_error(exc, path=tp.__name__))
+    return str(exc)
 
 
 def issubclass_mapping(tp: type) -> bool:

@@ -20,6 +20,7 @@ SPEC_ATTR = "__treadle_stage__"
 REVIEW_POLICIES = ("never", "always", "on_escalation", "on_uncertain", "on_escalation_or_uncertain")
 ON_EXHAUSTED = ("fail", "escalate")
 ON_TIMEOUT = ("approve", "reject")
+ON_CHANGE = ("keep", "rerun")
 
 #: A dependency: a stage function or a stage name.
 Dependency = str | Callable[..., Any]
@@ -43,6 +44,11 @@ class StageSpec:
     review_timeout: float | None = None
     on_timeout: str = "reject"
     output_type: type | None = None
+    #: An explicit label that replaces the code in the stage's fingerprint.
+    version: str | None = None
+    #: What a changed definition does to stored results: "keep" (``plan`` shows them as
+    #: stale) or "rerun" (a runner start reruns them); None: the pipeline's ``on_change``.
+    on_change: str | None = None
     takes_ctx: bool = True
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
@@ -189,6 +195,10 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("on_timeout", "'approve' or 'reject'")
     if opts["output_type"] is not None and not is_record_type(opts["output_type"]):
         raise bad("output_type", "an attrs class or a dataclass")
+    if opts["version"] is not None and (not isinstance(opts["version"], str) or not opts["version"]):
+        raise bad("version", "a non-empty string label")
+    if opts["on_change"] is not None and opts["on_change"] not in ON_CHANGE:
+        raise bad("on_change", "'keep' or 'rerun'")
 
 
 def returned_type(fn: Callable[..., Any]) -> type | None:
@@ -208,7 +218,7 @@ def returned_type(fn: Callable[..., Any]) -> type | None:
 _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
-    output_type=None,
+    output_type=None, version=None, on_change=None,
 )
 
 
@@ -250,6 +260,8 @@ def stage(
     review_timeout: float | None = None,
     on_timeout: Literal["approve", "reject"] = "reject",
     output_type: type | None = None,
+    version: str | None = None,
+    on_change: Literal["keep", "rerun"] | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -264,11 +276,18 @@ def stage(
     ``output_type`` (an attrs class or dataclass; by default the function's
     return annotation when it is one) restores this stage's output as an
     instance in downstream stages' ``ctx.outputs``.
+
+    ``version`` (a label such as ``"3"``) replaces the stage's code in its
+    fingerprint: editing the code then marks no stored result as changed
+    until the label changes. ``on_change`` (``"keep"`` or ``"rerun"``;
+    default: the pipeline's) says what a runner does with results made by an
+    older definition (docs/changes.md).
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
         concurrency=concurrency, gate=gate, on_exhausted=on_exhausted, review=review,
         review_timeout=review_timeout, on_timeout=on_timeout, output_type=output_type,
+        version=version, on_change=on_change,
     )
 
     def decorate(fn: F) -> F:

@@ -33,6 +33,9 @@ class ReviewInfo:
     #: every re-run). Pass it as ``expect=`` to a decision so that it applies to what
     #: the reviewer saw, and is refused if the stage was re-run meanwhile.
     version: int | None = None
+    #: The decision made on an earlier result of this stage, before it was rerun
+    #: because its definition changed (``rerun --stale``): decision, reviewer, note, data.
+    previous: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -49,6 +52,10 @@ class StageStatus:
     updated_at: float | None = None
     #: For a gated stage: every judged attempt (attempt, at, verdict, output).
     attempt_log: list[dict[str, Any]] = attrs.field(factory=list)
+    #: The fingerprint of the stage definition that made the result (None: not
+    #: recorded, e.g. made before fingerprints), and the pipeline version then.
+    fingerprint: str | None = None
+    version: str | None = None
 
 
 @attrs.frozen
@@ -59,6 +66,8 @@ class ItemStatus:
     state: ItemState
     stages: dict[str, StageStatus]
     submitted_at: float | None = None
+    #: The pipeline version the item is recorded at (set at submission, or by a migration).
+    version: str | None = None
 
 
 @attrs.frozen

@@ -19,6 +19,7 @@ from ..runner import Runner
 from ..status import RunReport
 from ..store import open_store
 from ..store.urls import mask_text, mask_url
+from . import plan as change_plan  # definition changes (treadle/cli/plan.py)
 from . import render
 from . import serve as web_serve  # web console (treadle/cli/serve.py)
 from .graph import FORMATS
@@ -42,7 +43,7 @@ class UsageError(Exception):
     """Bad command-line usage (exit 2)."""
 
 
-READ_ONLY = {"status", "reviews", "history", "serve"}  # serve: web console
+READ_ONLY = {"status", "reviews", "history", "serve", "plan"}  # serve: web console
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -126,9 +127,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     retry.add_argument("--all-failed", action="store_true", help="every failed item (needed without ITEM)")
 
     rerun = cmd("rerun", "a stage and everything downstream back to pending",
-                "python -m treadle rerun app.py:pipeline t1 --from identify", item="required")
-    rerun.add_argument("--from", dest="from_stage", required=True, metavar="STAGE",
+                "python -m treadle rerun app.py:pipeline t1 --from identify", item="optional")
+    rerun.add_argument("--from", dest="from_stage", metavar="STAGE",
                        help="the first stage to redo (everything downstream is redone too)")
+    change_plan.add_rerun_arguments(rerun)  # rerun --stale: treadle/cli/plan.py
 
     history = cmd("history", "every recorded transition of an item",
                   "python -m treadle history app.py:pipeline t1", item="required")
@@ -141,6 +143,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     web_serve.add_arguments(cmd("serve", "the local web console: review inbox, live overview, items",
                             "python -m treadle serve app.py:pipeline --port 8321"))
     # -- end web console ------------------------------------------------------
+    change_plan.add_arguments(cmd("plan", "what the pipeline definition changes for stored "
+                                  "items; exit 1 when something needs a decision",
+                                  change_plan.EXAMPLE))
     return p, commands
 
 
@@ -395,14 +400,15 @@ def _reviews(args: argparse.Namespace, runner: Runner, url: str,
     if args.json:
         stdout.write(json.dumps([{"item_id": i, "stage": s, "message": r.message if r else "",
                                   "data": r.data if r else None,
-                                  "version": r.version if r else None} for i, s, r in waiting],
+                                  "version": r.version if r else None,
+                                  "previous": r.previous if r else None} for i, s, r in waiting],
                                 indent=2) + "\n")
         return 0
     if not waiting:
         stdout.write("Nothing awaits review.\n")
         return 0
     stdout.write(render.table(["item", "stage", "message", "data"],
-                              [[i, s, render.short(r.message, 40) if r else "",
+                              [[i, s, render.short(r.message + render.earlier(r), 60) if r else "",
                                 render.short(r.data if r else None, 60)] for i, s, r in waiting]) + "\n")
     stdout.write(f"decide them with: python -m treadle review {_target_hint(args, url)}\n")
     return 0
@@ -481,6 +487,12 @@ def _reviewer_default() -> str:
 
 def _rerun(args: argparse.Namespace, runner: Runner, url: str,
            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    if args.stale:
+        return change_plan.rerun_stale(args, runner, url, stdin, stdout, stderr,
+                                       actor=f"cli:{_reviewer_default()}",
+                                       hint=_target_hint(args, url))
+    if args.item is None or args.from_stage is None:
+        raise UsageError("rerun needs ITEM and --from STAGE (or --stale)")
     reset = runner.rerun(args.item, from_stage=args.from_stage, actor=f"cli:{_reviewer_default()}")
     stdout.write(f"{args.item}: {', '.join(reset) or 'nothing'} back to pending; "
                  f"run: python -m treadle run {_target_hint(args, url)}\n")
@@ -501,4 +513,5 @@ COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
     "serve": web_serve.run,  # web console: treadle/cli/serve.py
+    "plan": change_plan.run,  # definition changes: treadle/cli/plan.py
 }

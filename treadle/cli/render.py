@@ -77,7 +77,8 @@ def item_table(status: ItemStatus, took: dict[str, float] | None = None) -> str:
             why = v.get("message") or v.get("reason") or v.get("note") or ""
             rows.append([f"  #{rec.get('attempt')}", v.get("verdict", ""), "", "", when(rec.get("at")),
                          short(f"{why} | output {short(rec.get('output'), 30)}", 70)])
-    return f"item {status.item_id}: {status.state.value}\n" + table(
+    version = f" (version {status.version})" if status.version is not None else ""
+    return f"item {status.item_id}: {status.state.value}{version}\n" + table(
         ["stage", "state", "attempts", "took", "updated", "output / error / review"], rows)
 
 
@@ -88,6 +89,7 @@ def item_json(status: ItemStatus, took: dict[str, float] | None = None) -> dict[
         "item_id": status.item_id,
         "state": status.state.value,
         "submitted_at": status.submitted_at,
+        "version": status.version,
         "stages": {
             name: {
                 "state": st.state.value, "attempts": st.attempts, "output": st.output,
@@ -97,10 +99,19 @@ def item_json(status: ItemStatus, took: dict[str, float] | None = None) -> dict[
                 "subtasks": {n: {"state": s.state.value, "attempts": s.attempts, "error": s.error}
                              for n, s in st.subtasks.items()},
                 "attempt_log": st.attempt_log,
+                "fingerprint": st.fingerprint, "version": st.version,
             }
             for name, st in status.stages.items()
         },
     }
+
+
+def earlier(review: Any) -> str:
+    """`` (earlier: approved by ana)`` for a review redone after a definition change."""
+    prev = getattr(review, "previous", None)
+    if not prev:
+        return ""
+    return f" (earlier: {prev.get('decision')} by {prev.get('reviewer') or 'someone'})"
 
 
 def history_table(entries: Sequence[HistoryEntry]) -> str:

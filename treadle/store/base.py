@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ItemNotFoundError
 from ..states import StageState
-from . import control, fanout, flow, human, rollback
+from . import changes, control, fanout, flow, human, rollback
 from .logic import item_state
 from .records import (
     CANCELLED,
@@ -39,6 +39,7 @@ from .records import (
     FanOutStart,
     HistoryRow,
     Outlook,
+    ResultRow,
     Shape,
     StageRecord,
     SubRecord,
@@ -118,6 +119,15 @@ class StateStore(Protocol):
     def request_changes(self, shape: Shape, item_id: str, stage: str, *, feedback: Any,
                         actor: str, reviewer: str | None, expect: int | None = None) -> None: ...
     def overdue_reviews(self, shape: Shape, stage: str, timeout: float) -> list[str]: ...
+    # -- definition changes (docs/changes.md)
+    def result_rows(self, shape: Shape) -> list[ResultRow]: ...
+    def definitions(self, shape: Shape) -> dict[tuple[str, str], str]: ...
+    def item_versions(self, shape: Shape) -> list[tuple[str, str | None, str, str]]: ...
+    def item_version(self, shape: Shape, item_id: str) -> str | None: ...
+    def reset_stale(self, shape: Shape, resets: Sequence[tuple[str, str, dict[str, Any]]],
+                    actor: str) -> list[tuple[str, str]]: ...
+    def migrate_items(self, shape: Shape, from_version: str | None, to_version: str,
+                      fn: Callable[[str], str], limit: int, actor: str) -> int: ...
     def close(self) -> None: ...
 
 
@@ -173,6 +183,7 @@ class BaseStore(abc.ABC):
             renamed = flow.rename(tx, shape)
             if self._reconcile(tx, shape) or renamed:
                 flow.resettle(tx, shape)
+            changes.record_definitions(tx, shape)
 
     @abc.abstractmethod
     def _reconcile(self, tx: Tx, shape: Shape) -> bool:
@@ -184,7 +195,7 @@ class BaseStore(abc.ABC):
         if not items:
             return []
         with self.transaction() as tx:
-            new = tx.insert_items(shape.name, items)
+            new = tx.insert_items(shape.name, items, getattr(shape, "version", None))
             roots = {s for s in shape.order if not shape.deps[s]}
             # generators: a large submission is streamed into the statements
             tx.insert_stage_rows(shape.name, ((i, s, s in roots) for i in new for s in shape.order))
@@ -379,6 +390,24 @@ class BaseStore(abc.ABC):
         """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""
         with self.transaction() as tx:
             return human.overdue_reviews(tx, shape, stage, timeout)
+
+    # -- definition changes (docs/changes.md) ----------------------------------
+    def reset_stale(self, shape: Shape, resets: Sequence[tuple[str, str, dict[str, Any]]],
+                    actor: str) -> list[tuple[str, str]]:
+        """Rerun (item, stage) with everything downstream, each with the reason given;
+        items with a stage running are left alone. Returns the (item, stage) reset."""
+        with self.transaction() as tx:
+            return changes.reset_stale(tx, shape, resets, actor)
+
+    def migrate_items(self, shape: Shape, from_version: str | None, to_version: str,
+                      fn: Callable[[str], str], limit: int, actor: str) -> int:
+        """Migrate up to ``limit`` items recorded at ``from_version`` in one transaction
+        (``fn``: data JSON in, data JSON out); returns how many."""
+        with self.transaction() as tx:
+            done = changes.migrate_items(tx, shape, from_version, to_version, fn, limit, actor)
+        with self._item_cache_lock:
+            self._item_cache.pop(shape.name, None)  # items changed: forget their JSON
+        return done
 
 
 __all__ = [

@@ -31,7 +31,7 @@ def apply(tx: Tx, shape: Shape, owner: str, transitions: Sequence[Transition]
     if not transitions:
         return [], []
     transitions = [_storable(t) for t in transitions]
-    flags = tx.apply(shape.name, owner, transitions)
+    flags = tx.apply(shape.name, owner, transitions, getattr(shape, "stamps", None))
     accepted = [t for t, ok in zip(transitions, flags) if ok]
     refused = [t for t, ok in zip(transitions, flags) if not ok]
     tx.append_history(shape.name, [

@@ -177,10 +177,12 @@ def retry(tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
     return moved
 
 
-def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str) -> list[str]:
+def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str,
+          reason: dict[str, Any] | None = None) -> list[str]:
     """Send ``stage`` and everything downstream back to pending; returns the stages
-    reset. Superseded outputs and review decisions are kept in the history.
-    Refused while any of them is running or the item rolls back."""
+    reset. Superseded outputs and review decisions are kept in the history, with
+    ``reason`` (default ``{"reason": "rerun"}``). Refused while any of them is
+    running or the item rolls back."""
     targets = [s for s in shape.order if s == stage or s in shape.descendants[stage]]
     tx.lock_stage_rows(shape.name, item_id)  # no claim may slip in meanwhile
     rows = tx.rows(shape.name, item_id)
@@ -214,7 +216,8 @@ def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str) -> list[st
     history = []
     for s in reset:
         old = rows[s]
-        info: dict[str, Any] = {"reason": "rerun", "from_stage": stage, "previous_state": old.state}
+        info: dict[str, Any] = {"reason": "rerun", **(reason or {}), "from_stage": stage,
+                                "previous_state": old.state}
         if old.output is not None:
             info["superseded_output"] = json.loads(old.output)
         if old.review is not None:

@@ -26,7 +26,7 @@ from ..errors import ItemNotFoundError
 from ..states import DONE_STATES
 from .base import BaseStore
 from .memtables import MemoryTx, Tables, _Undo
-from .records import PENDING, ControlRow, Outlook, Shape, StageRecord, SubRecord
+from .records import PENDING, ControlRow, Outlook, ResultRow, Shape, StageRecord, SubRecord
 from .tx import Tx
 
 
@@ -133,10 +133,16 @@ class MemoryStore(BaseStore):
                 return []
             return [
                 StageRecord(item_id, s, r.state, r.ready, r.attempt, r.output, r.error,
-                            r.review, r.updated_at)
+                            r.review, r.updated_at, *(r.stamp or (None, None)))
                 for s in shape.order
                 if (r := self.t.stages.get((shape.name, item_id, s))) is not None
             ]
+
+    def item_version(self, shape: Shape, item_id: str) -> str | None:
+        """The pipeline version an item was recorded at (None: without one)."""
+        with self._lock:
+            item = self.t.items.get(shape.name, {}).get(item_id)
+            return item.version if item is not None else None
 
     def item_data(self, shape: Shape, item_id: str) -> tuple[str, float]:
         with self._lock:
@@ -227,6 +233,24 @@ class MemoryStore(BaseStore):
         """Sleep until this store commits (or ``timeout`` seconds pass)."""
         with self._committed:
             self._committed.wait(timeout)
+    # -- what plan reads (docs/changes.md) ---------------------------------------
+    def result_rows(self, shape: Shape) -> list[ResultRow]:
+        """Every stage row of the pipeline (removed stages too), for ``plan``."""
+        with self._lock:
+            return [(k[1], k[2], r.state, r.stamp[0] if r.stamp else None)
+                    for k, r in self.t.stages.items() if k[0] == shape.name]
+
+    def definitions(self, shape: Shape) -> dict[tuple[str, str], str]:
+        """(stage, fingerprint) -> definition JSON, as recorded by runners."""
+        with self._lock:
+            return dict(self.t.definitions.get(shape.name, {}))
+
+    def item_versions(self, shape: Shape) -> list[tuple[str, str | None, str, str]]:
+        """(item_id, version, data, recorded item state) of every item, oldest first."""
+        with self._lock:
+            items = self.t.items.get(shape.name, {})
+            return [(i, it.version, it.data, it.state)
+                    for i, it in sorted(items.items(), key=lambda kv: kv[1].id)]
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         with self._lock:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
@@ -33,6 +33,7 @@ from .records import (
 from .tx import Tx
 
 StageKey = tuple[str, str, str]  # (pipeline, item_id, stage)
+Stamp = tuple[str | None, str | None] | None  # (fingerprint, pipeline version)
 
 
 @attrs.define
@@ -47,26 +48,27 @@ class _Row:
     error: str | None = None
     review: str | None = None
     updated_at: float = 0.0
+    stamp: Stamp = None  # (fingerprint, pipeline version) of the result; None: unknown
 
     def copy(self) -> _Row:
         return _Row(self.id, self.state, self.ready, self.attempt, self.owner, self.not_before,
-                    self.output, self.error, self.review, self.updated_at)
+                    self.output, self.error, self.review, self.updated_at, self.stamp)
 
     def restore(self, snap: _RowSnap) -> _Row:
         """This row with the fields of a snapshot (see ``_snap``) put back."""
         (_, self.state, self.ready, self.attempt, self.owner, self.not_before, self.output,
-         self.error, self.review, self.updated_at) = snap
+         self.error, self.review, self.updated_at, self.stamp) = snap
         return self
 
 
 #: A stage row and its fields before a transaction changed it (a tuple: cheap to make).
 _RowSnap = tuple[_Row, str, bool, int, "str | None", float, "str | None", "str | None",
-                 "str | None", float]
+                 "str | None", float, "Stamp"]
 
 
 def _snap(row: _Row) -> _RowSnap:
     return (row, row.state, row.ready, row.attempt, row.owner, row.not_before, row.output,
-            row.error, row.review, row.updated_at)
+            row.error, row.review, row.updated_at, row.stamp)
 
 
 @attrs.define
@@ -90,9 +92,10 @@ class _Item:
     data: str
     state: str
     submitted_at: float
+    version: str | None = None
 
     def copy(self) -> _Item:
-        return _Item(self.id, self.data, self.state, self.submitted_at)
+        return _Item(self.id, self.data, self.state, self.submitted_at, self.version)
 
 
 class _Undo:
@@ -139,13 +142,14 @@ class MemoryTx(Tx):
         return subs
 
     # -- primitives ------------------------------------------------------------
-    def insert_items(self, pipeline: str, rows: Iterable[tuple[str, str]]) -> list[str]:
+    def insert_items(self, pipeline: str, rows: Iterable[tuple[str, str]],
+                     version: str | None = None) -> list[str]:
         items = self.s.items.setdefault(pipeline, {})
         new = []
         for item_id, data in rows:
             if item_id not in items:
                 self._item(pipeline, item_id)
-                items[item_id] = _Item(next(self.s.ids), data, PENDING, self.now)
+                items[item_id] = _Item(next(self.s.ids), data, PENDING, self.now, version)
                 new.append(item_id)
         return new
 
@@ -172,7 +176,8 @@ class MemoryTx(Tx):
             }
         return out
 
-    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
+    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition],
+              stamps: Mapping[str, tuple[str, str | None]] | None = None) -> list[bool]:
         flags = []
         stages, saved = self.s.stages, self.undo.stages
         running = self.s.running.setdefault(pipeline, set())
@@ -186,7 +191,7 @@ class MemoryTx(Tx):
                 if key not in saved:
                     saved[key] = (row, row.state, row.ready, row.attempt, row.owner,
                                   row.not_before, row.output, row.error, row.review,
-                                  row.updated_at)  # _snap(row), inlined: the hot path
+                                  row.updated_at, row.stamp)  # _snap(row), inlined: the hot path
                 running.discard(key)
                 row.state, row.owner, row.updated_at = t.state, None, self.now
                 row.ready = t.state == PENDING
@@ -198,8 +203,29 @@ class MemoryTx(Tx):
                     row.output = t.output
                 if t.review is not None:
                     row.review = t.review
+                if stamps is not None:
+                    row.stamp = stamps.get(t.stage, row.stamp)
             flags.append(ok)
         return flags
+
+    def record_definitions(self, pipeline: str, rows: Sequence[tuple[str, str, str]]) -> None:
+        known = self.s.definitions.setdefault(pipeline, {})
+        for stage, fp, definition in rows:
+            known.setdefault((stage, fp), definition)  # idempotent: no undo needed
+
+    def items_at_version(self, pipeline: str, version: str | None,
+                         limit: int) -> list[tuple[str, str]]:
+        items = self.s.items.get(pipeline, {})
+        found = sorted((it.id, i, it.data) for i, it in items.items() if it.version == version)
+        return [(i, data) for _, i, data in found[:limit]]
+
+    def migrate_item(self, pipeline: str, item_id: str, expect: str | None, version: str,
+                     data: str) -> bool:
+        item = self._item(pipeline, item_id)
+        if item is None or item.version != expect:
+            return False
+        item.data, item.version = data, version
+        return True
 
     def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
         moved = []
@@ -316,7 +342,7 @@ class MemoryTx(Tx):
                 if key not in saved:
                     saved[key] = (row, row.state, row.ready, row.attempt, row.owner,
                                   row.not_before, row.output, row.error, row.review,
-                                  row.updated_at)  # _snap(row), inlined: the hot path
+                                  row.updated_at, row.stamp)  # _snap(row), inlined: the hot path
                 row.state, row.owner, row.updated_at = RUNNING, owner, self.now
                 row.attempt += 1
                 running.add(key)
@@ -513,6 +539,8 @@ class Tables:
         self.runners: dict[str, tuple[str, int, float]] = {}
         self.shapes: dict[str, tuple[str, ...]] = {}
         self.deps_seen: dict[str, dict[str, tuple[str, ...]]] = {}
+        #: pipeline -> (stage, fingerprint) -> definition JSON
+        self.definitions: dict[str, dict[tuple[str, str], str]] = {}
         self.subtasks: dict[StageKey, dict[str, _Sub]] = {}
         # indexes, kept up to date by the primitives (and by ``reindex`` after an undo)
         self.running: dict[str, set[StageKey]] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -26,9 +26,10 @@ _APPLY = (
     "UPDATE treadle_stage AS s SET state=v.state, "
     "output=CASE WHEN v.set_output THEN v.output ELSE s.output END, error=v.error, "
     "review=COALESCE(v.review, s.review), owner=NULL, ready=v.ready, "
-    "not_before=v.not_before::float8, updated_at=v.now::float8 "
+    "not_before=v.not_before::float8, updated_at=v.now::float8, "
+    "fingerprint=COALESCE(v.fingerprint, s.fingerprint), version=COALESCE(v.version, s.version) "
     "FROM (VALUES %s) AS v(pipeline, owner, now, item_id, stage, attempt, state, set_output, "
-    "output, error, review, ready, not_before) "
+    "output, error, review, ready, not_before, fingerprint, version) "
     "WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id AND s.stage=v.stage "
     "AND s.owner=v.owner AND s.attempt=v.attempt AND s.state='running' "
     "RETURNING s.item_id, s.stage, s.attempt"
@@ -206,14 +207,19 @@ class PostgresStore(SqlStore):
             super().wait_for_events(shape, timeout)
 
     @staticmethod
-    def _apply_batch(tx: Any, pipeline: str, owner: str, transitions: Sequence[Any]) -> list[bool]:
+    def _apply_batch(tx: Any, pipeline: str, owner: str, transitions: Sequence[Any],
+                     stamps: Mapping[str, tuple[str, str | None]] | None = None) -> list[bool]:
         """Guarded stage results as one ``UPDATE ... FROM (VALUES ...)`` per page:
         one round trip instead of one per result."""
         from psycopg2.extras import execute_values
 
+        none: tuple[str | None, str | None] = (None, None)
+        table: Mapping[str, tuple[str | None, str | None]] = stamps if stamps is not None else {}
+        stamp_of = table.get
         rows = [(pipeline, owner, tx.now, t.item_id, t.stage, t.attempt, t.state,
                  t.output is not None or t.state in ("completed", "skipped"), t.output, t.error,
-                 t.review, 1 if t.state == "pending" else 0, tx.now + t.delay)
+                 t.review, 1 if t.state == "pending" else 0, tx.now + t.delay,
+                 *stamp_of(t.stage, none))
                 for t in transitions]
         done = {tuple(r) for r in execute_values(tx.cur, _APPLY, rows, page_size=500, fetch=True)}
         return [(t.item_id, t.stage, t.attempt) in done for t in transitions]

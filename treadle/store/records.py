@@ -222,6 +222,13 @@ class StageRecord:
     error: str | None
     review: str | None
     updated_at: float
+    fingerprint: str | None = None  # of the definition that made the result (None: unknown)
+    version: str | None = None      # the pipeline version that made it
+
+
+#: One stage row as ``plan`` reads it: (item_id, stage, state, fingerprint). A plain
+#: tuple: plan reads every row of the pipeline.
+ResultRow = tuple[str, str, str, "str | None"]
 
 
 __all__ = [
@@ -245,6 +252,7 @@ __all__ = [
     "FanOutStart",
     "HistoryRow",
     "Outlook",
+    "ResultRow",
     "Shape",
     "StageRecord",
     "SubRecord",

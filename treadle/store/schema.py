@@ -13,7 +13,7 @@ from typing import Any
 import peewee as pw
 
 #: Bump when the tables change, and add the step that gets there to MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Partial indexes of what lease recovery reads every second: the running stage
 #: rows and the items whose rollback waits or runs (few of either, among many
@@ -40,12 +40,29 @@ def _add_control_table(migrator: Any) -> None:
     db = migrator.database
     models = make_models(db)
     db.create_tables([models["Control"]], safe=True)
+def _add_fingerprints(migrator: Any) -> None:
+    """Schema 4: the fingerprint and pipeline version of each stage result, the
+    version of each item, and the table of stage definitions by fingerprint.
+    Rows stored earlier keep NULL: made before fingerprints (docs/changes.md)."""
+    from playhouse.migrate import migrate
+
+    db = migrator.database
+    have = {(t, c.name) for t in ("treadle_stage", "treadle_item") for c in db.get_columns(t)}
+    wanted = [("treadle_stage", "fingerprint"), ("treadle_stage", "version"),
+              ("treadle_item", "version")]
+    migrate(*(migrator.add_column(t, c, pw.TextField(null=True))
+              for t, c in wanted if (t, c) not in have))  # a step may run again after a crash
+    db.create_tables([make_models(migrator.database)["Definition"]], safe=True)
 
 
 #: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
 #: (call ``playhouse.migrate.migrate(migrator.add_column(...), ...)``). Steps run
 #: in order, in one transaction, under the store's exclusive lock.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _add_recovery_indexes, 3: _add_control_table}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {
+    2: _add_recovery_indexes,
+    3: _add_control_table,
+    4: _add_fingerprints,
+}
 
 
 def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
@@ -70,6 +87,7 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
         state = pw.TextField(default="pending")
         submitted_at = pw.DoubleField()
         updated_at = pw.DoubleField()
+        version = pw.TextField(null=True)
 
         class Meta:
             table_name = "treadle_item"
@@ -89,6 +107,8 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
         error = pw.TextField(null=True)
         review = pw.TextField(null=True)
         updated_at = pw.DoubleField()
+        fingerprint = pw.TextField(null=True)
+        version = pw.TextField(null=True)
 
         class Meta:
             table_name = "treadle_stage"
@@ -165,8 +185,22 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             table_name = "treadle_control"
             indexes = ((("pipeline", "id"), False),)
 
+    class Definition(Base):
+        """A stage definition seen by a runner: its fingerprint and the parts hashed."""
+
+        id = pw.AutoField()
+        pipeline = pw.TextField()
+        stage = pw.TextField()
+        fingerprint = pw.TextField()
+        definition = pw.TextField()
+        seen_at = pw.DoubleField()
+
+        class Meta:
+            table_name = "treadle_definition"
+            indexes = ((("pipeline", "stage", "fingerprint"), True),)
+
     models: dict[str, Any] = {
         "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
-        "History": History, "Runner": Runner, "Control": Control,
+        "History": History, "Runner": Runner, "Control": Control, "Definition": Definition,
     }
     return models

@@ -25,6 +25,7 @@ from .base import BaseStore
 from .records import (
     ControlRow,
     Outlook,
+    ResultRow,
     Shape,
     StageRecord,
     SubRecord,
@@ -304,13 +305,39 @@ class SqlStore(BaseStore):
 
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]:
         rows = self._read(
-            "SELECT stage, state, ready, attempt, output, error, review, updated_at FROM treadle_stage "
-            "WHERE pipeline=? AND item_id=?", (shape.name, item_id))
+            "SELECT stage, state, ready, attempt, output, error, review, updated_at, fingerprint, "
+            "version FROM treadle_stage WHERE pipeline=? AND item_id=?", (shape.name, item_id))
         by_stage = {r[0]: r for r in rows}
         return [
-            StageRecord(item_id, s, r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
+            StageRecord(item_id, s, r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9])
             for s in shape.order if (r := by_stage.get(s)) is not None
         ]
+
+    # -- what plan reads (docs/changes.md) ---------------------------------------
+    def result_rows(self, shape: Shape) -> list[ResultRow]:
+        """Every stage row of the pipeline (removed stages too), for ``plan``."""
+        rows: list[ResultRow] = self._read(
+            "SELECT item_id, stage, state, fingerprint FROM treadle_stage WHERE pipeline=?",
+            (shape.name,))
+        return rows
+
+    def definitions(self, shape: Shape) -> dict[tuple[str, str], str]:
+        """(stage, fingerprint) -> definition JSON, as recorded by runners."""
+        return {(r[0], r[1]): r[2] for r in self._read(
+            "SELECT stage, fingerprint, definition FROM treadle_definition WHERE pipeline=?",
+            (shape.name,))}
+
+    def item_versions(self, shape: Shape) -> list[tuple[str, str | None, str, str]]:
+        """(item_id, version, data, recorded item state) of every item, oldest first."""
+        return [(r[0], r[1], r[2], r[3]) for r in self._read(
+            "SELECT item_id, version, data, state FROM treadle_item WHERE pipeline=? ORDER BY id",
+            (shape.name,))]
+
+    def item_version(self, shape: Shape, item_id: str) -> str | None:
+        """The pipeline version an item was recorded at (None: without one)."""
+        rows = self._read("SELECT version FROM treadle_item WHERE pipeline=? AND item_id=?",
+                          (shape.name, item_id))
+        return rows[0][0] if rows else None
 
     def item_data(self, shape: Shape, item_id: str) -> tuple[str, float]:
         rows = self._read("SELECT data, submitted_at FROM treadle_item WHERE pipeline=? AND item_id=?",

@@ -7,7 +7,7 @@ store as a :class:`Dialect`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import ItemNotFoundError
@@ -76,15 +76,17 @@ class SqlTx(Tx):
             return
         self.store._executemany(self.cur, self.sql(sql), rows)
 
-    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]],
+                     version: str | None = None) -> list[str]:
         if self.store._insert_returning is not None:
             first: dict[str, tuple[Any, ...]] = {}
             for item_id, data in rows:  # the first of repeated ids wins
-                first.setdefault(item_id, (pipeline, item_id, data, PENDING, self.now, self.now))
+                first.setdefault(item_id, (pipeline, item_id, data, PENDING, self.now, self.now,
+                                           version))
             inserted: list[str] = self.store._insert_returning(
                 self.cur, "INSERT INTO treadle_item (pipeline, item_id, data, state, submitted_at, "
-                "updated_at) VALUES %s ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING item_id",
-                list(first.values()))
+                "updated_at, version) VALUES %s ON CONFLICT (pipeline, item_id) DO NOTHING "
+                "RETURNING item_id", list(first.values()))
             return inserted
         known: set[str] = set()
         ids = list(dict.fromkeys(i for i, _ in rows))
@@ -98,9 +100,9 @@ class SqlTx(Tx):
             if item_id not in seen:
                 seen.add(item_id)
                 new.append(item_id)
-                fresh.append((pipeline, item_id, data, PENDING, self.now, self.now))
-        self._many("INSERT INTO treadle_item (pipeline, item_id, data, state, submitted_at, updated_at) "
-                   "VALUES (?,?,?,?,?,?)", fresh)
+                fresh.append((pipeline, item_id, data, PENDING, self.now, self.now, version))
+        self._many("INSERT INTO treadle_item (pipeline, item_id, data, state, submitted_at, updated_at, "
+                   "version) VALUES (?,?,?,?,?,?,?)", fresh)
         return new
 
     def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
@@ -134,26 +136,52 @@ class SqlTx(Tx):
                 out.setdefault(item_id, {})[stage] = (state, bool(ready))
         return out
 
-    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
+    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition],
+              stamps: Mapping[str, tuple[str, str | None]] | None = None) -> list[bool]:
         if self.store._apply_batch is not None and len(transitions) > 1:
-            batch: list[bool] = self.store._apply_batch(self, pipeline, owner, transitions)
+            batch: list[bool] = self.store._apply_batch(self, pipeline, owner, transitions, stamps)
             return batch
         sql = self.sql(
             "UPDATE treadle_stage SET state=?, output=CASE WHEN ? THEN ? ELSE output END, "
-            "error=?, review=COALESCE(?, review), owner=NULL, ready=?, not_before=?, updated_at=? "
+            "error=?, review=COALESCE(?, review), owner=NULL, ready=?, not_before=?, updated_at=?, "
+            "fingerprint=COALESCE(?, fingerprint), version=COALESCE(?, version) "
             "WHERE pipeline=? AND item_id=? AND stage=? AND owner=? AND attempt=? AND state='running'"
         )
         changes = self.store._changes
         cur = self.cur
         flags = []
+        none: tuple[str | None, str | None] = (None, None)
+        table: Mapping[str, tuple[str | None, str | None]] = stamps if stamps is not None else {}
+        stamp_of = table.get
         for t in transitions:
             set_output = t.output is not None or t.state in ("completed", "skipped")
             ready = 1 if t.state == PENDING else 0
+            fp, version = stamp_of(t.stage, none)
             cur.execute(sql, (t.state, set_output, t.output, t.error, t.review, ready,
-                              self.now + t.delay, self.now,
+                              self.now + t.delay, self.now, fp, version,
                               pipeline, t.item_id, t.stage, owner, t.attempt))
             flags.append(changes(cur) == 1)
         return flags
+
+    def record_definitions(self, pipeline: str, rows: Sequence[tuple[str, str, str]]) -> None:
+        self._many("INSERT INTO treadle_definition (pipeline, stage, fingerprint, definition, seen_at) "
+                   "VALUES (?,?,?,?,?) ON CONFLICT (pipeline, stage, fingerprint) DO NOTHING",
+                   [(pipeline, s, fp, d, self.now) for s, fp, d in rows])
+
+    def items_at_version(self, pipeline: str, version: str | None,
+                         limit: int) -> list[tuple[str, str]]:
+        cond = "version IS NULL" if version is None else "version=?"
+        return [(r[0], r[1]) for r in self._exec(
+            f"SELECT item_id, data FROM treadle_item WHERE pipeline=? AND {cond} ORDER BY id "
+            f"LIMIT {int(limit)}", (pipeline, *(() if version is None else (version,))))]
+
+    def migrate_item(self, pipeline: str, item_id: str, expect: str | None, version: str,
+                     data: str) -> bool:
+        cond = "version IS NULL" if expect is None else "version=?"
+        self._exec(f"UPDATE treadle_item SET data=?, version=? WHERE pipeline=? AND item_id=? "
+                   f"AND {cond}", (data, version, pipeline, item_id,
+                                   *(() if expect is None else (expect,))))
+        return bool(self.store._changes(self.cur) == 1)
 
     def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
         items = [r[0] for r in self._exec(

@@ -10,7 +10,7 @@ changes the row, so the operations are compare-and-set.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .records import ControlRow, HistoryRow, StageRecord, SubRecord, SubResult, Transition
 
@@ -21,8 +21,10 @@ class Tx(abc.ABC):
     now: float
 
     @abc.abstractmethod
-    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
-        """Insert items not yet known; return the ids actually inserted."""
+    def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]],
+                     version: str | None = None) -> list[str]:
+        """Insert items not yet known (recorded at pipeline ``version``); return the
+        ids actually inserted."""
 
     @abc.abstractmethod
     def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
@@ -46,8 +48,26 @@ class Tx(abc.ABC):
         """
 
     @abc.abstractmethod
-    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition]) -> list[bool]:
-        """Guarded update of running rows; one accepted flag per transition."""
+    def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition],
+              stamps: Mapping[str, tuple[str, str | None]] | None = None) -> list[bool]:
+        """Guarded update of running rows; one accepted flag per transition. With
+        ``stamps`` (stage -> (fingerprint, version)), each accepted row records its
+        stage's stamp in the same statement."""
+
+    @abc.abstractmethod
+    def record_definitions(self, pipeline: str, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Record (stage, fingerprint, definition JSON) rows not yet recorded."""
+
+    @abc.abstractmethod
+    def items_at_version(self, pipeline: str, version: str | None,
+                         limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (item_id, data) of items recorded at ``version`` (None:
+        without one), oldest first."""
+
+    @abc.abstractmethod
+    def migrate_item(self, pipeline: str, item_id: str, expect: str | None, version: str,
+                     data: str) -> bool:
+        """Replace an item's data and version if its version is still ``expect``."""
 
     @abc.abstractmethod
     def rename_stage(self, pipeline: str, old: str, new: str) -> list[str]:
