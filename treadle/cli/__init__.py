@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -250,38 +249,40 @@ def _target_hint(args: argparse.Namespace, url: str) -> str:
 def _run(args: argparse.Namespace, runner: Runner, url: str,
          stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     from .progress import Progress
+    from .summary import Tally, stop_on_signals
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be a port number, 0-65535")
-    new = runner.submit(*_items(args, runner.pipeline, stdin))
+    items = _items(args, runner.pipeline, stdin)
     disconnect = None
-    if args.log_format:
+    if args.log_format:  # before submitting: item_submitted is logged too
         disconnect = _configure_logging(args.log_format, stdout, runner.pipeline)
-    tty = stdout.isatty() and not args.log_format
+    tally = Tally()
     metrics = None
-    dask = _connect_dask(args.dask, runner, stdout) if args.dask else None
+    dask = None
     try:
+        new = runner.submit(*items)
+        dask = _connect_dask(args.dask, runner, stdout) if args.dask else None
         if args.metrics_port is not None:  # treadle.contrib.prometheus: /metrics while the run lasts
             from treadle.contrib.prometheus import instrument as metrics_for
 
             metrics = metrics_for(runner)
             metrics.serve(args.metrics_port)
-        while True:
-            if not args.no_source and not args.item_id:
-                new += runner.submit_source()
-            if args.log_format:
-                report = runner.advance(args.item_id)
-            else:
-                with Progress(runner.pipeline, stdout, tty=tty):
-                    report = runner.advance(args.item_id)
-            if not args.watch or report.interrupted:
-                break
-            try:
-                time.sleep(1.0)
-            except KeyboardInterrupt:
-                break
+        # Ctrl-C / SIGTERM between two passes of --watch (a pass handles them itself)
+        with stop_on_signals() as stop:
+            while True:
+                if not args.no_source and not args.item_id:
+                    new += runner.submit_source()
+                if args.log_format:
+                    report = tally.add(runner.advance(args.item_id))
+                else:
+                    with Progress(runner, stdout):
+                        report = tally.add(runner.advance(args.item_id))
+                if not args.watch or report.interrupted or stop.is_set() or stop.wait(1.0):
+                    break
+            tally.interrupted = tally.interrupted or stop.is_set()
     finally:
         if disconnect:
             disconnect()
@@ -289,8 +290,8 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
             metrics.close()
         if dask is not None:
             dask.close()
-    _summary(args, runner, report, url, stdout, submitted=len(new))
-    if report.interrupted:
+    _summary(args, runner, report, tally, url, stdout, submitted=len(new))
+    if tally.interrupted:
         return 130
     return 1 if report.items.get("failed") else 0
 
@@ -331,20 +332,26 @@ def _configure_logging(fmt: str, out: TextIO, pipeline: Pipeline) -> Any:
     return connect(sender=pipeline)
 
 
-def _summary(args: argparse.Namespace, runner: Runner, report: RunReport, url: str, out: TextIO, *,
-             submitted: int) -> None:
-    out.write(f"\nsubmitted {submitted} new item(s); this run executed {report.executed} stage(s)"
-              f"{' (interrupted: run again to continue)' if report.interrupted else ''}\n")
-    out.write(render.counts_table(runner.counts()) + "\n")
+def _summary(args: argparse.Namespace, runner: Runner, report: RunReport, tally: Any, url: str,
+             out: TextIO, *, submitted: int) -> None:
+    from .summary import failure_hint
+
+    out.write(f"\nsubmitted {submitted} new item(s); {tally.describe()}"
+              f"{' (interrupted: run again to continue)' if tally.interrupted else ''}\n")
+    out.write("stage states in the store:\n" + render.counts_table(runner.counts()) + "\n")
     items = ", ".join(f"{n} {s}" for s, n in sorted(report.items.items())) or "none"
-    out.write(f"items: {items}\n")
+    out.write(f"items in the store: {items}\n")
+    memory = url.startswith("memory:")
     if report.failures:
         out.write("failed:\n")
         for item_id, stage, error in report.failures:
             out.write(f"  {item_id} {stage}: {render.short(error or '', 100)}\n")
-        out.write(f"retry them with: python -m treadle retry {_target_hint(args, url)} --all-failed\n")
+        out.write(failure_hint(report.failures, target=_target_hint(args, url), memory=memory) + "\n")
     waiting = report.items.get("awaiting_review", 0)
-    if waiting:
+    if waiting and memory:
+        out.write(f"{waiting} item(s) await review, but memory:// keeps nothing once this run "
+                  "ends: use a sqlite:/// or postgresql:// store to review them later\n")
+    elif waiting:
         out.write(f"{waiting} item(s) await review: python -m treadle review {_target_hint(args, url)}\n")
 
 
