@@ -21,6 +21,7 @@ from ..store.urls import mask_text, mask_url
 from . import render
 from . import serve as web_serve  # web console (treadle/cli/serve.py)
 from .graph import FORMATS
+from .output import Look
 from .target import load_target
 
 DEFAULT_DB = "sqlite:///treadle.db"
@@ -371,7 +372,7 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
         status = runner.status(args.item)
         took = render.durations(runner.history(args.item))
         text = (json.dumps(render.item_json(status, took), indent=2, default=str) if args.json
-                else render.item_table(status, took))
+                else render.item_table(status, took, Look.of(stdout)))
         stdout.write(text + "\n")
         return 0
     counts = runner.counts()
@@ -408,9 +409,9 @@ def _reviews(args: argparse.Namespace, runner: Runner, url: str,
     if not waiting:
         stdout.write("Nothing awaits review.\n")
         return 0
-    stdout.write(render.table(["item", "stage", "message", "data"],
-                              [[i, s, render.short(r.message, 40) if r else "",
-                                render.short(r.data if r else None, 60)] for i, s, r in waiting]) + "\n")
+    stdout.write(render.table(["item", "stage", "message", "data"],  # whole: wrapped, never cut
+                              [[i, s, r.message if r else "", render.whole(r.data if r else None)]
+                               for i, s, r in waiting], Look.of(stdout)) + "\n")
     stdout.write(f"decide them with: python -m treadle review {_target_hint(args, url)}\n")
     return 0
 
@@ -500,7 +501,7 @@ def _history(args: argparse.Namespace, runner: Runner, url: str,
     if args.json:
         stdout.write(json.dumps(render.history_json(entries), indent=2, default=str) + "\n")
     else:
-        stdout.write(render.history_table(entries) + "\n")
+        stdout.write(render.history_table(entries, Look.of(stdout)) + "\n")
     return 0
 
 

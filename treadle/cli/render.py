@@ -1,4 +1,4 @@
-"""Plain-text tables and JSON for the CLI (no terminal control codes here)."""
+"""The CLI's tables (through rich, see ``output.py``) and JSON documents."""
 
 from __future__ import annotations
 
@@ -11,17 +11,9 @@ import attrs
 
 from ..states import StageState
 from ..status import HistoryEntry, ItemStatus
+from .output import PLAIN, Look, table
 
 STATE_COLUMNS = [s.value for s in StageState]
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A left-aligned text table."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def when(ts: float | None) -> str:
@@ -30,10 +22,17 @@ def when(ts: float | None) -> str:
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def counts_table(counts: dict[str, dict[str, int]]) -> str:
+def counts_table(counts: dict[str, dict[str, int]], look: Look = PLAIN) -> str:
     used = [s for s in STATE_COLUMNS if any(c.get(s) for c in counts.values())] or ["pending"]
     rows = [[stage, *[c.get(s, 0) for s in used], sum(c.values())] for stage, c in counts.items()]
-    return table(["stage", *used, "total"], rows)
+    return table(["stage", *used, "total"], rows, look)
+
+
+def whole(value: Any) -> str:
+    """A value as one compact text, never cut (a string as it is, anything else as JSON)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def short(value: Any, width: int = 60) -> str:
@@ -56,29 +55,30 @@ def durations(entries: Sequence[HistoryEntry]) -> dict[str, float]:
     return out
 
 
-def item_table(status: ItemStatus, took: dict[str, float] | None = None) -> str:
+def item_table(status: ItemStatus, took: dict[str, float] | None = None, look: Look = PLAIN) -> str:
     took = took or {}
     rows = []
     for name, st in status.stages.items():
         extra = ""
         if st.review is not None:
-            extra = f"review: {st.review.decision or 'waiting'} {short(st.review.data, 40)}"
+            extra = f"review: {st.review.decision or 'waiting'} {whole(st.review.data)}"
+            if st.review.message:
+                extra += f"\nmessage: {st.review.message}"
         elif st.error:
-            extra = short(st.error, 70)
+            extra = st.error
         elif st.output is not None:
-            extra = short(st.output, 50)
+            extra = whole(st.output)
         secs = f"{took[name]:.2f}s" if name in took else ""
         rows.append([name, st.state.value, st.attempts, secs, when(st.updated_at), extra])
         for sub in st.subtasks.values():
-            rows.append([f"  - {sub.name}", sub.state.value, sub.attempts, "", "",
-                         short(sub.error or "", 60)])
+            rows.append([f"  - {sub.name}", sub.state.value, sub.attempts, "", "", sub.error or ""])
         for rec in st.attempt_log:
             v = rec.get("verdict", {})
             why = v.get("message") or v.get("reason") or v.get("note") or ""
             rows.append([f"  #{rec.get('attempt')}", v.get("verdict", ""), "", "", when(rec.get("at")),
-                         short(f"{why} | output {short(rec.get('output'), 30)}", 70)])
+                         f"{why} | output {whole(rec.get('output'))}"])
     return f"item {status.item_id}: {status.state.value}\n" + table(
-        ["stage", "state", "attempts", "took", "updated", "output / error / review"], rows)
+        ["stage", "state", "attempts", "took", "updated", "output / error / review"], rows, look)
 
 
 def item_json(status: ItemStatus, took: dict[str, float] | None = None) -> dict[str, Any]:
@@ -103,12 +103,32 @@ def item_json(status: ItemStatus, took: dict[str, float] | None = None) -> dict[
     }
 
 
-def history_table(entries: Sequence[HistoryEntry]) -> str:
-    rows = []
-    for h in entries:
-        note = short(h.error, 60) if h.error else (short(h.details, 60) if h.details else "")
-        rows.append([when(h.at), h.stage or "-", h.state, h.attempt, h.actor, note])
-    return table(["time", "stage", "state", "attempt", "actor", "error / details"], rows)
+def history_table(entries: Sequence[HistoryEntry], look: Look = PLAIN) -> str:
+    rows = [[when(h.at), h.stage or "-", h.subtask or "", h.state, h.attempt, h.actor,
+             "\n".join(filter(None, [h.error or "", details_text(h.details)]))]
+            for h in entries]
+    return table(["time", "stage", "subtask", "state", "attempt", "actor", "error / details"], rows, look)
+
+
+def details_text(details: Any) -> str:
+    """A history entry's details for people: a decision's fields and its diff one per line."""
+    if not isinstance(details, dict):
+        return whole(details)
+    lines = []
+    rest = {k: v for k, v in details.items() if k not in ("diff", "edited")}
+    if rest:
+        lines.append(", ".join(f"{k}: {whole(v)}" for k, v in rest.items() if v is not None))
+    for op in details.get("diff") or []:
+        if not isinstance(op, dict):
+            continue
+        path = op.get("path", "/")
+        if op.get("op") == "add":
+            lines.append(f"+ {path}: {whole(op.get('new'))}")
+        elif op.get("op") == "remove":
+            lines.append(f"- {path}: {whole(op.get('old'))}")
+        else:
+            lines.append(f"~ {path}: {whole(op.get('old'))} -> {whole(op.get('new'))}")
+    return "\n".join(line for line in lines if line)
 
 
 def history_json(entries: Sequence[HistoryEntry]) -> list[dict[str, Any]]:
