@@ -21,9 +21,11 @@ from typing import Any
 import attrs
 
 from ..errors import ItemNotFoundError
+from ..metrics import StageMetrics
 from ..states import DONE_STATES
 from .base import BaseStore
 from .memtables import MemoryTx, Tables, _Undo
+from .metrics import memory_stage_metrics
 from .records import PENDING, Outlook, Shape, StageRecord, SubRecord
 from .tx import Tx
 
@@ -185,6 +187,11 @@ class MemoryStore(BaseStore):
                  "error": r.error, "traceback": r.traceback, "details": r.details}
                 for seq, p, at, r in self.t.history if p == shape.name and r.item_id == item_id
             ]
+
+    def stage_metrics(self, shape: Shape, *, window: float, sample: int) -> dict[str, StageMetrics]:
+        """Per stage: durations, failure and retry rates, throughput, waiting reviews."""
+        with self._lock:
+            return memory_stage_metrics(self.t, shape, now=time.time(), window=window, sample=sample)
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         with self._lock:

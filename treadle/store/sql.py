@@ -20,8 +20,10 @@ import peewee as pw
 
 from .._crash import crash_point
 from ..errors import ItemNotFoundError, StoreError
+from ..metrics import StageMetrics
 from . import schema
 from .base import BaseStore
+from .metrics import sql_stage_metrics
 from .records import (
     Outlook,
     Shape,
@@ -355,6 +357,11 @@ class SqlStore(BaseStore):
         return [dict(zip(keys, r)) for r in self._read(
             "SELECT id, at, item_id, stage, subtask, state, attempt, actor, error, traceback, details "
             "FROM treadle_history WHERE pipeline=? AND item_id=? ORDER BY id", (shape.name, item_id))]
+
+    def stage_metrics(self, shape: Shape, *, window: float, sample: int) -> dict[str, StageMetrics]:
+        """Per stage: durations, failure and retry rates, throughput, waiting reviews
+        (from the newest ``sample`` history rows; see ``store/metrics.py``)."""
+        return sql_stage_metrics(self, shape, window=window, sample=sample)
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         return self._read(
