@@ -6,7 +6,7 @@ history, which records every stage run as a ``running`` row when it was
 claimed and a ``completed`` / ``failed`` / ``skipped`` / ``awaiting_review``
 row (same item, stage and attempt) when its result was committed. To stay
 fast on a large store they read a bounded sample: the store's last
-``sample`` history rows (50,000 by default, about 20,000 stage runs), not
+``sample`` history rows (20,000 by default: some 8,000 stage runs), not
 the whole history; see docs/observability.md, "Stage metrics".
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import attrs
 
 #: How many of the store's newest history rows the metrics read, at most.
-DEFAULT_SAMPLE = 50_000
+DEFAULT_SAMPLE = 20_000
 #: Seconds over which throughput is measured.
 DEFAULT_WINDOW = 300.0
 

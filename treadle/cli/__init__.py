@@ -89,6 +89,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     status = cmd("status", "per-stage counts by state, or one item's stages",
                  "python -m treadle status app.py:pipeline t1 --json", item="optional")
     status.add_argument("--json", action="store_true", help="print JSON (schema in docs/cli.md)")
+    status.add_argument("--window", type=float, default=300.0, metavar="SECONDS",
+                        help="throughput over the last SECONDS (default 300)")
 
     reviews = cmd("reviews", "list what awaits review, with its data",
                   "python -m treadle reviews app.py:pipeline --json")
@@ -376,16 +378,23 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
         stdout.write(text + "\n")
         return 0
     counts = runner.counts()
+    if args.window <= 0:
+        raise UsageError("--window must be a number of seconds > 0")
+    metrics = runner.stage_metrics(window=args.window)
     if args.json:
         stdout.write(json.dumps({"pipeline": runner.pipeline.name, "store": mask_url(url),
                                  "stages": counts,
-                                 "items": runner.item_counts()},
+                                 "items": runner.item_counts(),
+                                 "metrics": render.metrics_json(metrics)},
                                 indent=2) + "\n")
         return 0
+    look = Look.of(stdout)
     stdout.write(f"pipeline {runner.pipeline.name} in {mask_url(url)}\n")
-    stdout.write(render.counts_table(counts) + "\n")
+    stdout.write(render.counts_table(counts, look) + "\n")
     items = runner.item_counts()
     stdout.write("items: " + (", ".join(f"{n} {s}" for s, n in sorted(items.items())) or "none") + "\n")
+    stdout.write("\nstage metrics (runs: the newest history rows; per min: the last "
+                 f"{render.seconds(args.window)}):\n" + render.metrics_table(metrics, look) + "\n")
     return 0
 
 

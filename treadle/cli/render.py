@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from ..metrics import StageMetrics
 from ..states import StageState
 from ..status import HistoryEntry, ItemStatus
 from .output import PLAIN, Look, table
@@ -129,6 +130,38 @@ def details_text(details: Any) -> str:
         else:
             lines.append(f"~ {path}: {whole(op.get('old'))} -> {whole(op.get('new'))}")
     return "\n".join(line for line in lines if line)
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: 0.042s, 12.5s, 3m05s, 2h07m."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.3f}s" if value < 1 else f"{value:.2f}s"
+    if value < 60:
+        return f"{value:.1f}s"
+    m = int(value // 60)
+    if m < 60:
+        return f"{m}m{int(value % 60):02d}s"
+    return f"{m // 60}h{m % 60:02d}m"
+
+
+def metrics_table(metrics: dict[str, StageMetrics], look: Look = PLAIN) -> str:
+    """``status``'s per-stage metrics (see :class:`treadle.StageMetrics`)."""
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x * 100:.1f}%"
+
+    rows = [[m.stage, m.done, m.runs, seconds(m.p50), seconds(m.p95), pct(m.failure_rate),
+             pct(m.retry_rate), f"{m.throughput:.1f}", m.waiting_reviews,
+             seconds(m.oldest_review_age) if m.waiting_reviews else "-"]
+            for m in metrics.values()]
+    return table(["stage", "done", "runs", "p50", "p95", "failed", "retries",
+                  "per min", "reviews", "oldest review"], rows, look)
+
+
+def metrics_json(metrics: dict[str, StageMetrics]) -> dict[str, dict[str, Any]]:
+    """The ``metrics`` object of ``status --json``: stage -> the fields of StageMetrics."""
+    return {name: attrs.asdict(m, filter=lambda a, _: a.name != "stage") for name, m in metrics.items()}
 
 
 def history_json(entries: Sequence[HistoryEntry]) -> list[dict[str, Any]]:
