@@ -5,6 +5,7 @@ Through real subprocesses on an SQLite file and on PostgreSQL, with exit codes."
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.volume_pipeline import LONG_MESSAGE
+from tests.volume_pipeline import LONG_MESSAGE, Job
+from tests.volume_pipeline import pipeline as volume
+from treadle import Runner, StageMetrics, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "tests/volume_pipeline.py:pipeline"
@@ -135,7 +138,7 @@ def test_tables_wrap_on_a_terminal_instead_of_cutting():
     assert max(len(line) for line in plain.splitlines()) <= 80
     words = re.findall(r"w\d{3}", plain)
     assert " ".join(words) + "." == LONG_MESSAGE
-    assert Look.of(open(os.devnull, "w")).plain  # not a terminal: plain
+    assert Look.of(io.StringIO()).plain  # not a terminal: plain
 
 
 # -- the progress display ---------------------------------------------------------------
@@ -185,10 +188,6 @@ def test_progress_bars_on_a_terminal_and_plain_under_no_color(sqlite_db):
 @pytest.mark.timeout(60)
 def test_stage_metrics_match_a_run_with_known_durations(store_url):
     """Eight 0.05 s runs, two 0.5 s runs and a failing item tried twice: the metrics say so."""
-    from treadle import Runner, StageMetrics, open_store
-    from tests.volume_pipeline import Job
-    from tests.volume_pipeline import pipeline as volume
-
     runner = Runner(volume, open_store(store_url), workers=16)
     runner.submit(*[Job(f"q{i}", 0.05) for i in range(8)], Job("slow1", 0.5), Job("slow2", 0.5),
                   Job("fail1", 0.05), Job("review1", 0.05))

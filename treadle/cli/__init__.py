@@ -21,7 +21,7 @@ from ..store.urls import mask_text, mask_url
 from . import render
 from . import serve as web_serve  # web console (treadle/cli/serve.py)
 from .graph import FORMATS
-from .output import Look
+from .output import Look, table
 from .target import load_target
 
 DEFAULT_DB = "sqlite:///treadle.db"
@@ -418,9 +418,9 @@ def _reviews(args: argparse.Namespace, runner: Runner, url: str,
     if not waiting:
         stdout.write("Nothing awaits review.\n")
         return 0
-    stdout.write(render.table(["item", "stage", "message", "data"],  # whole: wrapped, never cut
-                              [[i, s, r.message if r else "", render.whole(r.data if r else None)]
-                               for i, s, r in waiting], Look.of(stdout)) + "\n")
+    stdout.write(table(["item", "stage", "message", "data"],  # whole: wrapped, never cut
+                       [[i, s, r.message if r else "", render.whole(r.data if r else None)]
+                        for i, s, r in waiting], Look.of(stdout)) + "\n")
     stdout.write(f"decide them with: python -m treadle review {_target_hint(args, url)}\n")
     return 0
 

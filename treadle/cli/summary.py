@@ -97,5 +97,5 @@ def stop_on_signals() -> Iterator[threading.Event]:
     try:
         yield stop
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
