@@ -30,7 +30,7 @@ WITH h AS (
          LAG(state) OVER w AS prev_state, LAG(attempt) OVER w AS prev_attempt,
          LAG(at) OVER w AS prev_at
   FROM treadle_history
-  WHERE id > ? AND pipeline || '' = ? AND subtask IS NULL AND stage IS NOT NULL
+  WHERE id > ? AND id <= ? AND pipeline || '' = ? AND subtask IS NULL AND stage IS NOT NULL
   WINDOW w AS (PARTITION BY item_id, stage ORDER BY id)
 ), runs AS (
   SELECT stage, state, attempt, at, prev_at, at - prev_at AS took FROM h
@@ -63,18 +63,18 @@ def sql_stage_metrics(store: Any, shape: Shape, *, window: float, sample: int
         r[0]: RunSample(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]),
                         None if r[5] is None else float(r[5]), None if r[6] is None else float(r[6]),
                         None if r[7] is None else float(r[7]))
-        for r in store._read(RUNS_SQL, (top - sample, shape.name, now - window))
+        for r in store._read(RUNS_SQL, (top - sample, top, shape.name, now - window))
     }
+    counts = store.counts(shape)  # one grouped query for done and waiting
     out = {}
     for stage in shape.order:
-        done = store._read(
-            "SELECT count(*) FROM treadle_stage WHERE pipeline=? AND stage=? "
-            f"AND state IN ('{COMPLETED}', '{SKIPPED}')", (shape.name, stage))[0][0]
-        waiting, oldest = store._read(
-            "SELECT count(*), min(updated_at) FROM treadle_stage WHERE pipeline=? AND stage=? "
-            f"AND state='{AWAITING}'", (shape.name, stage))[0]
-        out[stage] = build(stage, samples.get(stage), done=int(done), waiting=int(waiting),
-                           oldest_review=oldest, now=now, window=window)
+        c = counts.get(stage, {})
+        waiting = c.get(AWAITING, 0)
+        oldest = store._read(  # an index lookup: (pipeline, stage, state, updated_at)
+            "SELECT min(updated_at) FROM treadle_stage WHERE pipeline=? AND stage=? "
+            f"AND state='{AWAITING}'", (shape.name, stage))[0][0] if waiting else None
+        out[stage] = build(stage, samples.get(stage), done=c.get(COMPLETED, 0) + c.get(SKIPPED, 0),
+                           waiting=waiting, oldest_review=oldest, now=now, window=window)
     return out
 
 
