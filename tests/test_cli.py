@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.procs import run_on_pty
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "tests/cli_pipeline.py:pipeline"
@@ -205,28 +205,11 @@ def test_run_logs_one_json_line_per_transition(db):
 
 def test_progress_display_on_a_terminal(db):
     """Under a pseudo-terminal, run redraws progress in place and ends with the final counts."""
-    master, slave = pty.openpty()
     env = {**os.environ, "TREADLE_DB": db}
-    proc = subprocess.Popen([sys.executable, "-m", "treadle", "run", TARGET, "--item", '{"id": "p1"}',
-                             "--item", '{"id": "p2"}'], cwd=ROOT, env=env, stdout=slave,
-                            stderr=subprocess.PIPE)
-    os.close(slave)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 30)
-        if not ready:
-            break
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=30)
-    os.close(master)
-    out = b"".join(chunks).decode()
-    assert proc.returncode == 0
+    env.pop("NO_COLOR", None)
+    code, out = run_on_pty(["-m", "treadle", "run", TARGET, "--item", '{"id": "p1"}',
+                            "--item", '{"id": "p2"}'], env)
+    assert code == 0
     assert "\x1b[2K" in out  # redrawn in place
     assert "━" in out  # a bar per stage
     for stage in ("load", "check", "save"):

@@ -8,9 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import run_on_pty
 from tests.volume_pipeline import LONG_MESSAGE, Job
 from tests.volume_pipeline import pipeline as volume
 from treadle import Runner, StageMetrics, open_store
@@ -148,28 +147,11 @@ def test_progress_bars_on_a_terminal_and_plain_under_no_color(sqlite_db):
     """On a terminal: a bar per stage with done/total, rate and ETA; with NO_COLOR set, plain
     lines and no control code at all."""
     def on_pty(extra_env: dict[str, str]) -> tuple[int, str]:
-        master, slave = pty.openpty()
         env = {**os.environ, "TREADLE_DB": sqlite_db, "COLUMNS": "120", **extra_env}
-        env.pop("NO_COLOR", None) if "NO_COLOR" not in extra_env else None
-        proc = subprocess.Popen([sys.executable, "-m", "treadle", "run", TARGET,
-                                 *items(*(f"p{i}" for i in range(6)), secs=0.3), "--workers", "2"],
-                                cwd=ROOT, env=env, stdout=slave, stderr=subprocess.PIPE)
-        os.close(slave)
-        chunks = []
-        while True:
-            ready, _, _ = select.select([master], [], [], 60)
-            if not ready:
-                break
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        proc.wait(timeout=60)
-        os.close(master)
-        return proc.returncode, b"".join(chunks).decode()
+        if "NO_COLOR" not in extra_env:
+            env.pop("NO_COLOR", None)
+        return run_on_pty(["-m", "treadle", "run", TARGET, *items(*(f"p{i}" for i in range(6)), secs=0.3),
+                           "--workers", "2"], env)
 
     code, out = on_pty({})
     assert code == 0

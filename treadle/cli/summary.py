@@ -8,29 +8,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import attrs
-
+from ..engine.report import Counters
 from ..status import RunReport
 
 
-@attrs.define
-class Tally:
+class Tally(Counters):
     """This command's stage runs, added up over the passes of ``run --watch``."""
-
-    executed: int = 0
-    completed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    awaiting_review: int = 0
-    interrupted: bool = False
 
     def add(self, report: RunReport) -> RunReport:
         """Count one pass; returns the report."""
-        self.executed += report.executed
-        self.completed += report.completed
-        self.failed += report.failed
-        self.skipped += report.skipped
-        self.awaiting_review += report.awaiting_review
+        for field in ("executed", "completed", "failed", "skipped", "awaiting_review"):
+            setattr(self, field, getattr(self, field) + getattr(report, field))
         self.interrupted = self.interrupted or report.interrupted
         return report
 
