@@ -274,10 +274,13 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
             metrics = metrics_for(runner)
             metrics.serve(args.metrics_port)
         # Ctrl-C / SIGTERM between two passes of --watch (a pass handles them itself)
+        report = None
         with stop_on_signals() as stop:
             while True:
                 if not args.no_source and not args.item_id:
                     new += runner.submit_source()
+                if stop.is_set():  # a signal before any stage ran: nothing to advance
+                    break
                 if args.log_format:
                     report = tally.add(runner.advance(args.item_id))
                 else:
@@ -293,6 +296,8 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
             metrics.close()
         if dask is not None:
             dask.close()
+    if report is None:
+        report = RunReport(0, 0, 0, 0, 0, 0, items=runner.item_counts(), interrupted=True)
     _summary(args, runner, report, tally, url, stdout, submitted=len(new))
     if tally.interrupted:
         return 130
