@@ -97,6 +97,8 @@ def test_reviews_table_shows_a_300_character_message_whole(db):
     assert len(LONG_MESSAGE) == 300
     line = [x for x in res.stdout.splitlines() if x.startswith("review1")][0]
     assert LONG_MESSAGE in line and '{"title": "A", "tags": ["x"]}' in line
+    status = cli("status", TARGET, "review1", db=db)  # the item's table: whole too
+    assert status.returncode == 0 and f"message: {LONG_MESSAGE}" in status.stdout
     inbox = json.loads(cli("reviews", TARGET, "--json", db=db).stdout)  # --json unchanged
     assert inbox == [{"item_id": "review1", "stage": "review", "message": LONG_MESSAGE,
                       "data": {"title": "A", "tags": ["x"]}, "version": 1}]
