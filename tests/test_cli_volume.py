@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -165,6 +166,42 @@ def test_progress_bars_on_a_terminal_and_plain_under_no_color(sqlite_db):
     assert code == 0
     assert "\x1b" not in out
     assert "done: fetch 6/6" in out
+
+
+class _StuckRunner:
+    """A runner whose store answers the first count, then never again."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+        self.store = object()
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        self.calls += 1
+        if self.calls > 1:
+            self.release.wait(30)
+        return {"fetch": {"completed": 3, "pending": 1}}
+
+
+@pytest.mark.timeout(30)
+def test_progress_never_hangs_at_exit_and_listens_to_no_signal():
+    """The display reads counts, connects no signal receiver (no cost per stage run), and
+    leaving it returns in bounded time even when the store stops answering."""
+    from treadle import signals
+    from treadle.cli.output import PLAIN
+    from treadle.cli.progress import Progress
+
+    runner = _StuckRunner()
+    out = io.StringIO()
+    progress = Progress(runner, out, look=PLAIN, interval=0.05)  # type: ignore[arg-type]
+    with progress:
+        assert not any(sig.receivers for sig in signals.ALL.values())
+        time.sleep(0.3)  # the thread's second read is stuck now
+        started = time.monotonic()
+    assert time.monotonic() - started < 5
+    runner.release.set()
+    assert out.getvalue().splitlines()[0] == "progress: fetch 3/4 (0.0/s)"
+    assert out.getvalue().splitlines()[-1].startswith("done: fetch 3/4")
 
 
 # -- metrics against known durations and failures ----------------------------------------

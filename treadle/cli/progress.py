@@ -87,6 +87,8 @@ class Progress:
 
     #: The thread's reads are at least this many times their own duration apart.
     COST_FACTOR = 20.0
+    #: Seconds leaving the block waits at most for the final read.
+    EXIT_WAIT = 10.0
 
     def __init__(self, runner: Runner, out: TextIO, *, look: Look | None = None,
                  interval: float | None = None) -> None:
@@ -98,6 +100,7 @@ class Progress:
         self.last: list[StageProgress] = []
         self._wait = self.interval
         self._printed = ""
+        self._closed = False  # the final lines are shown: nothing more is drawn
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,14 +116,13 @@ class Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
+        self._stop.set()  # the thread reads once more, shows the final lines and ends
         if self._thread is not None:
-            self._thread.join(timeout=max(2.0, 2 * self._wait))
-        try:
-            self._update(self.runner.counts(), final=True)
-        except Exception:  # noqa: BLE001 - the run's own error is what matters; show what we had
-            self._show(self.last, final=True)
-        finally:
+            self._thread.join(timeout=min(max(2.0, 2 * self._wait), self.EXIT_WAIT))
+        with self._lock:
+            if not self._closed:  # the store did not answer in time: show what we had
+                self._closed = True
+                self._show([attrs.evolve(p, eta=None) for p in self.last], final=True)
             if self._bar is not None:
                 self._bar.stop()
                 self._bar = None
@@ -128,18 +130,17 @@ class Progress:
     def _loop(self) -> None:
         try:
             while True:
+                final = self._stop.is_set()
                 started = time.monotonic()
                 try:
                     counts = self.runner.counts()
                 except Exception:  # noqa: BLE001 - a display never breaks a run
                     counts = None
-                cost = time.monotonic() - started
-                self._wait = max(self.interval, self.COST_FACTOR * cost)
-                if self._stop.is_set():
-                    return
-                if counts is not None:
-                    self._update(counts)
-                if self._stop.wait(self._wait):
+                self._wait = max(self.interval, self.COST_FACTOR * (time.monotonic() - started))
+                self._update(counts, final=final)
+                if final or self._stop.wait(self._wait):
+                    if not final:
+                        continue  # stopped while waiting: one last read
                     return
         finally:
             close = getattr(self.runner.store, "close_thread_connection", None)
@@ -149,13 +150,15 @@ class Progress:
                 except Exception:  # noqa: BLE001
                     pass
 
-    def _update(self, counts: dict[str, dict[str, int]], *, final: bool = False) -> None:
+    def _update(self, counts: dict[str, dict[str, int]] | None, *, final: bool) -> None:
         with self._lock:
-            if self._stop.is_set() and not final:
+            if self._closed:
                 return
-            self.last = self.rates.lines(counts, time.monotonic())
+            if counts is not None:
+                self.last = self.rates.lines(counts, time.monotonic())
             if final:  # nothing more moves in this run: no time left to estimate
                 self.last = [attrs.evolve(p, eta=None) for p in self.last]
+                self._closed = True
             self._show(self.last, final=final)
 
     def _show(self, lines: list[StageProgress], *, final: bool) -> None:
