@@ -346,7 +346,7 @@ def _summary(args: argparse.Namespace, runner: Runner, report: RunReport, tally:
 
     out.write(f"\nsubmitted {submitted} new item(s); {tally.describe()}"
               f"{' (interrupted: run again to continue)' if tally.interrupted else ''}\n")
-    out.write("stage states in the store:\n" + render.counts_table(runner.counts()) + "\n")
+    out.write("stage states in the store:\n" + render.counts_table(runner.counts(), Look.of(out)) + "\n")
     items = ", ".join(f"{n} {s}" for s, n in sorted(report.items.items())) or "none"
     out.write(f"items in the store: {items}\n")
     memory = url.startswith("memory:")
