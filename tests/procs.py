@@ -46,3 +46,30 @@ class Script:
         """Run it to the end."""
         subprocess.run([sys.executable, self.path, self.db], env=self.env, check=True,
                        timeout=timeout)
+
+
+def run_on_pty(args: list[str], env: dict[str, str], cwd: Path = ROOT,
+               timeout: float = 60) -> tuple[int, str]:
+    """Run ``python ARGS`` with stdout on a pseudo-terminal: (exit status, what it printed)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=slave,
+                            stderr=subprocess.PIPE)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=timeout)
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode()

@@ -24,6 +24,7 @@ from .errors import (
     TreadleError,
     UnknownStageError,
 )
+from .metrics import StageMetrics
 from .outcomes import Completed, FanOut, Review, Skipped, SubTask
 from .pipeline import Pipeline
 from .runner import Runner
@@ -43,7 +44,7 @@ __all__ = [
     "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
     "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
     "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",
-    "StageContext", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
+    "StageContext", "StageMetrics", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
     "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
     "UnknownStageError", "open_store", "stage",
 ]

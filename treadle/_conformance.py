@@ -866,3 +866,43 @@ class StoreConformance:
         details = [h["details"] for h in ready_store.history(shape, "i1")
                    if h["stage"] == "a" and h["state"] == "pending"]
         assert json.loads(details[-1])["why"] == "fingerprint x -> y: code changed"
+    # -- stage metrics ------------------------------------------------------------
+    def test_stage_metrics_pair_each_run_and_stay_bounded(self, ready_store: StateStore,
+                                                          shape: Pipeline) -> None:
+        """Metrics pair each running row with its result: durations, failure and retry
+        rates, done counts and waiting reviews; released claims and subtasks are no runs;
+        ``sample`` bounds the history rows read."""
+        store = ready_store
+        store.commit(shape, OWNER, [], 2)  # i1.a and i2.a, attempt 1
+        store.release(shape, OWNER, [], unstarted=[("i2", "a", 1)])  # not a run
+        time.sleep(0.3)
+        store.commit(shape, OWNER, [self.done("i1", "a", output="1")], 0)  # ~0.3 s
+        store.commit(shape, OWNER, [], 1, only=["i2"])
+        store.commit(shape, OWNER, [self.done("i2", "a", state="failed", error="E")], 0)
+        store.retry(shape, "i2", None, "test")
+        store.commit(shape, OWNER, [], 1, only=["i2"])
+        store.commit(shape, OWNER, [self.done("i2", "a", attempt=2, output="1")], 0)
+        # i1.b: a fan-out (its subtask is no stage run), then a review
+        store.commit(shape, OWNER, [], 10, only=["i1"])
+        store.commit(shape, OWNER, [], 0, fanouts=[FanOutStart("i1", "b", 1, ("x",))])
+        store.commit(shape, OWNER, [], 0, subtasks=[SubResult("i1", "b", "x", 1, "completed",
+                                                              output="1")])
+        review = json.dumps({"data": 1, "message": "check"})
+        store.commit(shape, OWNER, [self.done("i1", "b", state="awaiting_review", review=review)], 0)
+
+        m = store.stage_metrics(shape, window=300.0, sample=100_000)
+        assert list(m) == ["a", "b", "c", "d"]
+        a = m["a"]
+        assert (a.stage, a.done, a.runs) == ("a", 2, 3)
+        assert a.failure_rate == pytest.approx(1 / 3) and a.retry_rate == pytest.approx(1 / 3)
+        assert a.p50 is not None and a.p95 is not None
+        assert 0 <= a.p50 < 0.25 <= a.p95 < 30  # two quick runs, one of ~0.3 s
+        assert a.throughput > 0 and a.waiting_reviews == 0 and a.oldest_review_age is None
+        b = m["b"]
+        assert (b.done, b.runs, b.failure_rate, b.retry_rate, b.waiting_reviews) == (0, 1, 0.0, 0.0, 1)
+        assert b.oldest_review_age is not None and 0 <= b.oldest_review_age < 30
+        assert m["d"].runs == 0 and m["d"].p50 is None and m["d"].failure_rate is None
+        # only the newest history rows: i1.b's run is in the last 6, i2's last run of a is not
+        bounded = store.stage_metrics(shape, window=300.0, sample=6)
+        assert bounded["a"].runs == 0 and bounded["a"].done == 2  # counts are not sampled
+        assert bounded["b"].runs == 1

@@ -14,6 +14,7 @@ from ._review import ReviewMixin
 from ._steer import SteerMixin
 from .engine import Scheduler
 from .errors import InvalidItemError
+from .metrics import DEFAULT_SAMPLE, DEFAULT_WINDOW, StageMetrics
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
 from .states import ItemState, StageState, SubtaskState
@@ -198,6 +199,20 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
     def counts(self) -> dict[str, dict[str, int]]:
         """Per stage, the number of items in each state (states with none omitted)."""
         return self.store.counts(self.pipeline)
+
+    def stage_metrics(self, *, window: float = DEFAULT_WINDOW,
+                      sample: int = DEFAULT_SAMPLE) -> dict[str, StageMetrics]:
+        """Per stage (in pipeline order): items done, p50 / p95 run duration, failure
+        and retry rates, throughput over the last ``window`` seconds, waiting reviews.
+
+        Computed in the store from the newest ``sample`` history rows, so it
+        costs the same on a store of any size (see :mod:`treadle.metrics`).
+        """
+        if not isinstance(window, (int, float)) or window <= 0:
+            raise ValueError(f"window must be a number of seconds > 0, got {window!r}")
+        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+            raise ValueError(f"sample must be an int >= 1, got {sample!r}")
+        return self.store.stage_metrics(self.pipeline, window=float(window), sample=sample)
 
     def history(self, item_id: Any) -> list[HistoryEntry]:
         """Every recorded transition of an item, oldest first."""

@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -23,6 +22,7 @@ from . import plan as change_plan  # definition changes (treadle/cli/plan.py)
 from . import render
 from . import serve as web_serve  # web console (treadle/cli/serve.py)
 from .graph import FORMATS
+from .output import Look, table
 from .target import load_target
 
 DEFAULT_DB = "sqlite:///treadle.db"
@@ -90,6 +90,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     status = cmd("status", "per-stage counts by state, or one item's stages",
                  "python -m treadle status app.py:pipeline t1 --json", item="optional")
     status.add_argument("--json", action="store_true", help="print JSON (schema in docs/cli.md)")
+    status.add_argument("--window", type=float, default=300.0, metavar="SECONDS",
+                        help="throughput over the last SECONDS (default 300)")
 
     reviews = cmd("reviews", "list what awaits review, with its data",
                   "python -m treadle reviews app.py:pipeline --json")
@@ -255,38 +257,43 @@ def _target_hint(args: argparse.Namespace, url: str) -> str:
 def _run(args: argparse.Namespace, runner: Runner, url: str,
          stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     from .progress import Progress
+    from .summary import Tally, stop_on_signals
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be a port number, 0-65535")
-    new = runner.submit(*_items(args, runner.pipeline, stdin))
+    items = _items(args, runner.pipeline, stdin)
     disconnect = None
-    if args.log_format:
+    if args.log_format:  # before submitting: item_submitted is logged too
         disconnect = _configure_logging(args.log_format, stdout, runner.pipeline)
-    tty = stdout.isatty() and not args.log_format
+    tally = Tally()
     metrics = None
-    dask = _connect_dask(args.dask, runner, stdout) if args.dask else None
+    dask = None
     try:
+        new = runner.submit(*items)
+        dask = _connect_dask(args.dask, runner, stdout) if args.dask else None
         if args.metrics_port is not None:  # treadle.contrib.prometheus: /metrics while the run lasts
             from treadle.contrib.prometheus import instrument as metrics_for
 
             metrics = metrics_for(runner)
             metrics.serve(args.metrics_port)
-        while True:
-            if not args.no_source and not args.item_id:
-                new += runner.submit_source()
-            if args.log_format:
-                report = runner.advance(args.item_id)
-            else:
-                with Progress(runner.pipeline, stdout, tty=tty):
-                    report = runner.advance(args.item_id)
-            if not args.watch or report.interrupted:
-                break
-            try:
-                time.sleep(1.0)
-            except KeyboardInterrupt:
-                break
+        # Ctrl-C / SIGTERM between two passes of --watch (a pass handles them itself)
+        report = None
+        with stop_on_signals() as stop:
+            while True:
+                if not args.no_source and not args.item_id:
+                    new += runner.submit_source()
+                if stop.is_set():  # a signal before any stage ran: nothing to advance
+                    break
+                if args.log_format:
+                    report = tally.add(runner.advance(args.item_id))
+                else:
+                    with Progress(runner, stdout):
+                        report = tally.add(runner.advance(args.item_id))
+                if not args.watch or report.interrupted or stop.is_set() or stop.wait(1.0):
+                    break
+            tally.interrupted = tally.interrupted or stop.is_set()
     finally:
         if disconnect:
             disconnect()
@@ -294,8 +301,10 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
             metrics.close()
         if dask is not None:
             dask.close()
-    _summary(args, runner, report, url, stdout, submitted=len(new))
-    if report.interrupted:
+    if report is None:
+        report = RunReport(0, 0, 0, 0, 0, 0, items=runner.item_counts(), interrupted=True)
+    _summary(args, runner, report, tally, url, stdout, submitted=len(new))
+    if tally.interrupted:
         return 130
     return 1 if report.items.get("failed") else 0
 
@@ -336,20 +345,26 @@ def _configure_logging(fmt: str, out: TextIO, pipeline: Pipeline) -> Any:
     return connect(sender=pipeline)
 
 
-def _summary(args: argparse.Namespace, runner: Runner, report: RunReport, url: str, out: TextIO, *,
-             submitted: int) -> None:
-    out.write(f"\nsubmitted {submitted} new item(s); this run executed {report.executed} stage(s)"
-              f"{' (interrupted: run again to continue)' if report.interrupted else ''}\n")
-    out.write(render.counts_table(runner.counts()) + "\n")
+def _summary(args: argparse.Namespace, runner: Runner, report: RunReport, tally: Any, url: str,
+             out: TextIO, *, submitted: int) -> None:
+    from .summary import failure_hint
+
+    out.write(f"\nsubmitted {submitted} new item(s); {tally.describe()}"
+              f"{' (interrupted: run again to continue)' if tally.interrupted else ''}\n")
+    out.write("stage states in the store:\n" + render.counts_table(runner.counts(), Look.of(out)) + "\n")
     items = ", ".join(f"{n} {s}" for s, n in sorted(report.items.items())) or "none"
-    out.write(f"items: {items}\n")
+    out.write(f"items in the store: {items}\n")
+    memory = url.startswith("memory:")
     if report.failures:
         out.write("failed:\n")
         for item_id, stage, error in report.failures:
             out.write(f"  {item_id} {stage}: {render.short(error or '', 100)}\n")
-        out.write(f"retry them with: python -m treadle retry {_target_hint(args, url)} --all-failed\n")
+        out.write(failure_hint(report.failures, target=_target_hint(args, url), memory=memory) + "\n")
     waiting = report.items.get("awaiting_review", 0)
-    if waiting:
+    if waiting and memory:
+        out.write(f"{waiting} item(s) await review, but memory:// keeps nothing once this run "
+                  "ends: use a sqlite:/// or postgresql:// store to review them later\n")
+    elif waiting:
         out.write(f"{waiting} item(s) await review: python -m treadle review {_target_hint(args, url)}\n")
 
 
@@ -369,20 +384,27 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
         status = runner.status(args.item)
         took = render.durations(runner.history(args.item))
         text = (json.dumps(render.item_json(status, took), indent=2, default=str) if args.json
-                else render.item_table(status, took))
+                else render.item_table(status, took, Look.of(stdout)))
         stdout.write(text + "\n")
         return 0
     counts = runner.counts()
+    if args.window <= 0:
+        raise UsageError("--window must be a number of seconds > 0")
+    metrics = runner.stage_metrics(window=args.window)
     if args.json:
         stdout.write(json.dumps({"pipeline": runner.pipeline.name, "store": mask_url(url),
                                  "stages": counts,
-                                 "items": runner.item_counts()},
+                                 "items": runner.item_counts(),
+                                 "metrics": render.metrics_json(metrics)},
                                 indent=2) + "\n")
         return 0
+    look = Look.of(stdout)
     stdout.write(f"pipeline {runner.pipeline.name} in {mask_url(url)}\n")
-    stdout.write(render.counts_table(counts) + "\n")
+    stdout.write(render.counts_table(counts, look) + "\n")
     items = runner.item_counts()
     stdout.write("items: " + (", ".join(f"{n} {s}" for s, n in sorted(items.items())) or "none") + "\n")
+    stdout.write("\nstage metrics (runs: the newest history rows; per min: the last "
+                 f"{render.seconds(args.window)}):\n" + render.metrics_table(metrics, look) + "\n")
     return 0
 
 
@@ -407,9 +429,10 @@ def _reviews(args: argparse.Namespace, runner: Runner, url: str,
     if not waiting:
         stdout.write("Nothing awaits review.\n")
         return 0
-    stdout.write(render.table(["item", "stage", "message", "data"],
-                              [[i, s, render.short(r.message + render.earlier(r), 60) if r else "",
-                                render.short(r.data if r else None, 60)] for i, s, r in waiting]) + "\n")
+    rows = [[i, s, r.message + render.earlier(r) if r else "", render.whole(r.data if r else None)]
+            for i, s, r in waiting]
+    stdout.write(table(["item", "stage", "message", "data"], rows,  # whole: wrapped, never cut
+                       Look.of(stdout)) + "\n")
     stdout.write(f"decide them with: python -m treadle review {_target_hint(args, url)}\n")
     return 0
 
@@ -505,7 +528,7 @@ def _history(args: argparse.Namespace, runner: Runner, url: str,
     if args.json:
         stdout.write(json.dumps(render.history_json(entries), indent=2, default=str) + "\n")
     else:
-        stdout.write(render.history_table(entries) + "\n")
+        stdout.write(render.history_table(entries, Look.of(stdout)) + "\n")
     return 0
 
 

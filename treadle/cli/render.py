@@ -1,4 +1,4 @@
-"""Plain-text tables and JSON for the CLI (no terminal control codes here)."""
+"""The CLI's tables (through rich, see ``output.py``) and JSON documents."""
 
 from __future__ import annotations
 
@@ -9,19 +9,12 @@ from typing import Any
 
 import attrs
 
+from ..metrics import StageMetrics
 from ..states import StageState
 from ..status import HistoryEntry, ItemStatus
+from .output import PLAIN, Look, table
 
 STATE_COLUMNS = [s.value for s in StageState]
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A left-aligned text table."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def when(ts: float | None) -> str:
@@ -30,10 +23,17 @@ def when(ts: float | None) -> str:
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def counts_table(counts: dict[str, dict[str, int]]) -> str:
+def counts_table(counts: dict[str, dict[str, int]], look: Look = PLAIN) -> str:
     used = [s for s in STATE_COLUMNS if any(c.get(s) for c in counts.values())] or ["pending"]
     rows = [[stage, *[c.get(s, 0) for s in used], sum(c.values())] for stage, c in counts.items()]
-    return table(["stage", *used, "total"], rows)
+    return table(["stage", *used, "total"], rows, look)
+
+
+def whole(value: Any) -> str:
+    """A value as one compact text, never cut (a string as it is, anything else as JSON)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def short(value: Any, width: int = 60) -> str:
@@ -56,30 +56,31 @@ def durations(entries: Sequence[HistoryEntry]) -> dict[str, float]:
     return out
 
 
-def item_table(status: ItemStatus, took: dict[str, float] | None = None) -> str:
+def item_table(status: ItemStatus, took: dict[str, float] | None = None, look: Look = PLAIN) -> str:
     took = took or {}
     rows = []
     for name, st in status.stages.items():
         extra = ""
         if st.review is not None:
-            extra = f"review: {st.review.decision or 'waiting'} {short(st.review.data, 40)}"
+            extra = f"review: {st.review.decision or 'waiting'} {whole(st.review.data)}"
+            if st.review.message:
+                extra += f"\nmessage: {st.review.message}"
         elif st.error:
-            extra = short(st.error, 70)
+            extra = st.error
         elif st.output is not None:
-            extra = short(st.output, 50)
+            extra = whole(st.output)
         secs = f"{took[name]:.2f}s" if name in took else ""
         rows.append([name, st.state.value, st.attempts, secs, when(st.updated_at), extra])
         for sub in st.subtasks.values():
-            rows.append([f"  - {sub.name}", sub.state.value, sub.attempts, "", "",
-                         short(sub.error or "", 60)])
+            rows.append([f"  - {sub.name}", sub.state.value, sub.attempts, "", "", sub.error or ""])
         for rec in st.attempt_log:
             v = rec.get("verdict", {})
             why = v.get("message") or v.get("reason") or v.get("note") or ""
             rows.append([f"  #{rec.get('attempt')}", v.get("verdict", ""), "", "", when(rec.get("at")),
-                         short(f"{why} | output {short(rec.get('output'), 30)}", 70)])
+                         f"{why} | output {whole(rec.get('output'))}"])
     version = f" (version {status.version})" if status.version is not None else ""
     return f"item {status.item_id}: {status.state.value}{version}\n" + table(
-        ["stage", "state", "attempts", "took", "updated", "output / error / review"], rows)
+        ["stage", "state", "attempts", "took", "updated", "output / error / review"], rows, look)
 
 
 def item_json(status: ItemStatus, took: dict[str, float] | None = None) -> dict[str, Any]:
@@ -114,12 +115,64 @@ def earlier(review: Any) -> str:
     return f" (earlier: {prev.get('decision')} by {prev.get('reviewer') or 'someone'})"
 
 
-def history_table(entries: Sequence[HistoryEntry]) -> str:
-    rows = []
-    for h in entries:
-        note = short(h.error, 60) if h.error else (short(h.details, 60) if h.details else "")
-        rows.append([when(h.at), h.stage or "-", h.state, h.attempt, h.actor, note])
-    return table(["time", "stage", "state", "attempt", "actor", "error / details"], rows)
+def history_table(entries: Sequence[HistoryEntry], look: Look = PLAIN) -> str:
+    rows = [[when(h.at), h.stage or "-", h.subtask or "", h.state, h.attempt, h.actor,
+             "\n".join(filter(None, [h.error or "", details_text(h.details)]))]
+            for h in entries]
+    return table(["time", "stage", "subtask", "state", "attempt", "actor", "error / details"], rows, look)
+
+
+def details_text(details: Any) -> str:
+    """A history entry's details for people: a decision's fields and its diff one per line."""
+    if not isinstance(details, dict):
+        return whole(details)
+    lines = []
+    rest = {k: v for k, v in details.items() if k not in ("diff", "edited")}
+    if rest:
+        lines.append(", ".join(f"{k}: {whole(v)}" for k, v in rest.items() if v is not None))
+    for op in details.get("diff") or []:
+        if not isinstance(op, dict):
+            continue
+        path = op.get("path", "/")
+        if op.get("op") == "add":
+            lines.append(f"+ {path}: {whole(op.get('new'))}")
+        elif op.get("op") == "remove":
+            lines.append(f"- {path}: {whole(op.get('old'))}")
+        else:
+            lines.append(f"~ {path}: {whole(op.get('old'))} -> {whole(op.get('new'))}")
+    return "\n".join(line for line in lines if line)
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: 0.042s, 12.5s, 3m05s, 2h07m."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.3f}s" if value < 1 else f"{value:.2f}s"
+    if value < 60:
+        return f"{value:.1f}s"
+    m = int(value // 60)
+    if m < 60:
+        return f"{m}m{int(value % 60):02d}s"
+    return f"{m // 60}h{m % 60:02d}m"
+
+
+def metrics_table(metrics: dict[str, StageMetrics], look: Look = PLAIN) -> str:
+    """``status``'s per-stage metrics (see :class:`treadle.StageMetrics`)."""
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x * 100:.1f}%"
+
+    rows = [[m.stage, m.done, m.runs, seconds(m.p50), seconds(m.p95), pct(m.failure_rate),
+             pct(m.retry_rate), f"{m.throughput:.1f}", m.waiting_reviews,
+             seconds(m.oldest_review_age) if m.waiting_reviews else "-"]
+            for m in metrics.values()]
+    return table(["stage", "done", "runs", "p50", "p95", "failed", "retries",
+                  "per min", "reviews", "oldest review"], rows, look)
+
+
+def metrics_json(metrics: dict[str, StageMetrics]) -> dict[str, dict[str, Any]]:
+    """The ``metrics`` object of ``status --json``: stage -> the fields of StageMetrics."""
+    return {name: attrs.asdict(m, filter=lambda a, _: a.name != "stage") for name, m in metrics.items()}
 
 
 def history_json(entries: Sequence[HistoryEntry]) -> list[dict[str, Any]]:

@@ -23,9 +23,11 @@ from typing import Any
 import attrs
 
 from ..errors import ItemNotFoundError
+from ..metrics import StageMetrics
 from ..states import DONE_STATES
 from .base import BaseStore
 from .memtables import MemoryTx, Tables, _Undo
+from .metrics import memory_stage_metrics
 from .records import PENDING, ControlRow, Outlook, ResultRow, Shape, StageRecord, SubRecord
 from .tx import Tx
 
@@ -251,6 +253,10 @@ class MemoryStore(BaseStore):
             items = self.t.items.get(shape.name, {})
             return [(i, it.version, it.data, it.state)
                     for i, it in sorted(items.items(), key=lambda kv: kv[1].id)]
+    def stage_metrics(self, shape: Shape, *, window: float, sample: int) -> dict[str, StageMetrics]:
+        """Per stage: durations, failure and retry rates, throughput, waiting reviews."""
+        with self._lock:
+            return memory_stage_metrics(self.t, shape, now=time.time(), window=window, sample=sample)
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         with self._lock:

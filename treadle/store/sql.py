@@ -20,8 +20,10 @@ import peewee as pw
 
 from .._crash import crash_point
 from ..errors import ItemNotFoundError, StoreError
+from ..metrics import StageMetrics
 from . import schema
 from .base import BaseStore
+from .metrics import sql_stage_metrics
 from .records import (
     ControlRow,
     Outlook,
@@ -419,6 +421,10 @@ class SqlStore(BaseStore):
                 kinds: Sequence[str] | None = None) -> list[ControlRow]:
         """Pauses, resumes and cancellations after id ``since``, oldest first."""
         return control_query(self._read, shape.name, since, kinds)
+    def stage_metrics(self, shape: Shape, *, window: float, sample: int) -> dict[str, StageMetrics]:
+        """Per stage: durations, failure and retry rates, throughput, waiting reviews
+        (from the newest ``sample`` history rows; see ``store/metrics.py``)."""
+        return sql_stage_metrics(self, shape, window=window, sample=sample)
 
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:
         return self._read(
