@@ -29,7 +29,7 @@ from .pipeline import Pipeline
 from .runner import Runner
 from .stage import StageSpec, stage
 from .states import ItemState, StageState, SubtaskState
-from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
+from .status import BulkResult, HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
 from .store import MemoryStore, StateStore, open_store
 from .verdicts import Accepted, Rejected, Uncertain
 
@@ -39,7 +39,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "Accepted", "Completed", "CycleError", "DuplicateStageError", "FanOut", "HistoryEntry",
+    "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "FanOut", "HistoryEntry",
     "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
     "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
     "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",

@@ -384,7 +384,7 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
 def _waiting(runner: Runner, stage: str | None) -> list[tuple[str, str, Any]]:
     if stage is not None:
         runner.pipeline.check_stage(stage)
-    return [(s.item_id, name, st.review) for s in runner.items(state="awaiting_review")
+    return [(s.item_id, name, st.review) for s in runner.items(state="awaiting_review", limit=None)
             for name, st in s.stages.items()
             if st.state == "awaiting_review" and (stage is None or name == stage)]
 

@@ -319,7 +319,8 @@ class SqlStore(BaseStore):
                 (shape.name,))], limit, offset)
         # One indexed, ordered query per stage (pipeline, stage, state, updated_at),
         # merged in query.first_per_item: never a scan of the whole table.
-        where, params = "pipeline=? AND stage=?", []
+        where = "pipeline=? AND stage=?"
+        params: list[Any] = []
         if flt.state is not None:
             where += " AND state=?"
             params.append(flt.state)
