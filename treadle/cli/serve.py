@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, runner: Any, url: str, stdin: TextIO, stdout: 
     from ..store.urls import mask_url
     from . import UsageError
 
-    # main() refused a missing store before opening it ("serve" is in READ_ONLY).
+    # main() refused a missing or foreign store before opening it (open_store(create=False)).
     try:
         import uvicorn
 
