@@ -85,7 +85,7 @@ def decide(args: argparse.Namespace, runner: Runner, approve: bool, reviewer: st
     note = args.note if approve else args.reason
     result = _bulk.decide(runner.store, runner.pipeline, keys, approve=approve, note=note,
                           reviewer=reviewer)
-    _report(f"{name}d", result, "decided by someone else meanwhile", stdout)
+    _report("approved" if approve else "rejected", result, "decided by someone else meanwhile", stdout)
     if approve and result.done:
         stdout.write(f"continue with: python -m treadle run {hint}\n")
     return 0
