@@ -13,23 +13,14 @@ import pytest
 from treadle import BulkResult, Runner, StoreError, open_store
 from treadle.testing import capture_signals
 
-from .volume_pipeline import pipeline
-
-
-def seeded(url: str, **kinds: int) -> Runner:
-    runner = Runner(pipeline, open_store(url), workers=4)
-    runner.submit(*[{"id": f"{kind}-{n:04d}", "kind": kind}
-                    for kind, count in kinds.items() for n in range(count)])
-    runner.run()
-    return runner
-
+from .volume_pipeline import pipeline, seed
 
 # -- Runner.items --------------------------------------------------------------------
 
 @pytest.mark.timeout(60)
 def test_items_filters_by_error_and_since_and_pages(store_url):
     """items(error=, since=, limit=, offset=) filters in the store and pages through it."""
-    runner = seeded(store_url, fine=2, slow=3, oops=1)
+    runner = seed(store_url, fine=2, slow=3, oops=1)
     failed = runner.items(state="failed")
     # oldest change first: in the order the stages failed
     assert sorted(s.item_id for s in failed) == ["oops-0000", "slow-0000", "slow-0001", "slow-0002"]
@@ -66,7 +57,7 @@ def test_items_refuses_bad_filters_clearly():
 @pytest.mark.timeout(120)
 def test_approve_all_decides_in_batches_of_500_and_signals_each():
     """approve_all(where_message=) decides 1,100 reviews in three transactions, one signal each."""
-    runner = seeded("memory://", fine=1100, odd=5)
+    runner = seed("memory://", fine=1100, odd=5)
     sizes: list[int] = []
     decide_many = runner.store.decide_many
 
@@ -88,7 +79,7 @@ def test_approve_all_decides_in_batches_of_500_and_signals_each():
 @pytest.mark.timeout(60)
 def test_reject_all_and_retry_all_report_what_they_did(store_url):
     """reject_all needs a reason; retry_all(error=) moves the matching failed stages only."""
-    runner = seeded(store_url, hold=3, slow=2, oops=1)
+    runner = seed(store_url, hold=3, slow=2, oops=1)
     with pytest.raises(ValueError, match="needs a reason"):
         runner.reject_all("intake", reason="")
     rejected = runner.reject_all("intake", reason="duplicates", reviewer="sam")

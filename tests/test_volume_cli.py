@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from treadle import Runner, open_store
+from treadle import Runner
 
-from .volume_pipeline import pipeline
+from .volume_pipeline import seed
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "tests/volume_pipeline.py:pipeline"
@@ -29,15 +29,6 @@ def treadle(*args: str, db: str, input: str | None = None) -> subprocess.Complet
     env = {**os.environ, "TREADLE_DB": db}
     return subprocess.run([sys.executable, "-m", "treadle", *args], cwd=ROOT, env=env,
                           input=input, capture_output=True, text=True, timeout=120)
-
-
-def seed(url: str, **kinds: int) -> Runner:
-    """Submit ``count`` items of each kind (ids ``kind-0000`` ...) and run them."""
-    runner = Runner(pipeline, open_store(url), workers=8)
-    runner.submit(*[{"id": f"{kind}-{n:04d}", "kind": kind}
-                    for kind, count in kinds.items() for n in range(count)])
-    runner.run()
-    return runner
 
 
 def ids(rows: list[dict]) -> list[str]:

@@ -5,7 +5,7 @@
 - ``slow``: check fails with "upstream timeout"; ``oops``: check fails with "bad format".
 """
 
-from treadle import Pipeline, Review, stage
+from treadle import Pipeline, Review, Runner, open_store, stage
 
 
 @stage()
@@ -31,3 +31,13 @@ def publish(item, ctx):
 
 
 pipeline = Pipeline("volume", [intake, check, publish])
+
+
+def seed(url, workers=8, **kinds):
+    """A runner on ``url`` that submitted ``count`` items of each kind (ids
+    ``kind-0000`` ...) and ran them."""
+    runner = Runner(pipeline, open_store(url), workers=workers)
+    runner.submit(*[{"id": f"{kind}-{n:04d}", "kind": kind}
+                    for kind, count in kinds.items() for n in range(count)])
+    runner.run()
+    return runner

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from .. import _bulk
@@ -74,12 +74,7 @@ def decide(args: argparse.Namespace, runner: Runner, approve: bool, reviewer: st
     _check_single_options(args, name)
     stage = runner.pipeline.check_stage(args.only_stage) if args.only_stage else None
     keys = _bulk.select_reviews(runner.store, runner.pipeline, stage, args.where_message)
-    if not keys:
-        stdout.write(f"nothing to {name}: no review waiting matches.\n")
-        return 0
-    stdout.write(f"{len(keys)} review(s) match: {per_stage(keys)}\n")
-    if not confirm(f"{name} these {len(keys)} review(s)", args.yes, stdin, stdout):
-        stdout.write("nothing changed.\n")
+    if not _go_ahead(keys, name, "review(s)", "no review waiting matches", args.yes, stdin, stdout):
         return 0
     runner._prepare()
     note = args.note if approve else args.reason
@@ -97,12 +92,8 @@ def retry(args: argparse.Namespace, runner: Runner, actor: str, hint: str,
     stage = runner.pipeline.check_stage(args.stage) if args.stage else None
     flt = _bulk.make_filter(runner.pipeline, stage, error=args.error)
     keys = _bulk.select_failed(runner.store, runner.pipeline, flt.stage, flt.error)
-    if not keys:
-        stdout.write("nothing to retry: no failed stage matches.\n")
-        return 0
-    stdout.write(f"{len(keys)} failed stage(s) match: {per_stage(keys)}\n")
-    if not confirm(f"retry these {len(keys)} stage(s)", args.yes, stdin, stdout):
-        stdout.write("nothing changed.\n")
+    if not _go_ahead(keys, "retry", "failed stage(s)", "no failed stage matches", args.yes,
+                     stdin, stdout):
         return 0
     runner._prepare()
     result = _bulk.retry(runner.store, runner.pipeline, keys, actor=actor)
@@ -110,6 +101,19 @@ def retry(args: argparse.Namespace, runner: Runner, actor: str, hint: str,
     if result.done:
         stdout.write(f"run: python -m treadle run {hint}\n")
     return 0
+
+
+def _go_ahead(keys: Sequence[tuple[str, str] | tuple[str, str, int]], verb: str, what: str,
+              none: str, yes: bool, stdin: TextIO, stdout: TextIO) -> bool:
+    """Say what the selection holds and ask (unless ``--yes``); True to go ahead."""
+    if not keys:
+        stdout.write(f"nothing to {verb}: {none}.\n")
+        return False
+    stdout.write(f"{len(keys)} {what} match: {per_stage(keys)}\n")
+    if not confirm(f"{verb} these {len(keys)} {what}", yes, stdin, stdout):
+        stdout.write("nothing changed.\n")
+        return False
+    return True
 
 
 def _report(did: str, result: BulkResult, why: str, stdout: TextIO) -> None:
