@@ -79,7 +79,7 @@ def test_media_catalog_retries_only_the_flaky_lookup_and_exports(tmp_path, monke
         subs = status.stages["enrich"].subtasks
         assert (subs["genre"].attempts, subs["year"].attempts, subs["lyrics"].attempts) == (1, 1, 2)
     approved = runner.approve_all("review", reviewer="test")
-    assert len(approved) == 2
+    assert len(approved.done) == 2
     monkeypatch.chdir(tmp_path)  # the example works in ./media_demo
     runner.run()
     catalogue = json.loads((tmp_path / "media_demo" / "catalogue.json").read_text())

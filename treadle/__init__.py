@@ -30,7 +30,16 @@ from .pipeline import Pipeline
 from .runner import Runner
 from .stage import StageSpec, stage
 from .states import ItemState, StageState, SubtaskState
-from .status import Event, HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
+from .status import (
+    BulkResult,
+    Event,
+    HistoryEntry,
+    ItemStatus,
+    ReviewInfo,
+    RunReport,
+    StageStatus,
+    SubtaskStatus,
+)
 from .store import MemoryStore, StateStore, open_store
 from .verdicts import Accepted, Rejected, Uncertain
 
@@ -40,7 +49,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "Accepted", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut", "HistoryEntry",
+    "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut",
+    "HistoryEntry",
     "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
     "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
     "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",

@@ -908,3 +908,91 @@ class StoreConformance(SteerConformance):
         bounded = store.stage_metrics(shape, window=300.0, sample=6)
         assert bounded["a"].runs == 0 and bounded["a"].done == 2  # counts are not sampled
         assert bounded["b"].runs == 1
+    # -- finding items and bulk operations ----------------------------------------
+    def four_items(self, store: StateStore, shape: Pipeline) -> None:
+        """i1 fails at a (timeout), i2 completes a, b and c, i3 fails at a (bad_format),
+        i4 awaits review at a; all of a in one commit."""
+        store.submit(shape, [("i3", '{"id":"i3"}'), ("i4", '{"id":"i4"}')], "test")
+        store.commit(shape, OWNER, [], 4)
+        review = json.dumps({"data": {"t": 4}, "message": "check"})
+        store.commit(shape, OWNER, [
+            self.done("i1", "a", state="failed", error="RuntimeError: Upstream TIMEOUT"),
+            self.done("i2", "a", output="1"),
+            self.done("i3", "a", state="failed", error="ValueError: bad_format"),
+            self.done("i4", "a", state="awaiting_review", review=review)], 0)
+        store.commit(shape, OWNER, [], 2, only=["i2"])
+        store.commit(shape, OWNER, [self.done("i2", "b", output="2"), self.done("i2", "c", output="3")], 0)
+
+    def test_find_items_filters_by_stage_state_error_and_since(self, ready_store: StateStore,
+                                                               shape: Pipeline) -> None:
+        """find_items: one match per item, filtered by stage, state, error text (any case,
+        no wildcards) and time, oldest change first, a page at a time."""
+        from .store.query import Filter
+
+        self.four_items(ready_store, shape)
+
+        def found(flt: Filter, limit: int | None = None, offset: int = 0) -> list[tuple[str, str | None]]:
+            return [(m.item_id, m.stage) for m in ready_store.find_items(shape, flt, limit, offset)]
+
+        assert found(Filter(state="failed")) == [("i1", "a"), ("i3", "a")]
+        assert found(Filter(state="failed", error="timeout")) == [("i1", "a")]
+        assert found(Filter(error="BAD_")) == [("i3", "a")]
+        assert found(Filter(error="%")) == [] and found(Filter(error="t_me")) == []  # no wildcards
+        assert found(Filter(state="completed")) == [("i2", "a")]  # once, though three stages match
+        assert found(Filter("b", "completed")) == [("i2", "b")]
+        assert found(Filter("b")) == [("i1", "b"), ("i2", "b"), ("i3", "b"), ("i4", "b")]
+        assert [m.item_id for m in ready_store.find_items(shape, Filter())] == ["i1", "i2", "i3", "i4"]
+        assert found(Filter(state="failed", since=time.time() + 60)) == []
+        assert found(Filter(state="failed", since=0.0)) == [("i1", "a"), ("i3", "a")]
+        assert found(Filter("a"), limit=2, offset=1) == [("i2", "a"), ("i3", "a")]
+        assert found(Filter(state="failed"), limit=1, offset=1) == [("i3", "a")]
+        assert [m.item_id for m in ready_store.find_items(shape, Filter(), 2, 3)] == ["i4"]
+        [m] = ready_store.find_items(shape, Filter("a", "awaiting_review"))
+        assert (m.item_id, m.attempt, json.loads(m.review or "{}")["message"]) == ("i4", 1, "check")
+        [m] = ready_store.find_items(shape, Filter("a", "failed", "TIMEOUT"))
+        assert m.error == "RuntimeError: Upstream TIMEOUT" and m.updated_at > 0
+        assert ready_store.item_ids(shape, None, "failed", 1) == ["i1"]
+
+    def test_decide_many_decides_each_and_skips_what_changed(self, ready_store: StateStore,
+                                                             shape: Pipeline) -> None:
+        """decide_many decides what still awaits review at the version given, one history
+        row each, and skips (unchanged) what does not."""
+        self.to_review(ready_store, shape)
+        ready_store.commit(shape, OWNER, [], 1, only=["i2"])
+        ready_store.commit(shape, OWNER, [self.done("i2", "a", state="awaiting_review",
+                                                    review=json.dumps({"data": 2}))], 0)
+        before = self.snapshot(ready_store, shape, "i2")
+        review = {"decision": "approved", "reviewer": "rita", "note": None}
+        result, skipped = ready_store.decide_many(
+            shape, [("i1", "a", 1), ("i2", "a", 2), ("nope", "a", None), ("i1", "b", None)],
+            approve=True, review=review, actor="rita", details=dict(review))
+        assert [(t.item_id, t.stage, t.output) for t in result.accepted] == [("i1", "a", '{"t":1}')]
+        assert skipped == [("i2", "a"), ("nope", "a"), ("i1", "b")]
+        assert self.snapshot(ready_store, shape, "i2") == before
+        rows = [h for h in ready_store.history(shape, "i1") if h["stage"] == "a" and h["actor"] == "rita"]
+        assert [(h["state"], json.loads(h["details"])["decision"]) for h in rows] == [
+            ("completed", "approved")]
+        claimed = ready_store.commit(shape, OWNER, [], 10, only=["i1"]).claims
+        assert sorted(c.stage for c in claimed) == ["b", "c"]
+
+        reject = {"decision": "rejected", "reviewer": "rita", "note": "dup"}
+        result, skipped = ready_store.decide_many(shape, [("i2", "a", 1), ("i1", "a", None)],
+                                                  approve=False, review=reject, actor="rita",
+                                                  details=dict(reject))
+        assert [t.item_id for t in result.accepted] == ["i2"] and skipped == [("i1", "a")]
+        assert result.finished == [("i2", "rejected")]
+        assert self.states(ready_store, shape, "i2")["a"] == "rejected"
+
+    def test_retry_rows_moves_only_rows_still_failed(self, ready_store: StateStore,
+                                                     shape: Pipeline) -> None:
+        """retry_rows puts back the failed rows given and leaves the others as they are."""
+        self.four_items(ready_store, shape)
+        before = self.snapshot(ready_store, shape, "i2")
+        moved = ready_store.retry_rows(shape, [("i1", "a"), ("i2", "a"), ("i4", "a")], "ops")
+        assert moved == [("i1", "a")]
+        assert self.states(ready_store, shape, "i1")["a"] == "pending"
+        assert self.states(ready_store, shape, "i3")["a"] == "failed"
+        assert self.states(ready_store, shape, "i4")["a"] == "awaiting_review"
+        assert self.snapshot(ready_store, shape, "i2") == before
+        [row] = [h for h in ready_store.history(shape, "i1") if h["actor"] == "ops"]
+        assert (row["stage"], row["state"]) == ("a", "pending")

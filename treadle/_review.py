@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from . import signals
+from . import _bulk, signals
 from ._diff import json_diff
 from .serialization import normalize_id, to_json
+from .status import BulkResult
 from .store.records import CommitResult, dumps
 
 if TYPE_CHECKING:
@@ -112,21 +113,34 @@ class ReviewMixin:
             f"Stage {stage!r} of item {key!r} is not awaiting review; nothing to approve.",
             item_id=key, stage=stage)
 
-    def approve_all(self, stage: str, *, note: str | None = None,
-                    reviewer: str | None = None) -> list[str]:
-        """Approve, as they are, every item awaiting review at ``stage``; each
-        decision is recorded on its own. Returns the ids approved."""
-        self.pipeline.check_stage(stage)
-        done = []
-        for item_id in self.store.item_ids(self.pipeline, stage, "awaiting_review", None):
-            from .errors import InvalidTransitionError
-            try:
-                self._decide(item_id, stage, approve=True, output=None, note=note,
-                             reviewer=reviewer, actor=reviewer or "human")
-            except InvalidTransitionError:
-                continue  # decided by someone else meanwhile
-            done.append(item_id)
-        return done
+    def approve_all(self, stage: str | None = None, *, where_message: str | None = None,
+                    note: str | None = None, reviewer: str | None = None) -> BulkResult:
+        """Approve, as they are, every stage awaiting review (at ``stage``, or any),
+        or those whose review message contains ``where_message`` (case-insensitive).
+
+        One transaction per batch of 500; each decision is recorded in the
+        history and signalled as :meth:`approve` records one. Reviews decided
+        by someone else meanwhile are skipped (``BulkResult.skipped``).
+        """
+        return self._decide_all(stage, where_message, approve=True, note=note, reviewer=reviewer)
+
+    def reject_all(self, stage: str | None = None, *, reason: str,
+                   where_message: str | None = None, reviewer: str | None = None) -> BulkResult:
+        """Reject every stage awaiting review (at ``stage``, or any; optionally only
+        those whose message contains ``where_message``), like :meth:`approve_all`."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("reject_all() needs a reason, e.g. reason='duplicates'")
+        return self._decide_all(stage, where_message, approve=False, note=reason,
+                                reviewer=reviewer)
+
+    def _decide_all(self, stage: str | None, where_message: str | None, *, approve: bool,
+                    note: str | None, reviewer: str | None) -> BulkResult:
+        if stage is not None:
+            stage = self.pipeline.check_stage(stage)
+        self._prepare()
+        keys = _bulk.select_reviews(self.store, self.pipeline, stage, where_message)
+        return _bulk.decide(self.store, self.pipeline, keys, approve=approve, note=note,
+                            reviewer=reviewer)
 
     def rerun(self, item_id: Any, *, from_stage: str, actor: str = "human") -> list[str]:
         """Send ``from_stage`` and everything downstream back to ``pending``.

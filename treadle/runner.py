@@ -6,9 +6,11 @@ import os
 import socket
 import uuid
 from concurrent.futures import Executor
+from datetime import datetime
 from typing import Any
 
-from . import signals
+from . import _bulk, signals
+from ._bulk import make_filter
 from ._changes import ChangesMixin
 from ._review import ReviewMixin
 from ._steer import SteerMixin
@@ -18,7 +20,7 @@ from .metrics import DEFAULT_SAMPLE, DEFAULT_WINDOW, StageMetrics
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
 from .states import ItemState, StageState, SubtaskState
-from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
+from .status import BulkResult, HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
 from .store.base import StateStore
 from .store.logic import item_state
 
@@ -183,18 +185,32 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
                           version=self.store.item_version(self.pipeline, key))
 
     def items(self, stage: str | None = None, state: str | None = None,
-              limit: int | None = None) -> list[ItemStatus]:
-        """Items as :class:`ItemStatus`, oldest first.
+              error: str | None = None, since: datetime | float | None = None,
+              limit: int | None = 100, *, offset: int = 0) -> list[ItemStatus]:
+        """Items as :class:`ItemStatus`, at most ``limit`` (None: all), from ``offset`` on.
 
         With ``stage`` and ``state``: the items whose that stage is in that
-        state. With ``state`` alone: items having any stage in that state.
+        state, oldest change first. With ``state`` alone: items having any
+        stage in that state; ``state="cancelled"`` alone: the cancelled items.
+        ``error``: a stage's last error contains this
+        text (case-insensitive); ``since``: that stage changed at or after this
+        time (a ``datetime``, naive meaning local time, or epoch seconds). The
+        filters given must all hold for one stage row. Without ``state``, items
+        come in submission order. The filtering runs in the store, through its
+        indexes; page with ``offset`` (the next page starts at ``offset + limit``).
         """
-        if stage is not None:
-            self.pipeline.check_stage(stage)
-        if state is not None:
-            state = StageState(state).value
-        ids = self.store.item_ids(self.pipeline, stage, state, limit)
-        return [self.status(i) for i in ids]
+        if state == ItemState.CANCELLED and stage is None and error is None and since is None:
+            # an item-level state (its stages keep theirs): the cancelled items, oldest first
+            ids = [i for i, st in self.store.stored_item_states(self.pipeline, None).items()
+                   if st == ItemState.CANCELLED.value]
+            ids = ids[offset:] if limit is None else ids[offset:offset + limit]
+            return [self.status(i) for i in ids]
+        flt = make_filter(self.pipeline, stage, state, error, since)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+        return [self.status(m.item_id) for m in self.store.find_items(self.pipeline, flt, limit, offset)]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per stage, the number of items in each state (states with none omitted)."""
@@ -255,6 +271,17 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
             self.pipeline.check_stage(stage)
         self._prepare()
         return self.store.retry(self.pipeline, key, stage, actor)
+
+    def retry_all(self, stage: str | None = None, *, error: str | None = None,
+                  actor: str = "api") -> BulkResult:
+        """Every failed (and rejected) stage back to pending, or those of ``stage``, or
+        those whose last error contains ``error`` (case-insensitive); one transaction
+        per batch of 500. Items rolled back, or changed by someone else meanwhile,
+        are skipped (``BulkResult.skipped``)."""
+        flt = make_filter(self.pipeline, stage, error=error)
+        self._prepare()
+        keys = _bulk.select_failed(self.store, self.pipeline, flt.stage, flt.error)
+        return _bulk.retry(self.store, self.pipeline, keys, actor=actor)
 
     # -- summaries -------------------------------------------------------------
     def _item_counts(self) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import attrs
@@ -135,3 +136,26 @@ class RunReport:
     def ok(self) -> bool:
         """True when no item has failed for good."""
         return self.items.get(ItemState.FAILED.value, 0) == 0
+
+
+@attrs.frozen
+class BulkResult:
+    """What a bulk decision or retry did.
+
+    ``done``: the (item_id, stage) pairs decided or put back to pending, in
+    selection order; ``skipped``: those selected but changed by someone else
+    before their batch ran (decided, re-run or retried meanwhile; for a
+    retry also items rolled back), left as they were.
+    """
+
+    done: list[tuple[str, str]] = attrs.field(factory=list)
+    skipped: list[tuple[str, str]] = attrs.field(factory=list)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The ids of the items in ``done``, each once, in order."""
+        return list(dict.fromkeys(i for i, _ in self.done))
+
+    def by_stage(self) -> dict[str, int]:
+        """How many of ``done`` per stage."""
+        return dict(Counter(s for _, s in self.done))

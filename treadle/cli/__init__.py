@@ -18,11 +18,13 @@ from ..runner import Runner
 from ..status import RunReport
 from ..store import open_store
 from ..store.urls import mask_text, mask_url
-from . import plan as change_plan  # definition changes (treadle/cli/plan.py)
 from . import (
+    bulk,
     render,
     steer,  # cancel, pause, resume, events (treadle/cli/steer.py)
 )
+from . import items as items_cli
+from . import plan as change_plan  # definition changes (treadle/cli/plan.py)
 from . import serve as web_serve  # web console (treadle/cli/serve.py)
 from .graph import FORMATS
 from .output import Look, table
@@ -46,8 +48,9 @@ class UsageError(Exception):
     """Bad command-line usage (exit 2)."""
 
 
-READ_ONLY = {"status", "reviews", "history", "serve", "plan", "events",  # serve: web console
-             "cancel", "pause", "resume"}  # these write, but only into an existing store
+#: The commands that may create a store; every other one opens it with
+#: ``open_store(url, create=False)``: "no store at ..." (exit 2) where none is.
+CREATES = {"run", "submit"}
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -107,10 +110,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     review.add_argument("--stage", help="only this stage")
     review.add_argument("--reviewer", help="name recorded with each decision (default: $USER)")
 
-    approve = cmd("approve", "approve one stage awaiting review (optionally with edited data)",
-                  "python -m treadle approve app.py:pipeline t1 review --data '{\"title\": \"Fixed\"}'",
-                  item="required")
-    approve.add_argument("stage", metavar="STAGE")
+    approve = cmd("approve", "approve one stage awaiting review (optionally with edited data), "
+                  "or --all of them", "python -m treadle approve app.py:pipeline t1 review --data "
+                  "'{\"title\": \"Fixed\"}'\n  python -m treadle approve app.py:pipeline --all "
+                  "--stage review --where-message 'looks fine'", item="optional")
+    approve.add_argument("stage", metavar="STAGE", nargs="?")
     approve.add_argument("--data", metavar="JSON", help="the edited data (JSON)")
     approve.add_argument("--note", help="a note kept in the history")
     approve.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
@@ -118,9 +122,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                          help="the review version you saw (reviews --json lists it); refused "
                               "if the stage was re-run since")
 
-    reject = cmd("reject", "reject one stage awaiting review",
-                 "python -m treadle reject app.py:pipeline t2 review --reason duplicate", item="required")
-    reject.add_argument("stage", metavar="STAGE")
+    reject = cmd("reject", "reject one stage awaiting review, or --all of them",
+                 "python -m treadle reject app.py:pipeline t2 review --reason duplicate", item="optional")
+    reject.add_argument("stage", metavar="STAGE", nargs="?")
     reject.add_argument("--reason", required=True, help="why (kept in the history)")
     reject.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
     reject.add_argument("--expect", type=int, metavar="VERSION",
@@ -132,6 +136,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     retry.add_argument("--stage", help="only this stage")
     retry.add_argument("--all-failed", action="store_true", help="every failed item (needed without ITEM)")
 
+    bulk.add_arguments(approve, reject, retry)
+
     rerun = cmd("rerun", "a stage and everything downstream back to pending",
                 "python -m treadle rerun app.py:pipeline t1 --from identify", item="optional")
     rerun.add_argument("--from", dest="from_stage", metavar="STAGE",
@@ -141,6 +147,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     history = cmd("history", "every recorded transition of an item",
                   "python -m treadle history app.py:pipeline t1", item="required")
     history.add_argument("--json", action="store_true", help="print JSON")
+
+    items_cli.add_arguments(cmd("items", "list items by stage, state, error and age, a page at a time",
+                                "python -m treadle items app.py:pipeline --state failed "
+                                "--error timeout --since 2h"))
 
     graph = cmd("graph", "print the DAG", "python -m treadle graph app.py:pipeline --format mermaid")
     graph.add_argument("--format", choices=sorted(FORMATS), default="text")
@@ -219,9 +229,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
         if args.command == "graph":
             stdout.write(FORMATS[args.format](pipeline) + "\n")
             return 0
-        if args.command in READ_ONLY:
-            _require_existing(url)
-        runner = Runner(pipeline, open_store(url), workers=getattr(args, "workers", 4))
+        store = open_store(url, create=args.command in CREATES)
+        runner = Runner(pipeline, store, workers=getattr(args, "workers", 4))
         return COMMANDS[args.command](args, runner, url, stdin, stdout, stderr)
     except BrokenPipeError:  # e.g. piped into head: not an error
         try:
@@ -241,19 +250,6 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
         stderr.write(f"error: {type(exc).__name__}: {mask_text(str(exc), url)} "
                      "(--debug shows the traceback)\n")
         return 2
-
-
-def _require_existing(url: str) -> None:
-    """Read-only commands never create an empty SQLite store by mistake."""
-    from ..store.urls import split
-
-    scheme, rest, _ = split(url)
-    path = rest[1:] if rest.startswith("/") else rest
-    if scheme == "sqlite" and path and not os.path.exists(path):
-        raise UsageError(
-            f"no store at {url} (the file {path!r} does not exist); nothing has run with it yet. "
-            "Pass the store you ran with: --db URL, or set TREADLE_DB."
-        )
 
 
 def _target_hint(args: argparse.Namespace, url: str) -> str:
@@ -434,7 +430,7 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
 def _waiting(runner: Runner, stage: str | None) -> list[tuple[str, str, Any]]:
     if stage is not None:
         runner.pipeline.check_stage(stage)
-    return [(s.item_id, name, st.review) for s in runner.items(state="awaiting_review")
+    return [(s.item_id, name, st.review) for s in runner.items(state="awaiting_review", limit=None)
             for name, st in s.stages.items()
             if st.state == "awaiting_review" and (stage is None or name == stage)]
 
@@ -491,8 +487,18 @@ def _review(args: argparse.Namespace, runner: Runner, url: str,
     return 0
 
 
+def _one_decision(args: argparse.Namespace, name: str) -> None:
+    if args.item is None or args.stage is None:
+        raise UsageError(f"{name} needs ITEM STAGE, or --all (with --stage S, --where-message TEXT)")
+    if args.only_stage is not None or args.where_message is not None:
+        raise UsageError(f"--stage and --where-message go with {name} --all")
+
+
 def _approve(args: argparse.Namespace, runner: Runner, url: str,
              stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    if args.all:
+        return bulk.decide(args, runner, True, _reviewer(args), _target_hint(args, url), stdin, stdout)
+    _one_decision(args, "approve")
     kwargs: dict[str, Any] = {}
     if args.data is not None:
         kwargs["data"] = _json_arg(args.data, "--data")
@@ -506,6 +512,9 @@ def _approve(args: argparse.Namespace, runner: Runner, url: str,
 
 def _reject(args: argparse.Namespace, runner: Runner, url: str,
             stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    if args.all:
+        return bulk.decide(args, runner, False, _reviewer(args), _target_hint(args, url), stdin, stdout)
+    _one_decision(args, "reject")
     runner.reject(args.item, args.stage, reason=args.reason, reviewer=_reviewer(args),
                   expect=args.expect)
     stdout.write(f"rejected {args.item} at {args.stage}\n")
@@ -516,6 +525,11 @@ def _retry(args: argparse.Namespace, runner: Runner, url: str,
            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     if args.item is None and not args.all_failed:
         raise UsageError("retry needs an ITEM, or --all-failed to retry every failed item")
+    if args.item is None:
+        return bulk.retry(args, runner, f"cli:{_reviewer_default()}", _target_hint(args, url),
+                          stdin, stdout)
+    if args.error is not None:
+        raise UsageError("--error goes with retry --all-failed (without ITEM)")
     moved = runner.retry(args.item, stage=args.stage, actor=f"cli:{_reviewer_default()}")
     for item_id, stage in moved:
         stdout.write(f"{item_id} {stage} -> pending\n")
@@ -586,6 +600,7 @@ def _pause(args: argparse.Namespace, runner: Runner, url: str,
 COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
+    "items": items_cli.run,
     "serve": web_serve.run,  # web console: treadle/cli/serve.py
     "plan": change_plan.run,  # definition changes: treadle/cli/plan.py
     "cancel": _cancel, "pause": _pause, "resume": _pause,  # treadle/cli/steer.py

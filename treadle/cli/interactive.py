@@ -52,7 +52,7 @@ def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out
                 stage: str | None = None) -> dict[str, int]:
     """Walk the inbox oldest first; each decision is written as it is made."""
     tally = dict.fromkeys(("approved", "edited", "rejected", "changes", "skipped"), 0)
-    inbox = [(s.item_id, name, st) for s in runner.items(state="awaiting_review")
+    inbox = [(s.item_id, name, st) for s in runner.items(state="awaiting_review", limit=None)
              for name, st in s.stages.items()
              if st.state == "awaiting_review" and (stage is None or name == stage)]
     if not inbox:

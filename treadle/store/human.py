@@ -113,6 +113,43 @@ def decide(tx: Tx, shape: Shape, item_id: str, stage: str, *, approve: bool,
     return CommitResult([t], [], skipped, finished, [])
 
 
+def decide_many(tx: Tx, shape: Shape, keys: Sequence[tuple[str, str, int | None]], *,
+                approve: bool, review: dict[str, Any], actor: str, details: dict[str, Any]
+                ) -> tuple[CommitResult, list[tuple[str, str]]]:
+    """Approve (each with its review data as output) or reject many (item, stage,
+    review version) at once, each recorded in the history as :func:`decide` records
+    one. A row no longer awaiting review at that version (decided or re-run by
+    someone else meanwhile) is skipped: returns the result and the rows skipped."""
+    details_json = dumps(details, what="decision record")
+    dumps(review, what="review decision")
+    state = COMPLETED if approve else REJECTED
+    done: list[Transition] = []
+    skipped: list[tuple[str, str]] = []
+    # Locked as a single decision locks them (no claim slips in meanwhile), in one
+    # order, so that two bulk decisions never wait for each other in a circle.
+    for item_id in sorted({i for i, _, _ in keys}):
+        tx.lock_stage_rows(shape.name, item_id)
+    for item_id, stage, version in keys:
+        row = tx.rows(shape.name, item_id).get(stage)
+        if row is None or row.state != AWAITING or version not in (None, row.attempt):
+            skipped.append((item_id, stage))
+            continue
+        stored = json.loads(row.review) if row.review else {}
+        output = (dumps(stored.get("data"), what="review data", item_id=item_id, stage=stage)
+                  if approve else None)
+        new_review = dumps({**stored, **review}, what="review", item_id=item_id, stage=stage)
+        if not tx.cas(shape.name, item_id, stage, AWAITING, state, output=output,
+                      review=new_review, attempt=row.attempt):
+            skipped.append((item_id, stage))
+            continue
+        done.append(Transition(item_id, stage, row.attempt, state, output=output))
+    tx.append_history(shape.name, [HistoryRow(t.item_id, t.stage, state, t.attempt, actor,
+                                              details=details_json) for t in done])
+    skipped_down, check = advance(tx, shape, actor, done)
+    finished = finish(tx, shape, check)
+    return CommitResult(done, [], skipped_down, finished, []), skipped
+
+
 def request_changes(tx: Tx, shape: Shape, item_id: str, stage: str, *, feedback: Any,
                     actor: str, reviewer: str | None, expect: int | None = None) -> None:
     """Send a stage awaiting review back to pending with the reviewer's feedback."""
@@ -142,6 +179,14 @@ def retry(tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
         tx.require_item(shape.name, item_id)
         if tx.item_states(shape.name, [item_id]).get(item_id) == CANCELLED:
             raise cancelled_refusal(item_id, "be retried")
+    return retry_rows(tx, shape, rows, actor, item_id=item_id)
+
+
+def retry_rows(tx: Tx, shape: Shape, rows: Sequence[tuple[str, str]], actor: str, *,
+               item_id: str | None = None) -> list[tuple[str, str]]:
+    """These failed (or rejected) (item, stage) rows back to pending; rows in another
+    state are left as they are. Items rolled back are skipped, or refused when
+    ``item_id`` names the one item retried. Returns the rows moved."""
     items = {i for i, _ in rows}
     _refuse_rolling_back(tx, shape, items, "retry")
     cancelled = {i for i, st in tx.item_states(shape.name, items).items() if st == CANCELLED}
@@ -250,6 +295,6 @@ def overdue_reviews(tx: Tx, shape: Shape, stage: str, timeout: float) -> list[st
 
 
 __all__: Sequence[str] = [
-    "awaiting_row", "decide", "not_awaiting", "overdue_reviews", "request_changes", "rerun",
-    "retry", "rolling_back", "version_changed",
+    "awaiting_row", "decide", "decide_many", "not_awaiting", "overdue_reviews", "request_changes",
+    "rerun", "retry", "retry_rows", "rolling_back", "version_changed",
 ]
