@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ..errors import TreadleError
@@ -569,24 +569,10 @@ def _history(args: argparse.Namespace, runner: Runner, url: str,
     return 0
 
 
-def _confirm(stdin: TextIO, stdout: TextIO) -> Callable[[str], bool]:
-    """Ask a yes/no question on a terminal; refuse (exit 2) when there is none to ask."""
-
-    def ask(question: str) -> bool:
-        if not stdin.isatty():
-            raise UsageError("this would change many items and there is no terminal to ask: "
-                             "pass --yes to go ahead")
-        stdout.write(question)
-        stdout.flush()
-        return stdin.readline().strip().lower() in ("y", "yes")
-
-    return ask
-
-
 def _cancel(args: argparse.Namespace, runner: Runner, url: str,
             stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     args.actor = _reviewer_default()
-    return steer.cancel(args, runner, _confirm(stdin, stdout), stdout)
+    return steer.cancel(args, runner, lambda q: bulk.confirm(q, args.yes, stdin, stdout), stdout)
 
 
 def _pause(args: argparse.Namespace, runner: Runner, url: str,
