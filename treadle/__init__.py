@@ -10,9 +10,11 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .context import StageContext
+from .decisions import chose
 from .errors import (
     CycleError,
     DuplicateStageError,
+    InvalidDecisionError,
     InvalidItemError,
     InvalidStageError,
     InvalidTransitionError,
@@ -40,10 +42,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Accepted", "Completed", "CycleError", "DuplicateStageError", "FanOut", "HistoryEntry",
-    "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
+    "InvalidDecisionError", "InvalidItemError", "InvalidStageError", "InvalidTransitionError",
+    "ItemNotFoundError",
     "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
     "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",
     "StageContext", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
     "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
-    "UnknownStageError", "open_store", "stage",
+    "UnknownStageError", "chose", "open_store", "stage",
 ]

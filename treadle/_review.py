@@ -32,7 +32,7 @@ class ReviewMixin:
 
     def approve(self, item_id: Any, stage: str, *, data: Any = _UNSET, note: str | None = None,
                 reviewer: str | None = None, attempt: int | None = None,
-                expect: int | None = None) -> None:
+                expect: int | None = None, choice: str | list[str] | None = None) -> None:
         """Complete a stage awaiting review.
 
         Its output becomes ``data`` when given (the reviewer's edit), else the
@@ -47,6 +47,13 @@ class ReviewMixin:
         ``expect`` is the review version the reviewer saw
         (``status(item).stages[stage].review.version``): if the stage was re-run
         since, the decision is refused with ``InvalidTransitionError`` saying so.
+
+        ``choice``: the option picked, for a review that offers ``options`` (a
+        list of them when it allows ``multiple``); for a review with a ``form``,
+        ``data`` is the answer. Either is checked before anything changes:
+        ``InvalidDecisionError`` names the options or the field at fault. A
+        review with ``assignees`` refuses (``InvalidTransitionError``) a
+        ``reviewer`` not among them.
         """
         _check_expect(expect)
         key, stage = self._decision_target(item_id, stage)
@@ -58,7 +65,7 @@ class ReviewMixin:
         if data is not _UNSET:
             output = to_json(data, what="approved data", item_id=key, stage=stage)
         self._decide(key, stage, approve=True, output=output, note=note, reviewer=reviewer,
-                     actor=reviewer or "human", expect=expect)
+                     actor=reviewer or "human", expect=expect, choice=choice)
 
     def reject(self, item_id: Any, stage: str, *, reason: str, reviewer: str | None = None,
                expect: int | None = None) -> None:
@@ -164,9 +171,11 @@ class ReviewMixin:
 
     def _decide(self, key: str, stage: str, *, approve: bool, output: str | None,
                 note: str | None, reviewer: str | None, actor: str,
-                expect: int | None = None) -> CommitResult:
+                expect: int | None = None, choice: Any = None) -> CommitResult:
         decision = "approved" if approve else "rejected"
         review = {"decision": decision, "reviewer": reviewer, "note": note}
+        if choice is not None:
+            review["choice"] = choice
         details: dict[str, Any] = {"decision": decision, "reviewer": reviewer, "note": note}
         if output is not None:
             original = self._review_data(key, stage)

@@ -154,7 +154,12 @@ class Runner(ReviewMixin):
             if r.review is not None:
                 rv = from_json(r.review)
                 review = ReviewInfo(rv.get("data"), rv.get("message", ""), rv.get("decision"),
-                                    rv.get("reviewer"), rv.get("note"), version=r.attempt)
+                                    rv.get("reviewer"), rv.get("note"), version=r.attempt,
+                                    options=rv.get("options"), multiple=rv.get("multiple", False),
+                                    default=rv.get("default"), choice=rv.get("choice"),
+                                    form=(rv.get("form") or {}).get("fields"),
+                                    assignees=rv.get("assignees") or [],
+                                    escalated_to=rv.get("escalated_to"))
             stages[name] = StageStatus(
                 stage=name, state=StageState(r.state), attempts=r.attempt,
                 output=from_json(r.output), error=r.error, review=review,

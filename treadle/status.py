@@ -33,6 +33,17 @@ class ReviewInfo:
     #: every re-run). Pass it as ``expect=`` to a decision so that it applies to what
     #: the reviewer saw, and is refused if the stage was re-run meanwhile.
     version: int | None = None
+    #: What the review offers: its options (None: approve / reject only), whether
+    #: several may be chosen, the default pick, and the option(s) chosen.
+    options: list[str] | None = None
+    multiple: bool = False
+    default: Any = None
+    choice: Any = None
+    #: The form's fields (name, type, nullable, required, default), or None.
+    form: list[dict[str, Any]] | None = None
+    #: Who may decide (empty: anyone), and whether a review timeout reassigned it.
+    assignees: list[str] = attrs.field(factory=list)
+    escalated_to: list[str] | None = None
 
 
 @attrs.frozen

@@ -12,8 +12,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .. import decisions
 from .._crash import crash_point
-from ..errors import InvalidTransitionError
+from ..errors import InvalidDecisionError, InvalidTransitionError
 from .flow import advance, finish
 from .logic import deps_done
 from .records import (
@@ -89,10 +90,19 @@ def decide(tx: Tx, shape: Shape, item_id: str, stage: str, *, approve: bool,
            expect: int | None = None) -> CommitResult:
     """Approve (complete with ``output``, or the review data when None) or reject one
     stage awaiting review, at review version ``expect`` when given."""
-    details_json = dumps(details, what="decision record", item_id=item_id, stage=stage)
     dumps(review, what="review decision", item_id=item_id, stage=stage)
     row = awaiting_row(tx, shape, item_id, stage, expect)
     stored = json.loads(row.review) if row.review else {}
+    decisions.check_assignee(stored, review.get("reviewer"), actor, item_id, stage)
+    if approve:  # a choice and a form answer are checked here, before anything changes
+        output, choice = decisions.resolve(stored, output, review.get("choice"), item_id, stage)
+        if choice is not None:
+            review, details = {**review, "choice": choice}, {**details, "choice": choice}
+    elif review.get("choice") is not None:
+        raise InvalidDecisionError(
+            f"Stage {stage!r} of item {item_id!r}: a rejection makes no choice.",
+            item_id=item_id, stage=stage)
+    details_json = dumps(details, what="decision record", item_id=item_id, stage=stage)
     if approve and output is None:
         output = dumps(stored.get("data"), what="review data", item_id=item_id, stage=stage)
     state = COMPLETED if approve else REJECTED
@@ -115,6 +125,8 @@ def request_changes(tx: Tx, shape: Shape, item_id: str, stage: str, *, feedback:
     details = dumps({"feedback": feedback, "reviewer": reviewer}, what="feedback",
                     item_id=item_id, stage=stage)
     row = awaiting_row(tx, shape, item_id, stage, expect)
+    decisions.check_assignee(json.loads(row.review) if row.review else {}, reviewer, actor,
+                             item_id, stage)
     if not tx.set_state(shape.name, [(item_id, stage)], PENDING, (AWAITING,), ready=True):
         raise not_awaiting(item_id, stage, "changed concurrently")
     tx.append_history(shape.name, [HistoryRow(item_id, stage, "changes_requested", row.attempt,
