@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import signals
 from ._diff import json_diff
+from .decisions import TIMEOUT_ACTOR
 from .serialization import normalize_id, to_json
 from .store.records import CommitResult, dumps
 
 if TYPE_CHECKING:
+    from ._notify import Notifications
     from .pipeline import Pipeline
     from .store.base import StateStore
 
@@ -27,6 +29,7 @@ class ReviewMixin:
 
     pipeline: Pipeline
     store: StateStore
+    notifications: Notifications
 
     def _prepare(self) -> None: ...
 
@@ -147,7 +150,9 @@ class ReviewMixin:
 
     def apply_review_timeouts(self) -> int:
         """Decide every review that waited past its stage's ``review_timeout``
-        (actor ``timeout``); returns how many were decided."""
+        (actor ``timeout``), or, for a stage with ``escalate_to``, reassign it to
+        those reviewers and notify them (once; nothing is decided). Returns how
+        many were decided or escalated."""
         from .errors import InvalidTransitionError
 
         decided = 0
@@ -155,10 +160,20 @@ class ReviewMixin:
             if spec.review_timeout is None:
                 continue
             for item_id in self.store.overdue_reviews(self.pipeline, name, spec.review_timeout):
+                if spec.escalate_to:
+                    try:
+                        escalated = self.store.escalate_review(
+                            self.pipeline, item_id, name, spec.escalate_to, TIMEOUT_ACTOR)
+                    except InvalidTransitionError:
+                        continue  # decided meanwhile
+                    if escalated:
+                        self.notifications.escalated(item_id, name)
+                        decided += 1
+                    continue
                 try:
                     self._decide(item_id, name, approve=spec.on_timeout == "approve", output=None,
                                  note=f"review timed out after {spec.review_timeout:g} s",
-                                 reviewer=None, actor="timeout")
+                                 reviewer=None, actor=TIMEOUT_ACTOR)
                 except InvalidTransitionError:
                     continue
                 decided += 1

@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from . import signals
+from ._notify import Notifications
 from ._review import ReviewMixin
 from .engine import Scheduler
 from .pipeline import Pipeline
@@ -54,6 +55,7 @@ class Runner(ReviewMixin):
         #: for each run, so two runs never share (or release) each other's claims.
         self.owner = self._new_owner()
         self._prepared = False
+        self.notifications = Notifications(pipeline, store)
 
     def __repr__(self) -> str:
         return f"Runner({self.pipeline.name!r}, {self.store!r}, workers={self.workers})"
@@ -106,6 +108,7 @@ class Runner(ReviewMixin):
     def advance(self, item_id: Any | None = None) -> RunReport:
         """Like :meth:`run` without submitting the source; optionally only one item."""
         self._prepare()
+        self.notifications.start()  # owed ones first; then each new request, off this thread
         self.apply_review_timeouts()
         only = None
         if item_id is not None:
@@ -121,6 +124,12 @@ class Runner(ReviewMixin):
             items=self._item_counts(), interrupted=c.interrupted,
             failures=self._failures(), skipped_downstream=c.skipped_downstream,
         )
+
+    def wait_notifications(self, timeout: float = 10.0) -> bool:
+        """Wait up to ``timeout`` seconds for the review notifications still being sent
+        (``run()`` never waits for them); True when none is left. A process that ends
+        before they are sent sends them on its next run."""
+        return self.notifications.wait(timeout)
 
     # -- inspecting ----------------------------------------------------------
     def _known(self, item_id: Any) -> str:

@@ -247,6 +247,10 @@ def _target_hint(args: argparse.Namespace, url: str) -> str:
 
 # -- commands -------------------------------------------------------------------
 
+#: How long ``run`` waits at its end for review notifications still being sent.
+NOTIFY_WAIT = 10.0
+
+
 def _run(args: argparse.Namespace, runner: Runner, url: str,
          stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     from .progress import Progress
@@ -290,6 +294,9 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
         if dask is not None:
             dask.close()
     _summary(args, runner, report, url, stdout, submitted=len(new))
+    if not runner.wait_notifications(NOTIFY_WAIT):
+        stderr.write(f"review notifications still unsent after {NOTIFY_WAIT:g} s; "
+                     "the next run sends them\n")
     if report.interrupted:
         return 130
     return 1 if report.items.get("failed") else 0

@@ -101,6 +101,10 @@ class StateStore(Protocol):
     def request_changes(self, shape: Shape, item_id: str, stage: str, *, feedback: Any,
                         actor: str, reviewer: str | None, expect: int | None = None) -> None: ...
     def overdue_reviews(self, shape: Shape, stage: str, timeout: float) -> list[str]: ...
+    def escalate_review(self, shape: Shape, item_id: str, stage: str,
+                        assignees: Sequence[str], actor: str) -> bool: ...
+    def record_notification(self, shape: Shape, item_id: str, stage: str, version: int,
+                            details: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -320,6 +324,18 @@ class BaseStore(abc.ABC):
         """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""
         with self.transaction() as tx:
             return human.overdue_reviews(tx, shape, stage, timeout)
+
+    def escalate_review(self, shape: Shape, item_id: str, stage: str,
+                        assignees: Sequence[str], actor: str) -> bool:
+        """Reassign a stage awaiting review to ``assignees``, once (False if it already was)."""
+        with self.transaction() as tx:
+            return human.escalate(tx, shape, item_id, stage, assignees, actor)
+
+    def record_notification(self, shape: Shape, item_id: str, stage: str, version: int,
+                            details: dict[str, Any]) -> None:
+        """Record one notification of a review request (a ``notified`` history row)."""
+        with self.transaction() as tx:
+            human.record_notification(tx, shape, item_id, stage, version, details)
 
 
 __all__ = [

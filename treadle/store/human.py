@@ -35,6 +35,9 @@ from .records import (
 )
 from .tx import Tx
 
+#: History states of the review requests' escalations and notifications.
+ESCALATED = "escalated"
+NOTIFIED = "notified"
 _ALL_BUT_RUNNING = ("pending", "completed", "skipped", "awaiting_review", "rejected", "failed",
                     "rolled_back")
 
@@ -239,12 +242,43 @@ def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str) -> list[st
     return [s for s in targets if s in names]
 
 
+def escalate(tx: Tx, shape: Shape, item_id: str, stage: str, assignees: Sequence[str],
+             actor: str) -> bool:
+    """Reassign a stage awaiting review to ``assignees`` (once: False if it already was).
+
+    Nothing is decided; the history records the escalation and who had it before.
+    """
+    row = awaiting_row(tx, shape, item_id, stage)
+    stored = json.loads(row.review) if row.review else {}
+    if stored.get("escalated_to"):
+        return False
+    details = dumps({"assignees": list(assignees), "previous": stored.get("assignees") or []},
+                    what="escalation record", item_id=item_id, stage=stage)
+    review = dumps({**stored, "assignees": list(assignees), "escalated_to": list(assignees)},
+                   what="review", item_id=item_id, stage=stage)
+    if not tx.cas(shape.name, item_id, stage, AWAITING, AWAITING, output=None, review=review,
+                  attempt=row.attempt):
+        raise not_awaiting(item_id, stage, "changed concurrently")
+    tx.append_history(shape.name, [HistoryRow(item_id, stage, ESCALATED, row.attempt, actor,
+                                              details=details)])
+    return True
+
+
+def record_notification(tx: Tx, shape: Shape, item_id: str, stage: str, version: int,
+                        details: dict[str, Any]) -> None:
+    """Record one notification of a review request (sent, or failed with its error)."""
+    tx.append_history(shape.name, [HistoryRow(
+        item_id, stage, NOTIFIED, version, "notify",
+        details=dumps(details, what="notification record", item_id=item_id, stage=stage))])
+
+
 def overdue_reviews(tx: Tx, shape: Shape, stage: str, timeout: float) -> list[str]:
     """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""
     return tx.overdue(shape.name, stage, tx.now - timeout)
 
 
 __all__: Sequence[str] = [
-    "awaiting_row", "decide", "not_awaiting", "overdue_reviews", "request_changes", "rerun",
-    "retry", "rolling_back", "version_changed",
+    "ESCALATED", "NOTIFIED", "awaiting_row", "decide", "escalate", "not_awaiting",
+    "overdue_reviews", "record_notification", "request_changes", "rerun", "retry",
+    "rolling_back", "version_changed",
 ]
