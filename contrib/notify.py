@@ -54,11 +54,12 @@ class Webhook:
     attempts: int = 3
     wait: float = 0.5
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    label: str = ""
 
     @property
     def name(self) -> str:
-        """How the history names this notifier (no credentials)."""
-        return f"webhook {_masked(self.url)}"
+        """How the history names this notifier: its label, else its URL (no credentials)."""
+        return self.label or f"webhook {_masked(self.url)}"
 
     def __call__(self, request: ReviewRequest) -> None:
         body = json.dumps(request.to_dict(), ensure_ascii=False).encode()
@@ -73,13 +74,17 @@ class Webhook:
 
 
 def webhook(url: str, *, timeout: float = 10.0, attempts: int = 3, wait: float = 0.5,
-            headers: Mapping[str, str] | None = None) -> Webhook:
-    """A notifier that POSTs each review request as JSON to ``url`` (see :class:`Webhook`)."""
+            headers: Mapping[str, str] | None = None, name: str = "") -> Webhook:
+    """A notifier that POSTs each review request as JSON to ``url`` (see :class:`Webhook`).
+
+    ``name`` is how the history records it (default ``webhook URL``); what was
+    sent is remembered per name, so keep it when the URL changes.
+    """
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"webhook() needs an http:// or https:// URL, got {_masked(url)!r}")
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"webhook(attempts=...) must be an int >= 1, got {attempts!r}")
-    return Webhook(url, timeout, attempts, wait, dict(headers or {}))
+    return Webhook(url, timeout, attempts, wait, dict(headers or {}), name)
 
 
 def _text(request: ReviewRequest) -> str:
@@ -109,11 +114,12 @@ class Email:
     username: str | None = None
     password: str | None = attrs.field(default=None, repr=False)
     timeout: float = 10.0
+    label: str = ""
 
     @property
     def name(self) -> str:
-        """How the history names this notifier."""
-        return f"email {', '.join(self.to)}"
+        """How the history names this notifier: its label, else its recipients."""
+        return self.label or f"email {', '.join(self.to)}"
 
     def __call__(self, request: ReviewRequest) -> None:
         msg = EmailMessage()
@@ -134,12 +140,13 @@ class Email:
 def email(to: str | Sequence[str], *, host: str = "localhost", port: int = 25,
           sender: str = "treadle@localhost", starttls: bool = False,
           username: str | None = None, password: str | None = None,
-          timeout: float = 10.0) -> Email:
-    """A notifier that e-mails each review request to ``to`` (see :class:`Email`)."""
+          timeout: float = 10.0, name: str = "") -> Email:
+    """A notifier that e-mails each review request to ``to`` (see :class:`Email`);
+    ``name`` as for :func:`webhook`."""
     recipients = (to,) if isinstance(to, str) else tuple(to)
     if not recipients or not all(isinstance(r, str) and "@" in r for r in recipients):
         raise ValueError(f"email() needs one or more addresses, got {to!r}")
-    return Email(recipients, host, port, sender, starttls, username, password, timeout)
+    return Email(recipients, host, port, sender, starttls, username, password, timeout, name)
 
 
 def to_assignees(notifiers: Mapping[str, Notifier]) -> Any:
