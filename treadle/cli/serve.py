@@ -81,6 +81,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # before the URL is printed: connections wait for uvicorn, not refused
     sock.set_inheritable(True)
     return sock
 
