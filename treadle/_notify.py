@@ -179,7 +179,7 @@ class Notifications:
                 with self._cond:
                     if self._queue.empty():
                         self._thread = None
-                        return
+                        break
                 continue
             try:
                 kind, arg = job
@@ -192,6 +192,9 @@ class Notifications:
                 with self._cond:
                     self._pending -= 1
                     self._cond.notify_all()
+        close = getattr(self.store, "close_thread_connection", None)
+        if close is not None:  # a SQL store's connection of this (ending) thread
+            close()
 
     def _fresh(self, item_id: str, stage: str, kind: str) -> list[tuple[ReviewRequest, Any]]:
         rec = next((r for r in self.store.stage_records(self.pipeline, item_id)
