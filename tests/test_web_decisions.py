@@ -80,3 +80,18 @@ def test_the_inbox_shows_what_is_asked_and_filters_mine(c, runner):
     _post(c, "/inbox", "/reviewer", reviewer="ana", next="/inbox")
     mine = c.get("/inbox?mine=1").text
     assert "p1" in mine and "p2" in mine
+
+
+def test_an_edit_with_a_choice_keeps_the_choice_through_the_confirmation(c, runner):
+    """Approve with edits shows the diff first; the confirmation carries the choice."""
+    url = "/review?item=p2&stage=moderate"
+    r = _post(c, url, "/review/approve", item="p2", stage="moderate", attempt="1",
+              reviewer="ana", choice="archive", data='{"text": "YO"}')
+    assert r.status_code == 200 and 'name="choice" value="archive"' in r.text
+    page = r.text
+    r = c.post("/review/approve", data={"csrf": csrf(page), "item": "p2", "stage": "moderate",
+                                        "attempt": "1", "reviewer": "ana", "confirm": "1",
+                                        "choice": "archive", "data": '{"text": "YO"}'})
+    assert r.status_code == 303
+    assert runner.status("p2").stages["moderate"].output == {"choice": "archive",
+                                                             "data": {"text": "YO"}}

@@ -274,6 +274,7 @@ async def decide(request: Request) -> Response:
                 return render(request, "confirm.html", {
                     "item_id": item_id, "stage": stage, "attempt": attempt, "diff": changes,
                     "text": str(text), "note": kwargs["note"] or "", "reviewer_name": reviewer,
+                    "choice": choice, "multiple": form.get("multiple") == "1",
                     "next": str(form.get("next") or "/inbox")})
             kwargs.update(data=data, edited=bool(changes))
         done = f"approved {item_id} at {stage}" + (
