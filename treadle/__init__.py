@@ -10,9 +10,11 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .context import StageContext
+from .decisions import chose
 from .errors import (
     CycleError,
     DuplicateStageError,
+    InvalidDecisionError,
     InvalidItemError,
     InvalidStageError,
     InvalidTransitionError,
@@ -50,11 +52,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut",
-    "HistoryEntry",
-    "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
+    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidStageError", "InvalidTransitionError",
+    "ItemNotFoundError",
     "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
     "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",
     "StageContext", "StageMetrics", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
     "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
-    "UnknownStageError", "open_store", "stage",
+    "UnknownStageError", "chose", "open_store", "stage",
 ]

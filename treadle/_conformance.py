@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol, cast
 
 from ._pytest_compat import pytest
-from .errors import InvalidTransitionError, ItemNotFoundError
+from .errors import InvalidDecisionError, InvalidTransitionError, ItemNotFoundError
 from .pipeline import Pipeline
 from .stage import stage
 from .store.base import CommitResult, Outlook, Shape, StateStore, Transition
@@ -720,6 +720,93 @@ class StoreConformance(SteerConformance):
         assert ready_store.outlook(shape, ["i1"]) == Outlook(ready=0, running=1)
         ready_store.commit(shape, OWNER, [self.done("i1", "a", output="1")], 0)
         assert ready_store.outlook(shape, ["i1"]) == Outlook(ready=2, running=0)
+
+    def asked(self, store: StateStore, shape: Shape, **record: Any) -> None:
+        """Leave i1's stage ``a`` awaiting review of a record with options, form, assignees."""
+        store.commit(shape, OWNER, [], 1, only=["i1"])
+        review = json.dumps({"data": {"t": 1}, "message": "check", **record})
+        store.commit(shape, OWNER, [self.done("i1", "a", state="awaiting_review",
+                                              review=review)], 0)
+
+    def test_decide_checks_the_choice_before_changing_anything(
+            self, ready_store: StateStore, shape: Pipeline) -> None:
+        """A choice not offered is refused naming the options, the store unchanged; an
+        offered one is the output's ``choice`` and recorded in the history."""
+        self.asked(ready_store, shape, options=["x", "y"], multiple=False, default=None)
+        before = self.snapshot(ready_store, shape, "i1")
+        for choice in ("z", None):
+            with pytest.raises(InvalidDecisionError, match="'x', 'y'"):
+                ready_store.decide(shape, "i1", "a", approve=True, output=None,
+                                   review={"decision": "approved", "reviewer": "r",
+                                           "choice": choice}, actor="r", details={})
+        assert self.snapshot(ready_store, shape, "i1") == before
+        ready_store.decide(shape, "i1", "a", approve=True, output=None,
+                           review={"decision": "approved", "reviewer": "r", "choice": "y"},
+                           actor="r", details={"decision": "approved"})
+        rec = {r.stage: r for r in ready_store.stage_records(shape, "i1")}
+        assert json.loads(rec["a"].output or "null") == {"choice": "y", "data": {"t": 1}}
+        assert json.loads(rec["a"].review or "{}")["choice"] == "y"
+        assert json.loads(ready_store.history(shape, "i1")[-1]["details"])["choice"] == "y"
+
+    def test_decide_checks_a_form_answer_before_changing_anything(
+            self, ready_store: StateStore, shape: Pipeline) -> None:
+        """A form answer of the wrong type is refused naming the field; a right one is
+        stored with the form's defaults."""
+        fields = [{"name": "t", "type": "int", "nullable": False, "required": True,
+                   "default": None},
+                  {"name": "u", "type": "str", "nullable": False, "required": False,
+                   "default": "-"}]
+        self.asked(ready_store, shape, form={"type": None, "fields": fields})
+        before = self.snapshot(ready_store, shape, "i1")
+        with pytest.raises(InvalidDecisionError, match="'t' must be a int") as err:
+            self.decision(ready_store, shape, output='{"t":"1"}')
+        assert err.value.field == "t"
+        assert self.snapshot(ready_store, shape, "i1") == before
+        self.decision(ready_store, shape, output='{"t":2}')
+        rec = {r.stage: r for r in ready_store.stage_records(shape, "i1")}
+        assert json.loads(rec["a"].output or "null") == {"t": 2, "u": "-"}
+
+    def test_decide_refuses_reviewers_not_assigned(self, ready_store: StateStore,
+                                                   shape: Pipeline) -> None:
+        """Only an assignee may decide; the error names them; a timeout may decide anyway."""
+        self.asked(ready_store, shape, assignees=["ana"])
+        before = self.snapshot(ready_store, shape, "i1")
+        with pytest.raises(InvalidTransitionError, match="only be decided by ana"):
+            self.decision(ready_store, shape)  # by rita
+        with pytest.raises(InvalidTransitionError, match="only be decided by ana"):
+            ready_store.request_changes(shape, "i1", "a", feedback="no", actor="rita",
+                                        reviewer="rita")
+        assert self.snapshot(ready_store, shape, "i1") == before
+        ready_store.decide(shape, "i1", "a", approve=False, output=None,
+                           review={"decision": "rejected", "reviewer": None}, actor="timeout",
+                           details={})
+        assert self.states(ready_store, shape, "i1")["a"] == "rejected"
+
+    def test_escalate_review_reassigns_once_and_decides_nothing(
+            self, ready_store: StateStore, shape: Pipeline) -> None:
+        """escalate_review() sets the assignees, records it, stays awaiting; only once."""
+        self.asked(ready_store, shape, assignees=["ana"])
+        assert ready_store.escalate_review(shape, "i1", "a", ["boss"], "timeout") is True
+        assert ready_store.escalate_review(shape, "i1", "a", ["cy"], "timeout") is False
+        rec = {r.stage: r for r in ready_store.stage_records(shape, "i1")}
+        review = json.loads(rec["a"].review or "{}")
+        assert rec["a"].state == "awaiting_review"
+        assert review["assignees"] == review["escalated_to"] == ["boss"]
+        last = ready_store.history(shape, "i1")[-1]
+        assert (last["state"], last["actor"]) == ("escalated", "timeout")
+        assert json.loads(last["details"]) == {"assignees": ["boss"], "previous": ["ana"]}
+        with pytest.raises(InvalidTransitionError):
+            ready_store.escalate_review(shape, "i1", "b", ["boss"], "timeout")
+
+    def test_record_notification_appends_a_history_row(self, ready_store: StateStore,
+                                                       shape: Pipeline) -> None:
+        """A notification record is a ``notified`` history row with its details."""
+        self.asked(ready_store, shape)
+        ready_store.record_notification(shape, "i1", "a", 1, {"request": "r1", "ok": True})
+        last = ready_store.history(shape, "i1")[-1]
+        assert (last["stage"], last["state"], last["attempt"], last["actor"]) == (
+            "a", "notified", 1, "notify")
+        assert json.loads(last["details"]) == {"request": "r1", "ok": True}
 
     def test_overdue_reviews_are_listed_oldest_first(self, ready_store: StateStore,
                                                      shape: Pipeline) -> None:

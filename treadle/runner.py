@@ -12,6 +12,7 @@ from typing import Any
 from . import _bulk, signals
 from ._bulk import make_filter
 from ._changes import ChangesMixin
+from ._notify import Notifications
 from ._review import ReviewMixin
 from ._steer import SteerMixin
 from .engine import Scheduler
@@ -60,6 +61,7 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
         #: for each run, so two runs never share (or release) each other's claims.
         self.owner = self._new_owner()
         self._prepared = False
+        self.notifications = Notifications(pipeline, store)
 
     def __repr__(self) -> str:
         return f"Runner({self.pipeline.name!r}, {self.store!r}, workers={self.workers})"
@@ -113,6 +115,7 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
     def advance(self, item_id: Any | None = None) -> RunReport:
         """Like :meth:`run` without submitting the source; optionally only one item."""
         self._prepare()
+        self.notifications.start()  # owed ones first; then each new request, off this thread
         self.apply_review_timeouts()
         only = None
         if item_id is not None:
@@ -133,6 +136,12 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
             failures=self._failures(), skipped_downstream=c.skipped_downstream,
             cancelled=c.cancelled, paused=held,
         )
+
+    def wait_notifications(self, timeout: float = 10.0) -> bool:
+        """Wait up to ``timeout`` seconds for the review notifications still being sent
+        (``run()`` never waits for them); True when none is left. A process that ends
+        before they are sent sends them on its next run."""
+        return self.notifications.wait(timeout)
 
     # -- inspecting ----------------------------------------------------------
     def _known(self, item_id: Any) -> str:
@@ -170,7 +179,12 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
                 rv = from_json(r.review)
                 review = ReviewInfo(rv.get("data"), rv.get("message", ""), rv.get("decision"),
                                     rv.get("reviewer"), rv.get("note"), version=r.attempt,
-                                    previous=previous.get(name))
+                                    previous=previous.get(name),
+                                    options=rv.get("options"), multiple=rv.get("multiple", False),
+                                    default=rv.get("default"), choice=rv.get("choice"),
+                                    form=(rv.get("form") or {}).get("fields"),
+                                    assignees=rv.get("assignees") or [],
+                                    escalated_to=rv.get("escalated_to"))
             stages[name] = StageStatus(
                 stage=name, state=StageState(r.state), attempts=r.attempt,
                 output=from_json(r.output), error=r.error, review=review,

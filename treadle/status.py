@@ -37,6 +37,17 @@ class ReviewInfo:
     #: The decision made on an earlier result of this stage, before it was rerun
     #: because its definition changed (``rerun --stale``): decision, reviewer, note, data.
     previous: dict[str, Any] | None = None
+    #: What the review offers: its options (None: approve / reject only), whether
+    #: several may be chosen, the default pick, and the option(s) chosen.
+    options: list[str] | None = None
+    multiple: bool = False
+    default: Any = None
+    choice: Any = None
+    #: The form's fields (name, type, nullable, required, default), or None.
+    form: list[dict[str, Any]] | None = None
+    #: Who may decide (empty: anyone), and whether a review timeout reassigned it.
+    assignees: list[str] = attrs.field(factory=list)
+    escalated_to: list[str] | None = None
 
 
 @attrs.frozen

@@ -53,6 +53,11 @@ class UsageError(Exception):
 CREATES = {"run", "submit"}
 
 
+#: --reviewer: a name for the record, not a login (nothing checks who types it).
+REVIEWER_HELP = ("name recorded with the decision (default: $TREADLE_REVIEWER, else $USER); "
+                 "attribution, not authentication")
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(prog="python -m treadle", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,20 +109,27 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                   "python -m treadle reviews app.py:pipeline --json")
     reviews.add_argument("--json", action="store_true", help="print JSON")
     reviews.add_argument("--stage", help="only this stage")
+    reviews.add_argument("--mine", action="store_true",
+                         help="only the reviews you may decide (assigned to you, or to nobody)")
+    reviews.add_argument("--reviewer", help="your name for --mine (default: $TREADLE_REVIEWER, "
+                                            "else $USER)")
 
     review = cmd("review", "interactive: approve / edit / reject / skip each waiting review",
                  "EDITOR=nano python -m treadle review app.py:pipeline")
     review.add_argument("--stage", help="only this stage")
-    review.add_argument("--reviewer", help="name recorded with each decision (default: $USER)")
+    review.add_argument("--reviewer", help=REVIEWER_HELP)
 
     approve = cmd("approve", "approve one stage awaiting review (optionally with edited data), "
                   "or --all of them", "python -m treadle approve app.py:pipeline t1 review --data "
                   "'{\"title\": \"Fixed\"}'\n  python -m treadle approve app.py:pipeline --all "
                   "--stage review --where-message 'looks fine'", item="optional")
     approve.add_argument("stage", metavar="STAGE", nargs="?")
-    approve.add_argument("--data", metavar="JSON", help="the edited data (JSON)")
+    approve.add_argument("--data", metavar="JSON", help="the edited data, or a form's answer (JSON)")
+    approve.add_argument("--choice", action="append", metavar="OPTION",
+                         help="the option chosen, for a review that offers options "
+                              "(repeat it where several may be chosen)")
     approve.add_argument("--note", help="a note kept in the history")
-    approve.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
+    approve.add_argument("--reviewer", help=REVIEWER_HELP)
     approve.add_argument("--expect", type=int, metavar="VERSION",
                          help="the review version you saw (reviews --json lists it); refused "
                               "if the stage was re-run since")
@@ -126,7 +138,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                  "python -m treadle reject app.py:pipeline t2 review --reason duplicate", item="optional")
     reject.add_argument("stage", metavar="STAGE", nargs="?")
     reject.add_argument("--reason", required=True, help="why (kept in the history)")
-    reject.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
+    reject.add_argument("--reviewer", help=REVIEWER_HELP)
     reject.add_argument("--expect", type=int, metavar="VERSION",
                         help="the review version you saw (reviews --json lists it); refused "
                              "if the stage was re-run since")
@@ -263,6 +275,10 @@ def _target_hint(args: argparse.Namespace, url: str) -> str:
 
 # -- commands -------------------------------------------------------------------
 
+#: How long ``run`` waits at its end for review notifications still being sent.
+NOTIFY_WAIT = 10.0
+
+
 def _run(args: argparse.Namespace, runner: Runner, url: str,
          stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     from .progress import Progress
@@ -313,6 +329,9 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
     if report is None:
         report = RunReport(0, 0, 0, 0, 0, 0, items=runner.item_counts(), interrupted=True)
     _summary(args, runner, report, tally, url, stdout, submitted=len(new))
+    if not runner.wait_notifications(NOTIFY_WAIT):
+        stderr.write(f"review notifications still unsent after {NOTIFY_WAIT:g} s; "
+                     "the next run sends them\n")
     if tally.interrupted:
         return 130
     return 1 if report.items.get("failed") else 0
@@ -438,11 +457,15 @@ def _waiting(runner: Runner, stage: str | None) -> list[tuple[str, str, Any]]:
 def _reviews(args: argparse.Namespace, runner: Runner, url: str,
              stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     waiting = _waiting(runner, args.stage)
+    if args.mine:
+        me = _reviewer(args)
+        waiting = [w for w in waiting if not (w[2] and w[2].assignees) or me in w[2].assignees]
     if args.json:
         stdout.write(json.dumps([{"item_id": i, "stage": s, "message": r.message if r else "",
                                   "data": r.data if r else None,
                                   "version": r.version if r else None,
-                                  "previous": r.previous if r else None} for i, s, r in waiting],
+                                  "previous": r.previous if r else None, **_asks(r)}
+                                 for i, s, r in waiting],
                                 indent=2) + "\n")
         return 0
     if not waiting:
@@ -450,15 +473,32 @@ def _reviews(args: argparse.Namespace, runner: Runner, url: str,
         return 0
     rows = [[i, s, r.message + render.earlier(r) if r else "", render.whole(r.data if r else None)]
             for i, s, r in waiting]
-    stdout.write(table(["item", "stage", "message", "data"], rows,  # whole: wrapped, never cut
-                       Look.of(stdout)) + "\n")
+    headers = ["item", "stage", "message", "data"]
+    if any(r and (r.options or r.form or r.assignees) for _, _, r in waiting):
+        headers += ["asks", "assigned to"]
+        for row, (_, _, r) in zip(rows, waiting, strict=True):
+            asks = ("choose " + "/".join(r.options) if r and r.options else
+                    "form: " + ", ".join(f["name"] for f in r.form) if r and r.form else "")
+            row += [asks, ", ".join(r.assignees) if r else ""]
+    stdout.write(table(headers, rows, Look.of(stdout)) + "\n")  # whole: wrapped, never cut
     stdout.write(f"decide them with: python -m treadle review {_target_hint(args, url)}\n")
     return 0
+
+
+def _asks(review: Any) -> dict[str, Any]:
+    """What a review asks beyond approve / reject (for ``reviews --json``)."""
+    if review is None:
+        return {}
+    asks = {"options": review.options, "multiple": review.multiple if review.options else None,
+            "default": review.default, "form": review.form, "assignees": review.assignees or None}
+    return {k: v for k, v in asks.items() if v is not None}
 
 
 def _reviewer(args: argparse.Namespace) -> str:
     if args.reviewer:
         return str(args.reviewer)
+    if os.environ.get("TREADLE_REVIEWER"):
+        return os.environ["TREADLE_REVIEWER"]
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001
@@ -502,9 +542,12 @@ def _approve(args: argparse.Namespace, runner: Runner, url: str,
     kwargs: dict[str, Any] = {}
     if args.data is not None:
         kwargs["data"] = _json_arg(args.data, "--data")
+    if args.choice:
+        kwargs["choice"] = args.choice[0] if len(args.choice) == 1 else args.choice
     runner.approve(args.item, args.stage, note=args.note, reviewer=_reviewer(args),
                    expect=args.expect, **kwargs)
     stdout.write(f"approved {args.item} at {args.stage}"
+                 f"{' choosing ' + ', '.join(args.choice) if args.choice else ''}"
                  f"{' with edited data' if 'data' in kwargs else ''}; "
                  f"continue with: python -m treadle run {_target_hint(args, url)}\n")
     return 0

@@ -139,6 +139,10 @@ class StateStore(Protocol):
                     actor: str) -> list[tuple[str, str]]: ...
     def migrate_items(self, shape: Shape, from_version: str | None, to_version: str,
                       fn: Callable[[str], str], limit: int, actor: str) -> int: ...
+    def escalate_review(self, shape: Shape, item_id: str, stage: str,
+                        assignees: Sequence[str], actor: str) -> bool: ...
+    def record_notification(self, shape: Shape, item_id: str, stage: str, version: int,
+                            details: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -447,6 +451,17 @@ class BaseStore(abc.ABC):
         with self._item_cache_lock:
             self._item_cache.pop(shape.name, None)  # items changed: forget their JSON
         return done
+    def escalate_review(self, shape: Shape, item_id: str, stage: str,
+                        assignees: Sequence[str], actor: str) -> bool:
+        """Reassign a stage awaiting review to ``assignees``, once (False if it already was)."""
+        with self.transaction() as tx:
+            return human.escalate(tx, shape, item_id, stage, assignees, actor)
+
+    def record_notification(self, shape: Shape, item_id: str, stage: str, version: int,
+                            details: dict[str, Any]) -> None:
+        """Record one notification of a review request (a ``notified`` history row)."""
+        with self.transaction() as tx:
+            human.record_notification(tx, shape, item_id, stage, version, details)
 
 
 __all__ = [

@@ -12,8 +12,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .. import decisions
 from .._crash import crash_point
-from ..errors import InvalidTransitionError
+from ..errors import InvalidDecisionError, InvalidTransitionError
 from .control import cancelled_refusal
 from .flow import advance, finish
 from .logic import deps_done
@@ -36,6 +37,9 @@ from .records import (
 )
 from .tx import Tx
 
+#: History states of the review requests' escalations and notifications.
+ESCALATED = "escalated"
+NOTIFIED = "notified"
 _ALL_BUT_RUNNING = ("pending", "completed", "skipped", "awaiting_review", "rejected", "failed",
                     "rolled_back")
 
@@ -93,10 +97,19 @@ def decide(tx: Tx, shape: Shape, item_id: str, stage: str, *, approve: bool,
            expect: int | None = None) -> CommitResult:
     """Approve (complete with ``output``, or the review data when None) or reject one
     stage awaiting review, at review version ``expect`` when given."""
-    details_json = dumps(details, what="decision record", item_id=item_id, stage=stage)
     dumps(review, what="review decision", item_id=item_id, stage=stage)
     row = awaiting_row(tx, shape, item_id, stage, expect)
     stored = json.loads(row.review) if row.review else {}
+    decisions.check_assignee(stored, review.get("reviewer"), actor, item_id, stage)
+    if approve:  # a choice and a form answer are checked here, before anything changes
+        output, choice = decisions.resolve(stored, output, review.get("choice"), item_id, stage)
+        if choice is not None:
+            review, details = {**review, "choice": choice}, {**details, "choice": choice}
+    elif review.get("choice") is not None:
+        raise InvalidDecisionError(
+            f"Stage {stage!r} of item {item_id!r}: a rejection makes no choice.",
+            item_id=item_id, stage=stage)
+    details_json = dumps(details, what="decision record", item_id=item_id, stage=stage)
     if approve and output is None:
         output = dumps(stored.get("data"), what="review data", item_id=item_id, stage=stage)
     state = COMPLETED if approve else REJECTED
@@ -156,6 +169,8 @@ def request_changes(tx: Tx, shape: Shape, item_id: str, stage: str, *, feedback:
     details = dumps({"feedback": feedback, "reviewer": reviewer}, what="feedback",
                     item_id=item_id, stage=stage)
     row = awaiting_row(tx, shape, item_id, stage, expect)
+    decisions.check_assignee(json.loads(row.review) if row.review else {}, reviewer, actor,
+                             item_id, stage)
     if not tx.set_state(shape.name, [(item_id, stage)], PENDING, (AWAITING,), ready=True):
         raise not_awaiting(item_id, stage, "changed concurrently")
     tx.append_history(shape.name, [HistoryRow(item_id, stage, "changes_requested", row.attempt,
@@ -289,12 +304,43 @@ def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str,
     return [s for s in targets if s in names]
 
 
+def escalate(tx: Tx, shape: Shape, item_id: str, stage: str, assignees: Sequence[str],
+             actor: str) -> bool:
+    """Reassign a stage awaiting review to ``assignees`` (once: False if it already was).
+
+    Nothing is decided; the history records the escalation and who had it before.
+    """
+    row = awaiting_row(tx, shape, item_id, stage)
+    stored = json.loads(row.review) if row.review else {}
+    if stored.get("escalated_to"):
+        return False
+    details = dumps({"assignees": list(assignees), "previous": stored.get("assignees") or []},
+                    what="escalation record", item_id=item_id, stage=stage)
+    review = dumps({**stored, "assignees": list(assignees), "escalated_to": list(assignees)},
+                   what="review", item_id=item_id, stage=stage)
+    if not tx.cas(shape.name, item_id, stage, AWAITING, AWAITING, output=None, review=review,
+                  attempt=row.attempt):
+        raise not_awaiting(item_id, stage, "changed concurrently")
+    tx.append_history(shape.name, [HistoryRow(item_id, stage, ESCALATED, row.attempt, actor,
+                                              details=details)])
+    return True
+
+
+def record_notification(tx: Tx, shape: Shape, item_id: str, stage: str, version: int,
+                        details: dict[str, Any]) -> None:
+    """Record one notification of a review request (sent, or failed with its error)."""
+    tx.append_history(shape.name, [HistoryRow(
+        item_id, stage, NOTIFIED, version, "notify",
+        details=dumps(details, what="notification record", item_id=item_id, stage=stage))])
+
+
 def overdue_reviews(tx: Tx, shape: Shape, stage: str, timeout: float) -> list[str]:
     """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""
     return tx.overdue(shape.name, stage, tx.now - timeout)
 
 
 __all__: Sequence[str] = [
-    "awaiting_row", "decide", "decide_many", "not_awaiting", "overdue_reviews", "request_changes",
-    "rerun", "retry", "retry_rows", "rolling_back", "version_changed",
+    "ESCALATED", "NOTIFIED", "awaiting_row", "decide", "decide_many", "escalate", "not_awaiting",
+    "overdue_reviews", "record_notification", "request_changes", "rerun", "retry", "retry_rows",
+    "rolling_back", "version_changed",
 ]
