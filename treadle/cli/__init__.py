@@ -626,6 +626,11 @@ def _pause(args: argparse.Namespace, runner: Runner, url: str,
     return steer.resume(args, runner, stdout)
 
 
+def _events(args: argparse.Namespace, runner: Runner, url: str,
+            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    return steer.events(args, runner, stdout)
+
+
 COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
@@ -633,5 +638,5 @@ COMMANDS = {
     "serve": web_serve.run,  # web console: treadle/cli/serve.py
     "plan": change_plan.run,  # definition changes: treadle/cli/plan.py
     "cancel": _cancel, "pause": _pause, "resume": _pause,  # treadle/cli/steer.py
-    "events": lambda args, runner, url, stdin, stdout, stderr: steer.events(args, runner, stdout),
+    "events": _events,
 }

@@ -199,7 +199,8 @@ class PostgresStore(SqlStore):
         conn = getattr(self._local, "listener", None)
         try:
             if conn is None or conn.closed:
-                conn = self._local.listener = self._database._connect()
+                database: Any = self._database
+                conn = self._local.listener = database._connect()
                 conn.autocommit = True
                 conn.cursor().execute(f"LISTEN {self.CHANNEL}")
             if select.select([conn], [], [], max(0.0, timeout)) != ([], [], []):
