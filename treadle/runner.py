@@ -109,7 +109,18 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
         return self.advance()
 
     def advance(self, item_id: Any | None = None) -> RunReport:
-        """Like :meth:`run` without submitting the source; optionally only one item."""
+        """Like :meth:`run` without submitting the source; optionally only one item.
+
+        A pipeline with children (``@stage(spawns=...)``) runs them too, in
+        rounds (docs/nested.md); for such a pipeline ``item_id`` only checks the
+        item exists: the whole tree runs.
+        """
+        if self.pipeline.children:
+            from .nested import advance_tree
+
+            if item_id is not None:
+                self._known(item_id)
+            return advance_tree(self)
         self._prepare()
         self.apply_review_timeouts()
         only = None
