@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from .errors import (
     CycleError,
-    PipelineCycleError,
     DuplicateStageError,
     InvalidStageError,
+    PipelineCycleError,
     PipelineDefinitionError,
     UnknownStageError,
     did_you_mean,

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._crash import crash_point
+from ..errors import InvalidTransitionError
 from ..serialization import to_json
 from ..states import FINISHED_ITEM_STATES
-from ..errors import InvalidTransitionError
 from .records import (
     CANCELLED,
     COMPLETED,
@@ -164,7 +164,8 @@ def _failure_message(tx: Tx, failed: Sequence[tuple[str, str, str]], total: int)
         why = ""
         for stage, rec in tx.rows(p, c).items():
             if rec.state == REJECTED:
-                reason = (json.loads(rec.review) if rec.review else {}).get("reason")
+                review = json.loads(rec.review) if rec.review else {}
+                reason = review.get("note") or review.get("reason")
                 why = f" at {stage}" + (f" ({reason})" if reason else "")
                 break
             if rec.state == FAILED:

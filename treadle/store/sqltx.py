@@ -453,7 +453,7 @@ class SqlTx(Tx):
     def links_of(self, pipeline: str, item_id: str, stage: str | None = None
                  ) -> list[tuple[str, str, str]]:
         cond, params = (" AND stage=?", (stage,)) if stage is not None else ("", ())
-        return [tuple(r) for r in self._exec(  # type: ignore[misc]
+        return [(r[0], r[1], r[2]) for r in self._exec(
             "SELECT stage, child_pipeline, child_id FROM treadle_child WHERE pipeline=? "
             f"AND item_id=?{cond} ORDER BY id", (pipeline, item_id, *params))]
 
@@ -461,7 +461,7 @@ class SqlTx(Tx):
                    ) -> list[tuple[str, str, str, str]]:
         out: list[tuple[str, str, str, str]] = []
         for chunk in chunks(list(child_ids)):
-            out += [tuple(r) for r in self._exec(  # type: ignore[misc]
+            out += [(r[0], r[1], r[2], r[3]) for r in self._exec(
                 "SELECT child_id, pipeline, item_id, stage FROM treadle_child WHERE "
                 f"child_pipeline=? AND child_id IN ({marks(len(chunk))}) ORDER BY id",
                 (child_pipeline, *chunk))]
