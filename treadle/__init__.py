@@ -17,6 +17,7 @@ from .errors import (
     InvalidStageError,
     InvalidTransitionError,
     ItemNotFoundError,
+    PipelineCycleError,
     PipelineDefinitionError,
     SerializationError,
     StageTimeout,
@@ -25,7 +26,7 @@ from .errors import (
     UnknownStageError,
 )
 from .metrics import StageMetrics
-from .outcomes import Completed, FanOut, Review, Skipped, SubTask
+from .outcomes import Completed, FanOut, Review, Skipped, Spawn, SubTask
 from .pipeline import Pipeline
 from .runner import Runner
 from .stage import StageSpec, stage
@@ -42,8 +43,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "Accepted", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut", "HistoryEntry",
     "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
-    "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
+    "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineCycleError",
+    "PipelineDefinitionError",
     "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",
+    "Spawn",
     "StageContext", "StageMetrics", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
     "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
     "UnknownStageError", "open_store", "stage",
