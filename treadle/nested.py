@@ -79,14 +79,18 @@ class _Totals:
 
 
 def tree_runners(runner: Runner) -> list[Runner]:
-    """A runner for each pipeline of the tree (the given one first), prepared."""
+    """A runner for each pipeline of the tree (the given one first), kept on ``runner``
+    so that each is prepared once."""
     from .runner import Runner
 
-    out = [runner]
-    for p in runner.pipeline.tree()[1:]:
-        out.append(Runner(p, runner.store, workers=runner.workers, executor=runner.executor,
-                          lease=runner.lease, grace=runner.grace, async_limit=runner.async_limit))
-    return out
+    kept: list[Runner] | None = runner.__dict__.get("_tree_runners")
+    if kept is None:
+        kept = [runner] + [
+            Runner(p, runner.store, workers=runner.workers, executor=runner.executor,
+                   lease=runner.lease, grace=runner.grace, async_limit=runner.async_limit)
+            for p in runner.pipeline.tree()[1:]]
+        runner.__dict__["_tree_runners"] = kept
+    return kept
 
 
 def advance_tree(runner: Runner) -> RunReport:
