@@ -283,14 +283,17 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     for option in ("reviewers", "escalate_to"):
         if isinstance(options[option], list):
             options[option] = tuple(options[option])
-    _check_options(name, {**options, "notify": _notifiers(options["notify"])})
+    options["notify"] = _notifiers(options["notify"])
+    spawns = options["spawns"]
+    options["spawns"] = (() if spawns is None else tuple(spawns)
+                         if isinstance(spawns, (list, tuple)) else (spawns,))
+    _check_options(name, options)
     when = options.get("when")
     when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
     rollback = options.get("rollback")
     rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
     if options["output_type"] is None:
         options["output_type"] = returned_type(fn)
-    options["notify"] = _notifiers(options["notify"])
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
         takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
