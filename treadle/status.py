@@ -121,7 +121,7 @@ class Event:
     as ``since`` to get what came after. ``state`` names what happened (the
     history's state: ``submitted``, ``running`` (a start), ``completed``,
     ``failed``, ``skipped``, ``awaiting_review``, ``approved``... see
-    docs/events.md); ``item_id`` is None for events of the whole pipeline
+    docs/volume.md); ``item_id`` is None for events of the whole pipeline
     (``paused``, ``resumed``).
     """
 
