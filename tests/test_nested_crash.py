@@ -27,12 +27,10 @@ SCRIPT = ROOT / "tests" / "nested" / "albums.py"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'albums.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
+@pytest.fixture
+def db(sql_url: str) -> str:
+    """An SQLite file, and a PostgreSQL schema of the test's own (conftest.sql_url)."""
+    return sql_url
 
 
 def _env(log: Path, **extra: str) -> dict[str, str]:

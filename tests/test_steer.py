@@ -45,12 +45,10 @@ def popen(*args: str, db: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite:///{tmp_path / 'steer.db'}"
+@pytest.fixture
+def db(sql_url: str) -> str:
+    """An SQLite file, and a PostgreSQL schema of the test's own (conftest.sql_url)."""
+    return sql_url
 
 
 def wait_for(check: Any, timeout: float = 60, what: str = "the condition") -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from .errors import InvalidStageError
 from .outcomes import Spawn
 from .serialization import normalize_id
@@ -59,25 +57,6 @@ def child_rows(spec: StageSpec, parent_id: str, outcome: Spawn) -> list[tuple[st
     return [(child.name, i, codec.dump(item)) for i, item in zip(ids, items)]
 
 
-@attrs.define
-class _Totals:
-    executed: int = 0
-    completed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    skipped_downstream: int = 0
-    awaiting_review: int = 0
-    refused: int = 0
-    cancelled: int = 0
-    interrupted: bool = False
-
-    def add(self, c: Any) -> None:
-        for f in attrs.fields(_Totals):
-            if f.name != "interrupted":
-                setattr(self, f.name, getattr(self, f.name) + getattr(c, f.name))
-        self.interrupted = self.interrupted or c.interrupted
-
-
 def tree_runners(runner: Runner) -> list[Runner]:
     """A runner for each pipeline of the tree (the given one first), kept on ``runner``
     so that each is prepared once."""
@@ -96,13 +75,14 @@ def tree_runners(runner: Runner) -> list[Runner]:
 def advance_tree(runner: Runner) -> RunReport:
     """Run the pipeline of ``runner`` and every pipeline it spawns into, in rounds."""
     from .engine import Scheduler
+    from .engine.report import Counters
     from .status import RunReport
 
     runners = tree_runners(runner)
     for r in runners:
         r._prepare()
         r.apply_review_timeouts()
-    total = _Totals()
+    total = Counters()
     stages: dict[str, Sequence[str] | None] = {}
     while True:
         executed = 0

@@ -44,6 +44,13 @@ class Counters:
     cancelled: int = 0  # stage runs in hand when their item was cancelled
     interrupted: bool = False
 
+    def add(self, other: Counters) -> None:
+        """Add what another run did (a pipeline tree runs one pass per pipeline)."""
+        for f in attrs.fields(Counters):
+            if f.name != "interrupted":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.interrupted = self.interrupted or other.interrupted
+
 
 def _listening() -> bool:
     return any(sig.receivers for sig in signals.ALL.values())

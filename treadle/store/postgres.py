@@ -186,7 +186,9 @@ class PostgresStore(SqlStore):
         commits of one pipeline's runners take turns.
         """
         for name in pipelines:  # sorted by the caller: one lock order everywhere
-            tx._exec("SELECT pg_advisory_xact_lock(?, hashtext(?))", (self.FEED_LOCK, name))
+            # keyed by schema and pipeline: stores in other schemas never wait for it
+            tx._exec("SELECT pg_advisory_xact_lock(?, hashtext(current_schema() || '/' || ?))",
+                     (self.FEED_LOCK, name))
             tx._exec("SELECT pg_notify(?, ?)", (self.CHANNEL, name))
 
     def wait_for_events(self, shape: Any, timeout: float) -> None:
