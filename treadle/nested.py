@@ -94,7 +94,7 @@ def advance_tree(runner: Runner) -> RunReport:
                               async_limit=r.async_limit)
             c = sched.run()
             stages[r.pipeline.name] = sched.control.stages
-            total.add(c)
+            total.add_counts(c)
             executed += c.executed
             if c.interrupted:
                 break

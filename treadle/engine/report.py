@@ -44,8 +44,9 @@ class Counters:
     cancelled: int = 0  # stage runs in hand when their item was cancelled
     interrupted: bool = False
 
-    def add(self, other: Counters) -> None:
-        """Add what another run did (a pipeline tree runs one pass per pipeline)."""
+    def add_counts(self, other: Any) -> None:
+        """Add what another run did (its Counters or RunReport): a pipeline tree runs
+        one pass per pipeline, ``run --watch`` several passes."""
         for f in attrs.fields(Counters):
             if f.name != "interrupted":
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
