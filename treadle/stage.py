@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from .errors import InvalidStageError
+from .limits import SCOPES, Rate, check_priority, parse_rate
 from .outcomes import Completed, FanOut, Review, Skipped
 from .serialization import is_record_type, structure
 
@@ -49,6 +50,12 @@ class StageSpec:
     #: What a changed definition does to stored results: "keep" (``plan`` shows them as
     #: stale) or "rerun" (a runner start reruns them); None: the pipeline's ``on_change``.
     on_change: str | None = None
+    #: A rate limit shared by every runner on the store ("5/s", "60/min"), parsed.
+    rate: Rate | None = None
+    #: Where ``concurrency`` holds: "runner" (each runner process) or "global" (the store).
+    scope: str = "runner"
+    #: The priority of this stage's runs when an item is submitted without one.
+    priority: int | None = None
     takes_ctx: bool = True
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
@@ -199,6 +206,27 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("version", "a non-empty string label")
     if opts["on_change"] is not None and opts["on_change"] not in ON_CHANGE:
         raise bad("on_change", "'keep' or 'rerun'")
+    _check_flow(name, opts, bad)
+
+
+def _check_flow(name: str, opts: dict[str, Any], bad: Callable[[str, str], Exception]) -> None:
+    """Validate ``rate``, ``scope`` and ``priority``; ``rate`` is parsed in place."""
+    rate = opts["rate"]
+    if rate is not None and not isinstance(rate, Rate):
+        try:
+            opts["rate"] = parse_rate(rate)
+        except ValueError as exc:
+            raise InvalidStageError(f"Stage {name!r}: {exc}.", stage=name) from None
+    if opts["scope"] not in SCOPES:
+        raise bad("scope", "'runner' or 'global'")
+    if opts["scope"] == "global" and opts["concurrency"] is None:
+        raise InvalidStageError(f"Stage {name!r}: scope='global' limits concurrency across "
+                                "runners; give concurrency=N too.", stage=name)
+    if opts["priority"] is not None:
+        try:
+            check_priority(opts["priority"])
+        except ValueError:
+            raise bad("priority", "an int (higher runs first)") from None
 
 
 def returned_type(fn: Callable[..., Any]) -> type | None:
@@ -218,7 +246,7 @@ def returned_type(fn: Callable[..., Any]) -> type | None:
 _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
-    output_type=None, version=None, on_change=None,
+    output_type=None, version=None, on_change=None, rate=None, scope="runner", priority=None,
 )
 
 
@@ -262,6 +290,9 @@ def stage(
     output_type: type | None = None,
     version: str | None = None,
     on_change: Literal["keep", "rerun"] | None = None,
+    rate: str | None = None,
+    scope: Literal["runner", "global"] = "runner",
+    priority: int | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -282,12 +313,18 @@ def stage(
     until the label changes. ``on_change`` (``"keep"`` or ``"rerun"``;
     default: the pipeline's) says what a runner does with results made by an
     older definition (docs/changes.md).
+
+    Flow control (docs/flow-control.md): ``rate`` (``"1/s"``, ``"60/min"``,
+    ``"1000/h"``) limits how often the stage starts across every runner on
+    the store; ``scope="global"`` makes ``concurrency`` count runs across
+    every runner instead of per runner; ``priority`` is the default priority
+    of the stage's runs (higher is claimed first).
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
         concurrency=concurrency, gate=gate, on_exhausted=on_exhausted, review=review,
         review_timeout=review_timeout, on_timeout=on_timeout, output_type=output_type,
-        version=version, on_change=on_change,
+        version=version, on_change=on_change, rate=rate, scope=scope, priority=priority,
     )
 
     def decorate(fn: F) -> F:

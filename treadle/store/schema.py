@@ -13,7 +13,7 @@ from typing import Any
 import peewee as pw
 
 #: Bump when the tables change, and add the step that gets there to MIGRATIONS.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Partial indexes of what lease recovery reads every second: the running stage
 #: rows and the items whose rollback waits or runs (few of either, among many
@@ -55,6 +55,26 @@ def _add_fingerprints(migrator: Any) -> None:
     db.create_tables([make_models(migrator.database)["Definition"]], safe=True)
 
 
+#: The claim's index (schema 5): ready rows, highest priority first, then oldest.
+READY_INDEX = ("CREATE INDEX IF NOT EXISTS treadle_stage_ready_p ON treadle_stage "
+               "(pipeline, priority DESC, id) WHERE state = 'pending' AND ready = 1")
+
+
+def _add_flow_control(migrator: Any) -> None:
+    """Schema 5: priorities on items and stage rows, the claim index ordered by
+    priority, and the table of limits shared by runners (docs/flow-control.md)."""
+    from playhouse.migrate import migrate
+
+    db = migrator.database
+    have = {(t, c.name) for t in ("treadle_stage", "treadle_item") for c in db.get_columns(t)}
+    migrate(*(migrator.add_column(t, "priority",
+                                  pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")]))
+              for t in ("treadle_stage", "treadle_item") if (t, "priority") not in have))
+    db.execute_sql("DROP INDEX IF EXISTS treadle_stage_ready")
+    db.execute_sql(READY_INDEX)
+    db.create_tables([make_models(db)["Limit"]], safe=True)
+
+
 #: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
 #: (call ``playhouse.migrate.migrate(migrator.add_column(...), ...)``). Steps run
 #: in order, in one transaction, under the store's exclusive lock.
@@ -62,6 +82,7 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {
     2: _add_recovery_indexes,
     3: _add_control_table,
     4: _add_fingerprints,
+    5: _add_flow_control,
 }
 
 
@@ -88,6 +109,7 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
         submitted_at = pw.DoubleField()
         updated_at = pw.DoubleField()
         version = pw.TextField(null=True)
+        priority = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
         class Meta:
             table_name = "treadle_item"
@@ -109,6 +131,7 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
         updated_at = pw.DoubleField()
         fingerprint = pw.TextField(null=True)
         version = pw.TextField(null=True)
+        priority = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
         class Meta:
             table_name = "treadle_stage"
@@ -118,8 +141,10 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
                 (("pipeline", "stage", "state", "updated_at"), False),
             )
 
+    # the claim's order: highest priority first, then oldest (schema 5, READY_INDEX)
     StageRun.add_index(
-        StageRun.index(StageRun.pipeline, StageRun.id, name="treadle_stage_ready",
+        StageRun.index(StageRun.pipeline, StageRun.priority.desc(), StageRun.id,
+                       name="treadle_stage_ready_p",
                        where=(StageRun.state == "pending") & (StageRun.ready == 1))
     )
 
@@ -199,8 +224,23 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             table_name = "treadle_definition"
             indexes = ((("pipeline", "stage", "fingerprint"), True),)
 
+    class Limit(Base):
+        """A limit every runner shares (schema 5): the token bucket of a stage's
+        rate (``tokens`` as of ``updated_at``), and the row a claim locks before it
+        counts a global concurrency limit's running rows."""
+
+        pipeline = pw.TextField()
+        key = pw.TextField()
+        tokens = pw.DoubleField(default=0.0)
+        updated_at = pw.DoubleField(default=0.0)
+
+        class Meta:
+            table_name = "treadle_limit"
+            primary_key = pw.CompositeKey("pipeline", "key")
+
     models: dict[str, Any] = {
         "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
         "History": History, "Runner": Runner, "Control": Control, "Definition": Definition,
+        "Limit": Limit,
     }
     return models
