@@ -271,11 +271,11 @@ class SqlTx(Tx):
             "WHERE id IN (SELECT id FROM treadle_stage WHERE pipeline=? AND state='pending' AND ready=1 "
             f"AND not_before<=? AND stage IN ({marks(len(stages))}){items} "
             "ORDER BY priority DESC, id LIMIT ?"
-            f"{self.store._skip_locked}) RETURNING id, item_id, stage, attempt",
+            f"{self.store._skip_locked}) RETURNING priority, id, item_id, stage, attempt",
             (owner, self.now, pipeline, self.now, *stages, *(only or ()), limit),
         ))
-        rows.sort()
-        return [(i, s, a) for _, i, s, a in rows]
+        rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING has no order: the claim's, again
+        return [(i, s, a) for _, _, i, s, a in rows]
 
     # -- flow control (docs/flow-control.md) -----------------------------------
     def set_priority(self, pipeline: str, item_ids: Sequence[str], priority: int,
