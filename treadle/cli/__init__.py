@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ..errors import TreadleError
@@ -19,7 +19,10 @@ from ..status import RunReport
 from ..store import open_store
 from ..store.urls import mask_text, mask_url
 from . import plan as change_plan  # definition changes (treadle/cli/plan.py)
-from . import render
+from . import (
+    render,
+    steer,  # cancel, pause, resume, events (treadle/cli/steer.py)
+)
 from . import serve as web_serve  # web console (treadle/cli/serve.py)
 from .graph import FORMATS
 from .output import Look, table
@@ -43,7 +46,8 @@ class UsageError(Exception):
     """Bad command-line usage (exit 2)."""
 
 
-READ_ONLY = {"status", "reviews", "history", "serve", "plan"}  # serve: web console
+READ_ONLY = {"status", "reviews", "history", "serve", "plan", "events",  # serve: web console
+             "cancel", "pause", "resume"}  # these write, but only into an existing store
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -148,6 +152,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     change_plan.add_arguments(cmd("plan", "what the pipeline definition changes for stored "
                                   "items; exit 1 when something needs a decision",
                                   change_plan.EXAMPLE))
+    steer.add_cancel(cmd("cancel", "cancel items: their waiting stages never start, running "
+                         "ones are discarded", "python -m treadle cancel app.py:pipeline t1 t2 "
+                         "--reason 'withdrawn'"))
+    steer.add_pause(cmd("pause", "stop every runner from starting a stage (or any stage)",
+                        "python -m treadle pause app.py:pipeline --stage enrich"), pause=True)
+    steer.add_pause(cmd("resume", "lift a pause (without --stage: every pause)",
+                        "python -m treadle resume app.py:pipeline --stage enrich"), pause=False)
+    steer.add_events(cmd("events", "the committed event feed of every runner; --follow tails it",
+                         "python -m treadle events app.py:pipeline --follow"))
     return p, commands
 
 
@@ -366,6 +379,13 @@ def _summary(args: argparse.Namespace, runner: Runner, report: RunReport, tally:
                   "ends: use a sqlite:/// or postgresql:// store to review them later\n")
     elif waiting:
         out.write(f"{waiting} item(s) await review: python -m treadle review {_target_hint(args, url)}\n")
+    if report.paused:
+        out.write(f"{report.paused} stage run(s) wait on a pause ({_paused_text(runner)}): "
+                  f"python -m treadle resume {_target_hint(args, url)}\n")
+
+
+def _paused_text(runner: Runner) -> str:
+    return ", ".join("the whole pipeline" if s is None else s for s in runner.paused()) or "none"
 
 
 def _submit(args: argparse.Namespace, runner: Runner, url: str,
@@ -395,6 +415,7 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
         stdout.write(json.dumps({"pipeline": runner.pipeline.name, "store": mask_url(url),
                                  "stages": counts,
                                  "items": runner.item_counts(),
+                                 "paused": runner.paused(),
                                  "metrics": render.metrics_json(metrics)},
                                 indent=2) + "\n")
         return 0
@@ -403,6 +424,8 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
     stdout.write(render.counts_table(counts, look) + "\n")
     items = runner.item_counts()
     stdout.write("items: " + (", ".join(f"{n} {s}" for s, n in sorted(items.items())) or "none") + "\n")
+    if runner.paused():
+        stdout.write(f"paused: {_paused_text(runner)} (python -m treadle resume lifts it)\n")
     stdout.write("\nstage metrics (runs: the newest history rows; per min: the last "
                  f"{render.seconds(args.window)}):\n" + render.metrics_table(metrics, look) + "\n")
     return 0
@@ -532,9 +555,39 @@ def _history(args: argparse.Namespace, runner: Runner, url: str,
     return 0
 
 
+def _confirm(stdin: TextIO, stdout: TextIO) -> Callable[[str], bool]:
+    """Ask a yes/no question on a terminal; refuse (exit 2) when there is none to ask."""
+
+    def ask(question: str) -> bool:
+        if not stdin.isatty():
+            raise UsageError("this would change many items and there is no terminal to ask: "
+                             "pass --yes to go ahead")
+        stdout.write(question)
+        stdout.flush()
+        return stdin.readline().strip().lower() in ("y", "yes")
+
+    return ask
+
+
+def _cancel(args: argparse.Namespace, runner: Runner, url: str,
+            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    args.actor = _reviewer_default()
+    return steer.cancel(args, runner, _confirm(stdin, stdout), stdout)
+
+
+def _pause(args: argparse.Namespace, runner: Runner, url: str,
+           stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    args.actor = _reviewer_default()
+    if args.command == "pause":
+        return steer.pause(args, runner, stdout)
+    return steer.resume(args, runner, stdout)
+
+
 COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
     "serve": web_serve.run,  # web console: treadle/cli/serve.py
     "plan": change_plan.run,  # definition changes: treadle/cli/plan.py
+    "cancel": _cancel, "pause": _pause, "resume": _pause,  # treadle/cli/steer.py
+    "events": lambda args, runner, url, stdin, stdout, stderr: steer.events(args, runner, stdout),
 }

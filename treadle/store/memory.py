@@ -226,6 +226,11 @@ class MemoryStore(BaseStore):
                         break
             return out
 
+    def last_event_id(self, shape: Shape) -> int:
+        """The id of the pipeline's newest event (0 when none)."""
+        with self._lock:
+            return next((seq for seq, p, _, _ in reversed(self.t.history) if p == shape.name), 0)
+
     def control(self, shape: Shape, since: int = 0,
                 kinds: Sequence[str] | None = None) -> list[ControlRow]:
         """Pauses, resumes and cancellations after id ``since``, oldest first."""

@@ -417,6 +417,12 @@ class SqlStore(BaseStore):
             f"FROM treadle_history WHERE pipeline=? AND id>?{one} ORDER BY id LIMIT {int(limit)}",
             (shape.name, since, *((item_id,) if item_id is not None else ())))]
 
+    def last_event_id(self, shape: Shape) -> int:
+        """The id of the pipeline's newest event (0 when none)."""
+        rows = self._read("SELECT id FROM treadle_history WHERE pipeline=? ORDER BY id DESC LIMIT 1",
+                          (shape.name,))
+        return int(rows[0][0]) if rows else 0
+
     def control(self, shape: Shape, since: int = 0,
                 kinds: Sequence[str] | None = None) -> list[ControlRow]:
         """Pauses, resumes and cancellations after id ``since``, oldest first."""
