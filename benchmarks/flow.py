@@ -6,8 +6,9 @@ the difference is the price of taking them in the claim transaction.
     python -m benchmarks.flow [--n 5000] [--repeats 3] [--stores sqlite,postgresql]
 
 PostgreSQL is measured when $TREADLE_TEST_POSTGRES_URL is set. Variants alternate
-within each repeat, each repeat starting with the next one, after a warm-up round; the figure to read is each variant's throughput over "none"'s,
-measured in the same run (docs/flow-control.md).
+within each repeat (each repeat starts with the next one, after a warm-up round); the
+figure to read is each variant's throughput over "none"'s, measured in the same run
+(docs/flow-control.md).
 """
 
 from __future__ import annotations

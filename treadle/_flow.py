@@ -45,8 +45,7 @@ class FlowMixin:
 
     def limits(self) -> list[LimitStatus]:
         """The limits every runner shares (``rate=``, ``concurrency=, scope="global"``),
-        one per limited stage: tokens left, runs waiting, runs in use now."""
-        self._prepare()
+        one per limited stage: tokens left, runs waiting, runs in use now. Only reads."""
         return self.store.limit_status(self.pipeline)
 
 

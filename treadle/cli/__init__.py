@@ -18,6 +18,7 @@ from ..runner import Runner
 from ..status import RunReport
 from ..store import open_store
 from ..store.urls import mask_text, mask_url
+from . import flow as flow_cli  # prioritize, --priority, limits in status (treadle/cli/flow.py)
 from . import plan as change_plan  # definition changes (treadle/cli/plan.py)
 from . import (
     render,
@@ -47,7 +48,8 @@ class UsageError(Exception):
 
 
 READ_ONLY = {"status", "reviews", "history", "serve", "plan", "events",  # serve: web console
-             "cancel", "pause", "resume"}  # these write, but only into an existing store
+             "cancel", "pause", "resume",  # these write, but only into an existing store
+             "prioritize"}
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -161,6 +163,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                         "python -m treadle resume app.py:pipeline --stage enrich"), pause=False)
     steer.add_events(cmd("events", "the committed event feed of every runner; --follow tails it",
                          "python -m treadle events app.py:pipeline --follow"))
+    flow_cli.add_prioritize(cmd("prioritize", "change the priority of items (higher runs first)",
+                                "python -m treadle prioritize app.py:pipeline t1 t2 --priority 10"))
     return p, commands
 
 
@@ -168,6 +172,7 @@ def _item_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--item", action="append", default=[], metavar="JSON",
                    help="an item as JSON (repeatable)")
     c.add_argument("--items", metavar="FILE", help="a JSON-lines file of items ('-' for stdin)")
+    flow_cli.add_priority_option(c)
 
 
 def _items(args: argparse.Namespace, pipeline: Pipeline, stdin: TextIO) -> list[Any]:
@@ -284,7 +289,7 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
     metrics = None
     dask = None
     try:
-        new = runner.submit(*items)
+        new = runner.submit(*items, priority=args.priority)
         dask = _connect_dask(args.dask, runner, stdout) if args.dask else None
         if args.metrics_port is not None:  # treadle.contrib.prometheus: /metrics while the run lasts
             from treadle.contrib.prometheus import instrument as metrics_for
@@ -393,7 +398,7 @@ def _submit(args: argparse.Namespace, runner: Runner, url: str,
     items = _items(args, runner.pipeline, stdin)
     if not items:
         raise UsageError("nothing to submit: pass --item JSON or --items FILE.jsonl")
-    new = runner.submit(*items)
+    new = runner.submit(*items, priority=args.priority)
     stdout.write(f"submitted {len(new)} new item(s), {len(items) - len(new)} already known\n")
     return 0
 
@@ -416,6 +421,7 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
                                  "stages": counts,
                                  "items": runner.item_counts(),
                                  "paused": runner.paused(),
+                                 "limits": flow_cli.limits_json(runner.limits()),
                                  "metrics": render.metrics_json(metrics)},
                                 indent=2) + "\n")
         return 0
@@ -426,6 +432,9 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
     stdout.write("items: " + (", ".join(f"{n} {s}" for s, n in sorted(items.items())) or "none") + "\n")
     if runner.paused():
         stdout.write(f"paused: {_paused_text(runner)} (python -m treadle resume lifts it)\n")
+    limits = runner.limits()
+    if limits:
+        stdout.write("\nlimits every runner shares:\n" + flow_cli.limits_table(limits, look) + "\n")
     stdout.write("\nstage metrics (runs: the newest history rows; per min: the last "
                  f"{render.seconds(args.window)}):\n" + render.metrics_table(metrics, look) + "\n")
     return 0
@@ -583,6 +592,12 @@ def _pause(args: argparse.Namespace, runner: Runner, url: str,
     return steer.resume(args, runner, stdout)
 
 
+def _prioritize(args: argparse.Namespace, runner: Runner, url: str,
+                stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    args.actor = _reviewer_default()
+    return flow_cli.prioritize(args, runner, stdout)
+
+
 COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
@@ -590,4 +605,5 @@ COMMANDS = {
     "plan": change_plan.run,  # definition changes: treadle/cli/plan.py
     "cancel": _cancel, "pause": _pause, "resume": _pause,  # treadle/cli/steer.py
     "events": lambda args, runner, url, stdin, stdout, stderr: steer.events(args, runner, stdout),
+    "prioritize": _prioritize,  # treadle/cli/flow.py
 }

@@ -136,7 +136,7 @@ def status(tx: Tx, shape: Shape) -> list[LimitStatus]:
     names = [s for s in shape.order if s in limits]
     if not names:
         return []
-    buckets = tx.take_limits(shape.name, names)
+    buckets = tx.take_limits(shape.name, names, lock=False)
     running = tx.running_counts(shape.name, names)
     ready = tx.ready_counts(shape.name, names)
     out = []

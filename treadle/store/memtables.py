@@ -553,7 +553,8 @@ class MemoryTx(Tx):
                 if row.state == PENDING and row.ready:
                     self.s.push(pipeline, row, (pipeline, item_id, stage))
 
-    def take_limits(self, pipeline: str, keys: Sequence[str]) -> dict[str, tuple[float, float] | None]:
+    def take_limits(self, pipeline: str, keys: Sequence[str], *, lock: bool = True
+                    ) -> dict[str, tuple[float, float] | None]:
         return {k: self.s.limits.get((pipeline, k)) for k in keys}
 
     def save_limits(self, pipeline: str, rows: Sequence[tuple[str, float, float]]) -> None:
@@ -633,14 +634,14 @@ class Tables:
         for row, priority in reversed(undo.priorities):
             row.priority = priority  # a stale heap entry of the undone priority is skipped
             if row.state == PENDING and row.ready:
-                key = next((k for k, r in self.stages.items() if r is row), None)
-                if key is not None:
-                    self.push(key[0], row, key)
-        for key, bucket in undo.limits.items():
+                where = next((k for k, r in self.stages.items() if r is row), None)
+                if where is not None:
+                    self.push(where[0], row, where)
+        for bucket_key, bucket in undo.limits.items():
             if bucket is None:
-                self.limits.pop(key, None)
+                self.limits.pop(bucket_key, None)
             else:
-                self.limits[key] = bucket
+                self.limits[bucket_key] = bucket
 
     def reindex(self, undo: _Undo) -> None:
         """Bring the running-row and rolling-back-item indexes (kept up to date by

@@ -287,15 +287,16 @@ class SqlTx(Tx):
         self._many(f"UPDATE treadle_stage SET priority=? WHERE pipeline=? AND item_id=?{cond}",
                    [(priority, pipeline, i, *(stages or ())) for i in item_ids])
 
-    def take_limits(self, pipeline: str, keys: Sequence[str]) -> dict[str, tuple[float, float] | None]:
+    def take_limits(self, pipeline: str, keys: Sequence[str], *, lock: bool = True
+                    ) -> dict[str, tuple[float, float] | None]:
         keys = sorted(keys)
-        lock = " FOR UPDATE" if self.store._lock_rows else ""
+        locking = " FOR UPDATE" if lock and self.store._lock_rows else ""
         sql = (f"SELECT key, tokens, updated_at FROM treadle_limit WHERE pipeline=? "
-               f"AND key IN ({marks(len(keys))}) ORDER BY key{lock}")
+               f"AND key IN ({marks(len(keys))}) ORDER BY key{locking}")
         found = {r[0]: (float(r[1]), float(r[2])) for r in self._exec(sql, (pipeline, *keys))}
         missing = [k for k in keys if k not in found]
-        if not missing:
-            return dict(found)
+        if not missing or not lock:
+            return {k: (None if v[1] < 0 else v) for k, v in found.items()}
         # updated_at -1: not yet used (the bucket starts full)
         self._many("INSERT INTO treadle_limit (pipeline, key, tokens, updated_at) VALUES (?,?,0,-1) "
                    "ON CONFLICT (pipeline, key) DO NOTHING", [(pipeline, k) for k in missing])

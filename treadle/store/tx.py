@@ -110,10 +110,12 @@ class Tx(abc.ABC):
         given; otherwise also of the items themselves)."""
 
     @abc.abstractmethod
-    def take_limits(self, pipeline: str, keys: Sequence[str]) -> dict[str, tuple[float, float] | None]:
+    def take_limits(self, pipeline: str, keys: Sequence[str], *, lock: bool = True
+                    ) -> dict[str, tuple[float, float] | None]:
         """Lock the limit rows of ``keys`` (in sorted order: no deadlocks between
         claims) until the transaction ends, creating missing ones; returns each
-        bucket's (tokens, updated_at), None for a row just created."""
+        bucket's (tokens, updated_at), None for a bucket never used. With
+        ``lock=False`` only reads (no lock, no row created)."""
 
     @abc.abstractmethod
     def save_limits(self, pipeline: str, rows: Sequence[tuple[str, float, float]]) -> None:
