@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -197,3 +198,76 @@ def test_rate_strings_and_bad_options() -> None:
         stage(concurrency=2, scope="planet")(lambda item: None)  # type: ignore[arg-type]
     with pytest.raises(InvalidStageError, match="priority"):
         stage(priority=1.5)(lambda item: None)  # type: ignore[arg-type]
+
+
+def cli(*args: str, db: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "treadle", *args], cwd=ROOT,
+                          env={**os.environ, "TREADLE_DB": db}, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.timeout(120)
+def test_cli_submit_priority_prioritize_and_status_limits(tmp_path: Path) -> None:
+    """submit --priority, prioritize (all or none), and status showing the shared limits."""
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    target = "tests/flow_pipeline.py:limited"
+    missing = cli("prioritize", target, "g1", "--priority", "3", db=db)
+    assert missing.returncode == 2 and "no store at" in missing.stderr
+    assert not (tmp_path / "cli.db").exists()
+    res = cli("submit", target, "--item", '{"id": "g1"}', "--item", '{"id": "g2"}',
+              "--priority", "5", db=db)
+    assert res.returncode == 0, res.stderr
+    res = cli("prioritize", target, "g2", "--priority", "9", db=db)
+    assert res.returncode == 0, res.stderr
+    assert "priority 9 for 1 item(s): g2" in res.stdout
+    bad = cli("prioritize", target, "g1", "nope", "--priority", "1", db=db)
+    assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+    runner = Runner(flow_pipeline.limited, open_store(db))
+    assert (runner.priority("g1"), runner.priority("g2")) == (5, 9)  # unchanged by the refusal
+    status = cli("status", target, db=db)
+    assert status.returncode == 0, status.stderr
+    assert "limits every runner shares" in status.stdout
+    shared = status.stdout.split("limits every runner shares")[1]
+    line = next(x for x in shared.splitlines() if x.strip().startswith("slow"))
+    assert line.split()[-3:] == ["3", "0", "2"]  # global limit, in use, waiting
+    as_json = json.loads(cli("status", target, "--json", db=db).stdout)
+    assert as_json["limits"] == [{"stage": "slow", "rate": None, "concurrency": 3,
+                                  "tokens": None, "waiting": 2, "in_use": 0}]
+
+
+def _back_to_schema_4(store: Any) -> None:
+    """Make a store look as schema 4 left it: no priorities, no limits table."""
+    with store.transaction() as tx:
+        tx._exec("DROP TABLE treadle_limit")
+        tx._exec("DROP INDEX treadle_stage_ready_p")
+        for table in ("treadle_stage", "treadle_item"):
+            tx._exec(f"ALTER TABLE {table} DROP COLUMN priority")
+        tx._exec("CREATE INDEX treadle_stage_ready ON treadle_stage (pipeline, id) "
+                 "WHERE state = 'pending' AND ready = 1")
+        tx._exec("UPDATE treadle_meta SET value='4' WHERE key='schema_version'")
+    store.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_schema_4_store_is_upgraded_and_the_step_can_run_twice(url: str) -> None:
+    """Opening a schema-4 store adds priorities and limits (schema 5); its items keep
+    their state and run with priority 0; running the step again changes nothing."""
+    from treadle.store.schema import SCHEMA_VERSION
+
+    runner = Runner(flow_pipeline.limited, open_store(url))
+    runner.submit([{"id": "old1"}, {"id": "old2"}])
+    _back_to_schema_4(runner.store)
+    for again in (False, True):
+        store = open_store(url)
+        assert store._read(  # type: ignore[attr-defined]
+            "SELECT value FROM treadle_meta WHERE key='schema_version'") == [(str(SCHEMA_VERSION),)]
+        if not again:
+            with store.transaction() as tx:  # type: ignore[attr-defined]
+                tx._exec("UPDATE treadle_meta SET value='4' WHERE key='schema_version'")
+            store.close()
+    runner = Runner(flow_pipeline.limited, store, workers=2)
+    assert runner.priority("old1") == 0
+    runner.submit({"id": "new"}, priority=4)
+    runner.prioritize("old2", 2)
+    report = runner.run()
+    assert report.completed == 3 and runner.item_counts() == {"completed": 3}
