@@ -417,13 +417,14 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
         raise UsageError("--window must be a number of seconds > 0")
     metrics = runner.stage_metrics(window=args.window)
     if args.json:
-        stdout.write(json.dumps({"pipeline": runner.pipeline.name, "store": mask_url(url),
-                                 "stages": counts,
-                                 "items": runner.item_counts(),
-                                 "paused": runner.paused(),
-                                 "limits": flow_cli.limits_json(runner.limits()),
-                                 "metrics": render.metrics_json(metrics)},
-                                indent=2) + "\n")
+        data: dict[str, Any] = {
+            "pipeline": runner.pipeline.name, "store": mask_url(url), "stages": counts,
+            "items": runner.item_counts(), "paused": runner.paused(),
+            "metrics": render.metrics_json(metrics)}
+        limits = runner.limits()
+        if limits:  # pipelines with rate or global limits (treadle/cli/flow.py)
+            data["limits"] = flow_cli.limits_json(limits)
+        stdout.write(json.dumps(data, indent=2) + "\n")
         return 0
     look = Look.of(stdout)
     stdout.write(f"pipeline {runner.pipeline.name} in {mask_url(url)}\n")

@@ -92,7 +92,8 @@ def claim(tx: Tx, shape: Shape, owner: str, stages: Sequence[str], limit: int,
             # never move the bucket's clock back (a claim that waited for the lock
             # may have read the time before the one that held it): no token twice
             bucket = buckets.get(s)
-            saves.append((s, tokens, now if bucket is None else max(now, bucket[1])))
+            if got:  # a bucket nothing was taken from stays as it was (no write)
+                saves.append((s, tokens, now if bucket is None else max(now, bucket[1])))
             if tokens < 1 - 1e-9:
                 waits[s] = (1 - tokens) / lim.rate.per_second
     if saves:
