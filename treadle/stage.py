@@ -50,6 +50,9 @@ class StageSpec:
     #: What a changed definition does to stored results: "keep" (``plan`` shows them as
     #: stale) or "rerun" (a runner start reruns them); None: the pipeline's ``on_change``.
     on_change: str | None = None
+    reviewers: tuple[str, ...] = ()
+    notify: tuple[Callable[..., Any], ...] = ()
+    escalate_to: tuple[str, ...] = ()
     #: A rate limit shared by every runner on the store ("5/s", "60/min"), parsed.
     rate: Rate | None = None
     #: Where ``concurrency`` holds: "runner" (each runner process) or "global" (the store).
@@ -206,15 +209,23 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("version", "a non-empty string label")
     if opts["on_change"] is not None and opts["on_change"] not in ON_CHANGE:
         raise bad("on_change", "'keep' or 'rerun'")
+    for option in ("reviewers", "escalate_to"):
+        names = opts[option]
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise bad(option, "a list of reviewer names")
+    if opts["escalate_to"] and rt is None:
+        raise bad("escalate_to", "reviewer names together with review_timeout=SECONDS")
+    if not all(callable(n) for n in opts["notify"]):
+        raise bad("notify", "a notifier (a callable) or a list of them")
     _check_flow(name, opts, bad)
 
 
 def _check_flow(name: str, opts: dict[str, Any], bad: Callable[[str, str], Exception]) -> None:
-    """Validate ``rate``, ``scope`` and ``priority``; ``rate`` is parsed in place."""
+    """Validate ``rate``, ``scope`` and ``priority``."""
     rate = opts["rate"]
     if rate is not None and not isinstance(rate, Rate):
         try:
-            opts["rate"] = parse_rate(rate)
+            parse_rate(rate)
         except ValueError as exc:
             raise InvalidStageError(f"Stage {name!r}: {exc}.", stage=name) from None
     if opts["scope"] not in SCOPES:
@@ -246,8 +257,15 @@ def returned_type(fn: Callable[..., Any]) -> type | None:
 _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
-    output_type=None, version=None, on_change=None, rate=None, scope="runner", priority=None,
+    output_type=None, version=None, on_change=None, reviewers=(), notify=(), escalate_to=(),
+    rate=None, scope="runner", priority=None,
 )
+
+
+def _notifiers(notify: Any) -> tuple[Any, ...]:
+    if notify is None:
+        return ()
+    return tuple(notify) if isinstance(notify, (list, tuple)) else (notify,)
 
 
 def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
@@ -260,13 +278,19 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     after = options.pop("after", None) or ()
     if isinstance(after, (str, bytes)) or not isinstance(after, Sequence):
         after = (after,) if callable(after) or isinstance(after, str) else tuple(after)
-    _check_options(name, options)
+    for option in ("reviewers", "escalate_to"):
+        if isinstance(options[option], list):
+            options[option] = tuple(options[option])
+    _check_options(name, {**options, "notify": _notifiers(options["notify"])})
     when = options.get("when")
     when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
     rollback = options.get("rollback")
     rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
     if options["output_type"] is None:
         options["output_type"] = returned_type(fn)
+    options["notify"] = _notifiers(options["notify"])
+    if isinstance(options["rate"], str):
+        options["rate"] = parse_rate(options["rate"])  # checked above
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
         takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
@@ -290,6 +314,9 @@ def stage(
     output_type: type | None = None,
     version: str | None = None,
     on_change: Literal["keep", "rerun"] | None = None,
+    reviewers: Sequence[str] = (),
+    notify: Any = None,
+    escalate_to: Sequence[str] = (),
     rate: str | None = None,
     scope: Literal["runner", "global"] = "runner",
     priority: int | None = None,
@@ -313,6 +340,11 @@ def stage(
     until the label changes. ``on_change`` (``"keep"`` or ``"rerun"``;
     default: the pipeline's) says what a runner does with results made by an
     older definition (docs/changes.md).
+    ``reviewers`` (names) may decide this stage's reviews, nobody else;
+    ``notify`` (a notifier, or a list: see ``treadle.contrib.notify``) is told
+    of each review request; ``escalate_to`` (names, with ``review_timeout``)
+    reassigns and notifies a review nobody decided in time, instead of
+    deciding it.
 
     Flow control (docs/flow-control.md): ``rate`` (``"1/s"``, ``"60/min"``,
     ``"1000/h"``) limits how often the stage starts across every runner on
@@ -324,7 +356,9 @@ def stage(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
         concurrency=concurrency, gate=gate, on_exhausted=on_exhausted, review=review,
         review_timeout=review_timeout, on_timeout=on_timeout, output_type=output_type,
-        version=version, on_change=on_change, rate=rate, scope=scope, priority=priority,
+        version=version, on_change=on_change,
+        reviewers=reviewers, notify=notify, escalate_to=escalate_to,
+        rate=rate, scope=scope, priority=priority,
     )
 
     def decorate(fn: F) -> F:

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, runner: Any, url: str, stdin: TextIO, stdout: 
     from ..store.urls import mask_url
     from . import UsageError
 
-    # main() refused a missing store before opening it ("serve" is in READ_ONLY).
+    # main() refused a missing or foreign store before opening it (open_store(create=False)).
     try:
         import uvicorn
 
@@ -81,6 +81,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(128)  # before the URL is printed: a client that is quick is queued, not refused
     sock.set_inheritable(True)
     return sock
 

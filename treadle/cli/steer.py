@@ -64,7 +64,7 @@ def cancel(args: argparse.Namespace, runner: Any, confirm: Callable[[str], bool]
         if not ids:
             stdout.write("no unfinished item matches; nothing to cancel\n")
             return 0
-        if not args.yes and not confirm(f"cancel {len(ids)} item(s)? [y/N] "):
+        if not confirm(f"cancel {len(ids)} item(s)"):
             stdout.write("nothing cancelled\n")
             return 0
     done = runner.cancel(ids, reason=args.reason, actor=args.actor)
