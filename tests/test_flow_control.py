@@ -230,6 +230,11 @@ def test_cli_submit_priority_prioritize_and_status_limits(tmp_path: Path) -> Non
     shared = status.stdout.split("limits every runner shares")[1]
     line = next(x for x in shared.splitlines() if x.strip().startswith("slow"))
     assert line.split()[-3:] == ["3", "0", "2"]  # global limit, in use, waiting
+    listed = cli("items", target, "--priority", "6", "--json", db=db)
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["item_id"], r["priority"]) for r in json.loads(listed.stdout)] == [("g2", 9)]
+    table = cli("items", target, "--priority", "0", db=db).stdout
+    assert [line.split()[:2] for line in table.splitlines()[2:4]] == [["g2", "9"], ["g1", "5"]]
     as_json = json.loads(cli("status", target, "--json", db=db).stdout)
     assert as_json["limits"] == [{"stage": "slow", "rate": None, "concurrency": 3,
                                   "tokens": None, "waiting": 2, "in_use": 0}]

@@ -164,6 +164,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     items_cli.add_arguments(cmd("items", "list items by stage, state, error and age, a page at a time",
                                 "python -m treadle items app.py:pipeline --state failed "
                                 "--error timeout --since 2h"))
+    flow_cli.add_items_priority(commands["items"])  # items --priority N
 
     graph = cmd("graph", "print the DAG", "python -m treadle graph app.py:pipeline --format mermaid")
     graph.add_argument("--format", choices=sorted(FORMATS), default="text")

@@ -24,6 +24,22 @@ def add_priority_option(c: argparse.ArgumentParser) -> None:
                         "stage's, else 0)")
 
 
+def add_items_priority(c: argparse.ArgumentParser) -> None:
+    """``items --priority N``."""
+    c.add_argument("--priority", type=int, metavar="N",
+                   help="only items of priority N or more, highest first (shows their priority)")
+
+
+def items_at_priority(runner: Any, args: argparse.Namespace, since: float | None) -> list[Any]:
+    """The page of ``items --priority N`` (with the other filters, if any): one more
+    than ``--limit``, so the caller can tell there is a next page."""
+    ids = runner.store.items_at_priority(runner.pipeline, args.priority)
+    if args.stage or args.state or args.error or since is not None:
+        keep = {s.item_id for s in runner.items(args.stage, args.state, args.error, since, None)}
+        ids = [i for i in ids if i in keep]
+    return [runner.status(i) for i in ids[args.offset:args.offset + args.limit + 1]]
+
+
 def prioritize(args: argparse.Namespace, runner: Any, stdout: TextIO) -> int:
     """Give the ITEMs the new priority (all or none: an unknown id changes nothing)."""
     ids = runner.prioritize(args.items, args.priority, actor=args.actor)
@@ -47,4 +63,5 @@ def limits_table(limits: list[LimitStatus], look: Look) -> str:
     return table(["stage", "rate", "tokens", "global limit", "in use", "waiting"], rows, look)
 
 
-__all__ = ["add_prioritize", "add_priority_option", "limits_json", "limits_table", "prioritize"]
+__all__ = ["add_items_priority", "add_prioritize", "add_priority_option", "items_at_priority",
+           "limits_json", "limits_table", "prioritize"]

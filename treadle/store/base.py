@@ -88,6 +88,7 @@ class StateStore(Protocol):
                    actor: str) -> list[str]: ...
     def limit_status(self, shape: Shape) -> list[limits.LimitStatus]: ...
     def item_priorities(self, shape: Shape, item_ids: Iterable[str]) -> dict[str, int]: ...
+    def items_at_priority(self, shape: Shape, at_least: int) -> list[str]: ...
     # -- pause, resume, cancel, and the event feed
     def control(self, shape: Shape, since: int = 0,
                 kinds: Sequence[str] | None = None) -> list[ControlRow]: ...
@@ -241,6 +242,11 @@ class BaseStore(abc.ABC):
             return []
         with self.transaction() as tx:
             return limits.status(tx, shape)
+
+    def items_at_priority(self, shape: Shape, at_least: int) -> list[str]:
+        """Items of priority ``at_least`` or more, highest first, then oldest."""
+        with self.transaction() as tx:
+            return tx.items_at_priority(shape.name, at_least)
 
     def item_priorities(self, shape: Shape, item_ids: Iterable[str]) -> dict[str, int]:
         """The priority of each known item of ``item_ids``."""

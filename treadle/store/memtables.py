@@ -579,6 +579,11 @@ class MemoryTx(Tx):
                 counts[stage] += 1
         return counts
 
+    def items_at_priority(self, pipeline: str, at_least: int) -> list[str]:
+        items = self.s.items.get(pipeline, {})
+        found = sorted((-it.priority, it.id, i) for i, it in items.items() if it.priority >= at_least)
+        return [i for _, _, i in found]
+
     def item_priorities(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, int]:
         items = self.s.items.get(pipeline, {})
         return {i: items[i].priority for i in item_ids if i in items}

@@ -325,6 +325,11 @@ class SqlTx(Tx):
             counts[stage] = int(n)
         return counts
 
+    def items_at_priority(self, pipeline: str, at_least: int) -> list[str]:
+        return [r[0] for r in self._exec(
+            "SELECT item_id FROM treadle_item WHERE pipeline=? AND priority>=? "
+            "ORDER BY priority DESC, id", (pipeline, at_least))]
+
     def item_priorities(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, int]:
         out: dict[str, int] = {}
         for chunk in chunks(list(item_ids)):

@@ -134,6 +134,10 @@ class Tx(abc.ABC):
         """The recorded priority of each known item of ``item_ids``."""
 
     @abc.abstractmethod
+    def items_at_priority(self, pipeline: str, at_least: int) -> list[str]:
+        """Items whose priority is ``at_least`` or more: highest first, then oldest."""
+
+    @abc.abstractmethod
     def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
         """Item JSON by id."""
 
