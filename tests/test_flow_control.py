@@ -276,3 +276,17 @@ def test_a_schema_4_store_is_upgraded_and_the_step_can_run_twice(url: str) -> No
     runner.prioritize("old2", 2)
     report = runner.run()
     assert report.completed == 3 and runner.item_counts() == {"completed": 3}
+
+
+@pytest.mark.timeout(300)
+def test_the_flow_benchmark_reports_each_variant_against_none() -> None:
+    """``python -m benchmarks.flow`` runs and prints the ratio of each variant to none
+    (only its shape is checked, never a speed)."""
+    stores = "sqlite,postgresql" if os.environ.get("TREADLE_TEST_POSTGRES_URL") else "sqlite"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.flow", "--n", "60", "--repeats", "1",
+                           "--stores", stores], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for variant in ("none", "rate", "global", "rate+global"):
+        assert len([line for line in done.stdout.splitlines()
+                    if line.split()[:1] == [variant] and "x none" in line]) == len(stores.split(","))
