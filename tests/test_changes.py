@@ -13,7 +13,6 @@ import pytest
 from treadle import InvalidItemError, Pipeline, Runner, open_store, stage
 from treadle.cli.target import load_target
 from treadle.fingerprint import code_hash
-from treadle.store.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -423,7 +422,10 @@ def test_a_schema_2_store_is_migrated_and_its_old_results_have_unknown_fingerpri
     store.close()
 
     new = open_store(url)
-    assert new._read("SELECT value FROM treadle_meta WHERE key='schema_version'") == [(str(SCHEMA_VERSION),)]
+    from treadle.store import schema
+
+    assert new._read("SELECT value FROM treadle_meta WHERE key='schema_version'") == [
+        (str(schema.SCHEMA_VERSION),)]
     runner = Runner(p1, new)
     assert runner.status("i1").stages["c"].output == 10
     assert runner.status("i1").stages["c"].fingerprint is None

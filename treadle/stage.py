@@ -12,7 +12,7 @@ import attrs
 
 from .errors import InvalidStageError
 from .limits import SCOPES, Rate, check_priority, parse_rate
-from .outcomes import Completed, FanOut, Review, Skipped
+from .outcomes import Completed, FanOut, Review, Skipped, Spawn
 from .serialization import is_record_type, structure
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,6 +22,7 @@ REVIEW_POLICIES = ("never", "always", "on_escalation", "on_uncertain", "on_escal
 ON_EXHAUSTED = ("fail", "escalate")
 ON_TIMEOUT = ("approve", "reject")
 ON_CHANGE = ("keep", "rerun")
+ON_CHILD_FAILURE = ("fail", "ignore")
 
 #: A dependency: a stage function or a stage name.
 Dependency = str | Callable[..., Any]
@@ -53,6 +54,11 @@ class StageSpec:
     reviewers: tuple[str, ...] = ()
     notify: tuple[Callable[..., Any], ...] = ()
     escalate_to: tuple[str, ...] = ()
+    #: Pipelines this stage may spawn child items into (``Spawn``), and what makes
+    #: its output of the settled children (docs/nested.md).
+    spawns: tuple[Any, ...] = ()
+    collect: Callable[[dict[str, Any]], Any] | None = None
+    on_child_failure: str = "fail"
     #: A rate limit shared by every runner on the store ("5/s", "60/min"), parsed.
     rate: Rate | None = None
     #: Where ``concurrency`` holds: "runner" (each runner process) or "global" (the store).
@@ -88,7 +94,7 @@ class StageSpec:
         Raises SerializationError, which fails the stage without a retry.
         """
         output = result.output if isinstance(result, Completed) else result
-        if output is None or isinstance(result, (Review, FanOut, Skipped)):
+        if output is None or isinstance(result, (Review, FanOut, Skipped, Spawn)):
             return
         assert self.output_type is not None
         if not isinstance(output, self.output_type):
@@ -217,7 +223,31 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("escalate_to", "reviewer names together with review_timeout=SECONDS")
     if not all(callable(n) for n in opts["notify"]):
         raise bad("notify", "a notifier (a callable) or a list of them")
+    _check_spawn_options(name, opts, bad)
     _check_flow(name, opts, bad)
+
+
+def _check_spawn_options(name: str, opts: dict[str, Any],
+                         bad: Callable[[str, str], InvalidStageError]) -> None:
+    spawns = opts["spawns"]
+    if spawns is None:
+        spawns = ()
+    elif not isinstance(spawns, (list, tuple)):
+        spawns = (spawns,)
+    for child in spawns:  # a Pipeline (checked by duck type: pipeline.py imports this module)
+        if not (isinstance(getattr(child, "name", None), str) and hasattr(child, "order")):
+            raise InvalidStageError(
+                f"Stage {name!r}: spawns={child!r} is not a Pipeline; pass the Pipeline (or a "
+                "list of them) its Spawn outcomes submit child items into.", stage=name)
+    opts["spawns"] = tuple(spawns)
+    if opts["collect"] is not None and not callable(opts["collect"]):
+        raise bad("collect", "a callable taking {child id: outputs}")
+    if opts["on_child_failure"] not in ON_CHILD_FAILURE:
+        raise bad("on_child_failure", "'fail' or 'ignore'")
+    if not spawns and (opts["collect"] is not None or opts["on_child_failure"] != "fail"):
+        raise InvalidStageError(
+            f"Stage {name!r}: collect= and on_child_failure= apply to stages that spawn child "
+            "items; add spawns=<child pipeline>.", stage=name)
 
 
 def _check_flow(name: str, opts: dict[str, Any], bad: Callable[[str, str], Exception]) -> None:
@@ -258,6 +288,7 @@ _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
     output_type=None, version=None, on_change=None, reviewers=(), notify=(), escalate_to=(),
+    spawns=(), collect=None, on_child_failure="fail",
     rate=None, scope="runner", priority=None,
 )
 
@@ -281,14 +312,17 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     for option in ("reviewers", "escalate_to"):
         if isinstance(options[option], list):
             options[option] = tuple(options[option])
-    _check_options(name, {**options, "notify": _notifiers(options["notify"])})
+    options["notify"] = _notifiers(options["notify"])
+    spawns = options["spawns"]
+    options["spawns"] = (() if spawns is None else tuple(spawns)
+                         if isinstance(spawns, (list, tuple)) else (spawns,))
+    _check_options(name, options)
     when = options.get("when")
     when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
     rollback = options.get("rollback")
     rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
     if options["output_type"] is None:
         options["output_type"] = returned_type(fn)
-    options["notify"] = _notifiers(options["notify"])
     if isinstance(options["rate"], str):
         options["rate"] = parse_rate(options["rate"])  # checked above
     return StageSpec(
@@ -317,6 +351,9 @@ def stage(
     reviewers: Sequence[str] = (),
     notify: Any = None,
     escalate_to: Sequence[str] = (),
+    spawns: Any = (),
+    collect: Callable[[dict[str, Any]], Any] | None = None,
+    on_child_failure: Literal["fail", "ignore"] = "fail",
     rate: str | None = None,
     scope: Literal["runner", "global"] = "runner",
     priority: int | None = None,
@@ -346,6 +383,11 @@ def stage(
     reassigns and notifies a review nobody decided in time, instead of
     deciding it.
 
+    ``spawns`` (a Pipeline or a list of them) lets the stage return
+    :class:`~treadle.Spawn`; ``collect`` (``{child id: {stage: output}} ->
+    output``) and ``on_child_failure`` (``"fail"`` or ``"ignore"``) say what
+    the settled children make of it (docs/nested.md).
+
     Flow control (docs/flow-control.md): ``rate`` (``"1/s"``, ``"60/min"``,
     ``"1000/h"``) limits how often the stage starts across every runner on
     the store; ``scope="global"`` makes ``concurrency`` count runs across
@@ -358,6 +400,7 @@ def stage(
         review_timeout=review_timeout, on_timeout=on_timeout, output_type=output_type,
         version=version, on_change=on_change,
         reviewers=reviewers, notify=notify, escalate_to=escalate_to,
+        spawns=spawns, collect=collect, on_child_failure=on_child_failure,
         rate=rate, scope=scope, priority=priority,
     )
 
