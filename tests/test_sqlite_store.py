@@ -137,15 +137,15 @@ def test_an_older_schema_is_migrated_in_place(kind, tmp_path, monkeypatch, reque
     Runner(pipelines_diamond.pipeline, old).submit({"id": "kept", "n": 1})
     old.close()
 
-    def add_priority(migrator):
-        migrate(migrator.add_column("treadle_item", "priority", pw.IntegerField(default=0)))
+    def add_weight(migrator):  # (priority, its first example, became real in schema 5)
+        migrate(migrator.add_column("treadle_item", "weight", pw.IntegerField(default=0)))
 
     monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setitem(schema.MIGRATIONS, SCHEMA_VERSION + 1, add_priority)
+    monkeypatch.setitem(schema.MIGRATIONS, SCHEMA_VERSION + 1, add_weight)
     new = open_store(url)
     assert new._read("SELECT value FROM treadle_meta WHERE key='schema_version'") == [
         (str(SCHEMA_VERSION + 1),)]
-    assert new._read("SELECT item_id, priority FROM treadle_item") == [("kept", 0)]
+    assert new._read("SELECT item_id, weight FROM treadle_item") == [("kept", 0)]
     runner = Runner(pipelines_diamond.pipeline, new)
     runner.run()
     assert runner.status("kept").state == "completed"

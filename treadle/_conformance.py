@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, cast
 
+from ._conformance_flow import FlowConformance
 from ._pytest_compat import pytest
 from .errors import InvalidDecisionError, InvalidTransitionError, ItemNotFoundError
 from .pipeline import Pipeline
@@ -62,7 +63,7 @@ OTHER = "test-host:2:other"
 DEAD = "dead-owner"  # never registered: recovery treats its claims as a dead runner's
 
 
-class StoreConformance(SteerConformance, NestedConformance):
+class StoreConformance(SteerConformance, NestedConformance, FlowConformance):
     """The behaviour every StateStore must have. Subclass with a ``store`` fixture."""
 
     # -- fixtures and helpers --------------------------------------------------

@@ -19,6 +19,7 @@ from .errors import (
     did_you_mean,
 )
 from .fingerprint import fingerprint, parts
+from .limits import StageLimit, stage_limits
 from .serialization import ItemCodec
 from .stage import ON_CHANGE, SPEC_ATTR, StageSpec, spec_of
 
@@ -123,6 +124,11 @@ class Pipeline:
         #: Stage name -> (fingerprint, pipeline version): what each stored result records.
         self.stamps: Mapping[str, tuple[str, str | None]] = MappingProxyType(
             {n: (fp, version) for n, fp in self.fingerprints.items()})
+        #: Stage name -> the limits every runner shares (docs/flow-control.md).
+        self.limits: Mapping[str, StageLimit] = MappingProxyType(stage_limits(specs, order))
+        #: Stage name -> default priority, for the stages that declare one.
+        self.priorities: Mapping[str, int] = MappingProxyType(
+            {n: p for n in order if (p := specs[n].priority) is not None})
 
     def change_policy(self, stage: str) -> str:
         """``"keep"`` or ``"rerun"``: the stage's ``on_change``, else the pipeline's."""

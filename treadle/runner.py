@@ -12,11 +12,13 @@ from typing import Any
 from . import _bulk, signals
 from ._bulk import make_filter
 from ._changes import ChangesMixin
+from ._flow import FlowMixin
 from ._notify import Notifications
 from ._review import ReviewMixin
 from ._steer import SteerMixin
 from .engine import Scheduler
 from .errors import InvalidItemError
+from .limits import check_priority
 from .metrics import DEFAULT_SAMPLE, DEFAULT_WINDOW, StageMetrics
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
@@ -35,7 +37,7 @@ from .store.base import StateStore
 from .store.logic import item_state
 
 
-class Runner(ReviewMixin, SteerMixin, ChangesMixin):
+class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
     """Runs a :class:`~treadle.Pipeline` against a store.
 
     ``workers`` threads run stage functions (or pass any
@@ -86,19 +88,23 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
             self._on_start()
 
     # -- feeding -----------------------------------------------------------
-    def submit(self, *items: Any, actor: str = "api") -> list[str]:
+    def submit(self, *items: Any, actor: str = "api", priority: int | None = None) -> list[str]:
         """Store items (attrs/dataclass instances or dicts with an ``id``).
 
         Items whose id is already known are ignored (ids are identity).
         Returns the ids that were new. Every item is checked before any is
-        stored, so a bad item leaves the store unchanged.
+        stored, so a bad item leaves the store unchanged. ``priority`` (an
+        int, higher first; default: each stage's ``priority``, else 0) orders
+        their claims (docs/flow-control.md).
         """
+        if priority is not None:
+            check_priority(priority)
         if len(items) == 1 and isinstance(items[0], (list, tuple)) and not hasattr(items[0], "id"):
             items = tuple(items[0])
         codec = self.pipeline.codec
         rows = [(codec.item_id(item), codec.dump(item)) for item in items]
         self._prepare()
-        new = self.store.submit(self.pipeline, rows, actor)
+        new = self.store.submit(self.pipeline, rows, actor, priority)
         for item_id in new:
             signals.send(signals.item_submitted, self.pipeline, item_id=item_id)
         return new
@@ -154,7 +160,7 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
             awaiting_review=c.awaiting_review, refused=c.refused,
             items=self._item_counts(), interrupted=c.interrupted,
             failures=self._failures(), skipped_downstream=c.skipped_downstream,
-            cancelled=c.cancelled, paused=held,
+            cancelled=c.cancelled, paused=held, throttled=dict(sched.throttle.waited),
         )
 
     def wait_notifications(self, timeout: float = 10.0) -> bool:

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from .errors import InvalidStageError
+from .limits import SCOPES, Rate, check_priority, parse_rate
 from .outcomes import Completed, FanOut, Review, Skipped, Spawn
 from .serialization import is_record_type, structure
 
@@ -58,6 +59,12 @@ class StageSpec:
     spawns: tuple[Any, ...] = ()
     collect: Callable[[dict[str, Any]], Any] | None = None
     on_child_failure: str = "fail"
+    #: A rate limit shared by every runner on the store ("5/s", "60/min"), parsed.
+    rate: Rate | None = None
+    #: Where ``concurrency`` holds: "runner" (each runner process) or "global" (the store).
+    scope: str = "runner"
+    #: The priority of this stage's runs when an item is submitted without one.
+    priority: int | None = None
     takes_ctx: bool = True
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
@@ -217,6 +224,7 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
     if not all(callable(n) for n in opts["notify"]):
         raise bad("notify", "a notifier (a callable) or a list of them")
     _check_spawn_options(name, opts, bad)
+    _check_flow(name, opts, bad)
 
 
 def _check_spawn_options(name: str, opts: dict[str, Any],
@@ -242,6 +250,26 @@ def _check_spawn_options(name: str, opts: dict[str, Any],
             "items; add spawns=<child pipeline>.", stage=name)
 
 
+def _check_flow(name: str, opts: dict[str, Any], bad: Callable[[str, str], Exception]) -> None:
+    """Validate ``rate``, ``scope`` and ``priority``."""
+    rate = opts["rate"]
+    if rate is not None and not isinstance(rate, Rate):
+        try:
+            parse_rate(rate)
+        except ValueError as exc:
+            raise InvalidStageError(f"Stage {name!r}: {exc}.", stage=name) from None
+    if opts["scope"] not in SCOPES:
+        raise bad("scope", "'runner' or 'global'")
+    if opts["scope"] == "global" and opts["concurrency"] is None:
+        raise InvalidStageError(f"Stage {name!r}: scope='global' limits concurrency across "
+                                "runners; give concurrency=N too.", stage=name)
+    if opts["priority"] is not None:
+        try:
+            check_priority(opts["priority"])
+        except ValueError:
+            raise bad("priority", "an int (higher runs first)") from None
+
+
 def returned_type(fn: Callable[..., Any]) -> type | None:
     """The attrs class or dataclass ``fn`` is annotated to return, if any.
 
@@ -261,6 +289,7 @@ _DEFAULTS: dict[str, Any] = dict(
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
     output_type=None, version=None, on_change=None, reviewers=(), notify=(), escalate_to=(),
     spawns=(), collect=None, on_child_failure="fail",
+    rate=None, scope="runner", priority=None,
 )
 
 
@@ -294,6 +323,8 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
     if options["output_type"] is None:
         options["output_type"] = returned_type(fn)
+    if isinstance(options["rate"], str):
+        options["rate"] = parse_rate(options["rate"])  # checked above
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
         takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
@@ -323,6 +354,9 @@ def stage(
     spawns: Any = (),
     collect: Callable[[dict[str, Any]], Any] | None = None,
     on_child_failure: Literal["fail", "ignore"] = "fail",
+    rate: str | None = None,
+    scope: Literal["runner", "global"] = "runner",
+    priority: int | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -353,6 +387,12 @@ def stage(
     :class:`~treadle.Spawn`; ``collect`` (``{child id: {stage: output}} ->
     output``) and ``on_child_failure`` (``"fail"`` or ``"ignore"``) say what
     the settled children make of it (docs/nested.md).
+
+    Flow control (docs/flow-control.md): ``rate`` (``"1/s"``, ``"60/min"``,
+    ``"1000/h"``) limits how often the stage starts across every runner on
+    the store; ``scope="global"`` makes ``concurrency`` count runs across
+    every runner instead of per runner; ``priority`` is the default priority
+    of the stage's runs (higher is claimed first).
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
@@ -361,6 +401,7 @@ def stage(
         version=version, on_change=on_change,
         reviewers=reviewers, notify=notify, escalate_to=escalate_to,
         spawns=spawns, collect=collect, on_child_failure=on_child_failure,
+        rate=rate, scope=scope, priority=priority,
     )
 
     def decorate(fn: F) -> F:

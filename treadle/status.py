@@ -156,6 +156,9 @@ class RunReport:
     cancelled: int = 0
     #: Stage runs ready but held by a pause when the run ended (``resume`` frees them).
     paused: int = 0
+    #: Seconds each rate-limited stage waited for its next token in this run
+    #: (docs/flow-control.md); stages never held back are absent.
+    throttled: dict[str, float] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -23,6 +23,7 @@ from . import (
     render,
     steer,  # cancel, pause, resume, events (treadle/cli/steer.py)
 )
+from . import flow as flow_cli  # prioritize, --priority, limits in status (treadle/cli/flow.py)
 from . import items as items_cli
 from . import plan as change_plan  # definition changes (treadle/cli/plan.py)
 from . import serve as web_serve  # web console (treadle/cli/serve.py)
@@ -163,6 +164,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     items_cli.add_arguments(cmd("items", "list items by stage, state, error and age, a page at a time",
                                 "python -m treadle items app.py:pipeline --state failed "
                                 "--error timeout --since 2h"))
+    flow_cli.add_items_priority(commands["items"])  # items --priority N
 
     graph = cmd("graph", "print the DAG", "python -m treadle graph app.py:pipeline --format mermaid")
     graph.add_argument("--format", choices=sorted(FORMATS), default="text")
@@ -183,6 +185,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                         "python -m treadle resume app.py:pipeline --stage enrich"), pause=False)
     steer.add_events(cmd("events", "the committed event feed of every runner; --follow tails it",
                          "python -m treadle events app.py:pipeline --follow"))
+    flow_cli.add_prioritize(cmd("prioritize", "change the priority of items (higher runs first)",
+                                "python -m treadle prioritize app.py:pipeline t1 t2 --priority 10"))
     return p, commands
 
 
@@ -190,6 +194,7 @@ def _item_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--item", action="append", default=[], metavar="JSON",
                    help="an item as JSON (repeatable)")
     c.add_argument("--items", metavar="FILE", help="a JSON-lines file of items ('-' for stdin)")
+    flow_cli.add_priority_option(c)
 
 
 def _items(args: argparse.Namespace, pipeline: Pipeline, stdin: TextIO) -> list[Any]:
@@ -296,7 +301,7 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
     metrics = None
     dask = None
     try:
-        new = runner.submit(*items)
+        new = runner.submit(*items, priority=args.priority)
         dask = _connect_dask(args.dask, runner, stdout) if args.dask else None
         if args.metrics_port is not None:  # treadle.contrib.prometheus: /metrics while the run lasts
             from treadle.contrib.prometheus import instrument as metrics_for
@@ -408,7 +413,7 @@ def _submit(args: argparse.Namespace, runner: Runner, url: str,
     items = _items(args, runner.pipeline, stdin)
     if not items:
         raise UsageError("nothing to submit: pass --item JSON or --items FILE.jsonl")
-    new = runner.submit(*items)
+    new = runner.submit(*items, priority=args.priority)
     stdout.write(f"submitted {len(new)} new item(s), {len(items) - len(new)} already known\n")
     return 0
 
@@ -436,12 +441,14 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
         raise UsageError("--window must be a number of seconds > 0")
     metrics = runner.stage_metrics(window=args.window)
     if args.json:
-        stdout.write(json.dumps({"pipeline": runner.pipeline.name, "store": mask_url(url),
-                                 "stages": counts,
-                                 "items": runner.item_counts(),
-                                 "paused": runner.paused(),
-                                 "metrics": render.metrics_json(metrics)},
-                                indent=2) + "\n")
+        summary: dict[str, Any] = {
+            "pipeline": runner.pipeline.name, "store": mask_url(url), "stages": counts,
+            "items": runner.item_counts(), "paused": runner.paused(),
+            "metrics": render.metrics_json(metrics)}
+        limits = runner.limits()
+        if limits:  # pipelines with rate or global limits (treadle/cli/flow.py)
+            summary["limits"] = flow_cli.limits_json(limits)
+        stdout.write(json.dumps(summary, indent=2) + "\n")
         return 0
     look = Look.of(stdout)
     stdout.write(f"pipeline {runner.pipeline.name} in {mask_url(url)}\n")
@@ -450,6 +457,9 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
     stdout.write("items: " + (", ".join(f"{n} {s}" for s, n in sorted(items.items())) or "none") + "\n")
     if runner.paused():
         stdout.write(f"paused: {_paused_text(runner)} (python -m treadle resume lifts it)\n")
+    limits = runner.limits()
+    if limits:
+        stdout.write("\nlimits every runner shares:\n" + flow_cli.limits_table(limits, look) + "\n")
     stdout.write("\nstage metrics (runs: the newest history rows; per min: the last "
                  f"{render.seconds(args.window)}):\n" + render.metrics_table(metrics, look) + "\n")
     return 0
@@ -657,6 +667,12 @@ def _events(args: argparse.Namespace, runner: Runner, url: str,
     return steer.events(args, runner, stdout)
 
 
+def _prioritize(args: argparse.Namespace, runner: Runner, url: str,
+                stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    args.actor = _reviewer_default()
+    return flow_cli.prioritize(args, runner, stdout)
+
+
 COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
@@ -665,4 +681,5 @@ COMMANDS = {
     "plan": change_plan.run,  # definition changes: treadle/cli/plan.py
     "cancel": _cancel, "pause": _pause, "resume": _pause,  # treadle/cli/steer.py
     "events": _events,
+    "prioritize": _prioritize,  # treadle/cli/flow.py
 }

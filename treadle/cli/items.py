@@ -101,11 +101,20 @@ def run(args: argparse.Namespace, runner: Runner, url: str,
         raise ValueError("--offset must be 0 or more")
     since = parse_since(args.since) if args.since is not None else None
     # one more than asked: is there a next page?
-    found = runner.items(args.stage, args.state, args.error, since, args.limit + 1,
-                         offset=args.offset)
+    if getattr(args, "priority", None) is not None:  # items --priority: treadle/cli/flow.py
+        from .flow import items_at_priority
+
+        found = items_at_priority(runner, args, since)
+    else:
+        found = runner.items(args.stage, args.state, args.error, since, args.limit + 1,
+                             offset=args.offset)
     more = len(found) > args.limit
     flt = Filter(args.stage, args.state, args.error, since)
     rows = rows_of(found[:args.limit], flt)
+    if getattr(args, "priority", None) is not None:
+        prios = runner.store.item_priorities(runner.pipeline, [r["item_id"] for r in rows])
+        for r in rows:
+            r["priority"] = prios.get(r["item_id"], 0)
     if args.json:
         stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
@@ -130,12 +139,14 @@ def _table(rows: list[dict[str, Any]], out: TextIO) -> None:
 
     now = time.time()
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
-    for name, style in (("item", "bold"), ("state", ""), ("stage", ""), ("stage state", ""),
-                        ("age", ""), ("last error", "")):
+    prio = bool(rows) and "priority" in rows[0]  # items --priority
+    for name, style in (("item", "bold"), *([("priority", "")] if prio else []), ("state", ""),
+                        ("stage", ""), ("stage state", ""), ("age", ""), ("last error", "")):
         table.add_column(name, style=style or None, overflow="fold")
     for r in rows:
         age = ago(now - r["updated_at"]) if r["updated_at"] is not None else ""
-        table.add_row(r["item_id"], r["state"], r["stage"], r["stage_state"], age, r["error"] or "")
+        table.add_row(r["item_id"], *([str(r["priority"])] if prio else []), r["state"],
+                      r["stage"], r["stage_state"], age, r["error"] or "")
     # a terminal's width, or $COLUMNS; else (a pipe, a CI log) 120 columns
     width = None if out.isatty() or os.environ.get("COLUMNS") else 120
     console = Console(file=out, width=width, soft_wrap=False,

@@ -56,6 +56,7 @@ from .report import Counters, Reporter
 from .rollback import Rollbacks
 from .slots import Entry, Slots
 from .tasks import RollbackTask, StageTask, SubtaskTask, Task
+from .throttle import Throttle
 from .worker import (
     FANOUT,
     execute,
@@ -139,6 +140,7 @@ class Scheduler:
         self._task_s: float | None = None  # running average of a task's duration
         self._commit_s = 0.002             # ... and of a commit's
         self._sized_by: ExecutorPool | None = None
+        self.throttle = Throttle(pipeline.order)  # rate-limited stages waiting for a token
 
     # -- the run -------------------------------------------------------------
     def _start_pool(self) -> None:
@@ -249,7 +251,7 @@ class Scheduler:
                 self.lease.recover(self.pipeline)
                 next_recover = now + 1.0
             if look.ready:  # due soon (a retry's delay): look again shortly
-                self._drain(block=True, timeout=self.POLL)
+                self._drain(block=True, timeout=self.throttle.wait(self.POLL))
             else:  # others hold the work: until a commit (PostgreSQL notifies) or a recovery is due
                 self.lease.call(self.store.wait_for_events, self.pipeline,
                                 max(0.0, min(1.0, next_recover - time.monotonic())))
@@ -259,7 +261,8 @@ class Scheduler:
         nxt = self.slots.next_deadline()
         if self.timers:
             nxt = self.timers[0][0] if nxt is None else min(nxt, self.timers[0][0])
-        return self.POLL if nxt is None else min(self.POLL, max(0.0, nxt - now))
+        wait = self.throttle.wait(self.POLL)
+        return wait if nxt is None else min(wait, max(0.0, nxt - now))
 
     # -- results in ----------------------------------------------------------
     def _drain(self, *, block: bool, timeout: float | None = None) -> None:
@@ -351,8 +354,9 @@ class Scheduler:
             self.only, fanouts=[s for _, s, _ in writes.starts],
             subtasks=[r for _, r, _ in writes.subs],
             restarts=[(t.item_id, t.stage, name) for t, name in writes.restarts],
-            stages=self.control.stages,
+            stages=self.throttle.stages(self.control.stages),
         )
+        self.throttle.note(result.waits)
         self._commit_s = _average(self._commit_s, time.monotonic() - started)
         return result
 

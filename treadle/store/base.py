@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..errors import ItemNotFoundError
 from ..metrics import StageMetrics
 from ..states import StageState
-from . import changes, control, fanout, flow, human, nested, rollback
+from . import changes, control, fanout, flow, human, limits, nested, rollback
 from .logic import item_state
 from .query import Filter, Match
 from .records import (
@@ -63,7 +63,8 @@ class StateStore(Protocol):
 
     # -- pipeline shape and submission
     def prepare(self, shape: Shape) -> None: ...
-    def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str) -> list[str]: ...
+    def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str,
+               priority: int | None = None) -> list[str]: ...
     # -- runners and leases
     def register_runner(self, owner: str, host: str, pid: int, lease: float) -> None: ...
     def heartbeat(self, owner: str, lease: float) -> None: ...
@@ -82,6 +83,12 @@ class StateStore(Protocol):
                stages: Sequence[str] | None = None) -> CommitResult: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None,
                 stages: Sequence[str] | None = None) -> Outlook: ...
+    # -- flow control (docs/flow-control.md)
+    def prioritize(self, shape: Shape, item_ids: Sequence[str], priority: int,
+                   actor: str) -> list[str]: ...
+    def limit_status(self, shape: Shape) -> list[limits.LimitStatus]: ...
+    def item_priorities(self, shape: Shape, item_ids: Iterable[str]) -> dict[str, int]: ...
+    def items_at_priority(self, shape: Shape, at_least: int) -> list[str]: ...
     # -- pause, resume, cancel, and the event feed
     def control(self, shape: Shape, since: int = 0,
                 kinds: Sequence[str] | None = None) -> list[ControlRow]: ...
@@ -209,8 +216,11 @@ class BaseStore(abc.ABC):
         """Insert missing stage rows for known items and recompute ``ready``;
         False when the shape is the one already reconciled (nothing done)."""
 
-    def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str) -> list[str]:
-        """Store new items (id, JSON) with pending stage rows; known ids are ignored."""
+    def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str,
+               priority: int | None = None) -> list[str]:
+        """Store new items (id, JSON) with pending stage rows; known ids are ignored.
+
+        ``priority`` (None: each stage's default, else 0) orders their claims."""
         if not items:
             return []
         with self.transaction() as tx:
@@ -218,8 +228,34 @@ class BaseStore(abc.ABC):
             roots = {s for s in shape.order if not shape.deps[s]}
             # generators: a large submission is streamed into the statements
             tx.insert_stage_rows(shape.name, ((i, s, s in roots) for i in new for s in shape.order))
+            if new and (priority or getattr(shape, "priorities", None)):
+                limits.set_priorities(tx, shape, new, priority)
             tx.append_history(shape.name, (HistoryRow(i, None, "submitted", 0, actor) for i in new))
         return new
+
+    def prioritize(self, shape: Shape, item_ids: Sequence[str], priority: int,
+                   actor: str) -> list[str]:
+        """Give these items' runs ``priority`` (their later stages too); an unknown
+        id raises :class:`~treadle.ItemNotFoundError` and changes nothing."""
+        with self.transaction() as tx:
+            return limits.prioritize(tx, shape, item_ids, priority, actor)
+
+    def limit_status(self, shape: Shape) -> list[limits.LimitStatus]:
+        """Each shared limit: tokens, waiting runs, runs in use (``Runner.limits``)."""
+        if not limits.limits_of(shape):
+            return []
+        with self.transaction() as tx:
+            return limits.status(tx, shape)
+
+    def items_at_priority(self, shape: Shape, at_least: int) -> list[str]:
+        """Items of priority ``at_least`` or more, highest first, then oldest."""
+        with self.transaction() as tx:
+            return tx.items_at_priority(shape.name, at_least)
+
+    def item_priorities(self, shape: Shape, item_ids: Iterable[str]) -> dict[str, int]:
+        """The priority of each known item of ``item_ids``."""
+        with self.transaction() as tx:
+            return tx.item_priorities(shape.name, item_ids)
 
     # -- the hot path -------------------------------------------------------
     def commit(self, shape: Shape, owner: str, transitions: Sequence[Transition],
@@ -244,16 +280,25 @@ class BaseStore(abc.ABC):
                 nested.spawn(tx, shape, owner, accepted)  # Spawn: children with the parent
             skipped, check = flow.advance(tx, shape, owner, accepted)
             finished = flow.finish(tx, shape, check)
-            claims = (self._claim(tx, shape, owner, claim_limit, only, stages)
+            waits: dict[str, float] = {}
+            claims = (self._claim(tx, shape, owner, claim_limit, only, stages, waits)
                       if claim_limit > 0 else [])
         return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused,
-                            restarted)
+                            restarted, waits)
 
     def _claim(self, tx: Tx, shape: Shape, owner: str, limit: int,
-               only: Sequence[str] | None, stages: Sequence[str] | None = None) -> list[Claim]:
+               only: Sequence[str] | None, stages: Sequence[str] | None = None,
+               waits: dict[str, float] | None = None) -> list[Claim]:
         if stages is not None and not stages:
             return []
-        rows = tx.claim(shape.name, owner, shape.order if stages is None else stages, limit, only)
+        names = shape.order if stages is None else stages
+        shared = limits.limits_of(shape)
+        if shared and any(s in shared for s in names):
+            rows, due = limits.claim(tx, shape, owner, names, limit, only)
+            if waits is not None:
+                waits.update(due)
+        else:
+            rows = tx.claim(shape.name, owner, names, limit, only)
         if not rows:
             return []
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])

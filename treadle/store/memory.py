@@ -88,10 +88,11 @@ class MemoryStore(BaseStore):
         self.t.deps_seen[shape.name] = dict(shape.deps)
         return True
 
-    def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str) -> list[str]:
+    def submit(self, shape: Shape, items: Sequence[tuple[str, str]], actor: str,
+               priority: int | None = None) -> list[str]:
         if shape.name not in self.t.shapes:
             self.prepare(shape)
-        return super().submit(shape, items, actor)
+        return super().submit(shape, items, actor, priority)
 
     # -- runners -----------------------------------------------------------
     def register_runner(self, owner: str, host: str, pid: int, lease: float) -> None:
@@ -123,7 +124,7 @@ class MemoryStore(BaseStore):
             ready = set()
             for row_id, key in self.t.ready.get(shape.name, ()):
                 r = rows.get(key)
-                if (r is not None and r.id == row_id and r.state == PENDING and r.ready
+                if (r is not None and r.rank == row_id and r.state == PENDING and r.ready
                         and key[2] in claimable and (items is None or key[1] in items)):
                     ready.add(key)
             running = sum(1 for key in self.t.running.get(shape.name, ())

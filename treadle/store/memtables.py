@@ -49,10 +49,17 @@ class _Row:
     review: str | None = None
     updated_at: float = 0.0
     stamp: Stamp = None  # (fingerprint, pipeline version) of the result; None: unknown
+    priority: int = 0  # claimed highest first (undone through ``_Undo.priorities``)
+
+    @property
+    def rank(self) -> int:
+        """Its place in the ready heap: highest priority first, then oldest."""
+        return self.id - (self.priority << 48)
 
     def copy(self) -> _Row:
         return _Row(self.id, self.state, self.ready, self.attempt, self.owner, self.not_before,
-                    self.output, self.error, self.review, self.updated_at, self.stamp)
+                    self.output, self.error, self.review, self.updated_at, self.stamp,
+                    self.priority)
 
     def restore(self, snap: _RowSnap) -> _Row:
         """This row with the fields of a snapshot (see ``_snap``) put back."""
@@ -93,9 +100,11 @@ class _Item:
     state: str
     submitted_at: float
     version: str | None = None
+    priority: int = 0
 
     def copy(self) -> _Item:
-        return _Item(self.id, self.data, self.state, self.submitted_at, self.version)
+        return _Item(self.id, self.data, self.state, self.submitted_at, self.version,
+                     self.priority)
 
 
 class _Undo:
@@ -108,6 +117,8 @@ class _Undo:
         self.items: dict[tuple[str, str], _Item | None] = {}
         self.subtasks: dict[StageKey, dict[str, _Sub] | None] = {}
         self.runners: dict[str, tuple[str, int, float] | None] = {}
+        self.priorities: list[tuple[_Row, int]] = []  # (row, priority before), oldest first
+        self.limits: dict[tuple[str, str], tuple[float, float] | None] = {}
         self.links: list[tuple[str, str, str, str, str]] = []  # inserted: removed by an undo
 
 
@@ -282,7 +293,7 @@ class MemoryTx(Tx):
                 if key not in saved:
                     saved[key] = _snap(row)
                 row.ready = True
-                heapq.heappush(heap, (row.id, key))
+                heapq.heappush(heap, (row.rank, key))
 
     def set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
                   from_states: Sequence[str], *, ready: bool, error: str | None = None,
@@ -336,7 +347,8 @@ class MemoryTx(Tx):
             while heap and len(out) < limit:
                 row_id, key = heapq.heappop(heap)
                 row = self.s.stages.get(key)
-                if row is None or row.id != row_id or row.state != PENDING or not row.ready:
+                if (row is None or row.id - (row.priority << 48) != row_id or row.state != PENDING
+                        or not row.ready):
                     continue
                 if key[2] not in wanted or row.not_before > self.now or (
                         items is not None and key[1] not in items):
@@ -544,6 +556,56 @@ class MemoryTx(Tx):
         items = self.s.items.get(pipeline, {})
         return {i: items[i].state for i in item_ids if i in items}
 
+    # -- flow control (docs/flow-control.md) -------------------------------------
+    def set_priority(self, pipeline: str, item_ids: Sequence[str], priority: int,
+                     stages: Sequence[str] | None = None) -> None:
+        wanted = None if stages is None else set(stages)
+        for item_id in item_ids:
+            if stages is None:
+                item = self._item(pipeline, item_id)
+                if item is not None:
+                    item.priority = priority
+            for stage, row in list(self.s.by_item(pipeline, item_id)):
+                if (wanted is not None and stage not in wanted) or row.priority == priority:
+                    continue
+                self.undo.priorities.append((row, row.priority))
+                row.priority = priority
+                if row.state == PENDING and row.ready:
+                    self.s.push(pipeline, row, (pipeline, item_id, stage))
+
+    def take_limits(self, pipeline: str, keys: Sequence[str], *, lock: bool = True
+                    ) -> dict[str, tuple[float, float] | None]:
+        return {k: self.s.limits.get((pipeline, k)) for k in keys}
+
+    def save_limits(self, pipeline: str, rows: Sequence[tuple[str, float, float]]) -> None:
+        for key, tokens, at in rows:
+            if (pipeline, key) not in self.undo.limits:
+                self.undo.limits[(pipeline, key)] = self.s.limits.get((pipeline, key))
+            self.s.limits[(pipeline, key)] = (tokens, at)
+
+    def running_counts(self, pipeline: str, stages: Sequence[str]) -> dict[str, int]:
+        counts = dict.fromkeys(stages, 0)
+        for key in self.s.running.get(pipeline, ()):
+            if key[2] in counts and self.s.stages[key].state == RUNNING:
+                counts[key[2]] += 1
+        return counts
+
+    def ready_counts(self, pipeline: str, stages: Sequence[str]) -> dict[str, int]:
+        counts = dict.fromkeys(stages, 0)
+        for (p, _, stage), row in self.s.stages.items():
+            if p == pipeline and stage in counts and row.state == PENDING and row.ready:
+                counts[stage] += 1
+        return counts
+
+    def items_at_priority(self, pipeline: str, at_least: int) -> list[str]:
+        items = self.s.items.get(pipeline, {})
+        found = sorted((-it.priority, it.id, i) for i, it in items.items() if it.priority >= at_least)
+        return [i for _, _, i in found]
+
+    def item_priorities(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, int]:
+        items = self.s.items.get(pipeline, {})
+        return {i: items[i].priority for i in item_ids if i in items}
+
 
 class Tables:
     """The rows of a memory store and their indexes (the ready heap, running rows,
@@ -568,6 +630,8 @@ class Tables:
         self.running: dict[str, set[StageKey]] = {}
         self.running_peak: dict[str, int] = {}
         self.rolling: dict[str, dict[str, str]] = {}
+        #: (pipeline, limit key) -> (tokens, updated_at) of a rate's bucket
+        self.limits: dict[tuple[str, str], tuple[float, float]] = {}
 
     def undo(self, undo: _Undo) -> None:
         """Put back every row a failed transaction touched."""
@@ -596,6 +660,17 @@ class Tables:
                 self.runners[owner] = info
         for link in undo.links:
             self.links.pop(link, None)
+        for row, priority in reversed(undo.priorities):
+            row.priority = priority  # a stale heap entry of the undone priority is skipped
+            if row.state == PENDING and row.ready:
+                where = next((k for k, r in self.stages.items() if r is row), None)
+                if where is not None:
+                    self.push(where[0], row, where)
+        for bucket_key, bucket in undo.limits.items():
+            if bucket is None:
+                self.limits.pop(bucket_key, None)
+            else:
+                self.limits[bucket_key] = bucket
 
     def reindex(self, undo: _Undo) -> None:
         """Bring the running-row and rolling-back-item indexes (kept up to date by
@@ -629,7 +704,7 @@ class Tables:
                 if p == pipeline and r.id > since and (not kinds or r.kind in kinds)]
 
     def push(self, pipeline: str, row: _Row, key: tuple[str, str, str]) -> None:
-        heapq.heappush(self.ready.setdefault(pipeline, []), (row.id, key))
+        heapq.heappush(self.ready.setdefault(pipeline, []), (row.rank, key))
 
     def by_item(self, pipeline: str, item_id: str) -> Iterator[tuple[str, _Row]]:
         for stage in self.shapes.get(pipeline, ()):

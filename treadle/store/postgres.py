@@ -129,8 +129,9 @@ class PostgresStore(SqlStore):
 
     ANALYZE_AFTER = 500  # items in one submission that make statistics worth refreshing
 
-    def submit(self, shape: Any, items: Sequence[tuple[str, str]], actor: str) -> list[str]:
-        new = super().submit(shape, items, actor)
+    def submit(self, shape: Any, items: Sequence[tuple[str, str]], actor: str,
+               priority: int | None = None) -> list[str]:
+        new = super().submit(shape, items, actor, priority)
         if len(new) >= self.ANALYZE_AFTER:
             # Without statistics (a new store, or autovacuum off) the planner may pick a
             # scan for the per-row updates; give it numbers after a large submission.

@@ -202,6 +202,8 @@ class CommitResult:
     sub_accepted: list[SubResult] = attrs.field(factory=list)
     sub_refused: list[SubResult] = attrs.field(factory=list)
     restarted: list[tuple[str, str, str, int]] = attrs.field(factory=list)
+    #: rate-limited stages left without a token -> seconds until the next is due
+    waits: dict[str, float] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -55,6 +55,26 @@ def _add_fingerprints(migrator: Any) -> None:
     db.create_tables([make_models(migrator.database)["Definition"]], safe=True)
 
 
+#: The claim's index (schema 5): ready rows, highest priority first, then oldest.
+READY_INDEX = ("CREATE INDEX IF NOT EXISTS treadle_stage_ready_p ON treadle_stage "
+               "(pipeline, priority DESC, id) WHERE state = 'pending' AND ready = 1")
+
+
+def _add_flow_control(migrator: Any) -> None:
+    """Schema 5: priorities on items and stage rows, the claim index ordered by
+    priority, and the table of limits shared by runners (docs/flow-control.md)."""
+    from playhouse.migrate import migrate
+
+    db = migrator.database
+    have = {(t, c.name) for t in ("treadle_stage", "treadle_item") for c in db.get_columns(t)}
+    migrate(*(migrator.add_column(t, "priority",
+                                  pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")]))
+              for t in ("treadle_stage", "treadle_item") if (t, "priority") not in have))
+    db.execute_sql("DROP INDEX IF EXISTS treadle_stage_ready")
+    db.execute_sql(READY_INDEX)
+    db.create_tables([make_models(db)["Limit"]], safe=True)
+
+
 def _add_child_table(migrator: Any) -> None:
     """Schema 6: the links from a stage that spawned child items to those children."""
     db = migrator.database
@@ -68,8 +88,7 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {
     2: _add_recovery_indexes,
     3: _add_control_table,
     4: _add_fingerprints,
-    # 5: flow control, merged separately
-    5: lambda migrator: None,
+    5: _add_flow_control,
     6: _add_child_table,
 }
 
@@ -97,6 +116,7 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
         submitted_at = pw.DoubleField()
         updated_at = pw.DoubleField()
         version = pw.TextField(null=True)
+        priority = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
         class Meta:
             table_name = "treadle_item"
@@ -118,6 +138,7 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
         updated_at = pw.DoubleField()
         fingerprint = pw.TextField(null=True)
         version = pw.TextField(null=True)
+        priority = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
         class Meta:
             table_name = "treadle_stage"
@@ -127,8 +148,10 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
                 (("pipeline", "stage", "state", "updated_at"), False),
             )
 
+    # the claim's order: highest priority first, then oldest (schema 5, READY_INDEX)
     StageRun.add_index(
-        StageRun.index(StageRun.pipeline, StageRun.id, name="treadle_stage_ready",
+        StageRun.index(StageRun.pipeline, StageRun.priority.desc(), StageRun.id,
+                       name="treadle_stage_ready_p",
                        where=(StageRun.state == "pending") & (StageRun.ready == 1))
     )
 
@@ -208,6 +231,20 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             table_name = "treadle_definition"
             indexes = ((("pipeline", "stage", "fingerprint"), True),)
 
+    class Limit(Base):
+        """A limit every runner shares (schema 5): the token bucket of a stage's
+        rate (``tokens`` as of ``updated_at``), and the row a claim locks before it
+        counts a global concurrency limit's running rows."""
+
+        pipeline = pw.TextField()
+        key = pw.TextField()
+        tokens = pw.DoubleField(default=0.0)
+        updated_at = pw.DoubleField(default=0.0)
+
+        class Meta:
+            table_name = "treadle_limit"
+            primary_key = pw.CompositeKey("pipeline", "key")
+
     class Child(Base):
         """A child item spawned by (pipeline, item_id, stage) into ``child_pipeline``."""
 
@@ -226,6 +263,6 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
     models: dict[str, Any] = {
         "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
         "History": History, "Runner": Runner, "Control": Control, "Definition": Definition,
-        "Child": Child,
+        "Limit": Limit, "Child": Child,
     }
     return models

@@ -269,12 +269,74 @@ class SqlTx(Tx):
         rows = list(self._exec(
             "UPDATE treadle_stage SET state='running', owner=?, attempt=attempt+1, updated_at=? "
             "WHERE id IN (SELECT id FROM treadle_stage WHERE pipeline=? AND state='pending' AND ready=1 "
-            f"AND not_before<=? AND stage IN ({marks(len(stages))}){items} ORDER BY id LIMIT ?"
-            f"{self.store._skip_locked}) RETURNING id, item_id, stage, attempt",
+            f"AND not_before<=? AND stage IN ({marks(len(stages))}){items} "
+            "ORDER BY priority DESC, id LIMIT ?"
+            f"{self.store._skip_locked}) RETURNING priority, id, item_id, stage, attempt",
             (owner, self.now, pipeline, self.now, *stages, *(only or ()), limit),
         ))
-        rows.sort()
-        return [(i, s, a) for _, i, s, a in rows]
+        rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING has no order: the claim's, again
+        return [(i, s, a) for _, _, i, s, a in rows]
+
+    # -- flow control (docs/flow-control.md) -----------------------------------
+    def set_priority(self, pipeline: str, item_ids: Sequence[str], priority: int,
+                     stages: Sequence[str] | None = None) -> None:
+        if stages is None:
+            self._many("UPDATE treadle_item SET priority=? WHERE pipeline=? AND item_id=?",
+                       [(priority, pipeline, i) for i in item_ids])
+        cond = "" if stages is None else f" AND stage IN ({marks(len(stages))})"
+        self._many(f"UPDATE treadle_stage SET priority=? WHERE pipeline=? AND item_id=?{cond}",
+                   [(priority, pipeline, i, *(stages or ())) for i in item_ids])
+
+    def take_limits(self, pipeline: str, keys: Sequence[str], *, lock: bool = True
+                    ) -> dict[str, tuple[float, float] | None]:
+        keys = sorted(keys)
+        locking = " FOR UPDATE" if lock and self.store._lock_rows else ""
+        sql = (f"SELECT key, tokens, updated_at FROM treadle_limit WHERE pipeline=? "
+               f"AND key IN ({marks(len(keys))}) ORDER BY key{locking}")
+        found = {r[0]: (float(r[1]), float(r[2])) for r in self._exec(sql, (pipeline, *keys))}
+        missing = [k for k in keys if k not in found]
+        if not missing or not lock:
+            return {k: (None if v[1] < 0 else v) for k, v in found.items()}
+        # updated_at -1: not yet used (the bucket starts full)
+        self._many("INSERT INTO treadle_limit (pipeline, key, tokens, updated_at) VALUES (?,?,0,-1) "
+                   "ON CONFLICT (pipeline, key) DO NOTHING", [(pipeline, k) for k in missing])
+        rows = {r[0]: (float(r[1]), float(r[2])) for r in self._exec(sql, (pipeline, *keys))}
+        return {k: (None if v[1] < 0 else v) for k, v in rows.items()}
+
+    def save_limits(self, pipeline: str, rows: Sequence[tuple[str, float, float]]) -> None:
+        self._many("UPDATE treadle_limit SET tokens=?, updated_at=? WHERE pipeline=? AND key=?",
+                   [(t, at, pipeline, k) for k, t, at in rows])
+
+    def running_counts(self, pipeline: str, stages: Sequence[str]) -> dict[str, int]:
+        counts = dict.fromkeys(stages, 0)
+        # the literal state='running' is the predicate of the partial index treadle_stage_running
+        for stage, n in self._exec(
+                "SELECT stage, count(*) FROM treadle_stage WHERE pipeline=? AND state='running' "
+                f"AND stage IN ({marks(len(stages))}) GROUP BY stage", (pipeline, *stages)):
+            counts[stage] = int(n)
+        return counts
+
+    def ready_counts(self, pipeline: str, stages: Sequence[str]) -> dict[str, int]:
+        counts = dict.fromkeys(stages, 0)
+        for stage, n in self._exec(
+                "SELECT stage, count(*) FROM treadle_stage WHERE pipeline=? AND state='pending' "
+                f"AND ready=1 AND stage IN ({marks(len(stages))}) GROUP BY stage",
+                (pipeline, *stages)):
+            counts[stage] = int(n)
+        return counts
+
+    def items_at_priority(self, pipeline: str, at_least: int) -> list[str]:
+        return [r[0] for r in self._exec(
+            "SELECT item_id FROM treadle_item WHERE pipeline=? AND priority>=? "
+            "ORDER BY priority DESC, id", (pipeline, at_least))]
+
+    def item_priorities(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for chunk in chunks(list(item_ids)):
+            out.update((r[0], int(r[1])) for r in self._exec(
+                "SELECT item_id, priority FROM treadle_item WHERE pipeline=? "
+                f"AND item_id IN ({marks(len(chunk))})", (pipeline, *chunk)))
+        return out
 
     def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
         ids = list(item_ids)

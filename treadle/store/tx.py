@@ -102,6 +102,41 @@ class Tx(abc.ABC):
         """Claim up to ``limit`` ready, due, pending rows (oldest first), optionally
         only of the items in ``only``: returns (item_id, stage, attempt)."""
 
+    # -- flow control (docs/flow-control.md) -----------------------------------
+    @abc.abstractmethod
+    def set_priority(self, pipeline: str, item_ids: Sequence[str], priority: int,
+                     stages: Sequence[str] | None = None) -> None:
+        """Set the priority of these items' stage rows (of ``stages`` only, when
+        given; otherwise also of the items themselves)."""
+
+    @abc.abstractmethod
+    def take_limits(self, pipeline: str, keys: Sequence[str], *, lock: bool = True
+                    ) -> dict[str, tuple[float, float] | None]:
+        """Lock the limit rows of ``keys`` (in sorted order: no deadlocks between
+        claims) until the transaction ends, creating missing ones; returns each
+        bucket's (tokens, updated_at), None for a bucket never used. With
+        ``lock=False`` only reads (no lock, no row created)."""
+
+    @abc.abstractmethod
+    def save_limits(self, pipeline: str, rows: Sequence[tuple[str, float, float]]) -> None:
+        """Store (key, tokens, updated_at) of rate buckets."""
+
+    @abc.abstractmethod
+    def running_counts(self, pipeline: str, stages: Sequence[str]) -> dict[str, int]:
+        """Running rows of each of ``stages`` (through the running rows' index)."""
+
+    @abc.abstractmethod
+    def ready_counts(self, pipeline: str, stages: Sequence[str]) -> dict[str, int]:
+        """Ready pending rows of each of ``stages``."""
+
+    @abc.abstractmethod
+    def item_priorities(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, int]:
+        """The recorded priority of each known item of ``item_ids``."""
+
+    @abc.abstractmethod
+    def items_at_priority(self, pipeline: str, at_least: int) -> list[str]:
+        """Items whose priority is ``at_least`` or more: highest first, then oldest."""
+
     @abc.abstractmethod
     def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
         """Item JSON by id."""
