@@ -33,6 +33,7 @@ class Dialect(Protocol):
     _apply_batch: Any  # (tx, pipeline, owner, transitions) -> accepted flags, or None
     _apply_sub_batch: Any  # (tx, pipeline, owner, results) -> accepted flags, or None
     _set_state_batch: Any  # (tx, pipeline, rows, state, from_states, ...) -> rows moved, or None
+    _cas_batch: Any  # (tx, pipeline, expect, state, rows) -> moved flags, or None
 
     @property
     def _sql(self) -> Callable[[str], str]: ...
@@ -316,6 +317,28 @@ class SqlTx(Tx):
             (state, output, review, self.now, pipeline, item_id, stage, expect,
              *(() if attempt is None else (attempt,))))
         return self.store._changes(self.cur) == 1
+
+    def locked_rows(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, StageRecord]]:
+        if not self.store._lock_rows:
+            return super().locked_rows(pipeline, item_ids)
+        out: dict[str, dict[str, StageRecord]] = {}
+        # One statement per page, locking in the order of the item-by-item default
+        # (sorted ids; "C" collation = code point order, as Python sorts).
+        for chunk in chunks(sorted(set(item_ids))):
+            for r in self._exec(
+                    "SELECT item_id, stage, state, ready, attempt, output, error, review, updated_at "
+                    f"FROM treadle_stage WHERE pipeline=? AND item_id IN ({marks(len(chunk))}) "
+                    'ORDER BY item_id COLLATE "C", id FOR UPDATE', (pipeline, *chunk)).fetchall():
+                out.setdefault(r[0], {})[r[1]] = StageRecord(
+                    r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8])
+        return out
+
+    def cas_many(self, pipeline: str, expect: str, state: str,
+                 rows: Sequence[tuple[str, str, int, str | None, str | None]]) -> list[bool]:
+        if self.store._cas_batch is None or len(rows) < 2:
+            return super().cas_many(pipeline, expect, state, rows)
+        flags: list[bool] = self.store._cas_batch(self, pipeline, expect, state, rows)
+        return flags
 
     def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
         return [r[0] for r in self._exec(
