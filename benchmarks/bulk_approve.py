@@ -70,14 +70,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--n", type=int, default=10_000, help="items awaiting review (default 10,000)")
     p.add_argument("--repeats", type=int, default=3, help="rounds, medians kept (default 3)")
     p.add_argument("--workers", type=int, default=4, help="Runner workers (default 4)")
+    p.add_argument("--stores", default="sqlite,postgresql",
+                   help="comma-separated subset of sqlite,postgresql (default both)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = p.parse_args(argv)
-    stores = ["sqlite"]
-    why = postgres.unavailable()
-    if why is None:
-        stores.append("postgresql")
-    else:
+    stores = [s for s in ("sqlite", "postgresql") if s in args.stores.split(",")]
+    if not stores:
+        p.error(f"--stores: choose from sqlite,postgresql, got {args.stores!r}")
+    why = postgres.unavailable() if "postgresql" in stores else None
+    if why is not None:
+        stores.remove("postgresql")
         print(f"PostgreSQL skipped: {why}")
+    if not stores:
+        return 0
     print(f"W3 approve_all, N={args.n:,}, {args.repeats} round(s)", flush=True)
     result = measure(args.n, args.repeats, args.workers, stores)
     for name, v in result["summary"].items():
