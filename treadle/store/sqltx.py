@@ -319,16 +319,16 @@ class SqlTx(Tx):
         return self.store._changes(self.cur) == 1
 
     def locked_rows(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, StageRecord]]:
-        if not self.store._lock_rows:
-            return super().locked_rows(pipeline, item_ids)
+        # One statement per page. Where writers run concurrently (PostgreSQL), lock
+        # in the order of the item-by-item default (sorted ids; "C" collation = code
+        # point order, as Python sorts); SQLite's BEGIN IMMEDIATE already excludes them.
+        lock = ' ORDER BY item_id COLLATE "C", id FOR UPDATE' if self.store._lock_rows else ""
         out: dict[str, dict[str, StageRecord]] = {}
-        # One statement per page, locking in the order of the item-by-item default
-        # (sorted ids; "C" collation = code point order, as Python sorts).
         for chunk in chunks(sorted(set(item_ids))):
             for r in self._exec(
                     "SELECT item_id, stage, state, ready, attempt, output, error, review, updated_at "
-                    f"FROM treadle_stage WHERE pipeline=? AND item_id IN ({marks(len(chunk))}) "
-                    'ORDER BY item_id COLLATE "C", id FOR UPDATE', (pipeline, *chunk)).fetchall():
+                    f"FROM treadle_stage WHERE pipeline=? AND item_id IN ({marks(len(chunk))}){lock}",
+                    (pipeline, *chunk)).fetchall():
                 out.setdefault(r[0], {})[r[1]] = StageRecord(
                     r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8])
         return out
