@@ -261,6 +261,19 @@ class PostgresStore(SqlStore):
         return [r for r in dict.fromkeys(rows) if r in done]
 
     @staticmethod
+    def _set_ready_batch(tx: Any, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Mark pending (item, stage) rows ready in one ``UPDATE ... FROM (VALUES ...)``
+        per page, instead of one statement per row."""
+        from psycopg2.extras import execute_values
+
+        execute_values(
+            tx.cur,
+            "UPDATE treadle_stage AS s SET ready=1 FROM (VALUES %s) AS v(pipeline, item_id, stage) "
+            "WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id AND s.stage=v.stage "
+            "AND s.state='pending'",
+            [(pipeline, i, st) for i, st in dict.fromkeys(rows)], page_size=500)
+
+    @staticmethod
     def _cas_batch(tx: Any, pipeline: str, expect: str, state: str,
                    rows: Sequence[tuple[str, str, int, str | None, str | None]]) -> list[bool]:
         """:meth:`Tx.cas_many` as one ``UPDATE ... FROM (VALUES ...)`` per page (bulk

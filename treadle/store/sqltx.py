@@ -34,6 +34,7 @@ class Dialect(Protocol):
     _apply_sub_batch: Any  # (tx, pipeline, owner, results) -> accepted flags, or None
     _set_state_batch: Any  # (tx, pipeline, rows, state, from_states, ...) -> rows moved, or None
     _cas_batch: Any  # (tx, pipeline, expect, state, rows) -> moved flags, or None
+    _set_ready_batch: Any  # (tx, pipeline, rows) -> None, or None
 
     @property
     def _sql(self) -> Callable[[str], str]: ...
@@ -211,6 +212,9 @@ class SqlTx(Tx):
         return flags
 
     def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        if self.store._set_ready_batch is not None and len(rows) > 1:
+            self.store._set_ready_batch(self, pipeline, rows)
+            return
         self._many(
             "UPDATE treadle_stage SET ready=1 WHERE pipeline=? AND item_id=? AND stage=? AND state='pending'",
             [(pipeline, i, s) for i, s in rows],
