@@ -120,3 +120,39 @@ def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
     assert len(data["targets"]) == 7
     for t in data["targets"]:
         assert t["target"] and t["measured"] and t["met"] in (True, False, None)
+
+
+def _run_script(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_pg_scale_measures_the_floor_and_each_runner_count_or_skips(tmp_path):
+    """pg_scale runs the psycopg2 floor and W1 with 1 and 2 runner processes (with and
+    without the history lock), every item completed once; without a server it skips."""
+    out = tmp_path / "scale.json"
+    done = _run_script("benchmarks.pg_scale", "--n", "20", "--runners", "1,2", "--repeats", "1",
+                       "--sample", "20", "--no-feed-lock", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    if "PostgreSQL skipped" in done.stdout:
+        assert not out.exists()
+        return
+    data = json.loads(out.read_text())
+    assert set(data["summary"]) == {"floor", "1", "1-nolock", "2", "2-nolock"}
+    assert all(positive(s["transitions_per_s"]) for s in data["summary"].values())
+    for r in data["runs"]["2"]:
+        assert len(r["per_runner"]) == 2 and sum(r["per_runner"]) == 20 * 5
+
+
+@pytest.mark.slow
+def test_bulk_approve_approves_every_review_and_reports_a_rate(tmp_path):
+    """bulk_approve times approve_all on SQLite (and PostgreSQL when set) and checks
+    every review was approved."""
+    out = tmp_path / "bulk.json"
+    done = _run_script("benchmarks.bulk_approve", "--n", "30", "--repeats", "1", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert "sqlite" in data["summary"]
+    assert all(positive(v) for v in data["summary"].values())
+    assert all(r["n"] == 30 for rs in data["runs"].values() for r in rs)

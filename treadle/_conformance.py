@@ -1053,10 +1053,11 @@ class StoreConformance(SteerConformance, NestedConformance, FlowConformance):
         before = self.snapshot(ready_store, shape, "i2")
         review = {"decision": "approved", "reviewer": "rita", "note": None}
         result, skipped = ready_store.decide_many(
-            shape, [("i1", "a", 1), ("i2", "a", 2), ("nope", "a", None), ("i1", "b", None)],
+            shape, [("i1", "a", 1), ("i2", "a", 2), ("nope", "a", None), ("i1", "b", None),
+                    ("i1", "a", None)],  # named twice: decided once, then skipped
             approve=True, review=review, actor="rita", details=dict(review))
         assert [(t.item_id, t.stage, t.output) for t in result.accepted] == [("i1", "a", '{"t":1}')]
-        assert skipped == [("i2", "a"), ("nope", "a"), ("i1", "b")]
+        assert skipped == [("i2", "a"), ("nope", "a"), ("i1", "b"), ("i1", "a")]
         assert self.snapshot(ready_store, shape, "i2") == before
         rows = [h for h in ready_store.history(shape, "i1") if h["stage"] == "a" and h["actor"] == "rita"]
         assert [(h["state"], json.loads(h["details"])["decision"]) for h in rows] == [

@@ -140,22 +140,27 @@ def decide_many(tx: Tx, shape: Shape, keys: Sequence[tuple[str, str, int | None]
     skipped: list[tuple[str, str]] = []
     # Locked as a single decision locks them (no claim slips in meanwhile), in one
     # order, so that two bulk decisions never wait for each other in a circle.
-    for item_id in sorted({i for i, _, _ in keys}):
-        tx.lock_stage_rows(shape.name, item_id)
+    locked = tx.locked_rows(shape.name, {i for i, _, _ in keys})
+    picked: list[tuple[str, str, int, str | None, str | None]] = []
+    seen: set[tuple[str, str]] = set()
     for item_id, stage, version in keys:
-        row = tx.rows(shape.name, item_id).get(stage)
-        if row is None or row.state != AWAITING or version not in (None, row.attempt):
+        row = locked.get(item_id, {}).get(stage)
+        if (row is None or row.state != AWAITING or version not in (None, row.attempt)
+                or (item_id, stage) in seen):  # named twice: decided the first time
             skipped.append((item_id, stage))
             continue
+        seen.add((item_id, stage))
         stored = json.loads(row.review) if row.review else {}
         output = (dumps(stored.get("data"), what="review data", item_id=item_id, stage=stage)
                   if approve else None)
         new_review = dumps({**stored, **review}, what="review", item_id=item_id, stage=stage)
-        if not tx.cas(shape.name, item_id, stage, AWAITING, state, output=output,
-                      review=new_review, attempt=row.attempt):
+        picked.append((item_id, stage, row.attempt, output, new_review))
+    for (item_id, stage, attempt, output, _), moved in zip(
+            picked, tx.cas_many(shape.name, AWAITING, state, picked)):
+        if moved:
+            done.append(Transition(item_id, stage, attempt, state, output=output))
+        else:
             skipped.append((item_id, stage))
-            continue
-        done.append(Transition(item_id, stage, row.attempt, state, output=output))
     tx.append_history(shape.name, [HistoryRow(t.item_id, t.stage, state, t.attempt, actor,
                                               details=details_json) for t in done])
     skipped_down, check = advance(tx, shape, actor, done)

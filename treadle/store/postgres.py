@@ -264,6 +264,38 @@ class PostgresStore(SqlStore):
         return [r for r in dict.fromkeys(rows) if r in done]
 
     @staticmethod
+    def _set_ready_batch(tx: Any, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Mark pending (item, stage) rows ready in one ``UPDATE ... FROM (VALUES ...)``
+        per page, instead of one statement per row."""
+        from psycopg2.extras import execute_values
+
+        execute_values(
+            tx.cur,
+            "UPDATE treadle_stage AS s SET ready=1 FROM (VALUES %s) AS v(pipeline, item_id, stage) "
+            "WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id AND s.stage=v.stage "
+            "AND s.state='pending'",
+            [(pipeline, i, st) for i, st in dict.fromkeys(rows)], page_size=500)
+
+    @staticmethod
+    def _cas_batch(tx: Any, pipeline: str, expect: str, state: str,
+                   rows: Sequence[tuple[str, str, int, str | None, str | None]]) -> list[bool]:
+        """:meth:`Tx.cas_many` as one ``UPDATE ... FROM (VALUES ...)`` per page (bulk
+        review decisions), instead of one statement per row."""
+        from psycopg2.extras import execute_values
+
+        sql = (
+            "UPDATE treadle_stage AS s SET state=v.state, output=v.output, review=v.review, "
+            "ready=0, owner=NULL, updated_at=v.now::float8 "
+            "FROM (VALUES %s) AS v(pipeline, item_id, stage, attempt, expect, state, output, "
+            "review, now) WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id "
+            "AND s.stage=v.stage AND s.state=v.expect AND s.attempt=v.attempt "
+            "RETURNING s.item_id, s.stage"
+        )
+        values = [(pipeline, i, st, a, expect, state, o, r, tx.now) for i, st, a, o, r in rows]
+        done = {tuple(r) for r in execute_values(tx.cur, sql, values, page_size=500, fetch=True)}
+        return [(i, st) in done for i, st, _, _, _ in rows]
+
+    @staticmethod
     def _insert_returning(cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> list[str]:
         """Insert what is new (several runners may submit the same items at once)."""
         from psycopg2.extras import execute_values

@@ -59,6 +59,10 @@ class SqlStore(BaseStore):
     _apply_sub_batch: Any = None
     # (tx, pipeline, rows, state, from_states, *, ready, error, clear_output) -> rows moved
     _set_state_batch: Any = None
+    # (tx, pipeline, expect, state, rows) -> moved flags (review decisions in bulk)
+    _cas_batch: Any = None
+    # (tx, pipeline, rows): successors' ready flags in one round trip per page
+    _set_ready_batch: Any = None
 
     def __init__(self, url: str, database: pw.Database) -> None:
         self.url = url

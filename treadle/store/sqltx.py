@@ -33,6 +33,8 @@ class Dialect(Protocol):
     _apply_batch: Any  # (tx, pipeline, owner, transitions) -> accepted flags, or None
     _apply_sub_batch: Any  # (tx, pipeline, owner, results) -> accepted flags, or None
     _set_state_batch: Any  # (tx, pipeline, rows, state, from_states, ...) -> rows moved, or None
+    _cas_batch: Any  # (tx, pipeline, expect, state, rows) -> moved flags, or None
+    _set_ready_batch: Any  # (tx, pipeline, rows) -> None, or None
 
     @property
     def _sql(self) -> Callable[[str], str]: ...
@@ -210,6 +212,9 @@ class SqlTx(Tx):
         return flags
 
     def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        if self.store._set_ready_batch is not None and len(rows) > 1:
+            self.store._set_ready_batch(self, pipeline, rows)
+            return
         self._many(
             "UPDATE treadle_stage SET ready=1 WHERE pipeline=? AND item_id=? AND stage=? AND state='pending'",
             [(pipeline, i, s) for i, s in rows],
@@ -378,6 +383,28 @@ class SqlTx(Tx):
             (state, output, review, self.now, pipeline, item_id, stage, expect,
              *(() if attempt is None else (attempt,))))
         return self.store._changes(self.cur) == 1
+
+    def locked_rows(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, StageRecord]]:
+        # One statement per page. Where writers run concurrently (PostgreSQL), lock
+        # in the order of the item-by-item default (sorted ids; "C" collation = code
+        # point order, as Python sorts); SQLite's BEGIN IMMEDIATE already excludes them.
+        lock = ' ORDER BY item_id COLLATE "C", id FOR UPDATE' if self.store._lock_rows else ""
+        out: dict[str, dict[str, StageRecord]] = {}
+        for chunk in chunks(sorted(set(item_ids))):
+            for r in self._exec(
+                    "SELECT item_id, stage, state, ready, attempt, output, error, review, updated_at "
+                    f"FROM treadle_stage WHERE pipeline=? AND item_id IN ({marks(len(chunk))}){lock}",
+                    (pipeline, *chunk)).fetchall():
+                out.setdefault(r[0], {})[r[1]] = StageRecord(
+                    r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8])
+        return out
+
+    def cas_many(self, pipeline: str, expect: str, state: str,
+                 rows: Sequence[tuple[str, str, int, str | None, str | None]]) -> list[bool]:
+        if self.store._cas_batch is None or len(rows) < 2:
+            return super().cas_many(pipeline, expect, state, rows)
+        flags: list[bool] = self.store._cas_batch(self, pipeline, expect, state, rows)
+        return flags
 
     def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
         return [r[0] for r in self._exec(

@@ -156,6 +156,25 @@ class Tx(abc.ABC):
         that output and review JSON (ready cleared, owner cleared); False if it was
         not in ``expect`` (or at another attempt)."""
 
+    def locked_rows(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, StageRecord]]:
+        """Lock the stage rows of these items (as :meth:`lock_stage_rows`, item by
+        item in sorted order) and return them: item_id -> stage -> record.
+
+        Stores may do it in one statement per page (PostgreSQL)."""
+        out: dict[str, dict[str, StageRecord]] = {}
+        for item_id in sorted(set(item_ids)):
+            self.lock_stage_rows(pipeline, item_id)
+            out[item_id] = self.rows(pipeline, item_id)
+        return out
+
+    def cas_many(self, pipeline: str, expect: str, state: str,
+                 rows: Sequence[tuple[str, str, int, str | None, str | None]]) -> list[bool]:
+        """:meth:`cas` for many (item_id, stage, attempt, output, review) rows, each
+        from ``expect`` at that attempt to ``state``; one flag per row (False: not
+        moved). Stores may do it in one statement per page (PostgreSQL)."""
+        return [self.cas(pipeline, i, s, expect, state, output=o, review=r, attempt=a)
+                for i, s, a, o, r in rows]
+
     @abc.abstractmethod
     def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:
         """Items whose ``stage`` has awaited review since before ``before``, oldest first."""
