@@ -208,6 +208,9 @@ def retry_rows(tx: Tx, shape: Shape, rows: Sequence[tuple[str, str]], actor: str
     state are left as they are. Items rolled back are skipped, or refused when
     ``item_id`` names the one item retried. Returns the rows moved."""
     items = {i for i, _ in rows}
+    # Lock the item rows first, as cancel() does: a cancel committing between the
+    # read of the item states below and the updates would otherwise be overwritten.
+    tx.lock_items(shape.name, items)
     _refuse_rolling_back(tx, shape, items, "retry")
     cancelled = {i for i, st in tx.item_states(shape.name, items).items() if st == CANCELLED}
     if cancelled:  # final: a bulk retry leaves them be, a retry of one says why not
