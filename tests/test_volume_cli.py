@@ -88,7 +88,7 @@ def test_items_filters_paging_and_json(db):
     for bad, fragment in ((["--state", "bogus"], "invalid choice"),
                           (["--since", "yesterday"], "--since 'yesterday' is neither"),
                           (["--stage", "chek"], "Did you mean 'check'"),
-                          (["--limit", "0"], "--limit must be at least 1")):
+                          (["--limit", "0"], "--limit must be between 1 and")):
         res = treadle("items", TARGET, *bad, db=db)
         assert res.returncode == 2 and fragment in res.stderr, (bad, res.stderr)
 
@@ -204,22 +204,25 @@ NON_STORE_COMMANDS = [
 ]
 
 
-def _foreign(path: Path) -> None:
+def _foreign(path: Path, wal: bool = False) -> None:
     con = sqlite3.connect(path)
+    if wal:  # a WAL-mode database: a careless read-only check leaves -wal / -shm behind
+        con.execute("PRAGMA journal_mode=wal")
     con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
     con.execute("INSERT INTO notes (body) VALUES ('mine')")
     con.commit()
     con.close()
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "foreign SQLite", "not SQLite"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "foreign SQLite", "foreign WAL SQLite",
+                                  "not SQLite"])
 def test_reading_and_deciding_commands_leave_a_non_store_untouched(tmp_path, kind):
     """Read-only commands and decisions: exit 2 "no store at", the file byte for byte as it was."""
     path = tmp_path / "mistyped.db"
     if kind == "empty":
         path.write_bytes(b"")
-    elif kind == "foreign SQLite":
-        _foreign(path)
+    elif kind.startswith("foreign"):
+        _foreign(path, wal="WAL" in kind)
     elif kind == "not SQLite":
         path.write_text("just some notes\n" * 20)
     before = path.read_bytes() if path.exists() else None

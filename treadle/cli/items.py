@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..runner import Runner
 
 DEFAULT_LIMIT = 100
+MAX_COUNT = 1_000_000_000  # --limit / --offset: far beyond any store, inside every integer type
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -29,9 +30,11 @@ class SinceError(ValueError):
 def add_arguments(c: argparse.ArgumentParser) -> None:
     """The options of ``items``."""
     c.add_argument("--stage", help="only items whose this stage passes the other filters")
-    c.add_argument("--state", choices=[s.value for s in StageState], metavar="STATE",
+    c.add_argument("--state", choices=[*(s.value for s in StageState), "cancelled"],
+                   metavar="STATE",
                    help="a stage in this state (with --stage: that stage); "
-                        f"one of {', '.join(s.value for s in StageState)}")
+                        f"one of {', '.join(s.value for s in StageState)}; or cancelled "
+                        "(the cancelled items)")
     c.add_argument("--error", metavar="TEXT",
                    help="the stage's last error contains TEXT (case-insensitive)")
     c.add_argument("--since", metavar="WHEN",
@@ -95,10 +98,10 @@ def rows_of(statuses: list[ItemStatus], flt: Filter) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace, runner: Runner, url: str,
         stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     """List the items passing the filters, a page at a time."""
-    if args.limit < 1:
-        raise ValueError("--limit must be at least 1")
-    if args.offset < 0:
-        raise ValueError("--offset must be 0 or more")
+    if not 1 <= args.limit <= MAX_COUNT:
+        raise ValueError(f"--limit must be between 1 and {MAX_COUNT:,}")
+    if not 0 <= args.offset <= MAX_COUNT:
+        raise ValueError(f"--offset must be between 0 and {MAX_COUNT:,}")
     since = parse_since(args.since) if args.since is not None else None
     # one more than asked: is there a next page?
     if getattr(args, "priority", None) is not None:  # items --priority: treadle/cli/flow.py

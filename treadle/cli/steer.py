@@ -96,10 +96,10 @@ def resume(args: argparse.Namespace, runner: Any, stdout: TextIO) -> int:
 
 def events(args: argparse.Namespace, runner: Any, stdout: TextIO) -> int:
     """Print the event feed; with --follow, wait for more until Ctrl-C."""
-    if args.limit < 1:
-        raise Refused("--limit must be at least 1")
-    if args.since is not None and args.since < 0:
-        raise Refused("--since is an event id (>= 0)")
+    if not 1 <= args.limit <= 1_000_000_000:
+        raise Refused("--limit must be between 1 and 1,000,000,000")
+    if args.since is not None and not 0 <= args.since < 2**62:
+        raise Refused("--since is an event id (an integer >= 0, as events prints them)")
     def show(e: Event) -> None:
         stdout.write((json.dumps(event_json(e)) if args.json else event_line(e)) + "\n")
 

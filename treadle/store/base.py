@@ -20,7 +20,9 @@ import abc
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import tenacity
 
 from ..errors import ItemNotFoundError
 from ..metrics import StageMetrics
@@ -49,6 +51,8 @@ from .records import (
     Transition,
 )
 from .tx import Tx
+
+_T = TypeVar("_T")
 
 #: ``alive(pid)``: is a process of this host alive?
 Alive = Callable[[int], bool]
@@ -408,26 +412,42 @@ class BaseStore(abc.ABC):
             return rollback.finish_rollback(tx, shape, owner, item_id)
 
     # -- pause, resume, cancel ------------------------------------------------
+    def is_transient(self, exc: BaseException) -> bool:
+        """True if the database aborted a transaction over a conflict with another
+        (a deadlock): running it again is safe, it changed nothing."""
+        return False
+
+    def _run(self, op: Callable[[Tx], _T]) -> _T:
+        """``op`` in one transaction; again (up to 5 times, after a short random wait)
+        when the database aborted it for a deadlock with a concurrent commit."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(self.is_transient),
+            stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_random(0.01, 0.2),
+            reraise=True)
+        for attempt in retrying:
+            with attempt, self.transaction() as tx:
+                return op(tx)
+        raise AssertionError("unreachable: tenacity reraises the last error")
     def pause(self, shape: Shape, stage: str | None, actor: str, reason: str | None = None
               ) -> bool:
         """Pause claims of ``stage`` (None: the whole pipeline) for every runner;
         False if it was paused already."""
-        with self.transaction() as tx:
-            return control.pause(tx, shape, stage, actor, reason)
+        return self._run(lambda tx: control.pause(tx, shape, stage, actor, reason))
 
     def resume(self, shape: Shape, stage: str | None, actor: str) -> bool:
         """Lift the pause of ``stage`` (None: every pause); False if none was there."""
-        with self.transaction() as tx:
-            return control.resume(tx, shape, stage, actor)
+        return self._run(lambda tx: control.resume(tx, shape, stage, actor))
 
     def cancel(self, shape: Shape, item_ids: Sequence[str], reason: str, actor: str
                ) -> list[tuple[str, str]]:
         """Cancel items still in progress, all or none (see ``control.cancel``)."""
-        with self.transaction() as tx:
+        def op(tx: Tx) -> list[tuple[str, str]]:
             settled = control.cancel(tx, shape, item_ids, reason, actor)
             if getattr(shape, "children", None):
                 nested.cancel_children(tx, shape, [i for i, _ in settled], reason, actor)
             return settled
+
+        return self._run(op)
 
     def wait_for_events(self, shape: Shape, timeout: float) -> None:
         """Sleep until a commit may have added events, at most ``timeout`` seconds.
@@ -444,47 +464,46 @@ class BaseStore(abc.ABC):
               actor: str) -> list[tuple[str, str]]:
         """Failed (and rejected) stages back to pending and ready; returns those moved.
         Refused while one of the items rolls back."""
-        with self.transaction() as tx:
+        def op(tx: Tx) -> list[tuple[str, str]]:
             moved = human.retry(tx, shape, item_id, stage, actor)
             if moved and getattr(shape, "children", None):
                 nested.retry_children(tx, shape, moved, actor)
             return moved
 
+        return self._run(op)
+
     def decide(self, shape: Shape, item_id: str, stage: str, *, approve: bool,
                output: str | None, review: dict[str, Any], actor: str,
                details: dict[str, Any], expect: int | None = None) -> CommitResult:
         """Approve or reject one stage awaiting review (at review version ``expect``)."""
-        with self.transaction() as tx:
-            return human.decide(tx, shape, item_id, stage, approve=approve, output=output,
-                                review=review, actor=actor, details=details, expect=expect)
+        return self._run(lambda tx: human.decide(
+            tx, shape, item_id, stage, approve=approve, output=output, review=review, actor=actor,
+            details=details, expect=expect))
 
     def decide_many(self, shape: Shape, keys: Sequence[tuple[str, str, int | None]], *,
                     approve: bool, review: dict[str, Any], actor: str,
                     details: dict[str, Any]) -> tuple[CommitResult, list[tuple[str, str]]]:
         """Approve or reject many (item, stage, review version) in one transaction; those
         no longer awaiting review at that version are skipped (and returned)."""
-        with self.transaction() as tx:
-            return human.decide_many(tx, shape, keys, approve=approve, review=review,
-                                     actor=actor, details=details)
+        return self._run(lambda tx: human.decide_many(
+            tx, shape, keys, approve=approve, review=review, actor=actor, details=details))
 
     def retry_rows(self, shape: Shape, rows: Sequence[tuple[str, str]],
                    actor: str) -> list[tuple[str, str]]:
         """Failed (or rejected) (item, stage) rows back to pending in one transaction;
         returns those moved (rows in another state meanwhile are left as they are)."""
-        with self.transaction() as tx:
-            return human.retry_rows(tx, shape, rows, actor)
+        return self._run(lambda tx: human.retry_rows(tx, shape, rows, actor))
 
     def request_changes(self, shape: Shape, item_id: str, stage: str, *, feedback: Any,
                         actor: str, reviewer: str | None, expect: int | None = None) -> None:
         """Send a stage awaiting review back to pending with the reviewer's feedback."""
-        with self.transaction() as tx:
-            human.request_changes(tx, shape, item_id, stage, feedback=feedback, actor=actor,
-                                  reviewer=reviewer, expect=expect)
+        self._run(lambda tx: human.request_changes(
+            tx, shape, item_id, stage, feedback=feedback, actor=actor, reviewer=reviewer,
+            expect=expect))
 
     def rerun(self, shape: Shape, item_id: str, stage: str, actor: str) -> list[str]:
         """Send ``stage`` and everything downstream back to pending; returns those reset."""
-        with self.transaction() as tx:
-            return human.rerun(tx, shape, item_id, stage, actor)
+        return self._run(lambda tx: human.rerun(tx, shape, item_id, stage, actor))
 
     def overdue_reviews(self, shape: Shape, stage: str, timeout: float) -> list[str]:
         """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""

@@ -88,6 +88,8 @@ def cancel(tx: Tx, shape: Shape, item_ids: Sequence[str], reason: str, actor: st
     ``cancelled`` or ``rolling_back``. Refuses (changing nothing) an unknown
     item or one that is finished or rolling back."""
     ids = list(dict.fromkeys(item_ids))
+    for item_id in sorted(ids):  # a result commit locks stage rows, then item rows: the same
+        tx.lock_stage_rows(shape.name, item_id)
     tx.lock_items(shape.name, ids)
     recorded = tx.item_states(shape.name, ids)
     for item_id in ids:

@@ -192,6 +192,10 @@ class PostgresStore(SqlStore):
                      (self.FEED_LOCK, name))
             tx._exec("SELECT pg_notify(?, ?)", (self.CHANNEL, name))
 
+    def is_transient(self, exc: BaseException) -> bool:
+        """A deadlock or a serialization failure: PostgreSQL rolled the transaction back."""
+        return getattr(exc, "pgcode", None) in ("40P01", "40001")
+
     def wait_for_events(self, shape: Any, timeout: float) -> None:
         """Sleep until a commit notifies (LISTEN), at most ``timeout`` seconds.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.parse
 from typing import Any
 
 import apsw
@@ -80,7 +81,11 @@ class SqliteStore(SqlStore):
         if not os.path.exists(path) or os.path.getsize(path) == 0:
             return False
         try:
-            conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            if os.path.exists(path + "-wal"):  # part of the data may be in the WAL: read it too
+                conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            else:  # all of it is in the file: read it as immutable, so no -wal / -shm appears
+                conn = apsw.Connection(f"file:{urllib.parse.quote(os.path.abspath(path))}?immutable=1",
+                                       flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
         except apsw.Error as exc:
             raise StoreError(f"Cannot open the store {url}: {exc}.") from None
         try:

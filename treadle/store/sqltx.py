@@ -67,6 +67,7 @@ class SqlTx(Tx):
         self.now = store._now(cur)
         # History rows are written at the end of the transaction, together (see ``flush``).
         self.history: list[tuple[Any, ...]] = []
+        self.control: list[tuple[Any, ...]] = []
         self.pipelines: set[str] = set()
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -254,15 +255,20 @@ class SqlTx(Tx):
             self.pipelines.add(pipeline)
 
     def flush(self) -> None:
-        """Write the history rows of this transaction: the last statement before COMMIT.
+        """Write the control and history rows of this transaction: the last statements
+        before COMMIT.
 
         The history is also the event feed, read by its ids: the store's
         ``_before_history`` hook makes those ids follow commit order (PostgreSQL
         takes a lock held until COMMIT; SQLite already has one writer at a time).
         """
-        if not self.history:
+        if not self.history and not self.control:
             return
         self.store._before_history(self, sorted(self.pipelines))
+        if self.control:  # read by id too (engine/control.py): the same ordering applies
+            control, self.control = self.control, []
+            self._many("INSERT INTO treadle_control (pipeline, kind, target, at, actor, reason) "
+                       "VALUES (?,?,?,?,?,?)", control)
         rows, self.history = self.history, []
         self._many(
             "INSERT INTO treadle_history (pipeline, item_id, stage, subtask, state, attempt, actor, at, "
@@ -516,9 +522,8 @@ class SqlTx(Tx):
 
     def append_control(self, pipeline: str, kind: str, targets: Sequence[str], actor: str,
                        reason: str | None) -> None:
-        self._many("INSERT INTO treadle_control (pipeline, kind, target, at, actor, reason) "
-                   "VALUES (?,?,?,?,?,?)", [(pipeline, kind, t, self.now, actor, reason)
-                                            for t in targets])
+        self.control.extend((pipeline, kind, t, self.now, actor, reason) for t in targets)
+        self.pipelines.add(pipeline)
 
     def control_rows(self, pipeline: str, since: int, kinds: Sequence[str] | None = None
                      ) -> list[ControlRow]:
