@@ -494,3 +494,17 @@ def test_serve_metrics_port_exposes_the_stores_gauges(tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_serve_socket_listens_before_the_url_is_printed():
+    """`serve` binds and listens before printing the URL: a client connecting at once is queued."""
+    import socket
+
+    from treadle.cli.serve import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=2):
+            pass  # refused (ECONNREFUSED) if the socket were bound but not listening
+    finally:
+        sock.close()

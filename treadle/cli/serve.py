@@ -9,6 +9,8 @@ from typing import Any, TextIO
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
+#: Connections the kernel queues before uvicorn accepts them (uvicorn's default).
+BACKLOG = 2048
 
 
 def add_arguments(c: argparse.ArgumentParser) -> None:
@@ -81,6 +83,9 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # Listen before the URL is printed: a client that connects at once is queued
+    # by the kernel until uvicorn accepts, never refused.
+    sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 
