@@ -120,3 +120,22 @@ def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
     assert len(data["targets"]) == 7
     for t in data["targets"]:
         assert t["target"] and t["measured"] and t["met"] in (True, False, None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_web_benchmark_quick_writes_its_figures(tmp_path):
+    """``python -m benchmarks.web --quick`` serves, streams to 10 clients and reports every figure."""
+    pytest.importorskip("starlette", reason="the web benchmark needs the web extra")
+    out = tmp_path / "web.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.web", "--quick", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["mode"] == "quick" and data["inbox"]["waiting"] == 300
+    for page in ("inbox_first_page", "overview", "items_first_page"):
+        assert positive(data["inbox"][page]["median_ms"]), page
+    live = data["live"]
+    assert live["clients"] == 10 and live["decisions"] == 5
+    assert all(positive(live[k]) for k in ("delay_median_s", "delay_max_s", "rss_idle_mb",
+                                           "rss_10_clients_mb", "rss_after_mb"))
