@@ -266,3 +266,16 @@ def test_metric_formatting():
     assert [seconds(None), seconds(0.0123), seconds(4.25), seconds(90), seconds(7200)] == \
         ["-", "12 ms", "4.2 s", "1.5 min", "2.0 h"]
     assert [percent(None), percent(0.125)] == ["-", "12 %"]
+
+
+@pytest.mark.timeout(30)
+def test_events_of_one_item(runner):
+    """?item= keeps one item's events; the stream's id still advances past the others."""
+    import httpx
+
+    app = create_app(pipeline, runner.store, token=TOKEN)
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=10, headers=AUTH) as http, \
+            http.stream("GET", "/events?since=0&item=d02") as resp:
+        got = _sse(resp.iter_lines(), len(runner.events(0, limit=10_000, item_id="d02")))
+    assert [i for i, _, _ in got] == [e.id for e in runner.events(0, limit=10_000, item_id="d02")]
+    assert {json.loads(d)["item_id"] for _, _, d in got} == {"d02"}
