@@ -29,6 +29,19 @@ def _css(driver, selector):
     return driver.find_element(By.CSS_SELECTOR, selector)
 
 
+def _click(driver, selector):
+    """Click an element of the live fragment (htmx may swap it between finding and clicking)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(50):
+        try:
+            _css(driver, selector).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f"{selector} kept changing under the clicker")
+
+
 def _flash(driver, text):
     wait_for(driver, lambda d: text in d.find_element("css selector", "#flash").text)
 
@@ -103,11 +116,11 @@ def test_pause_buttons(tmp_path):
     app = create_app(pipeline, runner.store, token=TOKEN)
     with live_server(app) as base, chromium() as browser:
         browser.get(f"{base}/?token={TOKEN}")
-        _css(browser, 'button.pause[data-stage="publish"]').click()
+        _click(browser, 'button.pause[data-stage="publish"]')
         _flash(browser, "paused stage 'publish'")
         assert runner.paused() == ["publish"]
         wait_for(browser, lambda d: d.find_element("css selector", '[data-paused="publish"]'))
-        _css(browser, "#pause-pipeline").click()
+        _click(browser, "#pause-pipeline")
         _flash(browser, "paused the whole pipeline")
         assert runner.paused() == [None, "publish"]
         assert "paused" in _state(browser, "#pipeline-paused")
@@ -117,6 +130,6 @@ def test_pause_buttons(tmp_path):
         wait_for(browser, lambda d: not d.find_elements("css selector", '[data-paused="publish"]'),
                  timeout=5.0)
         assert browser.execute_script("return window.__noReload === true;")
-        _css(browser, "#resume-pipeline").click()
+        _click(browser, "#resume-pipeline")
         _flash(browser, "resumed the whole pipeline")
     assert runner.paused() == []
