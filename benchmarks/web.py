@@ -12,13 +12,16 @@
   after the decisions.
 
 ``--quick`` uses small sizes (the benchmarks smoke test runs it); figures are
-printed and, with ``--json PATH``, written as JSON. Requires ``treadle[web]``
-and httpx.
+printed and, with ``--json PATH``, written as JSON. ``--postgres URL`` runs
+the same on PostgreSQL (in a schema of its own, dropped at the end), where
+the console is woken by ``LISTEN``/``NOTIFY`` instead of polling. Requires
+``treadle[web]`` and httpx.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -27,8 +30,11 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from treadle import Pipeline, Review, Runner, open_store, stage
 
@@ -174,21 +180,44 @@ def live(url: str, runner: Runner, decisions: int) -> dict[str, Any]:
             "rss_after_mb": round(after / 1024, 1)}
 
 
+@contextlib.contextmanager
+def _store_url(postgres: str | None, tmp: str) -> Iterator[str]:
+    """A fresh SQLite file, or a fresh schema on the PostgreSQL server (dropped afterwards)."""
+    if postgres is None:
+        yield f"sqlite:///{os.path.join(tmp, 'bench.db')}"
+        return
+    import psycopg2
+
+    schema = f"treadle_web_bench_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(postgres)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in postgres else "?"
+    try:
+        yield f"{postgres}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        admin.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.web", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="300 waiting reviews, 5 decisions")
     p.add_argument("--waiting", type=int, help="reviews waiting (default 10,000; --quick 300)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--postgres", metavar="URL", help="measure on this PostgreSQL server instead of SQLite")
     args = p.parse_args(argv)
     n = args.waiting or (300 if args.quick else 10_000)
-    with tempfile.TemporaryDirectory(prefix="treadle-web-bench-") as tmp:
-        url = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
+    with tempfile.TemporaryDirectory(prefix="treadle-web-bench-") as tmp, \
+            _store_url(args.postgres, tmp) as url:
         t = time.perf_counter()
         runner = fill(url, n)
         print(f"filled: {n} reviews waiting in {time.perf_counter() - t:.1f} s")
-        results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "store": "sqlite",
-                   "inbox": inbox(runner, n, 3 if args.quick else 10),
-                   "live": live(url, runner, 5 if args.quick else 20)}
+        results: dict[str, Any] = {
+            "mode": "quick" if args.quick else "full",
+            "store": "postgresql" if args.postgres else "sqlite",
+            "inbox": inbox(runner, n, 3 if args.quick else 10),
+            "live": live(url, runner, 5 if args.quick else 20)}
         runner.store.close()
     for name, value in results["inbox"].items():
         print(f"  {name}: {value}")

@@ -279,3 +279,29 @@ def test_events_of_one_item(runner):
         got = _sse(resp.iter_lines(), len(runner.events(0, limit=10_000, item_id="d02")))
     assert [i for i, _, _ in got] == [e.id for e in runner.events(0, limit=10_000, item_id="d02")]
     assert {json.loads(d)["item_id"] for _, _, d in got} == {"d02"}
+
+
+@pytest.mark.timeout(60)
+def test_clients_leaving_never_stall_the_others(runner):
+    """Streams closed by their clients while they wait leave the feed working for the others."""
+    import httpx
+
+    app = create_app(pipeline, runner.store, token=TOKEN)
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=10, headers=AUTH) as http, \
+            http.stream("GET", "/stream") as stay:
+        lines = stay.iter_lines()
+        assert [e[1] for e in _sse(lines, 2)] == ["changed", "counts"]
+        for _ in range(3):
+            leaving = [httpx.Client(base_url=base, timeout=10, headers=AUTH) for _ in range(10)]
+            streams = [c.stream("GET", "/stream") for c in leaving]
+            for s in streams:
+                _sse(s.__enter__().iter_lines(), 2)
+            time.sleep(0.3)  # every stream is waiting for the next change now
+            for s, c in zip(streams, leaving):
+                s.__exit__(None, None, None)
+                c.close()
+            time.sleep(0.3)
+        started = time.monotonic()
+        runner.approve("d05", "review", reviewer="zed")
+        assert [e[1] for e in _sse(lines, 2)] == ["changed", "counts"]
+        assert time.monotonic() - started < 2

@@ -106,7 +106,8 @@ class Broadcast:
         self.refresh = refresh
         self._latest: Snapshot | None = None
         self._version = 0
-        self._changed: asyncio.Condition | None = None
+        #: Set (and replaced by a fresh one) at each new snapshot.
+        self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribers = 0
         self._events: collections.deque[Event] = collections.deque(maxlen=buffer)
@@ -120,25 +121,26 @@ class Broadcast:
 
     async def subscribe(self) -> AsyncIterator[Snapshot | None]:
         """The snapshots, as they change; ``None`` as a keep-alive."""
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        changed = self._changed
+        if self._wake is None:
+            self._wake = asyncio.Event()
         self._subscribers += 1
         if self._task is None:
             self._task = asyncio.create_task(self._produce())
         seen = 0
         try:
             while True:
-                def moved(seen: int = seen) -> bool:
-                    return self._version != seen
-
-                async with changed:
+                if self._version == seen:
+                    # an Event, not a Condition: a stream cancelled while it waits
+                    # (the client left) holds no lock that others would wait for
+                    wake = self._wake
                     try:
-                        await asyncio.wait_for(changed.wait_for(moved), KEEPALIVE)
+                        await asyncio.wait_for(wake.wait(), KEEPALIVE)
                     except asyncio.TimeoutError:
                         yield None
                         continue
-                    seen, snap = self._version, self._latest
+                    if self._version == seen:
+                        continue
+                seen, snap = self._version, self._latest
                 yield snap
         finally:
             self._subscribers -= 1
@@ -156,14 +158,13 @@ class Broadcast:
         return [e for e in self._events if e.id > cursor] if cursor < self._head else []
 
     async def _produce(self) -> None:
-        assert self._changed is not None
         started = False
         while True:
             try:
                 if not started:
                     head = await run_in_threadpool(newest_id, self.runner)
                     self._floor = self._head = head
-                    await self._publish(await run_in_threadpool(snapshot, self.runner, head))
+                    self._publish(await run_in_threadpool(snapshot, self.runner, head))
                     started, refreshed = True, time.monotonic()
                 batch = await run_in_threadpool(wait_and_read, self.runner, self._head, self.wait)
                 if batch:
@@ -176,18 +177,18 @@ class Broadcast:
                     refreshed = time.monotonic()
                     snap = await run_in_threadpool(snapshot, self.runner, self._head)
                     if batch or snap != self._latest:
-                        await self._publish(snap)
+                        self._publish(snap)
             except asyncio.CancelledError:
                 raise
             except Exception:  # e.g. the database went away: say so, try again
                 log.exception("treadle web console: reading the event feed failed")
                 await asyncio.sleep(1.0)
 
-    async def _publish(self, snap: Snapshot) -> None:
-        assert self._changed is not None
-        async with self._changed:
-            self._latest, self._version = snap, self._version + 1
-            self._changed.notify_all()
+    def _publish(self, snap: Snapshot) -> None:
+        self._latest, self._version = snap, self._version + 1
+        wake, self._wake = self._wake, asyncio.Event()
+        if wake is not None:
+            wake.set()
 
 
 async def events_after(broadcast: Broadcast, cursor: int) -> list[Event]:
