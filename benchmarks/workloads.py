@@ -180,7 +180,7 @@ def w3_diamond(spec: dict[str, Any]) -> dict[str, Any]:
     run1_s, report1 = timed(runner.run)
     if report1.completed != 3 * n or report1.awaiting_review != n:
         raise AssertionError(f"first run: {report1}")
-    list_s, waiting = timed(lambda: runner.items(stage="review", state="awaiting_review"))
+    list_s, waiting = timed(lambda: runner.items(stage="review", state="awaiting_review", limit=None))
     if len(waiting) != n:
         raise AssertionError(f"items(review, awaiting_review) returned {len(waiting)}")
 

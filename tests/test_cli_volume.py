@@ -79,7 +79,7 @@ def test_run_and_status_output_and_exit_codes(db):
     assert row[:3] == ["fetch", "3", "5"]  # done, runs
     assert row[5:7] == ["40.0%", "20.0%"]  # 2 of 5 runs failed, 1 was a repeat attempt
     data = json.loads(cli("status", TARGET, "--json", db=db).stdout)
-    assert set(data) == {"pipeline", "store", "stages", "items", "metrics"}
+    assert set(data) == {"pipeline", "store", "stages", "items", "paused", "metrics"}
     assert data["stages"]["fetch"] == {"completed": 3, "failed": 1}
     fetch = data["metrics"]["fetch"]
     assert (fetch["done"], fetch["runs"], fetch["failure_rate"], fetch["retry_rate"]) == (3, 5, 0.4, 0.2)

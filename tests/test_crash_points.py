@@ -194,7 +194,7 @@ def inspect() -> Iterator[Callable[[str], Inspection]]:
                 status={i: runner.status(i) for i in points.ITEMS},
                 history={i: runner.history(i) for i in points.ITEMS},
                 counts=runner.counts(),
-                n_items=len(runner.items()),
+                n_items=len(runner.items(limit=None)),
             )
 
     yield _inspect

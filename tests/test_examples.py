@@ -79,7 +79,7 @@ def test_media_catalog_retries_only_the_flaky_lookup_and_exports(tmp_path, monke
         subs = status.stages["enrich"].subtasks
         assert (subs["genre"].attempts, subs["year"].attempts, subs["lyrics"].attempts) == (1, 1, 2)
     approved = runner.approve_all("review", reviewer="test")
-    assert len(approved) == 2
+    assert len(approved.done) == 2
     monkeypatch.chdir(tmp_path)  # the example works in ./media_demo
     runner.run()
     catalogue = json.loads((tmp_path / "media_demo" / "catalogue.json").read_text())
@@ -118,3 +118,37 @@ def test_async_enrich_example_completes_every_record(tmp_path):
     runner = Runner(example.pipeline, open_store(db))
     assert runner.status(150).stages["tag"].output == {"big": True}
     assert runner.status(7).stages["lookup"].output == {"n": 7, "square": 49}
+
+
+def test_releases_routes_on_a_choice_asks_a_form_and_notifies_a_webhook(tmp_path):
+    """releases.py: each review request reaches the webhook once; the choice picks the branch;
+    the form's answer reaches publish."""
+    from .notify_helpers import http_endpoint
+
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    with http_endpoint() as hook:
+        env = {**os.environ, "TREADLE_DB": db, "RELEASES_WEBHOOK": hook.url}
+        script = [sys.executable, str(ROOT / "examples" / "releases.py")]
+
+        def run() -> str:
+            res = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=120)
+            assert res.returncode == 0, res.stderr
+            return res.stdout
+
+        assert "t1: waits at triage" in run()
+        assert sorted(p["id"] for p in hook.wait_for(2)) == ["releases/t1/triage/1",
+                                                             "releases/t2/triage/1"]
+        releases = import_from(ROOT / "examples", "releases")
+        runner = Runner(releases.pipeline, open_store(db))
+        runner.approve("t1", "triage", choice="release", reviewer="ana")
+        runner.approve("t2", "triage", choice="legal", reviewer="bo")
+        out = run()
+        assert 't2: legal: {"ticket": "LEGAL-t2"}' in out and "t1: waits at details" in out
+        assert [p["id"] for p in hook.wait_for(3)][2:] == ["releases/t1/details/1"]
+        runner.approve("t1", "details", data={"isrc": "US-T1", "label": "Treadle Records"})
+        out = run()
+    assert ('t1: publish: {"published": "Morning Tide", "isrc": "US-T1", '
+            '"label": "Treadle Records", "year": 2026}') in out
+    assert len(hook.posts) == 3
+    assert runner.status("t2").stages["publish"].state == "skipped"

@@ -39,7 +39,7 @@ def completions(url: str, tail: bool = False) -> dict[tuple[str, str], list[str]
     """Per (item, stage): the actors of its recorded 'completed' transitions."""
     runner = Runner(crash_pipeline.build(tail=tail), open_store(url))
     out: dict[tuple[str, str], list[str]] = {}
-    for status in runner.items():
+    for status in runner.items(limit=None):
         for h in runner.history(status.item_id):
             if h.state == "completed" and h.subtask is None:
                 out.setdefault((h.item_id, h.stage), []).append(h.actor)
@@ -124,7 +124,7 @@ def test_paused_runner_loses_its_claims_and_its_late_results_are_refused(postgre
     done = completions(postgres_url)
     assert len(done) == 120 and all(len(a) == 1 for a in done.values())
     runner = Runner(crash_pipeline.build(tail=False), open_store(postgres_url))
-    refused = [h for s in runner.items() for h in runner.history(s.item_id)
+    refused = [h for s in runner.items(limit=None) for h in runner.history(s.item_id)
                if h.actor == "recovery"]
     assert refused, "the paused runner's claims were never taken over"
     assert runner.counts()["d"] == {"completed": 30}

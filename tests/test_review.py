@@ -165,7 +165,7 @@ def test_concurrent_decisions_exactly_one_wins(tmp_path):
 
 def test_approve_all_records_each_decision(runner):
     """Bulk approval decides every waiting item, each with its own history entry."""
-    assert runner.approve_all("confirm", reviewer="ann") == ["t1", "t2"]
+    assert runner.approve_all("confirm", reviewer="ann").item_ids == ["t1", "t2"]
     runner.run()
     assert runner.items(state="awaiting_review") == []
     for item in ("t1", "t2"):

@@ -44,7 +44,7 @@ def stage_of(runner: Runner, item_id: str, stage: str = "review") -> Any:
 def decisions(runner: Runner, stage: str = "review") -> list[tuple[str, str, str | None]]:
     """Every review decision in the history: (item, decision, reviewer)."""
     out = []
-    for s in runner.items():
+    for s in runner.items(limit=None):
         for h in runner.history(s.item_id):
             if h.stage == stage and isinstance(h.details, dict) and h.details.get("decision"):
                 out.append((h.item_id, h.details["decision"], h.details.get("reviewer")))

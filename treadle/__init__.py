@@ -10,9 +10,11 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .context import StageContext
+from .decisions import chose
 from .errors import (
     CycleError,
     DuplicateStageError,
+    InvalidDecisionError,
     InvalidItemError,
     InvalidStageError,
     InvalidTransitionError,
@@ -30,7 +32,16 @@ from .pipeline import Pipeline
 from .runner import Runner
 from .stage import StageSpec, stage
 from .states import ItemState, StageState, SubtaskState
-from .status import Event, HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
+from .status import (
+    BulkResult,
+    Event,
+    HistoryEntry,
+    ItemStatus,
+    ReviewInfo,
+    RunReport,
+    StageStatus,
+    SubtaskStatus,
+)
 from .store import MemoryStore, StateStore, open_store
 from .verdicts import Accepted, Rejected, Uncertain
 
@@ -40,11 +51,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "Accepted", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut", "HistoryEntry",
-    "InvalidItemError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
+    "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut",
+    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidStageError", "InvalidTransitionError",
+    "ItemNotFoundError",
     "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
     "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",
     "StageContext", "StageMetrics", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
     "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
-    "UnknownStageError", "open_store", "stage",
+    "UnknownStageError", "chose", "open_store", "stage",
 ]

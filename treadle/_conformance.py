@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol, cast
 
 from ._pytest_compat import pytest
-from .errors import InvalidTransitionError, ItemNotFoundError
+from .errors import InvalidDecisionError, InvalidTransitionError, ItemNotFoundError
 from .pipeline import Pipeline
 from .stage import stage
 from .store.base import CommitResult, Outlook, Shape, StateStore, Transition
@@ -54,12 +54,14 @@ def _conformance_pipeline(on_failure: Literal["stop", "rollback"] = "stop") -> P
     return Pipeline("conformance", [a, b, c, d], on_failure=on_failure)
 
 
+from ._conformance_steer import SteerConformance  # noqa: E402 - after the helpers it imports
+
 OWNER = "test-host:1:owner"
 OTHER = "test-host:2:other"
 DEAD = "dead-owner"  # never registered: recovery treats its claims as a dead runner's
 
 
-class StoreConformance:
+class StoreConformance(SteerConformance):
     """The behaviour every StateStore must have. Subclass with a ``store`` fixture."""
 
     # -- fixtures and helpers --------------------------------------------------
@@ -719,6 +721,93 @@ class StoreConformance:
         ready_store.commit(shape, OWNER, [self.done("i1", "a", output="1")], 0)
         assert ready_store.outlook(shape, ["i1"]) == Outlook(ready=2, running=0)
 
+    def asked(self, store: StateStore, shape: Shape, **record: Any) -> None:
+        """Leave i1's stage ``a`` awaiting review of a record with options, form, assignees."""
+        store.commit(shape, OWNER, [], 1, only=["i1"])
+        review = json.dumps({"data": {"t": 1}, "message": "check", **record})
+        store.commit(shape, OWNER, [self.done("i1", "a", state="awaiting_review",
+                                              review=review)], 0)
+
+    def test_decide_checks_the_choice_before_changing_anything(
+            self, ready_store: StateStore, shape: Pipeline) -> None:
+        """A choice not offered is refused naming the options, the store unchanged; an
+        offered one is the output's ``choice`` and recorded in the history."""
+        self.asked(ready_store, shape, options=["x", "y"], multiple=False, default=None)
+        before = self.snapshot(ready_store, shape, "i1")
+        for choice in ("z", None):
+            with pytest.raises(InvalidDecisionError, match="'x', 'y'"):
+                ready_store.decide(shape, "i1", "a", approve=True, output=None,
+                                   review={"decision": "approved", "reviewer": "r",
+                                           "choice": choice}, actor="r", details={})
+        assert self.snapshot(ready_store, shape, "i1") == before
+        ready_store.decide(shape, "i1", "a", approve=True, output=None,
+                           review={"decision": "approved", "reviewer": "r", "choice": "y"},
+                           actor="r", details={"decision": "approved"})
+        rec = {r.stage: r for r in ready_store.stage_records(shape, "i1")}
+        assert json.loads(rec["a"].output or "null") == {"choice": "y", "data": {"t": 1}}
+        assert json.loads(rec["a"].review or "{}")["choice"] == "y"
+        assert json.loads(ready_store.history(shape, "i1")[-1]["details"])["choice"] == "y"
+
+    def test_decide_checks_a_form_answer_before_changing_anything(
+            self, ready_store: StateStore, shape: Pipeline) -> None:
+        """A form answer of the wrong type is refused naming the field; a right one is
+        stored with the form's defaults."""
+        fields = [{"name": "t", "type": "int", "nullable": False, "required": True,
+                   "default": None},
+                  {"name": "u", "type": "str", "nullable": False, "required": False,
+                   "default": "-"}]
+        self.asked(ready_store, shape, form={"type": None, "fields": fields})
+        before = self.snapshot(ready_store, shape, "i1")
+        with pytest.raises(InvalidDecisionError, match="'t' must be a int") as err:
+            self.decision(ready_store, shape, output='{"t":"1"}')
+        assert err.value.field == "t"
+        assert self.snapshot(ready_store, shape, "i1") == before
+        self.decision(ready_store, shape, output='{"t":2}')
+        rec = {r.stage: r for r in ready_store.stage_records(shape, "i1")}
+        assert json.loads(rec["a"].output or "null") == {"t": 2, "u": "-"}
+
+    def test_decide_refuses_reviewers_not_assigned(self, ready_store: StateStore,
+                                                   shape: Pipeline) -> None:
+        """Only an assignee may decide; the error names them; a timeout may decide anyway."""
+        self.asked(ready_store, shape, assignees=["ana"])
+        before = self.snapshot(ready_store, shape, "i1")
+        with pytest.raises(InvalidTransitionError, match="only be decided by ana"):
+            self.decision(ready_store, shape)  # by rita
+        with pytest.raises(InvalidTransitionError, match="only be decided by ana"):
+            ready_store.request_changes(shape, "i1", "a", feedback="no", actor="rita",
+                                        reviewer="rita")
+        assert self.snapshot(ready_store, shape, "i1") == before
+        ready_store.decide(shape, "i1", "a", approve=False, output=None,
+                           review={"decision": "rejected", "reviewer": None}, actor="timeout",
+                           details={})
+        assert self.states(ready_store, shape, "i1")["a"] == "rejected"
+
+    def test_escalate_review_reassigns_once_and_decides_nothing(
+            self, ready_store: StateStore, shape: Pipeline) -> None:
+        """escalate_review() sets the assignees, records it, stays awaiting; only once."""
+        self.asked(ready_store, shape, assignees=["ana"])
+        assert ready_store.escalate_review(shape, "i1", "a", ["boss"], "timeout") is True
+        assert ready_store.escalate_review(shape, "i1", "a", ["cy"], "timeout") is False
+        rec = {r.stage: r for r in ready_store.stage_records(shape, "i1")}
+        review = json.loads(rec["a"].review or "{}")
+        assert rec["a"].state == "awaiting_review"
+        assert review["assignees"] == review["escalated_to"] == ["boss"]
+        last = ready_store.history(shape, "i1")[-1]
+        assert (last["state"], last["actor"]) == ("escalated", "timeout")
+        assert json.loads(last["details"]) == {"assignees": ["boss"], "previous": ["ana"]}
+        with pytest.raises(InvalidTransitionError):
+            ready_store.escalate_review(shape, "i1", "b", ["boss"], "timeout")
+
+    def test_record_notification_appends_a_history_row(self, ready_store: StateStore,
+                                                       shape: Pipeline) -> None:
+        """A notification record is a ``notified`` history row with its details."""
+        self.asked(ready_store, shape)
+        ready_store.record_notification(shape, "i1", "a", 1, {"request": "r1", "ok": True})
+        last = ready_store.history(shape, "i1")[-1]
+        assert (last["stage"], last["state"], last["attempt"], last["actor"]) == (
+            "a", "notified", 1, "notify")
+        assert json.loads(last["details"]) == {"request": "r1", "ok": True}
+
     def test_overdue_reviews_are_listed_oldest_first(self, ready_store: StateStore,
                                                      shape: Pipeline) -> None:
         """overdue_reviews() lists items awaiting review at a stage for at least the timeout."""
@@ -906,3 +995,91 @@ class StoreConformance:
         bounded = store.stage_metrics(shape, window=300.0, sample=6)
         assert bounded["a"].runs == 0 and bounded["a"].done == 2  # counts are not sampled
         assert bounded["b"].runs == 1
+    # -- finding items and bulk operations ----------------------------------------
+    def four_items(self, store: StateStore, shape: Pipeline) -> None:
+        """i1 fails at a (timeout), i2 completes a, b and c, i3 fails at a (bad_format),
+        i4 awaits review at a; all of a in one commit."""
+        store.submit(shape, [("i3", '{"id":"i3"}'), ("i4", '{"id":"i4"}')], "test")
+        store.commit(shape, OWNER, [], 4)
+        review = json.dumps({"data": {"t": 4}, "message": "check"})
+        store.commit(shape, OWNER, [
+            self.done("i1", "a", state="failed", error="RuntimeError: Upstream TIMEOUT"),
+            self.done("i2", "a", output="1"),
+            self.done("i3", "a", state="failed", error="ValueError: bad_format"),
+            self.done("i4", "a", state="awaiting_review", review=review)], 0)
+        store.commit(shape, OWNER, [], 2, only=["i2"])
+        store.commit(shape, OWNER, [self.done("i2", "b", output="2"), self.done("i2", "c", output="3")], 0)
+
+    def test_find_items_filters_by_stage_state_error_and_since(self, ready_store: StateStore,
+                                                               shape: Pipeline) -> None:
+        """find_items: one match per item, filtered by stage, state, error text (any case,
+        no wildcards) and time, oldest change first, a page at a time."""
+        from .store.query import Filter
+
+        self.four_items(ready_store, shape)
+
+        def found(flt: Filter, limit: int | None = None, offset: int = 0) -> list[tuple[str, str | None]]:
+            return [(m.item_id, m.stage) for m in ready_store.find_items(shape, flt, limit, offset)]
+
+        assert found(Filter(state="failed")) == [("i1", "a"), ("i3", "a")]
+        assert found(Filter(state="failed", error="timeout")) == [("i1", "a")]
+        assert found(Filter(error="BAD_")) == [("i3", "a")]
+        assert found(Filter(error="%")) == [] and found(Filter(error="t_me")) == []  # no wildcards
+        assert found(Filter(state="completed")) == [("i2", "a")]  # once, though three stages match
+        assert found(Filter("b", "completed")) == [("i2", "b")]
+        assert found(Filter("b")) == [("i1", "b"), ("i2", "b"), ("i3", "b"), ("i4", "b")]
+        assert [m.item_id for m in ready_store.find_items(shape, Filter())] == ["i1", "i2", "i3", "i4"]
+        assert found(Filter(state="failed", since=time.time() + 60)) == []
+        assert found(Filter(state="failed", since=0.0)) == [("i1", "a"), ("i3", "a")]
+        assert found(Filter("a"), limit=2, offset=1) == [("i2", "a"), ("i3", "a")]
+        assert found(Filter(state="failed"), limit=1, offset=1) == [("i3", "a")]
+        assert [m.item_id for m in ready_store.find_items(shape, Filter(), 2, 3)] == ["i4"]
+        [m] = ready_store.find_items(shape, Filter("a", "awaiting_review"))
+        assert (m.item_id, m.attempt, json.loads(m.review or "{}")["message"]) == ("i4", 1, "check")
+        [m] = ready_store.find_items(shape, Filter("a", "failed", "TIMEOUT"))
+        assert m.error == "RuntimeError: Upstream TIMEOUT" and m.updated_at > 0
+        assert ready_store.item_ids(shape, None, "failed", 1) == ["i1"]
+
+    def test_decide_many_decides_each_and_skips_what_changed(self, ready_store: StateStore,
+                                                             shape: Pipeline) -> None:
+        """decide_many decides what still awaits review at the version given, one history
+        row each, and skips (unchanged) what does not."""
+        self.to_review(ready_store, shape)
+        ready_store.commit(shape, OWNER, [], 1, only=["i2"])
+        ready_store.commit(shape, OWNER, [self.done("i2", "a", state="awaiting_review",
+                                                    review=json.dumps({"data": 2}))], 0)
+        before = self.snapshot(ready_store, shape, "i2")
+        review = {"decision": "approved", "reviewer": "rita", "note": None}
+        result, skipped = ready_store.decide_many(
+            shape, [("i1", "a", 1), ("i2", "a", 2), ("nope", "a", None), ("i1", "b", None)],
+            approve=True, review=review, actor="rita", details=dict(review))
+        assert [(t.item_id, t.stage, t.output) for t in result.accepted] == [("i1", "a", '{"t":1}')]
+        assert skipped == [("i2", "a"), ("nope", "a"), ("i1", "b")]
+        assert self.snapshot(ready_store, shape, "i2") == before
+        rows = [h for h in ready_store.history(shape, "i1") if h["stage"] == "a" and h["actor"] == "rita"]
+        assert [(h["state"], json.loads(h["details"])["decision"]) for h in rows] == [
+            ("completed", "approved")]
+        claimed = ready_store.commit(shape, OWNER, [], 10, only=["i1"]).claims
+        assert sorted(c.stage for c in claimed) == ["b", "c"]
+
+        reject = {"decision": "rejected", "reviewer": "rita", "note": "dup"}
+        result, skipped = ready_store.decide_many(shape, [("i2", "a", 1), ("i1", "a", None)],
+                                                  approve=False, review=reject, actor="rita",
+                                                  details=dict(reject))
+        assert [t.item_id for t in result.accepted] == ["i2"] and skipped == [("i1", "a")]
+        assert result.finished == [("i2", "rejected")]
+        assert self.states(ready_store, shape, "i2")["a"] == "rejected"
+
+    def test_retry_rows_moves_only_rows_still_failed(self, ready_store: StateStore,
+                                                     shape: Pipeline) -> None:
+        """retry_rows puts back the failed rows given and leaves the others as they are."""
+        self.four_items(ready_store, shape)
+        before = self.snapshot(ready_store, shape, "i2")
+        moved = ready_store.retry_rows(shape, [("i1", "a"), ("i2", "a"), ("i4", "a")], "ops")
+        assert moved == [("i1", "a")]
+        assert self.states(ready_store, shape, "i1")["a"] == "pending"
+        assert self.states(ready_store, shape, "i3")["a"] == "failed"
+        assert self.states(ready_store, shape, "i4")["a"] == "awaiting_review"
+        assert self.snapshot(ready_store, shape, "i2") == before
+        [row] = [h for h in ready_store.history(shape, "i1") if h["actor"] == "ops"]
+        assert (row["stage"], row["state"]) == ("a", "pending")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from . import signals
+from . import _bulk, signals
 from ._diff import json_diff
+from .decisions import TIMEOUT_ACTOR
 from .serialization import normalize_id, to_json
+from .status import BulkResult
 from .store.records import CommitResult, dumps
 
 if TYPE_CHECKING:
+    from ._notify import Notifications
     from .pipeline import Pipeline
     from .store.base import StateStore
 
@@ -27,12 +30,13 @@ class ReviewMixin:
 
     pipeline: Pipeline
     store: StateStore
+    notifications: Notifications
 
     def _prepare(self) -> None: ...
 
     def approve(self, item_id: Any, stage: str, *, data: Any = _UNSET, note: str | None = None,
                 reviewer: str | None = None, attempt: int | None = None,
-                expect: int | None = None) -> None:
+                expect: int | None = None, choice: str | list[str] | None = None) -> None:
         """Complete a stage awaiting review.
 
         Its output becomes ``data`` when given (the reviewer's edit), else the
@@ -47,6 +51,13 @@ class ReviewMixin:
         ``expect`` is the review version the reviewer saw
         (``status(item).stages[stage].review.version``): if the stage was re-run
         since, the decision is refused with ``InvalidTransitionError`` saying so.
+
+        ``choice``: the option picked, for a review that offers ``options`` (a
+        list of them when it allows ``multiple``); for a review with a ``form``,
+        ``data`` is the answer. Either is checked before anything changes:
+        ``InvalidDecisionError`` names the options or the field at fault. A
+        review with ``assignees`` refuses (``InvalidTransitionError``) a
+        ``reviewer`` not among them.
         """
         _check_expect(expect)
         key, stage = self._decision_target(item_id, stage)
@@ -58,7 +69,7 @@ class ReviewMixin:
         if data is not _UNSET:
             output = to_json(data, what="approved data", item_id=key, stage=stage)
         self._decide(key, stage, approve=True, output=output, note=note, reviewer=reviewer,
-                     actor=reviewer or "human", expect=expect)
+                     actor=reviewer or "human", expect=expect, choice=choice)
 
     def reject(self, item_id: Any, stage: str, *, reason: str, reviewer: str | None = None,
                expect: int | None = None) -> None:
@@ -112,21 +123,34 @@ class ReviewMixin:
             f"Stage {stage!r} of item {key!r} is not awaiting review; nothing to approve.",
             item_id=key, stage=stage)
 
-    def approve_all(self, stage: str, *, note: str | None = None,
-                    reviewer: str | None = None) -> list[str]:
-        """Approve, as they are, every item awaiting review at ``stage``; each
-        decision is recorded on its own. Returns the ids approved."""
-        self.pipeline.check_stage(stage)
-        done = []
-        for item_id in self.store.item_ids(self.pipeline, stage, "awaiting_review", None):
-            from .errors import InvalidTransitionError
-            try:
-                self._decide(item_id, stage, approve=True, output=None, note=note,
-                             reviewer=reviewer, actor=reviewer or "human")
-            except InvalidTransitionError:
-                continue  # decided by someone else meanwhile
-            done.append(item_id)
-        return done
+    def approve_all(self, stage: str | None = None, *, where_message: str | None = None,
+                    note: str | None = None, reviewer: str | None = None) -> BulkResult:
+        """Approve, as they are, every stage awaiting review (at ``stage``, or any),
+        or those whose review message contains ``where_message`` (case-insensitive).
+
+        One transaction per batch of 500; each decision is recorded in the
+        history and signalled as :meth:`approve` records one. Reviews decided
+        by someone else meanwhile are skipped (``BulkResult.skipped``).
+        """
+        return self._decide_all(stage, where_message, approve=True, note=note, reviewer=reviewer)
+
+    def reject_all(self, stage: str | None = None, *, reason: str,
+                   where_message: str | None = None, reviewer: str | None = None) -> BulkResult:
+        """Reject every stage awaiting review (at ``stage``, or any; optionally only
+        those whose message contains ``where_message``), like :meth:`approve_all`."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("reject_all() needs a reason, e.g. reason='duplicates'")
+        return self._decide_all(stage, where_message, approve=False, note=reason,
+                                reviewer=reviewer)
+
+    def _decide_all(self, stage: str | None, where_message: str | None, *, approve: bool,
+                    note: str | None, reviewer: str | None) -> BulkResult:
+        if stage is not None:
+            stage = self.pipeline.check_stage(stage)
+        self._prepare()
+        keys = _bulk.select_reviews(self.store, self.pipeline, stage, where_message)
+        return _bulk.decide(self.store, self.pipeline, keys, approve=approve, note=note,
+                            reviewer=reviewer)
 
     def rerun(self, item_id: Any, *, from_stage: str, actor: str = "human") -> list[str]:
         """Send ``from_stage`` and everything downstream back to ``pending``.
@@ -140,7 +164,9 @@ class ReviewMixin:
 
     def apply_review_timeouts(self) -> int:
         """Decide every review that waited past its stage's ``review_timeout``
-        (actor ``timeout``); returns how many were decided."""
+        (actor ``timeout``), or, for a stage with ``escalate_to``, reassign it to
+        those reviewers and notify them (once; nothing is decided). Returns how
+        many were decided or escalated."""
         from .errors import InvalidTransitionError
 
         decided = 0
@@ -148,10 +174,20 @@ class ReviewMixin:
             if spec.review_timeout is None:
                 continue
             for item_id in self.store.overdue_reviews(self.pipeline, name, spec.review_timeout):
+                if spec.escalate_to:
+                    try:
+                        escalated = self.store.escalate_review(
+                            self.pipeline, item_id, name, spec.escalate_to, TIMEOUT_ACTOR)
+                    except InvalidTransitionError:
+                        continue  # decided meanwhile
+                    if escalated:
+                        self.notifications.escalated(item_id, name)
+                        decided += 1
+                    continue
                 try:
                     self._decide(item_id, name, approve=spec.on_timeout == "approve", output=None,
                                  note=f"review timed out after {spec.review_timeout:g} s",
-                                 reviewer=None, actor="timeout")
+                                 reviewer=None, actor=TIMEOUT_ACTOR)
                 except InvalidTransitionError:
                     continue
                 decided += 1
@@ -164,9 +200,11 @@ class ReviewMixin:
 
     def _decide(self, key: str, stage: str, *, approve: bool, output: str | None,
                 note: str | None, reviewer: str | None, actor: str,
-                expect: int | None = None) -> CommitResult:
+                expect: int | None = None, choice: Any = None) -> CommitResult:
         decision = "approved" if approve else "rejected"
         review = {"decision": decision, "reviewer": reviewer, "note": note}
+        if choice is not None:
+            review["choice"] = choice
         details: dict[str, Any] = {"decision": decision, "reviewer": reviewer, "note": note}
         if output is not None:
             original = self._review_data(key, stage)

@@ -90,6 +90,11 @@ class SteerMixin:
         key = normalize_id(item_id) if item_id is not None else None
         return [to_event(r) for r in self.store.events(self.pipeline, since, limit, key)]
 
+    def last_event_id(self) -> int:
+        """The ``id`` of the newest event (0 when there is none): a cursor to follow
+        only what comes next."""
+        return self.store.last_event_id(self.pipeline)
+
     def wait_for_events(self, timeout: float) -> None:
         """Block until a commit may have added events (at most ``timeout`` s): on
         PostgreSQL a notification wakes it, elsewhere it polls."""

@@ -72,6 +72,16 @@ class InvalidTransitionError(TreadleError, ValueError):
         self.state = state
 
 
+class InvalidDecisionError(InvalidTransitionError):
+    """A review decision whose choice or form answer does not fit what the review
+    asked (``field`` names the form field at fault); nothing was changed."""
+
+    def __init__(self, message: str, *, item_id: str | None = None, stage: str | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message, item_id=item_id, stage=stage, state="awaiting_review")
+        self.field = field
+
+
 class ItemNotFoundError(TreadleError, KeyError):
     """No item with that id is in the store for this pipeline."""
 

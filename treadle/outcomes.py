@@ -7,7 +7,7 @@ or did not apply (:class:`Skipped`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -26,10 +26,37 @@ class Review:
 
     ``approve`` completes the stage with the (optionally edited) data as its
     output; ``reject`` stops the item there.
+
+    - ``options``: the reviewer picks one (``multiple=True``: one or more;
+      ``default``: the pick when none is given); the output is then
+      ``{"choice": ..., "data": ...}`` and :func:`treadle.chose` routes on it.
+    - ``form``: an attrs class, a dataclass or ``{name: type}`` (types str,
+      int, float, bool; ``(type, default)`` for an optional field): the
+      reviewer's answer (``approve(data=...)``; the review data pre-fills it)
+      is validated and becomes the output.
+    - ``assignees``: only these reviewer names may decide (default: the
+      stage's ``reviewers``).
     """
 
     data: Any = None
     message: str = ""
+    options: Sequence[str] | None = attrs.field(default=None, kw_only=True)
+    multiple: bool = attrs.field(default=False, kw_only=True)
+    default: Any = attrs.field(default=None, kw_only=True)
+    form: Any = attrs.field(default=None, kw_only=True)
+    assignees: Sequence[str] | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        from .decisions import check_options, form_fields
+
+        check_options(self.options, self.multiple, self.default)
+        if self.form is not None:
+            form_fields(self.form)
+        if self.assignees is not None and (
+                isinstance(self.assignees, str)
+                or not all(isinstance(a, str) and a for a in self.assignees)):
+            raise TypeError(f"Review(assignees=...) takes a list of reviewer names, "
+                            f"got {self.assignees!r}")
 
 
 @attrs.frozen

@@ -6,10 +6,13 @@ import os
 import socket
 import uuid
 from concurrent.futures import Executor
+from datetime import datetime
 from typing import Any
 
-from . import signals
+from . import _bulk, signals
+from ._bulk import make_filter
 from ._changes import ChangesMixin
+from ._notify import Notifications
 from ._review import ReviewMixin
 from ._steer import SteerMixin
 from .engine import Scheduler
@@ -18,7 +21,7 @@ from .metrics import DEFAULT_SAMPLE, DEFAULT_WINDOW, StageMetrics
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
 from .states import ItemState, StageState, SubtaskState
-from .status import HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
+from .status import BulkResult, HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
 from .store.base import StateStore
 from .store.logic import item_state
 
@@ -58,6 +61,7 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
         #: for each run, so two runs never share (or release) each other's claims.
         self.owner = self._new_owner()
         self._prepared = False
+        self.notifications = Notifications(pipeline, store)
 
     def __repr__(self) -> str:
         return f"Runner({self.pipeline.name!r}, {self.store!r}, workers={self.workers})"
@@ -111,6 +115,7 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
     def advance(self, item_id: Any | None = None) -> RunReport:
         """Like :meth:`run` without submitting the source; optionally only one item."""
         self._prepare()
+        self.notifications.start()  # owed ones first; then each new request, off this thread
         self.apply_review_timeouts()
         only = None
         if item_id is not None:
@@ -131,6 +136,12 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
             failures=self._failures(), skipped_downstream=c.skipped_downstream,
             cancelled=c.cancelled, paused=held,
         )
+
+    def wait_notifications(self, timeout: float = 10.0) -> bool:
+        """Wait up to ``timeout`` seconds for the review notifications still being sent
+        (``run()`` never waits for them); True when none is left. A process that ends
+        before they are sent sends them on its next run."""
+        return self.notifications.wait(timeout)
 
     # -- inspecting ----------------------------------------------------------
     def _known(self, item_id: Any) -> str:
@@ -168,7 +179,12 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
                 rv = from_json(r.review)
                 review = ReviewInfo(rv.get("data"), rv.get("message", ""), rv.get("decision"),
                                     rv.get("reviewer"), rv.get("note"), version=r.attempt,
-                                    previous=previous.get(name))
+                                    previous=previous.get(name),
+                                    options=rv.get("options"), multiple=rv.get("multiple", False),
+                                    default=rv.get("default"), choice=rv.get("choice"),
+                                    form=(rv.get("form") or {}).get("fields"),
+                                    assignees=rv.get("assignees") or [],
+                                    escalated_to=rv.get("escalated_to"))
             stages[name] = StageStatus(
                 stage=name, state=StageState(r.state), attempts=r.attempt,
                 output=from_json(r.output), error=r.error, review=review,
@@ -183,18 +199,32 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
                           version=self.store.item_version(self.pipeline, key))
 
     def items(self, stage: str | None = None, state: str | None = None,
-              limit: int | None = None) -> list[ItemStatus]:
-        """Items as :class:`ItemStatus`, oldest first.
+              error: str | None = None, since: datetime | float | None = None,
+              limit: int | None = 100, *, offset: int = 0) -> list[ItemStatus]:
+        """Items as :class:`ItemStatus`, at most ``limit`` (None: all), from ``offset`` on.
 
         With ``stage`` and ``state``: the items whose that stage is in that
-        state. With ``state`` alone: items having any stage in that state.
+        state, oldest change first. With ``state`` alone: items having any
+        stage in that state; ``state="cancelled"`` alone: the cancelled items.
+        ``error``: a stage's last error contains this
+        text (case-insensitive); ``since``: that stage changed at or after this
+        time (a ``datetime``, naive meaning local time, or epoch seconds). The
+        filters given must all hold for one stage row. Without ``state``, items
+        come in submission order. The filtering runs in the store, through its
+        indexes; page with ``offset`` (the next page starts at ``offset + limit``).
         """
-        if stage is not None:
-            self.pipeline.check_stage(stage)
-        if state is not None:
-            state = StageState(state).value
-        ids = self.store.item_ids(self.pipeline, stage, state, limit)
-        return [self.status(i) for i in ids]
+        if state == ItemState.CANCELLED and stage is None and error is None and since is None:
+            # an item-level state (its stages keep theirs): the cancelled items, oldest first
+            ids = [i for i, st in self.store.stored_item_states(self.pipeline, None).items()
+                   if st == ItemState.CANCELLED.value]
+            ids = ids[offset:] if limit is None else ids[offset:offset + limit]
+            return [self.status(i) for i in ids]
+        flt = make_filter(self.pipeline, stage, state, error, since)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+        return [self.status(m.item_id) for m in self.store.find_items(self.pipeline, flt, limit, offset)]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per stage, the number of items in each state (states with none omitted)."""
@@ -255,6 +285,17 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
             self.pipeline.check_stage(stage)
         self._prepare()
         return self.store.retry(self.pipeline, key, stage, actor)
+
+    def retry_all(self, stage: str | None = None, *, error: str | None = None,
+                  actor: str = "api") -> BulkResult:
+        """Every failed (and rejected) stage back to pending, or those of ``stage``, or
+        those whose last error contains ``error`` (case-insensitive); one transaction
+        per batch of 500. Items rolled back, or changed by someone else meanwhile,
+        are skipped (``BulkResult.skipped``)."""
+        flt = make_filter(self.pipeline, stage, error=error)
+        self._prepare()
+        keys = _bulk.select_failed(self.store, self.pipeline, flt.stage, flt.error)
+        return _bulk.retry(self.store, self.pipeline, keys, actor=actor)
 
     # -- summaries -------------------------------------------------------------
     def _item_counts(self) -> dict[str, int]:

@@ -49,6 +49,9 @@ class StageSpec:
     #: What a changed definition does to stored results: "keep" (``plan`` shows them as
     #: stale) or "rerun" (a runner start reruns them); None: the pipeline's ``on_change``.
     on_change: str | None = None
+    reviewers: tuple[str, ...] = ()
+    notify: tuple[Callable[..., Any], ...] = ()
+    escalate_to: tuple[str, ...] = ()
     takes_ctx: bool = True
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
@@ -199,6 +202,14 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("version", "a non-empty string label")
     if opts["on_change"] is not None and opts["on_change"] not in ON_CHANGE:
         raise bad("on_change", "'keep' or 'rerun'")
+    for option in ("reviewers", "escalate_to"):
+        names = opts[option]
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise bad(option, "a list of reviewer names")
+    if opts["escalate_to"] and rt is None:
+        raise bad("escalate_to", "reviewer names together with review_timeout=SECONDS")
+    if not all(callable(n) for n in opts["notify"]):
+        raise bad("notify", "a notifier (a callable) or a list of them")
 
 
 def returned_type(fn: Callable[..., Any]) -> type | None:
@@ -218,8 +229,14 @@ def returned_type(fn: Callable[..., Any]) -> type | None:
 _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
-    output_type=None, version=None, on_change=None,
+    output_type=None, version=None, on_change=None, reviewers=(), notify=(), escalate_to=(),
 )
+
+
+def _notifiers(notify: Any) -> tuple[Any, ...]:
+    if notify is None:
+        return ()
+    return tuple(notify) if isinstance(notify, (list, tuple)) else (notify,)
 
 
 def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
@@ -232,13 +249,17 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     after = options.pop("after", None) or ()
     if isinstance(after, (str, bytes)) or not isinstance(after, Sequence):
         after = (after,) if callable(after) or isinstance(after, str) else tuple(after)
-    _check_options(name, options)
+    for option in ("reviewers", "escalate_to"):
+        if isinstance(options[option], list):
+            options[option] = tuple(options[option])
+    _check_options(name, {**options, "notify": _notifiers(options["notify"])})
     when = options.get("when")
     when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
     rollback = options.get("rollback")
     rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
     if options["output_type"] is None:
         options["output_type"] = returned_type(fn)
+    options["notify"] = _notifiers(options["notify"])
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
         takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
@@ -262,6 +283,9 @@ def stage(
     output_type: type | None = None,
     version: str | None = None,
     on_change: Literal["keep", "rerun"] | None = None,
+    reviewers: Sequence[str] = (),
+    notify: Any = None,
+    escalate_to: Sequence[str] = (),
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -282,12 +306,18 @@ def stage(
     until the label changes. ``on_change`` (``"keep"`` or ``"rerun"``;
     default: the pipeline's) says what a runner does with results made by an
     older definition (docs/changes.md).
+    ``reviewers`` (names) may decide this stage's reviews, nobody else;
+    ``notify`` (a notifier, or a list: see ``treadle.contrib.notify``) is told
+    of each review request; ``escalate_to`` (names, with ``review_timeout``)
+    reassigns and notifies a review nobody decided in time, instead of
+    deciding it.
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
         concurrency=concurrency, gate=gate, on_exhausted=on_exhausted, review=review,
         review_timeout=review_timeout, on_timeout=on_timeout, output_type=output_type,
         version=version, on_change=on_change,
+        reviewers=reviewers, notify=notify, escalate_to=escalate_to,
     )
 
     def decorate(fn: F) -> F:

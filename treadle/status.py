@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import attrs
@@ -36,6 +37,17 @@ class ReviewInfo:
     #: The decision made on an earlier result of this stage, before it was rerun
     #: because its definition changed (``rerun --stale``): decision, reviewer, note, data.
     previous: dict[str, Any] | None = None
+    #: What the review offers: its options (None: approve / reject only), whether
+    #: several may be chosen, the default pick, and the option(s) chosen.
+    options: list[str] | None = None
+    multiple: bool = False
+    default: Any = None
+    choice: Any = None
+    #: The form's fields (name, type, nullable, required, default), or None.
+    form: list[dict[str, Any]] | None = None
+    #: Who may decide (empty: anyone), and whether a review timeout reassigned it.
+    assignees: list[str] = attrs.field(factory=list)
+    escalated_to: list[str] | None = None
 
 
 @attrs.frozen
@@ -135,3 +147,26 @@ class RunReport:
     def ok(self) -> bool:
         """True when no item has failed for good."""
         return self.items.get(ItemState.FAILED.value, 0) == 0
+
+
+@attrs.frozen
+class BulkResult:
+    """What a bulk decision or retry did.
+
+    ``done``: the (item_id, stage) pairs decided or put back to pending, in
+    selection order; ``skipped``: those selected but changed by someone else
+    before their batch ran (decided, re-run or retried meanwhile; for a
+    retry also items rolled back), left as they were.
+    """
+
+    done: list[tuple[str, str]] = attrs.field(factory=list)
+    skipped: list[tuple[str, str]] = attrs.field(factory=list)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The ids of the items in ``done``, each once, in order."""
+        return list(dict.fromkeys(i for i, _ in self.done))
+
+    def by_stage(self) -> dict[str, int]:
+        """How many of ``done`` per stage."""
+        return dict(Counter(s for _, s in self.done))

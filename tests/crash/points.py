@@ -228,7 +228,7 @@ def drive(runner: Runner, reviewer: str, decisions_log: str, rounds: int = 5) ->
     reports = []
     for _ in range(rounds):
         reports.append(runner.run())
-        waiting = sorted(s.item_id for s in runner.items(stage="review", state="awaiting_review"))
+        waiting = sorted(s.item_id for s in runner.items(stage="review", state="awaiting_review", limit=None))
         if not waiting:
             return reports
         for item_id in waiting:

@@ -18,8 +18,13 @@ from ..runner import Runner
 from ..status import RunReport
 from ..store import open_store
 from ..store.urls import mask_text, mask_url
+from . import (
+    bulk,
+    render,
+    steer,  # cancel, pause, resume, events (treadle/cli/steer.py)
+)
+from . import items as items_cli
 from . import plan as change_plan  # definition changes (treadle/cli/plan.py)
-from . import render
 from . import serve as web_serve  # web console (treadle/cli/serve.py)
 from .graph import FORMATS
 from .output import Look, table
@@ -43,7 +48,14 @@ class UsageError(Exception):
     """Bad command-line usage (exit 2)."""
 
 
-READ_ONLY = {"status", "reviews", "history", "serve", "plan"}  # serve: web console
+#: The commands that may create a store; every other one opens it with
+#: ``open_store(url, create=False)``: "no store at ..." (exit 2) where none is.
+CREATES = {"run", "submit"}
+
+
+#: --reviewer: a name for the record, not a login (nothing checks who types it).
+REVIEWER_HELP = ("name recorded with the decision (default: $TREADLE_REVIEWER, else $USER); "
+                 "attribution, not authentication")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -97,28 +109,36 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                   "python -m treadle reviews app.py:pipeline --json")
     reviews.add_argument("--json", action="store_true", help="print JSON")
     reviews.add_argument("--stage", help="only this stage")
+    reviews.add_argument("--mine", action="store_true",
+                         help="only the reviews you may decide (assigned to you, or to nobody)")
+    reviews.add_argument("--reviewer", help="your name for --mine (default: $TREADLE_REVIEWER, "
+                                            "else $USER)")
 
     review = cmd("review", "interactive: approve / edit / reject / skip each waiting review",
                  "EDITOR=nano python -m treadle review app.py:pipeline")
     review.add_argument("--stage", help="only this stage")
-    review.add_argument("--reviewer", help="name recorded with each decision (default: $USER)")
+    review.add_argument("--reviewer", help=REVIEWER_HELP)
 
-    approve = cmd("approve", "approve one stage awaiting review (optionally with edited data)",
-                  "python -m treadle approve app.py:pipeline t1 review --data '{\"title\": \"Fixed\"}'",
-                  item="required")
-    approve.add_argument("stage", metavar="STAGE")
-    approve.add_argument("--data", metavar="JSON", help="the edited data (JSON)")
+    approve = cmd("approve", "approve one stage awaiting review (optionally with edited data), "
+                  "or --all of them", "python -m treadle approve app.py:pipeline t1 review --data "
+                  "'{\"title\": \"Fixed\"}'\n  python -m treadle approve app.py:pipeline --all "
+                  "--stage review --where-message 'looks fine'", item="optional")
+    approve.add_argument("stage", metavar="STAGE", nargs="?")
+    approve.add_argument("--data", metavar="JSON", help="the edited data, or a form's answer (JSON)")
+    approve.add_argument("--choice", action="append", metavar="OPTION",
+                         help="the option chosen, for a review that offers options "
+                              "(repeat it where several may be chosen)")
     approve.add_argument("--note", help="a note kept in the history")
-    approve.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
+    approve.add_argument("--reviewer", help=REVIEWER_HELP)
     approve.add_argument("--expect", type=int, metavar="VERSION",
                          help="the review version you saw (reviews --json lists it); refused "
                               "if the stage was re-run since")
 
-    reject = cmd("reject", "reject one stage awaiting review",
-                 "python -m treadle reject app.py:pipeline t2 review --reason duplicate", item="required")
-    reject.add_argument("stage", metavar="STAGE")
+    reject = cmd("reject", "reject one stage awaiting review, or --all of them",
+                 "python -m treadle reject app.py:pipeline t2 review --reason duplicate", item="optional")
+    reject.add_argument("stage", metavar="STAGE", nargs="?")
     reject.add_argument("--reason", required=True, help="why (kept in the history)")
-    reject.add_argument("--reviewer", help="name recorded with the decision (default: $USER)")
+    reject.add_argument("--reviewer", help=REVIEWER_HELP)
     reject.add_argument("--expect", type=int, metavar="VERSION",
                         help="the review version you saw (reviews --json lists it); refused "
                              "if the stage was re-run since")
@@ -127,6 +147,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                 "python -m treadle retry app.py:pipeline --all-failed", item="optional")
     retry.add_argument("--stage", help="only this stage")
     retry.add_argument("--all-failed", action="store_true", help="every failed item (needed without ITEM)")
+
+    bulk.add_arguments(approve, reject, retry)
 
     rerun = cmd("rerun", "a stage and everything downstream back to pending",
                 "python -m treadle rerun app.py:pipeline t1 --from identify", item="optional")
@@ -138,6 +160,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                   "python -m treadle history app.py:pipeline t1", item="required")
     history.add_argument("--json", action="store_true", help="print JSON")
 
+    items_cli.add_arguments(cmd("items", "list items by stage, state, error and age, a page at a time",
+                                "python -m treadle items app.py:pipeline --state failed "
+                                "--error timeout --since 2h"))
+
     graph = cmd("graph", "print the DAG", "python -m treadle graph app.py:pipeline --format mermaid")
     graph.add_argument("--format", choices=sorted(FORMATS), default="text")
 
@@ -148,6 +174,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     change_plan.add_arguments(cmd("plan", "what the pipeline definition changes for stored "
                                   "items; exit 1 when something needs a decision",
                                   change_plan.EXAMPLE))
+    steer.add_cancel(cmd("cancel", "cancel items: their waiting stages never start, running "
+                         "ones are discarded", "python -m treadle cancel app.py:pipeline t1 t2 "
+                         "--reason 'withdrawn'"))
+    steer.add_pause(cmd("pause", "stop every runner from starting a stage (or any stage)",
+                        "python -m treadle pause app.py:pipeline --stage enrich"), pause=True)
+    steer.add_pause(cmd("resume", "lift a pause (without --stage: every pause)",
+                        "python -m treadle resume app.py:pipeline --stage enrich"), pause=False)
+    steer.add_events(cmd("events", "the committed event feed of every runner; --follow tails it",
+                         "python -m treadle events app.py:pipeline --follow"))
     return p, commands
 
 
@@ -206,9 +241,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
         if args.command == "graph":
             stdout.write(FORMATS[args.format](pipeline) + "\n")
             return 0
-        if args.command in READ_ONLY:
-            _require_existing(url)
-        runner = Runner(pipeline, open_store(url), workers=getattr(args, "workers", 4))
+        store = open_store(url, create=args.command in CREATES)
+        runner = Runner(pipeline, store, workers=getattr(args, "workers", 4))
         return COMMANDS[args.command](args, runner, url, stdin, stdout, stderr)
     except BrokenPipeError:  # e.g. piped into head: not an error
         try:
@@ -230,19 +264,6 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
         return 2
 
 
-def _require_existing(url: str) -> None:
-    """Read-only commands never create an empty SQLite store by mistake."""
-    from ..store.urls import split
-
-    scheme, rest, _ = split(url)
-    path = rest[1:] if rest.startswith("/") else rest
-    if scheme == "sqlite" and path and not os.path.exists(path):
-        raise UsageError(
-            f"no store at {url} (the file {path!r} does not exist); nothing has run with it yet. "
-            "Pass the store you ran with: --db URL, or set TREADLE_DB."
-        )
-
-
 def _target_hint(args: argparse.Namespace, url: str) -> str:
     """TARGET and --db for a next-step command the user can copy and paste."""
     if not args.db:  # the default, or $TREADLE_DB: the same command finds it again
@@ -253,6 +274,10 @@ def _target_hint(args: argparse.Namespace, url: str) -> str:
 
 
 # -- commands -------------------------------------------------------------------
+
+#: How long ``run`` waits at its end for review notifications still being sent.
+NOTIFY_WAIT = 10.0
+
 
 def _run(args: argparse.Namespace, runner: Runner, url: str,
          stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
@@ -304,6 +329,9 @@ def _run(args: argparse.Namespace, runner: Runner, url: str,
     if report is None:
         report = RunReport(0, 0, 0, 0, 0, 0, items=runner.item_counts(), interrupted=True)
     _summary(args, runner, report, tally, url, stdout, submitted=len(new))
+    if not runner.wait_notifications(NOTIFY_WAIT):
+        stderr.write(f"review notifications still unsent after {NOTIFY_WAIT:g} s; "
+                     "the next run sends them\n")
     if tally.interrupted:
         return 130
     return 1 if report.items.get("failed") else 0
@@ -366,6 +394,13 @@ def _summary(args: argparse.Namespace, runner: Runner, report: RunReport, tally:
                   "ends: use a sqlite:/// or postgresql:// store to review them later\n")
     elif waiting:
         out.write(f"{waiting} item(s) await review: python -m treadle review {_target_hint(args, url)}\n")
+    if report.paused:
+        out.write(f"{report.paused} stage run(s) wait on a pause ({_paused_text(runner)}): "
+                  f"python -m treadle resume {_target_hint(args, url)}\n")
+
+
+def _paused_text(runner: Runner) -> str:
+    return ", ".join("the whole pipeline" if s is None else s for s in runner.paused()) or "none"
 
 
 def _submit(args: argparse.Namespace, runner: Runner, url: str,
@@ -395,6 +430,7 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
         stdout.write(json.dumps({"pipeline": runner.pipeline.name, "store": mask_url(url),
                                  "stages": counts,
                                  "items": runner.item_counts(),
+                                 "paused": runner.paused(),
                                  "metrics": render.metrics_json(metrics)},
                                 indent=2) + "\n")
         return 0
@@ -403,6 +439,8 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
     stdout.write(render.counts_table(counts, look) + "\n")
     items = runner.item_counts()
     stdout.write("items: " + (", ".join(f"{n} {s}" for s, n in sorted(items.items())) or "none") + "\n")
+    if runner.paused():
+        stdout.write(f"paused: {_paused_text(runner)} (python -m treadle resume lifts it)\n")
     stdout.write("\nstage metrics (runs: the newest history rows; per min: the last "
                  f"{render.seconds(args.window)}):\n" + render.metrics_table(metrics, look) + "\n")
     return 0
@@ -411,7 +449,7 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
 def _waiting(runner: Runner, stage: str | None) -> list[tuple[str, str, Any]]:
     if stage is not None:
         runner.pipeline.check_stage(stage)
-    return [(s.item_id, name, st.review) for s in runner.items(state="awaiting_review")
+    return [(s.item_id, name, st.review) for s in runner.items(state="awaiting_review", limit=None)
             for name, st in s.stages.items()
             if st.state == "awaiting_review" and (stage is None or name == stage)]
 
@@ -419,11 +457,15 @@ def _waiting(runner: Runner, stage: str | None) -> list[tuple[str, str, Any]]:
 def _reviews(args: argparse.Namespace, runner: Runner, url: str,
              stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     waiting = _waiting(runner, args.stage)
+    if args.mine:
+        me = _reviewer(args)
+        waiting = [w for w in waiting if not (w[2] and w[2].assignees) or me in w[2].assignees]
     if args.json:
         stdout.write(json.dumps([{"item_id": i, "stage": s, "message": r.message if r else "",
                                   "data": r.data if r else None,
                                   "version": r.version if r else None,
-                                  "previous": r.previous if r else None} for i, s, r in waiting],
+                                  "previous": r.previous if r else None, **_asks(r)}
+                                 for i, s, r in waiting],
                                 indent=2) + "\n")
         return 0
     if not waiting:
@@ -431,15 +473,32 @@ def _reviews(args: argparse.Namespace, runner: Runner, url: str,
         return 0
     rows = [[i, s, r.message + render.earlier(r) if r else "", render.whole(r.data if r else None)]
             for i, s, r in waiting]
-    stdout.write(table(["item", "stage", "message", "data"], rows,  # whole: wrapped, never cut
-                       Look.of(stdout)) + "\n")
+    headers = ["item", "stage", "message", "data"]
+    if any(r and (r.options or r.form or r.assignees) for _, _, r in waiting):
+        headers += ["asks", "assigned to"]
+        for row, (_, _, r) in zip(rows, waiting, strict=True):
+            asks = ("choose " + "/".join(r.options) if r and r.options else
+                    "form: " + ", ".join(f["name"] for f in r.form) if r and r.form else "")
+            row += [asks, ", ".join(r.assignees) if r else ""]
+    stdout.write(table(headers, rows, Look.of(stdout)) + "\n")  # whole: wrapped, never cut
     stdout.write(f"decide them with: python -m treadle review {_target_hint(args, url)}\n")
     return 0
+
+
+def _asks(review: Any) -> dict[str, Any]:
+    """What a review asks beyond approve / reject (for ``reviews --json``)."""
+    if review is None:
+        return {}
+    asks = {"options": review.options, "multiple": review.multiple if review.options else None,
+            "default": review.default, "form": review.form, "assignees": review.assignees or None}
+    return {k: v for k, v in asks.items() if v is not None}
 
 
 def _reviewer(args: argparse.Namespace) -> str:
     if args.reviewer:
         return str(args.reviewer)
+    if os.environ.get("TREADLE_REVIEWER"):
+        return os.environ["TREADLE_REVIEWER"]
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001
@@ -468,14 +527,27 @@ def _review(args: argparse.Namespace, runner: Runner, url: str,
     return 0
 
 
+def _one_decision(args: argparse.Namespace, name: str) -> None:
+    if args.item is None or args.stage is None:
+        raise UsageError(f"{name} needs ITEM STAGE, or --all (with --stage S, --where-message TEXT)")
+    if args.only_stage is not None or args.where_message is not None:
+        raise UsageError(f"--stage and --where-message go with {name} --all")
+
+
 def _approve(args: argparse.Namespace, runner: Runner, url: str,
              stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    if args.all:
+        return bulk.decide(args, runner, True, _reviewer(args), _target_hint(args, url), stdin, stdout)
+    _one_decision(args, "approve")
     kwargs: dict[str, Any] = {}
     if args.data is not None:
         kwargs["data"] = _json_arg(args.data, "--data")
+    if args.choice:
+        kwargs["choice"] = args.choice[0] if len(args.choice) == 1 else args.choice
     runner.approve(args.item, args.stage, note=args.note, reviewer=_reviewer(args),
                    expect=args.expect, **kwargs)
     stdout.write(f"approved {args.item} at {args.stage}"
+                 f"{' choosing ' + ', '.join(args.choice) if args.choice else ''}"
                  f"{' with edited data' if 'data' in kwargs else ''}; "
                  f"continue with: python -m treadle run {_target_hint(args, url)}\n")
     return 0
@@ -483,6 +555,9 @@ def _approve(args: argparse.Namespace, runner: Runner, url: str,
 
 def _reject(args: argparse.Namespace, runner: Runner, url: str,
             stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    if args.all:
+        return bulk.decide(args, runner, False, _reviewer(args), _target_hint(args, url), stdin, stdout)
+    _one_decision(args, "reject")
     runner.reject(args.item, args.stage, reason=args.reason, reviewer=_reviewer(args),
                   expect=args.expect)
     stdout.write(f"rejected {args.item} at {args.stage}\n")
@@ -493,6 +568,11 @@ def _retry(args: argparse.Namespace, runner: Runner, url: str,
            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     if args.item is None and not args.all_failed:
         raise UsageError("retry needs an ITEM, or --all-failed to retry every failed item")
+    if args.item is None:
+        return bulk.retry(args, runner, f"cli:{_reviewer_default()}", _target_hint(args, url),
+                          stdin, stdout)
+    if args.error is not None:
+        raise UsageError("--error goes with retry --all-failed (without ITEM)")
     moved = runner.retry(args.item, stage=args.stage, actor=f"cli:{_reviewer_default()}")
     for item_id, stage in moved:
         stdout.write(f"{item_id} {stage} -> pending\n")
@@ -532,9 +612,26 @@ def _history(args: argparse.Namespace, runner: Runner, url: str,
     return 0
 
 
+def _cancel(args: argparse.Namespace, runner: Runner, url: str,
+            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    args.actor = _reviewer_default()
+    return steer.cancel(args, runner, lambda q: bulk.confirm(q, args.yes, stdin, stdout), stdout)
+
+
+def _pause(args: argparse.Namespace, runner: Runner, url: str,
+           stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    args.actor = _reviewer_default()
+    if args.command == "pause":
+        return steer.pause(args, runner, stdout)
+    return steer.resume(args, runner, stdout)
+
+
 COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
+    "items": items_cli.run,
     "serve": web_serve.run,  # web console: treadle/cli/serve.py
     "plan": change_plan.run,  # definition changes: treadle/cli/plan.py
+    "cancel": _cancel, "pause": _pause, "resume": _pause,  # treadle/cli/steer.py
+    "events": lambda args, runner, url, stdin, stdout, stderr: steer.events(args, runner, stdout),
 }

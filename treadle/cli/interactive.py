@@ -10,8 +10,10 @@ import tempfile
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ..decisions import parse_field
 from ..errors import InvalidTransitionError
 from ..runner import Runner
+from ..status import ReviewInfo
 
 PROMPT = "[a]pprove, [e]dit, [r]eject, [c]hanges, [s]kip, [q]uit? "
 
@@ -48,11 +50,86 @@ def _required(ask: Callable[[str], str], out: TextIO, prompt: str, missing: str)
     return text
 
 
+def ask_choice(review: ReviewInfo, ask: Callable[[str], str], out: TextIO) -> tuple[bool, Any]:
+    """Ask for the option(s) of a review that offers some; (False, None) if abandoned."""
+    options = review.options or []
+    out.write("options: " + "  ".join(f"{n}) {o}" for n, o in enumerate(options, 1)) + "\n")
+    default = review.default
+    hint = "" if default is None else (
+        f" [{default}]" if isinstance(default, str) else f" [{', '.join(default)}]")
+    what = "one or more, comma-separated" if review.multiple else "one"
+    while True:
+        text = ask(f"choose {what}{hint} (empty: back): ").strip()
+        if not text:
+            return (True, default) if default is not None else (False, None)
+        picks = [p.strip() for p in text.split(",")] if review.multiple else [text]
+        chosen = [options[int(p) - 1] if p.isdigit() and 0 < int(p) <= len(options) else p
+                  for p in picks]
+        if all(c in options for c in chosen):
+            return True, (chosen if review.multiple else chosen[0])
+        out.write(f"please choose from {', '.join(options)}\n")
+
+
+def ask_form(review: ReviewInfo, ask: Callable[[str], str], out: TextIO) -> tuple[bool, Any]:
+    """Ask for each field of a review's form, the review data's values as defaults."""
+    prefill = review.data if isinstance(review.data, dict) else {}
+    answer: dict[str, Any] = {}
+    for field in review.form or []:
+        name = field["name"]
+        default = prefill.get(name, None if field["required"] else field["default"])
+        shown = "" if default is None else f" [{json.dumps(default, ensure_ascii=False)}]"
+        required = ", required" if field["required"] else ""
+        while True:
+            try:
+                text = ask(f"{name} ({field['type']}{required}){shown}: ")
+            except EOFError:
+                return False, None
+            if not text.strip():
+                if default is not None:
+                    answer[name] = default
+                elif field["required"]:
+                    out.write(f"{name} is required\n")
+                    continue
+                break
+            try:
+                answer[name] = parse_field(text, field)
+                break
+            except ValueError as exc:
+                out.write(f"{exc}\n")
+    return True, answer
+
+
+def _asks(review: ReviewInfo | None, out: TextIO) -> None:
+    if review is None:
+        return
+    if review.form:
+        out.write("form: " + ", ".join(f"{f['name']} ({f['type']})" for f in review.form) + "\n")
+    if review.assignees:
+        out.write(f"assigned to: {', '.join(review.assignees)}\n")
+
+
+def _approve(runner: Runner, item_id: str, stage: str, review: ReviewInfo | None,
+             ask: Callable[[str], str], out: TextIO, reviewer: str, version: int | None,
+             data: Any = None) -> bool:
+    """Approve, asking the form's fields and the choice first; False if abandoned."""
+    kwargs: dict[str, Any] = {} if data is None else {"data": data}
+    if review is not None and review.form and data is None:
+        ok, kwargs["data"] = ask_form(review, ask, out)
+        if not ok:
+            return False
+    if review is not None and review.options:
+        ok, kwargs["choice"] = ask_choice(review, ask, out)
+        if not ok:
+            return False
+    runner.approve(item_id, stage, reviewer=reviewer, expect=version, **kwargs)
+    return True
+
+
 def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out: TextIO,
                 stage: str | None = None) -> dict[str, int]:
     """Walk the inbox oldest first; each decision is written as it is made."""
     tally = dict.fromkeys(("approved", "edited", "rejected", "changes", "skipped"), 0)
-    inbox = [(s.item_id, name, st) for s in runner.items(state="awaiting_review")
+    inbox = [(s.item_id, name, st) for s in runner.items(state="awaiting_review", limit=None)
              for name, st in s.stages.items()
              if st.state == "awaiting_review" and (stage is None or name == stage)]
     if not inbox:
@@ -66,6 +143,7 @@ def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out
         if review and review.message:
             out.write(f"{review.message}\n")
         out.write(json.dumps(review.data if review else None, indent=2, ensure_ascii=False) + "\n")
+        _asks(review, out)
         for rec in st.attempt_log:
             v = rec.get("verdict", {})
             why = v.get("message") or v.get("reason") or v.get("note") or ""
@@ -78,13 +156,16 @@ def review_loop(runner: Runner, *, reviewer: str, ask: Callable[[str], str], out
                 return tally
             try:
                 if choice in ("a", "approve"):
-                    runner.approve(item_id, name, reviewer=reviewer, expect=version)
+                    if not _approve(runner, item_id, name, review, ask, out, reviewer, version):
+                        continue
                     tally["approved"] += 1
                 elif choice in ("e", "edit"):
                     ok, data = edit_json(review.data if review else None, ask, out)
                     if not ok:
                         continue
-                    runner.approve(item_id, name, data=data, reviewer=reviewer, expect=version)
+                    if not _approve(runner, item_id, name, review, ask, out, reviewer, version,
+                                    data=data):
+                        continue
                     tally["edited"] += 1
                 elif choice in ("r", "reject"):
                     reason = _required(ask, out, "reason: ", "a rejection needs a reason")

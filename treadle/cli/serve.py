@@ -9,8 +9,6 @@ from typing import Any, TextIO
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
-#: Connections the kernel queues before uvicorn accepts them (uvicorn's default).
-BACKLOG = 2048
 
 
 def add_arguments(c: argparse.ArgumentParser) -> None:
@@ -30,7 +28,7 @@ def run(args: argparse.Namespace, runner: Any, url: str, stdin: TextIO, stdout: 
     from ..store.urls import mask_url
     from . import UsageError
 
-    # main() refused a missing store before opening it ("serve" is in READ_ONLY).
+    # main() refused a missing or foreign store before opening it (open_store(create=False)).
     try:
         import uvicorn
 
@@ -83,9 +81,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    # Listen before the URL is printed: a client that connects at once is queued
-    # by the kernel until uvicorn accepts, never refused.
-    sock.listen(BACKLOG)
+    sock.listen(128)  # before the URL is printed: a client that is quick is queued, not refused
     sock.set_inheritable(True)
     return sock
 

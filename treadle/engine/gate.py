@@ -98,6 +98,8 @@ async def judge(spec: StageSpec, item: Any, ctx: Any, value: Any, output: str, p
 
     def review(message: str, escalated: bool = False) -> Transition:
         data = {"data": plain, "message": message, "escalated": escalated, "attempts": attempts}
+        if spec.reviewers:
+            data["assignees"] = list(spec.reviewers)
         return Transition(item_id, stage, attempt, StageState.AWAITING_REVIEW.value,
                           review=json.dumps(data, separators=(",", ":")),
                           verdict=kind, escalated=escalated,

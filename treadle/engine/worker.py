@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from .. import instrument
 from .._crash import crash_point
+from ..decisions import review_record
 from ..errors import SerializationError, StageTimeout
 from ..outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
 from ..serialization import ItemCodec, to_json
@@ -121,7 +122,8 @@ async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, po
         item = codec.load(item_json)
         if spec.when is not None and not await resolve(
                 spec.when(item, ctx) if spec.when_takes_ctx else spec.when(item), sync):
-            reason = "condition false"
+            why_not = getattr(spec.when, "why_not", None)
+            reason = why_not(ctx) if why_not is not None else "condition false"
             return (Transition(item_id, stage, attempt, StageState.SKIPPED.value,
                                details=json.dumps({"reason": reason})), reason)
         outcome = to_outcome(await resolve(spec.call(item, ctx), sync))
@@ -133,7 +135,7 @@ async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, po
             return Transition(item_id, stage, attempt, StageState.COMPLETED.value,
                               output=output), outcome.output
         if isinstance(outcome, Review):
-            review = to_json({"data": outcome.data, "message": outcome.message},
+            review = to_json(review_record(outcome, spec.reviewers),
                              what="review data", item_id=item_id, stage=stage)
             return Transition(item_id, stage, attempt, StageState.AWAITING_REVIEW.value,
                               review=review), outcome.data

@@ -5,18 +5,24 @@ from __future__ import annotations
 from ..errors import StoreError
 from .base import StateStore
 from .memory import MemoryStore
-from .urls import mask_url, split
+from .urls import mask_url, no_store, split
 
 __all__ = ["MemoryStore", "StateStore", "open_store"]
 
 
-def open_store(url: str = "sqlite:///treadle.db") -> StateStore:
+def open_store(url: str = "sqlite:///treadle.db", *, create: bool = True) -> StateStore:
     """Open (creating if needed) the store at ``url``.
 
     - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``; query
       options ``synchronous=full|normal`` and ``busy_timeout=SECONDS``.
     - ``postgresql://user:password@host:5432/db``: PostgreSQL (``treadle[postgres]``).
     - ``memory://``: an in-process store, gone when the process ends.
+
+    With ``create=False`` nothing is created or changed where no store is: a
+    missing or empty SQLite file, an SQLite file without treadle's tables, a
+    PostgreSQL database (or ``schema=``) without them, or ``memory://`` (empty
+    in a new process) raise :class:`~treadle.StoreError` starting "no store at";
+    what only reads or decides opens its store this way.
 
     Raises :class:`~treadle.StoreError` for an unknown scheme, an unreachable
     database, or a store written by a newer treadle.
@@ -25,6 +31,9 @@ def open_store(url: str = "sqlite:///treadle.db") -> StateStore:
         raise StoreError(f"A store URL must be a string like 'sqlite:///pipeline.db', got {url!r}.")
     scheme, rest, query = split(url)
     if scheme == "memory":
+        if not create:
+            raise no_store(url, "an in-process store lives only in the process that made it, "
+                                "so this one is empty")
         return MemoryStore()
     if scheme == "sqlite":
         from .sqlite import SqliteStore
@@ -43,11 +52,11 @@ def open_store(url: str = "sqlite:///treadle.db") -> StateStore:
         except ValueError:
             raise StoreError(f"busy_timeout in {url!r} must be a number of seconds.") from None
         return SqliteStore(url, path, synchronous=query.get("synchronous", "full").lower(),
-                           busy_timeout=timeout)
+                           busy_timeout=timeout, create=create)
     if scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, create=create)
     raise StoreError(
         f"Unknown store URL {mask_url(url)!r}; use sqlite:///path/to/file.db, "
         "postgresql://user@host/db or memory://."

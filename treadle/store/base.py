@@ -27,6 +27,7 @@ from ..metrics import StageMetrics
 from ..states import StageState
 from . import changes, control, fanout, flow, human, rollback
 from .logic import item_state
+from .query import Filter, Match
 from .records import (
     CANCELLED,
     FAILED,
@@ -92,6 +93,7 @@ class StateStore(Protocol):
     def events(self, shape: Shape, since: int, limit: int,
                item_id: str | None = None) -> list[dict[str, Any]]: ...
     def wait_for_events(self, shape: Shape, timeout: float) -> None: ...
+    def last_event_id(self, shape: Shape) -> int: ...
     # -- rollbacks
     def claim_rollbacks(self, shape: Shape, owner: str, limit: int,
                         only: Sequence[str] | None = None) -> list[tuple[str, list[str]]]: ...
@@ -107,6 +109,8 @@ class StateStore(Protocol):
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]: ...
     def item_ids(self, shape: Shape, stage: str | None, state: str | None,
                  limit: int | None) -> list[str]: ...
+    def find_items(self, shape: Shape, flt: Filter, limit: int | None = None,
+                   offset: int = 0) -> list[Match]: ...
     def counts(self, shape: Shape) -> dict[str, dict[str, int]]: ...
     def history(self, shape: Shape, item_id: str) -> list[dict[str, Any]]: ...
     def stage_metrics(self, shape: Shape, *, window: float, sample: int) -> dict[str, StageMetrics]: ...
@@ -118,6 +122,11 @@ class StateStore(Protocol):
                output: str | None, review: dict[str, Any], actor: str,
                details: dict[str, Any], expect: int | None = None) -> CommitResult: ...
     def rerun(self, shape: Shape, item_id: str, stage: str, actor: str) -> list[str]: ...
+    def decide_many(self, shape: Shape, keys: Sequence[tuple[str, str, int | None]], *,
+                    approve: bool, review: dict[str, Any], actor: str,
+                    details: dict[str, Any]) -> tuple[CommitResult, list[tuple[str, str]]]: ...
+    def retry_rows(self, shape: Shape, rows: Sequence[tuple[str, str]],
+                   actor: str) -> list[tuple[str, str]]: ...
     def request_changes(self, shape: Shape, item_id: str, stage: str, *, feedback: Any,
                         actor: str, reviewer: str | None, expect: int | None = None) -> None: ...
     def overdue_reviews(self, shape: Shape, stage: str, timeout: float) -> list[str]: ...
@@ -130,6 +139,10 @@ class StateStore(Protocol):
                     actor: str) -> list[tuple[str, str]]: ...
     def migrate_items(self, shape: Shape, from_version: str | None, to_version: str,
                       fn: Callable[[str], str], limit: int, actor: str) -> int: ...
+    def escalate_review(self, shape: Shape, item_id: str, stage: str,
+                        assignees: Sequence[str], actor: str) -> bool: ...
+    def record_notification(self, shape: Shape, item_id: str, stage: str, version: int,
+                            details: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -258,6 +271,18 @@ class BaseStore(abc.ABC):
         outputs = tx.completed_outputs(shape.name, need) if need else {}
         return [Claim(i, s, a, items[i], outputs.get(i, {})) for i, s, a in rows]
 
+    @abc.abstractmethod
+    def find_items(self, shape: Shape, flt: Filter, limit: int | None = None,
+                   offset: int = 0) -> list[Match]:
+        """One :class:`~treadle.store.query.Match` per item passing ``flt``: oldest change
+        first when ``flt.state`` is given, else in submission order; the page
+        ``[offset, offset + limit)`` of them."""
+
+    def item_ids(self, shape: Shape, stage: str | None, state: str | None,
+                 limit: int | None) -> list[str]:
+        """Ids of the items having ``stage`` (or any stage) in ``state`` (see ``find_items``)."""
+        return [m.item_id for m in self.find_items(shape, Filter(stage, state), limit)]
+
     def item_state_counts(self, shape: Shape) -> dict[str, int]:
         """Number of items in each item-level state (one pass over the stage rows)."""
         per_item: dict[str, dict[str, tuple[str, bool]]] = {}
@@ -376,6 +401,22 @@ class BaseStore(abc.ABC):
             return human.decide(tx, shape, item_id, stage, approve=approve, output=output,
                                 review=review, actor=actor, details=details, expect=expect)
 
+    def decide_many(self, shape: Shape, keys: Sequence[tuple[str, str, int | None]], *,
+                    approve: bool, review: dict[str, Any], actor: str,
+                    details: dict[str, Any]) -> tuple[CommitResult, list[tuple[str, str]]]:
+        """Approve or reject many (item, stage, review version) in one transaction; those
+        no longer awaiting review at that version are skipped (and returned)."""
+        with self.transaction() as tx:
+            return human.decide_many(tx, shape, keys, approve=approve, review=review,
+                                     actor=actor, details=details)
+
+    def retry_rows(self, shape: Shape, rows: Sequence[tuple[str, str]],
+                   actor: str) -> list[tuple[str, str]]:
+        """Failed (or rejected) (item, stage) rows back to pending in one transaction;
+        returns those moved (rows in another state meanwhile are left as they are)."""
+        with self.transaction() as tx:
+            return human.retry_rows(tx, shape, rows, actor)
+
     def request_changes(self, shape: Shape, item_id: str, stage: str, *, feedback: Any,
                         actor: str, reviewer: str | None, expect: int | None = None) -> None:
         """Send a stage awaiting review back to pending with the reviewer's feedback."""
@@ -410,6 +451,17 @@ class BaseStore(abc.ABC):
         with self._item_cache_lock:
             self._item_cache.pop(shape.name, None)  # items changed: forget their JSON
         return done
+    def escalate_review(self, shape: Shape, item_id: str, stage: str,
+                        assignees: Sequence[str], actor: str) -> bool:
+        """Reassign a stage awaiting review to ``assignees``, once (False if it already was)."""
+        with self.transaction() as tx:
+            return human.escalate(tx, shape, item_id, stage, assignees, actor)
+
+    def record_notification(self, shape: Shape, item_id: str, stage: str, version: int,
+                            details: dict[str, Any]) -> None:
+        """Record one notification of a review request (a ``notified`` history row)."""
+        with self.transaction() as tx:
+            human.record_notification(tx, shape, item_id, stage, version, details)
 
 
 __all__ = [

@@ -12,8 +12,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .. import decisions
 from .._crash import crash_point
-from ..errors import InvalidTransitionError
+from ..errors import InvalidDecisionError, InvalidTransitionError
 from .control import cancelled_refusal
 from .flow import advance, finish
 from .logic import deps_done
@@ -36,6 +37,9 @@ from .records import (
 )
 from .tx import Tx
 
+#: History states of the review requests' escalations and notifications.
+ESCALATED = "escalated"
+NOTIFIED = "notified"
 _ALL_BUT_RUNNING = ("pending", "completed", "skipped", "awaiting_review", "rejected", "failed",
                     "rolled_back")
 
@@ -93,10 +97,19 @@ def decide(tx: Tx, shape: Shape, item_id: str, stage: str, *, approve: bool,
            expect: int | None = None) -> CommitResult:
     """Approve (complete with ``output``, or the review data when None) or reject one
     stage awaiting review, at review version ``expect`` when given."""
-    details_json = dumps(details, what="decision record", item_id=item_id, stage=stage)
     dumps(review, what="review decision", item_id=item_id, stage=stage)
     row = awaiting_row(tx, shape, item_id, stage, expect)
     stored = json.loads(row.review) if row.review else {}
+    decisions.check_assignee(stored, review.get("reviewer"), actor, item_id, stage)
+    if approve:  # a choice and a form answer are checked here, before anything changes
+        output, choice = decisions.resolve(stored, output, review.get("choice"), item_id, stage)
+        if choice is not None:
+            review, details = {**review, "choice": choice}, {**details, "choice": choice}
+    elif review.get("choice") is not None:
+        raise InvalidDecisionError(
+            f"Stage {stage!r} of item {item_id!r}: a rejection makes no choice.",
+            item_id=item_id, stage=stage)
+    details_json = dumps(details, what="decision record", item_id=item_id, stage=stage)
     if approve and output is None:
         output = dumps(stored.get("data"), what="review data", item_id=item_id, stage=stage)
     state = COMPLETED if approve else REJECTED
@@ -113,12 +126,51 @@ def decide(tx: Tx, shape: Shape, item_id: str, stage: str, *, approve: bool,
     return CommitResult([t], [], skipped, finished, [])
 
 
+def decide_many(tx: Tx, shape: Shape, keys: Sequence[tuple[str, str, int | None]], *,
+                approve: bool, review: dict[str, Any], actor: str, details: dict[str, Any]
+                ) -> tuple[CommitResult, list[tuple[str, str]]]:
+    """Approve (each with its review data as output) or reject many (item, stage,
+    review version) at once, each recorded in the history as :func:`decide` records
+    one. A row no longer awaiting review at that version (decided or re-run by
+    someone else meanwhile) is skipped: returns the result and the rows skipped."""
+    details_json = dumps(details, what="decision record")
+    dumps(review, what="review decision")
+    state = COMPLETED if approve else REJECTED
+    done: list[Transition] = []
+    skipped: list[tuple[str, str]] = []
+    # Locked as a single decision locks them (no claim slips in meanwhile), in one
+    # order, so that two bulk decisions never wait for each other in a circle.
+    for item_id in sorted({i for i, _, _ in keys}):
+        tx.lock_stage_rows(shape.name, item_id)
+    for item_id, stage, version in keys:
+        row = tx.rows(shape.name, item_id).get(stage)
+        if row is None or row.state != AWAITING or version not in (None, row.attempt):
+            skipped.append((item_id, stage))
+            continue
+        stored = json.loads(row.review) if row.review else {}
+        output = (dumps(stored.get("data"), what="review data", item_id=item_id, stage=stage)
+                  if approve else None)
+        new_review = dumps({**stored, **review}, what="review", item_id=item_id, stage=stage)
+        if not tx.cas(shape.name, item_id, stage, AWAITING, state, output=output,
+                      review=new_review, attempt=row.attempt):
+            skipped.append((item_id, stage))
+            continue
+        done.append(Transition(item_id, stage, row.attempt, state, output=output))
+    tx.append_history(shape.name, [HistoryRow(t.item_id, t.stage, state, t.attempt, actor,
+                                              details=details_json) for t in done])
+    skipped_down, check = advance(tx, shape, actor, done)
+    finished = finish(tx, shape, check)
+    return CommitResult(done, [], skipped_down, finished, []), skipped
+
+
 def request_changes(tx: Tx, shape: Shape, item_id: str, stage: str, *, feedback: Any,
                     actor: str, reviewer: str | None, expect: int | None = None) -> None:
     """Send a stage awaiting review back to pending with the reviewer's feedback."""
     details = dumps({"feedback": feedback, "reviewer": reviewer}, what="feedback",
                     item_id=item_id, stage=stage)
     row = awaiting_row(tx, shape, item_id, stage, expect)
+    decisions.check_assignee(json.loads(row.review) if row.review else {}, reviewer, actor,
+                             item_id, stage)
     if not tx.set_state(shape.name, [(item_id, stage)], PENDING, (AWAITING,), ready=True):
         raise not_awaiting(item_id, stage, "changed concurrently")
     tx.append_history(shape.name, [HistoryRow(item_id, stage, "changes_requested", row.attempt,
@@ -142,6 +194,14 @@ def retry(tx: Tx, shape: Shape, item_id: str | None, stage: str | None,
         tx.require_item(shape.name, item_id)
         if tx.item_states(shape.name, [item_id]).get(item_id) == CANCELLED:
             raise cancelled_refusal(item_id, "be retried")
+    return retry_rows(tx, shape, rows, actor, item_id=item_id)
+
+
+def retry_rows(tx: Tx, shape: Shape, rows: Sequence[tuple[str, str]], actor: str, *,
+               item_id: str | None = None) -> list[tuple[str, str]]:
+    """These failed (or rejected) (item, stage) rows back to pending; rows in another
+    state are left as they are. Items rolled back are skipped, or refused when
+    ``item_id`` names the one item retried. Returns the rows moved."""
     items = {i for i, _ in rows}
     _refuse_rolling_back(tx, shape, items, "retry")
     cancelled = {i for i, st in tx.item_states(shape.name, items).items() if st == CANCELLED}
@@ -244,12 +304,43 @@ def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str,
     return [s for s in targets if s in names]
 
 
+def escalate(tx: Tx, shape: Shape, item_id: str, stage: str, assignees: Sequence[str],
+             actor: str) -> bool:
+    """Reassign a stage awaiting review to ``assignees`` (once: False if it already was).
+
+    Nothing is decided; the history records the escalation and who had it before.
+    """
+    row = awaiting_row(tx, shape, item_id, stage)
+    stored = json.loads(row.review) if row.review else {}
+    if stored.get("escalated_to"):
+        return False
+    details = dumps({"assignees": list(assignees), "previous": stored.get("assignees") or []},
+                    what="escalation record", item_id=item_id, stage=stage)
+    review = dumps({**stored, "assignees": list(assignees), "escalated_to": list(assignees)},
+                   what="review", item_id=item_id, stage=stage)
+    if not tx.cas(shape.name, item_id, stage, AWAITING, AWAITING, output=None, review=review,
+                  attempt=row.attempt):
+        raise not_awaiting(item_id, stage, "changed concurrently")
+    tx.append_history(shape.name, [HistoryRow(item_id, stage, ESCALATED, row.attempt, actor,
+                                              details=details)])
+    return True
+
+
+def record_notification(tx: Tx, shape: Shape, item_id: str, stage: str, version: int,
+                        details: dict[str, Any]) -> None:
+    """Record one notification of a review request (sent, or failed with its error)."""
+    tx.append_history(shape.name, [HistoryRow(
+        item_id, stage, NOTIFIED, version, "notify",
+        details=dumps(details, what="notification record", item_id=item_id, stage=stage))])
+
+
 def overdue_reviews(tx: Tx, shape: Shape, stage: str, timeout: float) -> list[str]:
     """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""
     return tx.overdue(shape.name, stage, tx.now - timeout)
 
 
 __all__: Sequence[str] = [
-    "awaiting_row", "decide", "not_awaiting", "overdue_reviews", "request_changes", "rerun",
-    "retry", "rolling_back", "version_changed",
+    "ESCALATED", "NOTIFIED", "awaiting_row", "decide", "decide_many", "escalate", "not_awaiting",
+    "overdue_reviews", "record_notification", "request_changes", "rerun", "retry", "retry_rows",
+    "rolling_back", "version_changed",
 ]

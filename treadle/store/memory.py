@@ -28,6 +28,7 @@ from ..states import DONE_STATES
 from .base import BaseStore
 from .memtables import MemoryTx, Tables, _Undo
 from .metrics import memory_stage_metrics
+from .query import Filter, Match, first_per_item, page, passes
 from .records import PENDING, ControlRow, Outlook, ResultRow, Shape, StageRecord, SubRecord
 from .tx import Tx
 
@@ -153,20 +154,22 @@ class MemoryStore(BaseStore):
                 raise ItemNotFoundError(item_id, shape.name)
             return item.data, item.submitted_at
 
-    def item_ids(self, shape: Shape, stage: str | None, state: str | None,
-                 limit: int | None) -> list[str]:
+    def find_items(self, shape: Shape, flt: Filter, limit: int | None = None,
+                   offset: int = 0) -> list[Match]:
         with self._lock:
-            items = self.t.items.get(shape.name, {})
-            if stage is None and state is None:
-                ids = sorted(items, key=lambda i: items[i].id)
-            else:
-                rows = [
-                    (r.updated_at, r.id, k[1]) for k, r in self.t.stages.items()
-                    if k[0] == shape.name and k[2] in shape.order
-                    and (stage is None or k[2] == stage) and (state is None or r.state == state)
-                ]
-                ids = list(dict.fromkeys(i for _, _, i in sorted(rows)))
-            return ids[:limit] if limit is not None else ids
+            if flt.empty:
+                items = sorted(self.t.items.get(shape.name, {}).items(), key=lambda kv: kv[1].id)
+                return page([Match(i, None, it.state, 0, None, None, it.submitted_at)
+                             for i, it in items], limit, offset)
+            wanted = set(shape.order)
+            rows = [
+                (r.updated_at if flt.by_time else 0.0, r.id,
+                 Match(k[1], k[2], r.state, r.attempt, r.error, r.review, r.updated_at))
+                for k, r in self.t.stages.items()
+                if k[0] == shape.name and k[2] in wanted
+                and passes(flt, k[2], r.state, r.error, r.updated_at)
+            ]
+            return first_per_item(rows, limit, offset)
 
     def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]:
         """Every subtask row of one item."""
@@ -224,6 +227,11 @@ class MemoryStore(BaseStore):
                     if len(out) >= limit:
                         break
             return out
+
+    def last_event_id(self, shape: Shape) -> int:
+        """The id of the pipeline's newest event (0 when none)."""
+        with self._lock:
+            return next((seq for seq, p, _, _ in reversed(self.t.history) if p == shape.name), 0)
 
     def control(self, shape: Shape, since: int = 0,
                 kinds: Sequence[str] | None = None) -> list[ControlRow]:

@@ -293,6 +293,8 @@ class MemoryTx(Tx):
             if row is None or row.state not in from_states:
                 continue
             self._row(key)
+            if row.state == RUNNING:  # a cancel takes a claim back: keep the index true
+                self.s.running.setdefault(pipeline, set()).discard(key)
             row.state, row.ready, row.owner, row.updated_at = state, ready, None, self.now
             row.error = error
             if clear_output:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from ..errors import StoreError
 from .sql import SqlStore
-from .urls import mask_text, mask_url
+from .urls import mask_text, mask_url, no_store
 
 #: Seconds a session may sit idle inside a transaction before the server ends it.
 IDLE_IN_TRANSACTION = 10.0
@@ -78,7 +78,7 @@ class PostgresStore(SqlStore):
     _skip_locked = " FOR UPDATE SKIP LOCKED"
     _lock_rows = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         try:
             import psycopg2  # noqa: F401
         except ImportError:
@@ -107,6 +107,9 @@ class PostgresStore(SqlStore):
         database = pw.PostgresqlDatabase(params.pop("database"), **params)
         super().__init__(url, database)
         try:
+            if not create and self._stored_version() is None:
+                where = f"schema {self.schema!r} of the database" if self.schema else "the database"
+                raise no_store(url, f"{where} has no treadle tables")
             self._create_schema()
         except StoreError:
             raise

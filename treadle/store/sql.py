@@ -24,6 +24,7 @@ from ..metrics import StageMetrics
 from . import schema
 from .base import BaseStore
 from .metrics import sql_stage_metrics
+from .query import Filter, Match, first_per_item, like_pattern, page, window
 from .records import (
     ControlRow,
     Outlook,
@@ -348,26 +349,36 @@ class SqlStore(BaseStore):
             raise ItemNotFoundError(item_id, shape.name)
         return rows[0][0], rows[0][1]
 
-    def item_ids(self, shape: Shape, stage: str | None, state: str | None,
-                 limit: int | None) -> list[str]:
-        lim = f" LIMIT {int(limit)}" if limit is not None else ""
-        if stage is None and state is None:
-            return [r[0] for r in self._read(
-                f"SELECT item_id FROM treadle_item WHERE pipeline=? ORDER BY id{lim}", (shape.name,))]
-        if state is None:  # every state of one stage: all items, in submission order
-            return [r[0] for r in self._read(
-                f"SELECT item_id FROM treadle_stage WHERE pipeline=? AND stage=? ORDER BY id{lim}",
-                (shape.name, stage))]
+    def find_items(self, shape: Shape, flt: Filter, limit: int | None = None,
+                   offset: int = 0) -> list[Match]:
+        n = window(limit, offset)
+        lim = f" LIMIT {int(n)}" if n is not None else ""
+        if flt.empty:
+            return page([Match(i, None, st, 0, None, None, at) for i, st, at in self._read(
+                f"SELECT item_id, state, submitted_at FROM treadle_item WHERE pipeline=? ORDER BY id{lim}",
+                (shape.name,))], limit, offset)
         # One indexed, ordered query per stage (pipeline, stage, state, updated_at),
-        # merged here: never a scan of the whole table.
-        rows: list[tuple[float, int, str]] = []
-        for name in ([stage] if stage is not None else shape.order):
-            rows.extend((r[1], r[2], r[0]) for r in self._read(
-                "SELECT item_id, updated_at, id FROM treadle_stage WHERE pipeline=? AND stage=? "
-                f"AND state=? ORDER BY updated_at, id{lim}", (shape.name, name, state)))
-        rows.sort()
-        ids = list(dict.fromkeys(i for _, _, i in rows))
-        return ids[:limit] if limit is not None else ids
+        # merged in query.first_per_item: never a scan of the whole table.
+        where = "pipeline=? AND stage=?"
+        params: list[Any] = []
+        if flt.state is not None:
+            where += " AND state=?"
+            params.append(flt.state)
+        if flt.since is not None:
+            where += " AND updated_at>=?"
+            params.append(flt.since)
+        if flt.error is not None:
+            where += " AND lower(error) LIKE ? ESCAPE '\\'"
+            params.append(like_pattern(flt.error))
+        order = "updated_at, id" if flt.by_time else "id"
+        found: list[tuple[float, int, Match]] = []
+        for name in ([flt.stage] if flt.stage is not None else shape.order):
+            for i, st, attempt, error, review, at, row_id in self._read(
+                    "SELECT item_id, state, attempt, error, review, updated_at, id FROM treadle_stage "
+                    f"WHERE {where} ORDER BY {order}{lim}", (shape.name, name, *params)):
+                found.append((at if flt.by_time else 0.0, row_id,
+                              Match(i, name, st, attempt, error, review, at)))
+        return first_per_item(found, limit, offset)
 
     def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]:
         """Every subtask row of one item (one read, no write lock)."""
@@ -379,8 +390,8 @@ class SqlStore(BaseStore):
     def stored_item_states(self, shape: Shape, item_ids: Iterable[str] | None
                            ) -> dict[str, str]:
         if item_ids is None:
-            return dict(self._read("SELECT item_id, state FROM treadle_item WHERE pipeline=?",
-                                   (shape.name,)))
+            return dict(self._read(
+                "SELECT item_id, state FROM treadle_item WHERE pipeline=? ORDER BY id", (shape.name,)))
         out: dict[str, str] = {}
         for chunk in chunks(list(item_ids)):
             out.update(self._read(
@@ -416,6 +427,12 @@ class SqlStore(BaseStore):
             "SELECT id, at, item_id, stage, subtask, state, attempt, actor, error, details "
             f"FROM treadle_history WHERE pipeline=? AND id>?{one} ORDER BY id LIMIT {int(limit)}",
             (shape.name, since, *((item_id,) if item_id is not None else ())))]
+
+    def last_event_id(self, shape: Shape) -> int:
+        """The id of the pipeline's newest event (0 when none)."""
+        rows = self._read("SELECT id FROM treadle_history WHERE pipeline=? ORDER BY id DESC LIMIT 1",
+                          (shape.name,))
+        return int(rows[0][0]) if rows else 0
 
     def control(self, shape: Shape, since: int = 0,
                 kinds: Sequence[str] | None = None) -> list[ControlRow]:

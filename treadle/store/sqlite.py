@@ -18,6 +18,7 @@ from playhouse.apsw_ext import APSWDatabase
 
 from ..errors import StoreError
 from .sql import SqlStore
+from .urls import no_store
 
 #: The oldest SQLite without the WAL-reset bug.
 MIN_SQLITE = (3, 51, 3)
@@ -38,7 +39,7 @@ class SqliteStore(SqlStore):
     """
 
     def __init__(self, url: str, path: str, *, synchronous: str = "full",
-                 busy_timeout: float = 60.0) -> None:
+                 busy_timeout: float = 60.0, create: bool = True) -> None:
         if sqlite_version() < MIN_SQLITE:
             raise StoreError(
                 f"apsw bundles SQLite {apsw.sqlite_lib_version()}, older than 3.51.3, which has the "
@@ -50,12 +51,17 @@ class SqliteStore(SqlStore):
             )
         self.path = path
         self.synchronous = synchronous
+        if not create and not os.path.isfile(path):
+            raise no_store(url, f"the file {path!r} does not exist")
+        if not create and os.path.getsize(path) == 0:
+            raise no_store(url, f"the file {path!r} is empty")
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise StoreError(
                 f"Cannot open the store {url}: the folder {parent!r} does not exist; create it first."
             )
-        self._check_existing(url, path)
+        if not self._check_existing(url, path, create) and not create:
+            raise no_store(url, f"{path!r} is an SQLite database without treadle's tables")
         database = APSWDatabase(
             path,
             pragmas=[("journal_mode", "wal"), ("synchronous", synchronous),
@@ -68,10 +74,11 @@ class SqliteStore(SqlStore):
         except apsw.Error as exc:
             raise StoreError(f"Cannot open the store {url}: {exc}.") from None
 
-    def _check_existing(self, url: str, path: str) -> None:
-        """Refuse a store of a newer schema before writing anything to it."""
+    def _check_existing(self, url: str, path: str, create: bool) -> bool:
+        """Refuse a store of a newer schema before writing anything to it; True when
+        ``path`` holds treadle's tables (read through a read-only connection)."""
         if not os.path.exists(path) or os.path.getsize(path) == 0:
-            return
+            return False
         try:
             conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         except apsw.Error as exc:
@@ -83,6 +90,8 @@ class SqliteStore(SqlStore):
         except apsw.SQLError:
             rows = []  # no treadle tables yet: a fresh or foreign file
         except apsw.NotADBError:
+            if not create:
+                raise no_store(url, f"{path!r} is not an SQLite database") from None
             raise StoreError(
                 f"Cannot open the store {url}: {path!r} is not an SQLite database. "
                 "Point --db / open_store() at a new file or an existing treadle store."
@@ -91,6 +100,7 @@ class SqliteStore(SqlStore):
             conn.close()
         if rows:
             self._check_version(int(rows[0][0]))
+        return bool(rows)
 
     def _now(self, cur: Any) -> float:
         # One host, one clock: the database's clock is this machine's clock.

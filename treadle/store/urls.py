@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlsplit
 
+from ..errors import StoreError
+
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
 
 
@@ -43,3 +45,11 @@ def split(url: str) -> tuple[str, str, dict[str, str]]:
         rest, qs = rest.split("?", 1)
         query = dict(parse_qsl(qs, keep_blank_values=True))
     return scheme.lower(), rest, query
+
+
+def no_store(url: str, why: str) -> StoreError:
+    """The error of ``open_store(url, create=False)`` where no treadle store is."""
+    return StoreError(
+        f"no store at {mask_url(url)}: {why}; nothing was created or changed. Point --db "
+        "(or TREADLE_DB) at the store you ran the pipeline with; run and submit create a new one."
+    )

@@ -25,7 +25,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import InvalidTransitionError, ItemNotFoundError, TreadleError
+from ..errors import InvalidDecisionError, InvalidTransitionError, ItemNotFoundError, TreadleError
 from ..pipeline import Pipeline
 from ..runner import Runner
 from ..store.urls import mask_url
@@ -201,11 +201,13 @@ async def inbox(request: Request) -> Response:
     q = request.query_params
     stage, text, page = q.get("stage") or None, q.get("q") or None, max(0, _int(q.get("page"), 0) or 0)
     try:
+        mine = unquote(request.cookies.get(REVIEWER_COOKIE, "")) if q.get("mine") else None
         result = await run_in_threadpool(queries.inbox, request.app.state.runner, stage=stage, text=text,
-                                         page=page, size=PAGE)
+                                         page=page, size=PAGE, mine=mine or None)
     except (TreadleError, KeyError) as exc:
         return render(request, "error.html", {"message": str(exc)}, status=400)
-    return render(request, "inbox.html", {"result": result, "stage": stage or "", "q": text or ""})
+    return render(request, "inbox.html", {"result": result, "stage": stage or "", "q": text or "",
+                                          "mine": bool(q.get("mine"))})
 
 
 async def waiting_fragment(request: Request) -> Response:
@@ -254,7 +256,18 @@ async def decide(request: Request) -> Response:
         fn = queries.approve
         kwargs["note"] = str(form.get("note", "")).strip() or None
         kwargs["take"] = _int(form.get("take"))
-        if text is not None:
+        choice = [str(c) for c in form.getlist("choice")]
+        if choice:
+            kwargs["choice"] = choice if form.get("multiple") == "1" else choice[0]
+        if form.get("answer") == "1":  # the review's form, field by field
+            fields = {str(k)[6:]: str(v) for k, v in form.multi_items() if str(k).startswith("field:")}
+            try:
+                answer = await run_in_threadpool(queries.form_answer, runner, item_id, stage, fields)
+            except ValueError as exc:
+                return await _review_response(request, item_id, stage, status=400,
+                                              error=f"{exc}; nothing was saved.")
+            kwargs.update(data=answer, edited=True)
+        elif text is not None:
             try:
                 data = json.loads(str(text))
             except json.JSONDecodeError as exc:
@@ -266,9 +279,14 @@ async def decide(request: Request) -> Response:
                 return render(request, "confirm.html", {
                     "item_id": item_id, "stage": stage, "attempt": attempt, "diff": changes,
                     "text": str(text), "note": kwargs["note"] or "", "reviewer_name": reviewer,
+                    "choice": choice, "multiple": form.get("multiple") == "1",
                     "next": str(form.get("next") or "/inbox")})
             kwargs.update(data=data, edited=bool(changes))
-        done = f"approved {item_id} at {stage}" + (" with edits" if kwargs.get("edited") else "")
+        done = f"approved {item_id} at {stage}" + (
+            " with the form's answer" if form.get("answer") == "1" else
+            " with edits" if kwargs.get("edited") else "")
+        if choice:
+            done += f", choosing {', '.join(choice)}"
         if kwargs["take"] is not None:
             done += f" (the output of attempt {kwargs['take']})"
     elif action == "reject":
@@ -287,6 +305,8 @@ async def decide(request: Request) -> Response:
         return HTMLResponse("unknown action", status_code=404)
     try:
         await run_in_threadpool(functools.partial(fn, runner, item_id, stage, **kwargs))
+    except InvalidDecisionError as exc:  # a choice or answer that does not fit: say which
+        return await _review_response(request, item_id, stage, status=400, error=str(exc))
     except InvalidTransitionError as exc:
         return _remember(await _review_response(request, item_id, stage, status=409, error=str(exc),
                                                 refused=True), reviewer)

@@ -54,24 +54,9 @@ class Snapshot:
 
 
 def newest_id(runner: Any) -> int:
-    """The id of the newest committed event (0 for none); blocking.
-
-    The Runner has no call for "the newest id" yet: the SQL and memory stores
-    answer from their own tables in one read; any other store is read
-    through ``Runner.events`` to its end.
-    """
-    store = runner.store
-    read = getattr(store, "_read", None)
-    if read is not None:
-        rows = read("SELECT max(id) FROM treadle_history")
-        return int(rows[0][0] or 0) if rows else 0
-    history = getattr(store, "_history", None)
-    if isinstance(history, list):
-        return int(history[-1][0]) if history else 0
-    cursor = 0
-    while batch := runner.events(since=cursor, limit=BATCH):
-        cursor = batch[-1].id
-    return cursor
+    """The id of the newest committed event (0 for none); blocking."""
+    newest: int = runner.last_event_id()
+    return newest
 
 
 def snapshot(runner: Any, seq: int | None) -> Snapshot:

@@ -30,6 +30,9 @@ class Waiting:
     message: str
     data: Any
     since: float | None
+    #: Who may decide (empty: anyone), and what it asks beyond approve / reject.
+    assignees: list[str] = attrs.field(factory=list)
+    asks: str = ""
 
 
 @attrs.frozen
@@ -41,20 +44,23 @@ class Page:
     more: bool
 
 
-def inbox(runner: Any, *, stage: str | None, text: str | None, page: int, size: int) -> Page:
-    """Reviews waiting, oldest first, one page; ``text`` filters on the message (case-insensitive)."""
+def inbox(runner: Any, *, stage: str | None, text: str | None, page: int, size: int,
+          mine: str | None = None) -> Page:
+    """Reviews waiting, oldest first, one page; ``text`` filters on the message (case-insensitive),
+    ``mine`` (a reviewer name) keeps the reviews that reviewer may decide."""
     if stage:
         runner.pipeline.check_stage(stage)
     ids = runner.store.item_ids(runner.pipeline, stage or None, WAITING, None)
     needle = (text or "").strip().lower()
-    if not needle:
+    if not needle and not mine:
         counts = runner.counts()
         total = (counts.get(stage, {}).get(WAITING, 0) if stage
                  else sum(c.get(WAITING, 0) for c in counts.values()))
         chunk = ids[page * size:(page + 1) * size]
         rows = [w for i in chunk for w in _waiting(runner, i, stage)]
         return Page(rows, page, size, total, len(ids) > (page + 1) * size)
-    matched = [w for i in ids for w in _waiting(runner, i, stage) if needle in w.message.lower()]
+    matched = [w for i in ids for w in _waiting(runner, i, stage) if needle in w.message.lower()
+               and (not mine or not w.assignees or mine in w.assignees)]
     return Page(matched[page * size:(page + 1) * size], page, size, len(matched),
                 len(matched) > (page + 1) * size)
 
@@ -66,8 +72,37 @@ def _waiting(runner: Any, item_id: str, stage: str | None) -> list[Waiting]:
             continue
         review = json.loads(rec.review) if rec.review else {}
         out.append(Waiting(item_id, rec.stage, rec.attempt, review.get("message") or "",
-                           review.get("data"), rec.updated_at))
+                           review.get("data"), rec.updated_at, review.get("assignees") or [],
+                           asks(review)))
     return out
+
+
+def asks(review: dict[str, Any]) -> str:
+    """What a stored review asks beyond approve / reject, in a few words."""
+    if review.get("options"):
+        return "choose " + " / ".join(review["options"])
+    if review.get("form"):
+        return "form: " + ", ".join(f["name"] for f in review["form"]["fields"])
+    return ""
+
+
+def form_answer(runner: Any, item_id: str, stage: str, fields: dict[str, str]) -> dict[str, Any]:
+    """A web form's text fields (``field:NAME``) as the typed answer of the review's form.
+
+    Raises ``ValueError`` naming the field whose text does not fit its type.
+    """
+    from ..decisions import parse_field
+
+    st = runner.status(item_id).stages[stage]
+    answer = {}
+    for field in (st.review.form if st.review else None) or []:
+        text = fields.get(field["name"], "")
+        if field["type"] == "bool":
+            text = "yes" if text else "no"
+        value = parse_field(text, field)
+        if value is not None or text.strip():
+            answer[field["name"]] = value
+    return answer
 
 
 def review_page(runner: Any, item_id: str, stage: str) -> dict[str, Any]:
@@ -126,7 +161,7 @@ def _expect(method: Any, attempt: int | None) -> dict[str, Any]:
 
 def approve(runner: Any, item_id: str, stage: str, *, attempt: int | None, reviewer: str,
             data: Any = None, edited: bool = False, note: str | None = None,
-            take: int | None = None) -> None:
+            take: int | None = None, choice: Any = None) -> None:
     """Approve as it is, with edited ``data``, or (gated stage) the output of attempt ``take``."""
     check_current(runner, item_id, stage, attempt)
     kwargs = _expect(runner.approve, attempt)
@@ -134,6 +169,8 @@ def approve(runner: Any, item_id: str, stage: str, *, attempt: int | None, revie
         kwargs["data"] = data
     elif take is not None:
         kwargs["attempt"] = take
+    if choice is not None:
+        kwargs["choice"] = choice
     runner.approve(item_id, stage, note=note or None, reviewer=reviewer, **kwargs)
 
 
@@ -201,11 +238,9 @@ def items_page(runner: Any, *, stage: str | None, state: str | None, page: int, 
 
 
 def _cancelled_page(runner: Any, page: int, size: int) -> Page:
-    """Cancelled items (an item state, not a stage's), in the order the store keeps them."""
-    states = runner.store.stored_item_states(runner.pipeline, None)
-    ids = [i for i, s in states.items() if s == CANCELLED]
-    rows = [runner.status(i) for i in ids[page * size:(page + 1) * size]]
-    return Page(rows, page, size, len(ids), len(ids) > (page + 1) * size)
+    """Cancelled items (an item state, not a stage's), oldest first."""
+    rows = runner.items(state=CANCELLED, limit=size + 1, offset=page * size)
+    return Page(rows[:size], page, size, None, len(rows) > size)
 
 
 def item_page(runner: Any, item_id: str) -> dict[str, Any]:

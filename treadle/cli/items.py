@@ -1,0 +1,147 @@
+"""``python -m treadle items``: list items by stage, state, error and age, a page at a time."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..states import DONE_STATES, StageState
+from ..status import ItemStatus, StageStatus
+from ..store.query import Filter, passes
+
+if TYPE_CHECKING:
+    from ..runner import Runner
+
+DEFAULT_LIMIT = 100
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class SinceError(ValueError):
+    """A ``--since`` that is neither a date/time nor an age."""
+
+
+def add_arguments(c: argparse.ArgumentParser) -> None:
+    """The options of ``items``."""
+    c.add_argument("--stage", help="only items whose this stage passes the other filters")
+    c.add_argument("--state", choices=[s.value for s in StageState], metavar="STATE",
+                   help="a stage in this state (with --stage: that stage); "
+                        f"one of {', '.join(s.value for s in StageState)}")
+    c.add_argument("--error", metavar="TEXT",
+                   help="the stage's last error contains TEXT (case-insensitive)")
+    c.add_argument("--since", metavar="WHEN",
+                   help="the stage changed at or after WHEN: 2026-11-30, 2026-11-30T14:05, "
+                        "or an age: 30s, 10m, 2h, 3d, 1w")
+    c.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
+                   help=f"at most N items (default {DEFAULT_LIMIT})")
+    c.add_argument("--offset", type=int, default=0, metavar="N",
+                   help="skip the first N (the next page: --offset N+limit, as the footer says)")
+    c.add_argument("--json", action="store_true", help="print a JSON list (schema in docs/cli.md)")
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """Epoch seconds of ``--since``: an ISO date or date-time (local time unless it
+    names a zone; ``Z`` is UTC), or an age before ``now`` like ``10m``, ``2h``, ``3d``."""
+    now = time.time() if now is None else now
+    m = _AGE.match(text)
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise SinceError(
+            f"--since {text!r} is neither a date/time (2026-11-30, 2026-11-30T14:05) nor an "
+            "age (30s, 10m, 2h, 3d, 1w)") from None
+    return when.timestamp()
+
+
+def concerned(status: ItemStatus, flt: Filter) -> tuple[str, StageStatus]:
+    """The stage an item is listed for: the first passing the filter, or without a
+    filter the first not done yet (the last stage when all are)."""
+    stages = list(status.stages.items())
+    for name, st in stages:
+        if flt.empty:
+            if st.state.value not in DONE_STATES:
+                return name, st
+        elif passes(flt, name, st.state.value, st.error, st.updated_at or 0.0):
+            return name, st
+    return stages[-1]
+
+
+def ago(seconds: float) -> str:
+    """A short age: ``42s``, ``5m``, ``3h``, ``2d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
+def rows_of(statuses: list[ItemStatus], flt: Filter) -> list[dict[str, Any]]:
+    """The documented ``items --json`` objects."""
+    out = []
+    for status in statuses:
+        name, st = concerned(status, flt)
+        out.append({"item_id": status.item_id, "state": status.state.value, "stage": name,
+                    "stage_state": st.state.value, "error": st.error,
+                    "updated_at": st.updated_at})
+    return out
+
+
+def run(args: argparse.Namespace, runner: Runner, url: str,
+        stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    """List the items passing the filters, a page at a time."""
+    if args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    if args.offset < 0:
+        raise ValueError("--offset must be 0 or more")
+    since = parse_since(args.since) if args.since is not None else None
+    # one more than asked: is there a next page?
+    found = runner.items(args.stage, args.state, args.error, since, args.limit + 1,
+                         offset=args.offset)
+    more = len(found) > args.limit
+    flt = Filter(args.stage, args.state, args.error, since)
+    rows = rows_of(found[:args.limit], flt)
+    if args.json:
+        stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    if not rows:
+        stdout.write("No item matches." if args.offset == 0 else
+                     f"No item matches after the first {args.offset}.")
+        stdout.write("\n")
+        return 0
+    _table(rows, stdout)
+    first, last = args.offset + 1, args.offset + len(rows)
+    footer = f"items {first}-{last}"
+    if more:
+        footer += f"; next page: --offset {last}"
+    stdout.write(footer + "\n")
+    return 0
+
+
+def _table(rows: list[dict[str, Any]], out: TextIO) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
+    for name, style in (("item", "bold"), ("state", ""), ("stage", ""), ("stage state", ""),
+                        ("age", ""), ("last error", "")):
+        table.add_column(name, style=style or None, overflow="fold")
+    for r in rows:
+        age = ago(now - r["updated_at"]) if r["updated_at"] is not None else ""
+        table.add_row(r["item_id"], r["state"], r["stage"], r["stage_state"], age, r["error"] or "")
+    # a terminal's width, or $COLUMNS; else (a pipe, a CI log) 120 columns
+    width = None if out.isatty() or os.environ.get("COLUMNS") else 120
+    console = Console(file=out, width=width, soft_wrap=False,
+                      markup=False, emoji=False, highlight=False)
+    console.print(table)
+
+
+__all__ = ["DEFAULT_LIMIT", "SinceError", "add_arguments", "ago", "concerned", "parse_since",
+           "rows_of", "run"]
