@@ -115,6 +115,15 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty durable store URL: an SQLite file, and a PostgreSQL schema of the test's own."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a fresh store of each kind."""

@@ -39,13 +39,10 @@ def items(*ids: str, secs: float = 0.0) -> list[str]:
     return [a for i in ids for a in ("--item", json.dumps({"id": i, "secs": secs}))]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A store URL: an SQLite file, and the real PostgreSQL (a schema of this test's own)."""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite:///{tmp_path / 'volume.db'}"
+@pytest.fixture
+def db(sql_url: str) -> str:
+    """An SQLite file, and a PostgreSQL schema of the test's own (conftest.sql_url)."""
+    return sql_url
 
 
 @pytest.fixture

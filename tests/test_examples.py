@@ -152,3 +152,35 @@ def test_releases_routes_on_a_choice_asks_a_form_and_notifies_a_webhook(tmp_path
             '"label": "Treadle Records", "year": 2026}') in out
     assert len(hook.posts) == 3
     assert runner.status("t2").stages["publish"].state == "skipped"
+def test_albums_wait_for_their_tracks_and_export_after_the_review(tmp_path):
+    """albums.py: one album exports; the other waits for a track review, then exports."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    first = run_example("albums.py", db, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "a1   completed  split: completed" in first.stdout
+    assert "a2   running    split: waiting" in first.stdout
+    assert "1 track(s) await review, e.g. a2/3" in first.stdout
+    target = f"{ROOT / 'examples' / 'albums.py'}:albums"
+    env = {**os.environ, "TREADLE_DB": db}
+    status = subprocess.run([sys.executable, "-m", "treadle", "status", target, "a2"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "split    waiting" in status.stdout
+    assert "a2/3" in status.stdout and "awaiting_review" in status.stdout
+    reviews = subprocess.run([sys.executable, "-m", "treadle", "reviews", target], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert "children awaiting review:" in reviews.stdout
+    assert f"python -m treadle review {ROOT / 'examples' / 'albums.py'}:tracks" in reviews.stdout
+    approve = subprocess.run([sys.executable, "-m", "treadle", "approve",
+                              f"{ROOT / 'examples' / 'albums.py'}:tracks", "a2/3", "review",
+                              "--data", json.dumps({"title": "Blue In Green"})],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert approve.returncode == 0, approve.stderr
+    second = run_example("albums.py", db, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "exported: ['So What', 'Freddie Freeloader', 'Blue In Green']" in second.stdout
+
+    albums = import_from(ROOT / "examples", "albums")
+    runner = Runner(albums.albums, open_store(db))
+    assert {s.item_id: s.state for s in runner.items()} == {"a1": ItemState.COMPLETED,
+                                                            "a2": ItemState.COMPLETED}

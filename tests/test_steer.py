@@ -45,12 +45,10 @@ def popen(*args: str, db: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite:///{tmp_path / 'steer.db'}"
+@pytest.fixture
+def db(sql_url: str) -> str:
+    """An SQLite file, and a PostgreSQL schema of the test's own (conftest.sql_url)."""
+    return sql_url
 
 
 def wait_for(check: Any, timeout: float = 60, what: str = "the condition") -> None:
@@ -235,3 +233,26 @@ def test_cancel_pause_resume_events_exit_codes(db, tmp_path):
         gone = cli(command[0], TARGET, *command[1:], db=missing)
         assert gone.returncode == 2 and "no store at" in gone.stderr
     assert not (tmp_path / "missing.db").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_commit_wakes_who_waits_for_events(store_url):
+    """wait_for_events returns when another process's store commits (PostgreSQL: its
+    NOTIFY; memory: the store's own commit), long before its 30 s timeout; on SQLite it
+    polls (returns within a fifth of a second)."""
+    waiter = Runner(steer, open_store(store_url))
+    writer = Runner(steer, waiter.store if store_url == "memory://" else open_store(store_url))
+    writer.submit(Job("w0"))
+    waiter.wait_for_events(0.01)  # PostgreSQL: listening from now on
+    done = threading.Event()
+
+    def wait() -> None:
+        waiter.wait_for_events(30)
+        done.set()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    writer.submit(Job("w1"))
+    assert done.wait(20), "a commit did not wake the waiter"
+    assert [e.item_id for e in waiter.events(0)][-1] == "w1"

@@ -35,13 +35,10 @@ def ids(rows: list[dict]) -> list[str]:
     return [r["item_id"] for r in rows]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty store URL: an SQLite file, or a PostgreSQL schema of this test's own."""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite:///{tmp_path / 'volume.db'}"
+@pytest.fixture
+def db(sql_url: str) -> str:
+    """An SQLite file, and a PostgreSQL schema of the test's own (conftest.sql_url)."""
+    return sql_url
 
 
 # -- items ------------------------------------------------------------------------

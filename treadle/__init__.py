@@ -19,6 +19,7 @@ from .errors import (
     InvalidStageError,
     InvalidTransitionError,
     ItemNotFoundError,
+    PipelineCycleError,
     PipelineDefinitionError,
     SerializationError,
     StageTimeout,
@@ -27,7 +28,7 @@ from .errors import (
     UnknownStageError,
 )
 from .metrics import StageMetrics
-from .outcomes import Completed, FanOut, Review, Skipped, SubTask
+from .outcomes import Completed, FanOut, Review, Skipped, Spawn, SubTask
 from .pipeline import Pipeline
 from .runner import Runner
 from .stage import StageSpec, stage
@@ -52,11 +53,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut",
-    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidStageError", "InvalidTransitionError",
-    "ItemNotFoundError",
-    "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineDefinitionError",
-    "Rejected", "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped",
-    "StageContext", "StageMetrics", "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore",
-    "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
-    "UnknownStageError", "chose", "open_store", "stage",
+    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidStageError",
+    "InvalidTransitionError", "ItemNotFoundError", "ItemState", "ItemStatus", "MemoryStore",
+    "Pipeline", "PipelineCycleError", "PipelineDefinitionError", "Rejected", "Review", "ReviewInfo",
+    "RunReport", "Runner", "SerializationError", "Skipped", "Spawn", "StageContext", "StageMetrics",
+    "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore", "StoreError", "SubTask",
+    "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain", "UnknownStageError", "chose",
+    "open_store", "stage",
 ]

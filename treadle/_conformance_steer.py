@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
+from ._pytest_compat import pytest
 from .errors import InvalidTransitionError, ItemNotFoundError
 from .pipeline import Pipeline
 from .store.base import StateStore, Transition

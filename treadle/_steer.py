@@ -9,7 +9,7 @@ from . import signals
 from .serialization import from_json, normalize_id
 from .status import Event
 from .store.control import ALL, PIPELINE_EVENT, paused
-from .store.records import PAUSE, RESUME
+from .store.records import CANCELLED, PAUSE, RESUME
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -46,6 +46,8 @@ class SteerMixin:
         for item_id, state in done:
             signals.send(signals.item_cancelled, self.pipeline, item_id=item_id, reason=reason,
                          actor=actor, state=state)
+            if state == CANCELLED:  # else once its rollbacks ran
+                signals.send(signals.item_finished, self.pipeline, item_id=item_id, state=state)
         return [i for i, _ in done]
 
     def pause(self, stage: str | None = None, *, reason: str | None = None,

@@ -41,6 +41,18 @@ class CycleError(PipelineDefinitionError):
         self.cycle = list(cycle)
 
 
+class PipelineCycleError(CycleError):
+    """Pipelines spawn child items into each other in a cycle (``@stage(spawns=...)``)."""
+
+    def __init__(self, cycle: Sequence[str], *, stage: str | None = None) -> None:
+        path = " -> ".join(cycle)
+        PipelineDefinitionError.__init__(
+            self, f"Pipelines spawn into each other in a cycle: {path}. A pipeline may not spawn "
+            "child items into itself or into a pipeline that spawns back into it; remove one "
+            "spawns=.", stage=stage)
+        self.cycle = list(cycle)
+
+
 class UnknownStageError(PipelineDefinitionError, KeyError):
     """A stage name that the pipeline does not define."""
 

@@ -1,8 +1,9 @@
 """What a stage function returns.
 
 A plain value (or ``None``) means :class:`Completed`; the other outcomes say
-the stage needs a human (:class:`Review`), spawns subtasks (:class:`FanOut`)
-or did not apply (:class:`Skipped`).
+the stage needs a human (:class:`Review`), spawns subtasks (:class:`FanOut`),
+spawns child items into another pipeline (:class:`Spawn`) or did not apply
+(:class:`Skipped`).
 """
 
 from __future__ import annotations
@@ -94,12 +95,29 @@ class Skipped:
     propagate: bool = False
 
 
+@attrs.frozen
+class Spawn:
+    """Submit ``items`` as child items of ``pipeline`` and wait until they all settle.
+
+    ``pipeline`` must be one the stage declares in ``@stage(spawns=...)``.
+    Each child is stored as ``"<parent id>/<child id>"`` unless ``ids`` gives
+    the stored ids (one per item). The stage is ``waiting`` meanwhile; then it
+    completes with ``{child id: {stage: output}}`` (or what the stage's
+    ``collect=`` makes of it), or fails naming the children that did not
+    complete (see docs/nested.md).
+    """
+
+    pipeline: Any
+    items: Iterable[Any]
+    ids: Iterable[str] | None = None
+
+
 #: Any value a stage function may return.
-Outcome: TypeAlias = Completed | Review | FanOut | Skipped | Any
+Outcome: TypeAlias = Completed | Review | FanOut | Skipped | Spawn | Any
 
 
-def to_outcome(value: Any) -> Completed | Review | FanOut | Skipped:
+def to_outcome(value: Any) -> Completed | Review | FanOut | Skipped | Spawn:
     """Map a stage function's return value to an outcome (plain value -> Completed)."""
-    if isinstance(value, (Completed, Review, FanOut, Skipped)):
+    if isinstance(value, (Completed, Review, FanOut, Skipped, Spawn)):
         return value
     return Completed(output=value)

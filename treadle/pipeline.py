@@ -13,6 +13,7 @@ from .errors import (
     CycleError,
     DuplicateStageError,
     InvalidStageError,
+    PipelineCycleError,
     PipelineDefinitionError,
     UnknownStageError,
     did_you_mean,
@@ -113,6 +114,12 @@ class Pipeline:
         #: Stage name -> its fingerprint, computed once here.
         self.fingerprints: Mapping[str, str] = MappingProxyType(
             {n: fingerprint(d) for n, d in self.definitions.items()})
+        #: Child pipelines by name (``@stage(spawns=...)``), and the pipelines that spawn
+        #: into this one (filled in as they are built; docs/nested.md).
+        self.children: Mapping[str, Pipeline] = MappingProxyType(self._spawn_children(specs))
+        self.parents: dict[str, Pipeline] = {}
+        for child in self.children.values():
+            child.parents[name] = self
         #: Stage name -> (fingerprint, pipeline version): what each stored result records.
         self.stamps: Mapping[str, tuple[str, str | None]] = MappingProxyType(
             {n: (fp, version) for n, fp in self.fingerprints.items()})
@@ -254,6 +261,47 @@ class Pipeline:
         for n in edges:
             visit(n)
         return out
+
+    def _spawn_children(self, specs: Mapping[str, StageSpec]) -> dict[str, Pipeline]:
+        """The pipelines the stages spawn into; a cycle of pipelines is an error."""
+        children: dict[str, Pipeline] = {}
+        for spec in specs.values():
+            for child in spec.spawns:
+                if not isinstance(child, Pipeline):
+                    raise PipelineDefinitionError(
+                        f"Stage {spec.name!r} of pipeline {self.name!r}: spawns={child!r} is not "
+                        "a Pipeline.", stage=spec.name)
+                known = children.setdefault(child.name, child)
+                if known is not child:
+                    raise PipelineDefinitionError(
+                        f"Pipeline {self.name!r}: two different pipelines named {child.name!r} are "
+                        "spawned into; give them distinct names.", stage=spec.name)
+                path = self._path_to(child, self.name, [self.name, child.name])
+                if path is not None:
+                    raise PipelineCycleError(path, stage=spec.name)
+        return children
+
+    @staticmethod
+    def _path_to(start: Pipeline, target: str, path: list[str]) -> list[str] | None:
+        """The names from ``start`` down its children to a pipeline named ``target``."""
+        if start.name == target:
+            return path
+        for child in start.children.values():
+            found = Pipeline._path_to(child, target, [*path, child.name])
+            if found is not None:
+                return found
+        return None
+
+    def tree(self) -> list[Pipeline]:
+        """This pipeline and every pipeline it spawns into, at any depth, parents first."""
+        out: dict[str, Pipeline] = {}
+        todo = [self]
+        while todo:
+            p = todo.pop(0)
+            if p.name not in out:
+                out[p.name] = p
+                todo.extend(p.children.values())
+        return list(out.values())
 
     def _check_renames(self, renames: Mapping[str, str]) -> dict[str, str]:
         for old, new in renames.items():

@@ -21,7 +21,16 @@ from .metrics import DEFAULT_SAMPLE, DEFAULT_WINDOW, StageMetrics
 from .pipeline import Pipeline
 from .serialization import from_json, normalize_id
 from .states import ItemState, StageState, SubtaskState
-from .status import BulkResult, HistoryEntry, ItemStatus, ReviewInfo, RunReport, StageStatus, SubtaskStatus
+from .status import (
+    BulkResult,
+    ChildStatus,
+    HistoryEntry,
+    ItemStatus,
+    ReviewInfo,
+    RunReport,
+    StageStatus,
+    SubtaskStatus,
+)
 from .store.base import StateStore
 from .store.logic import item_state
 
@@ -113,7 +122,18 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
         return self.advance()
 
     def advance(self, item_id: Any | None = None) -> RunReport:
-        """Like :meth:`run` without submitting the source; optionally only one item."""
+        """Like :meth:`run` without submitting the source; optionally only one item.
+
+        A pipeline with children (``@stage(spawns=...)``) runs them too, in
+        rounds (docs/nested.md); for such a pipeline ``item_id`` only checks the
+        item exists: the whole tree runs.
+        """
+        if self.pipeline.children:
+            from .nested import advance_tree
+
+            if item_id is not None:
+                self._known(item_id)
+            return advance_tree(self)
         self._prepare()
         self.notifications.start()  # owed ones first; then each new request, off this thread
         self.apply_review_timeouts()
@@ -195,8 +215,23 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin):
                            {n: (r.state, r.ready) for n, r in records.items()})
         if self.store.stored_item_states(self.pipeline, [key]).get(key) == ItemState.CANCELLED:
             state = ItemState.CANCELLED
+        parent = children = None
+        if self.pipeline.parents:
+            from .nested import parent_of
+
+            parent = parent_of(self.pipeline, self.store, key)
+        if self.pipeline.children:
+            children = self.children(key)
         return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=submitted,
-                          version=self.store.item_version(self.pipeline, key))
+                          version=self.store.item_version(self.pipeline, key), parent=parent,
+                          children=children or [])
+
+    def children(self, item_id: Any) -> list[ChildStatus]:
+        """The child items ``item_id`` spawned (``Spawn``), with their item states."""
+        key = normalize_id(item_id)
+        return [ChildStatus(stage, pipeline, child,
+                            ItemState.RUNNING if state.startswith("rolling_back") else ItemState(state))
+                for stage, pipeline, child, state in self.store.children(self.pipeline, key)]
 
     def items(self, stage: str | None = None, state: str | None = None,
               error: str | None = None, since: datetime | float | None = None,

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from .errors import InvalidStageError
-from .outcomes import Completed, FanOut, Review, Skipped
+from .outcomes import Completed, FanOut, Review, Skipped, Spawn
 from .serialization import is_record_type, structure
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -21,6 +21,7 @@ REVIEW_POLICIES = ("never", "always", "on_escalation", "on_uncertain", "on_escal
 ON_EXHAUSTED = ("fail", "escalate")
 ON_TIMEOUT = ("approve", "reject")
 ON_CHANGE = ("keep", "rerun")
+ON_CHILD_FAILURE = ("fail", "ignore")
 
 #: A dependency: a stage function or a stage name.
 Dependency = str | Callable[..., Any]
@@ -52,6 +53,11 @@ class StageSpec:
     reviewers: tuple[str, ...] = ()
     notify: tuple[Callable[..., Any], ...] = ()
     escalate_to: tuple[str, ...] = ()
+    #: Pipelines this stage may spawn child items into (``Spawn``), and what makes
+    #: its output of the settled children (docs/nested.md).
+    spawns: tuple[Any, ...] = ()
+    collect: Callable[[dict[str, Any]], Any] | None = None
+    on_child_failure: str = "fail"
     takes_ctx: bool = True
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
@@ -81,7 +87,7 @@ class StageSpec:
         Raises SerializationError, which fails the stage without a retry.
         """
         output = result.output if isinstance(result, Completed) else result
-        if output is None or isinstance(result, (Review, FanOut, Skipped)):
+        if output is None or isinstance(result, (Review, FanOut, Skipped, Spawn)):
             return
         assert self.output_type is not None
         if not isinstance(output, self.output_type):
@@ -210,6 +216,30 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         raise bad("escalate_to", "reviewer names together with review_timeout=SECONDS")
     if not all(callable(n) for n in opts["notify"]):
         raise bad("notify", "a notifier (a callable) or a list of them")
+    _check_spawn_options(name, opts, bad)
+
+
+def _check_spawn_options(name: str, opts: dict[str, Any],
+                         bad: Callable[[str, str], InvalidStageError]) -> None:
+    spawns = opts["spawns"]
+    if spawns is None:
+        spawns = ()
+    elif not isinstance(spawns, (list, tuple)):
+        spawns = (spawns,)
+    for child in spawns:  # a Pipeline (checked by duck type: pipeline.py imports this module)
+        if not (isinstance(getattr(child, "name", None), str) and hasattr(child, "order")):
+            raise InvalidStageError(
+                f"Stage {name!r}: spawns={child!r} is not a Pipeline; pass the Pipeline (or a "
+                "list of them) its Spawn outcomes submit child items into.", stage=name)
+    opts["spawns"] = tuple(spawns)
+    if opts["collect"] is not None and not callable(opts["collect"]):
+        raise bad("collect", "a callable taking {child id: outputs}")
+    if opts["on_child_failure"] not in ON_CHILD_FAILURE:
+        raise bad("on_child_failure", "'fail' or 'ignore'")
+    if not spawns and (opts["collect"] is not None or opts["on_child_failure"] != "fail"):
+        raise InvalidStageError(
+            f"Stage {name!r}: collect= and on_child_failure= apply to stages that spawn child "
+            "items; add spawns=<child pipeline>.", stage=name)
 
 
 def returned_type(fn: Callable[..., Any]) -> type | None:
@@ -230,6 +260,7 @@ _DEFAULTS: dict[str, Any] = dict(
     after=(), name=None, when=None, retry=None, rollback=None, timeout=None, concurrency=None,
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
     output_type=None, version=None, on_change=None, reviewers=(), notify=(), escalate_to=(),
+    spawns=(), collect=None, on_child_failure="fail",
 )
 
 
@@ -252,14 +283,17 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
     for option in ("reviewers", "escalate_to"):
         if isinstance(options[option], list):
             options[option] = tuple(options[option])
-    _check_options(name, {**options, "notify": _notifiers(options["notify"])})
+    options["notify"] = _notifiers(options["notify"])
+    spawns = options["spawns"]
+    options["spawns"] = (() if spawns is None else tuple(spawns)
+                         if isinstance(spawns, (list, tuple)) else (spawns,))
+    _check_options(name, options)
     when = options.get("when")
     when_ctx = arity(when, "The when= predicate of stage", name) if when is not None else True
     rollback = options.get("rollback")
     rollback_ctx = arity(rollback, "The rollback of stage", name) if rollback is not None else True
     if options["output_type"] is None:
         options["output_type"] = returned_type(fn)
-    options["notify"] = _notifiers(options["notify"])
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
         takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
@@ -286,6 +320,9 @@ def stage(
     reviewers: Sequence[str] = (),
     notify: Any = None,
     escalate_to: Sequence[str] = (),
+    spawns: Any = (),
+    collect: Callable[[dict[str, Any]], Any] | None = None,
+    on_child_failure: Literal["fail", "ignore"] = "fail",
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -311,6 +348,11 @@ def stage(
     of each review request; ``escalate_to`` (names, with ``review_timeout``)
     reassigns and notifies a review nobody decided in time, instead of
     deciding it.
+
+    ``spawns`` (a Pipeline or a list of them) lets the stage return
+    :class:`~treadle.Spawn`; ``collect`` (``{child id: {stage: output}} ->
+    output``) and ``on_child_failure`` (``"fail"`` or ``"ignore"``) say what
+    the settled children make of it (docs/nested.md).
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
@@ -318,6 +360,7 @@ def stage(
         review_timeout=review_timeout, on_timeout=on_timeout, output_type=output_type,
         version=version, on_change=on_change,
         reviewers=reviewers, notify=notify, escalate_to=escalate_to,
+        spawns=spawns, collect=collect, on_child_failure=on_child_failure,
     )
 
     def decorate(fn: F) -> F:

@@ -25,6 +25,8 @@ class StageState(_StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    #: The stage spawned child items into another pipeline and waits until they settle.
+    WAITING = "waiting"
 
 
 class ItemState(_StrEnum):

@@ -80,6 +80,20 @@ class ItemStatus:
     submitted_at: float | None = None
     #: The pipeline version the item is recorded at (set at submission, or by a migration).
     version: str | None = None
+    #: A child item's parent: (parent pipeline, parent id, spawning stage), else None.
+    parent: tuple[str, str, str] | None = None
+    #: The child items this item spawned (``Spawn``), in spawn order.
+    children: list[ChildStatus] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class ChildStatus:
+    """One child item spawned by a stage of its parent (docs/nested.md)."""
+
+    stage: str
+    pipeline: str
+    item_id: str
+    state: ItemState
 
 
 @attrs.frozen
@@ -107,7 +121,7 @@ class Event:
     as ``since`` to get what came after. ``state`` names what happened (the
     history's state: ``submitted``, ``running`` (a start), ``completed``,
     ``failed``, ``skipped``, ``awaiting_review``, ``approved``... see
-    docs/events.md); ``item_id`` is None for events of the whole pipeline
+    docs/volume.md); ``item_id`` is None for events of the whole pipeline
     (``paused``, ``resumed``).
     """
 

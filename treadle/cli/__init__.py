@@ -418,8 +418,17 @@ def _status(args: argparse.Namespace, runner: Runner, url: str,
     if args.item is not None:
         status = runner.status(args.item)
         took = render.durations(runner.history(args.item))
-        text = (json.dumps(render.item_json(status, took), indent=2, default=str) if args.json
-                else render.item_table(status, took, Look.of(stdout)))
+        from .tree import tree_json, tree_lines
+
+        nested = bool(runner.pipeline.children or runner.pipeline.parents)
+        if args.json:
+            data = render.item_json(status, took)
+            data.update(tree_json(status) if nested else {})
+            text = json.dumps(data, indent=2, default=str)
+        else:
+            text = render.item_table(status, took, Look.of(stdout))
+            lines = tree_lines(runner.pipeline, runner.store, status) if nested else []
+            text += "".join("\n" + line for line in lines)
         stdout.write(text + "\n")
         return 0
     counts = runner.counts()
@@ -460,14 +469,31 @@ def _reviews(args: argparse.Namespace, runner: Runner, url: str,
     if args.mine:
         me = _reviewer(args)
         waiting = [w for w in waiting if not (w[2] and w[2].assignees) or me in w[2].assignees]
+    from .tree import child_reviews, child_target
+
+    children = child_reviews(runner) if runner.pipeline.children and args.stage is None else []
     if args.json:
         stdout.write(json.dumps([{"item_id": i, "stage": s, "message": r.message if r else "",
                                   "data": r.data if r else None,
                                   "version": r.version if r else None,
                                   "previous": r.previous if r else None, **_asks(r)}
-                                 for i, s, r in waiting],
+                                 for i, s, r in waiting]
+                                + [{"item_id": i, "stage": s, "message": r.message if r else "",
+                                    "data": r.data if r else None, "pipeline": p.name,
+                                    "parent": parent} for p, i, s, r, parent in children],
                                 indent=2) + "\n")
         return 0
+    if children:
+        rows = [[i, parent or "", s, r.message if r else "", render.whole(r.data if r else None)]
+                for _, i, s, r, parent in children]
+        stdout.write("children awaiting review:\n" + table(
+            ["item", "parent", "stage", "message", "data"], rows, Look.of(stdout)) + "\n")
+        for p in dict.fromkeys(p for p, *_ in children):
+            hint = _target_hint(args, url).replace(
+                shlex.quote(args.target), shlex.quote(child_target(args.target, runner.pipeline, p)), 1)
+            stdout.write(f"decide them with: python -m treadle review {hint}\n")
+        if not waiting:
+            return 0
     if not waiting:
         stdout.write("Nothing awaits review.\n")
         return 0
@@ -626,6 +652,11 @@ def _pause(args: argparse.Namespace, runner: Runner, url: str,
     return steer.resume(args, runner, stdout)
 
 
+def _events(args: argparse.Namespace, runner: Runner, url: str,
+            stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    return steer.events(args, runner, stdout)
+
+
 COMMANDS = {
     "run": _run, "submit": _submit, "status": _status, "reviews": _reviews, "review": _review,
     "approve": _approve, "reject": _reject, "retry": _retry, "rerun": _rerun, "history": _history,
@@ -633,5 +664,5 @@ COMMANDS = {
     "serve": web_serve.run,  # web console: treadle/cli/serve.py
     "plan": change_plan.run,  # definition changes: treadle/cli/plan.py
     "cancel": _cancel, "pause": _pause, "resume": _pause,  # treadle/cli/steer.py
-    "events": lambda args, runner, url, stdin, stdout, stderr: steer.events(args, runner, stdout),
+    "events": _events,
 }

@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from . import render
+from .output import table as draw
 
 EXAMPLE = "python -m treadle plan app.py:pipeline --db sqlite:///pipeline.db --json"
 
@@ -33,7 +33,7 @@ def table(plan: Any) -> str:
                 "changes nothing for them.")
     rows = [[c.kind, c.stage or "", c.items, c.downstream or "", c.in_flight or "",
              "yes" if c.needs_decision else "", c.summary] for c in plan.changes]
-    body = render.table(["change", "stage", "items", "downstream", "in flight", "decide",
+    body = draw(["change", "stage", "items", "downstream", "in flight", "decide",
                          "what it does"], rows)
     end = ("needs a decision (exit 1): rerun --stale, a migration, or keep as is"
            if plan.needs_decision else "nothing needs a decision")

@@ -100,8 +100,9 @@ def events(args: argparse.Namespace, runner: Any, stdout: TextIO) -> int:
         raise Refused("--limit must be at least 1")
     if args.since is not None and args.since < 0:
         raise Refused("--since is an event id (>= 0)")
-    show = (lambda e: stdout.write(json.dumps(event_json(e)) + "\n")) if args.json else (
-        lambda e: stdout.write(event_line(e) + "\n"))
+    def show(e: Event) -> None:
+        stdout.write((json.dumps(event_json(e)) if args.json else event_line(e)) + "\n")
+
     if not args.follow:
         batch = runner.events(args.since or 0, args.limit, item_id=args.item)
         for e in batch:

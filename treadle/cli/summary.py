@@ -17,9 +17,7 @@ class Tally(Counters):
 
     def add(self, report: RunReport) -> RunReport:
         """Count one pass; returns the report."""
-        for field in ("executed", "completed", "failed", "skipped", "awaiting_review"):
-            setattr(self, field, getattr(self, field) + getattr(report, field))
-        self.interrupted = self.interrupted or report.interrupted
+        self.add_counts(report)
         return report
 
     def describe(self) -> str:

@@ -248,7 +248,11 @@ class Scheduler:
             if now >= next_recover:
                 self.lease.recover(self.pipeline)
                 next_recover = now + 1.0
-            self._drain(block=True, timeout=self.POLL)
+            if look.ready:  # due soon (a retry's delay): look again shortly
+                self._drain(block=True, timeout=self.POLL)
+            else:  # others hold the work: until a commit (PostgreSQL notifies) or a recovery is due
+                self.lease.call(self.store.wait_for_events, self.pipeline,
+                                max(0.0, min(1.0, next_recover - time.monotonic())))
 
     def _next_event(self, now: float) -> float:
         """Seconds until the next deadline or subtask retry (at most POLL)."""

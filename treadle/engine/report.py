@@ -44,6 +44,14 @@ class Counters:
     cancelled: int = 0  # stage runs in hand when their item was cancelled
     interrupted: bool = False
 
+    def add_counts(self, other: Any) -> None:
+        """Add what another run did (its Counters or RunReport): a pipeline tree runs
+        one pass per pipeline, ``run --watch`` several passes."""
+        for f in attrs.fields(Counters):
+            if f.name != "interrupted":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.interrupted = self.interrupted or other.interrupted
+
 
 def _listening() -> bool:
     return any(sig.receivers for sig in signals.ALL.values())

@@ -19,7 +19,7 @@ from .. import instrument
 from .._crash import crash_point
 from ..decisions import review_record
 from ..errors import SerializationError, StageTimeout
-from ..outcomes import Completed, FanOut, Review, Skipped, SubTask, to_outcome
+from ..outcomes import Completed, FanOut, Review, Skipped, Spawn, SubTask, to_outcome
 from ..serialization import ItemCodec, to_json
 from ..stage import StageSpec
 from ..states import StageState
@@ -145,6 +145,8 @@ async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, po
                                details=json.dumps({"reason": outcome.reason,
                                                    "propagate": outcome.propagate})),
                     outcome.reason)
+        if isinstance(outcome, Spawn):
+            return spawned(spec, item_id, attempt, outcome)
         assert isinstance(outcome, FanOut)
         return Transition(item_id, stage, attempt, FANOUT), subtasks_of(outcome, stage)
     except SerializationError as exc:  # retrying cannot make it serialisable
@@ -155,6 +157,23 @@ async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, po
         return failure(item_id, stage, attempt, StageTimeout("cancelled"), policy), None
     except BaseException as exc:  # noqa: BLE001 - a stage's error (even SystemExit) is its failure
         return failure(item_id, stage, attempt, exc, policy), None
+
+
+def spawned(spec: StageSpec, item_id: str, attempt: int, outcome: Spawn
+            ) -> tuple[Transition, Any]:
+    """The ``waiting`` transition of a Spawn, carrying its children (an empty Spawn
+    completes at once with ``{}``, or what ``collect`` makes of it)."""
+    from ..nested import child_rows
+
+    children = child_rows(spec, item_id, outcome)
+    if not children:
+        value = spec.collect({}) if spec.collect is not None else {}
+        output = to_json(value, what="output", item_id=item_id, stage=spec.name)
+        return Transition(item_id, spec.name, attempt, StageState.COMPLETED.value,
+                          output=output), value
+    return (Transition(item_id, spec.name, attempt, StageState.WAITING.value,
+                       details=json.dumps({"children": len(children)}),
+                       children=tuple(children)), [c[1] for c in children])
 
 
 def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:

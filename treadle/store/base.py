@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..errors import ItemNotFoundError
 from ..metrics import StageMetrics
 from ..states import StageState
-from . import changes, control, fanout, flow, human, rollback
+from . import changes, control, fanout, flow, human, nested, rollback
 from .logic import item_state
 from .query import Filter, Match
 from .records import (
@@ -143,6 +143,10 @@ class StateStore(Protocol):
                         assignees: Sequence[str], actor: str) -> bool: ...
     def record_notification(self, shape: Shape, item_id: str, stage: str, version: int,
                             details: dict[str, Any]) -> None: ...
+    # -- nested pipelines
+    def settle_waiting(self, shape: Shape) -> int: ...
+    def children(self, shape: Shape, item_id: str) -> list[tuple[str, str, str, str]]: ...
+    def parents(self, pipeline: str, item_ids: Sequence[str]) -> list[tuple[str, str, str, str]]: ...
     def close(self) -> None: ...
 
 
@@ -236,6 +240,8 @@ class BaseStore(abc.ABC):
             sub_ok, sub_refused = fanout.apply_subtasks(tx, shape, owner, subtasks)
             restarted = fanout.restart_subtasks(tx, shape, owner, restarts) if restarts else []
             accepted, refused = flow.apply(tx, shape, owner, transitions)
+            if accepted and getattr(shape, "children", None):
+                nested.spawn(tx, shape, owner, accepted)  # Spawn: children with the parent
             skipped, check = flow.advance(tx, shape, owner, accepted)
             finished = flow.finish(tx, shape, check)
             claims = (self._claim(tx, shape, owner, claim_limit, only, stages)
@@ -373,7 +379,10 @@ class BaseStore(abc.ABC):
                ) -> list[tuple[str, str]]:
         """Cancel items still in progress, all or none (see ``control.cancel``)."""
         with self.transaction() as tx:
-            return control.cancel(tx, shape, item_ids, reason, actor)
+            settled = control.cancel(tx, shape, item_ids, reason, actor)
+            if getattr(shape, "children", None):
+                nested.cancel_children(tx, shape, [i for i, _ in settled], reason, actor)
+            return settled
 
     def wait_for_events(self, shape: Shape, timeout: float) -> None:
         """Sleep until a commit may have added events, at most ``timeout`` seconds.
@@ -391,7 +400,10 @@ class BaseStore(abc.ABC):
         """Failed (and rejected) stages back to pending and ready; returns those moved.
         Refused while one of the items rolls back."""
         with self.transaction() as tx:
-            return human.retry(tx, shape, item_id, stage, actor)
+            moved = human.retry(tx, shape, item_id, stage, actor)
+            if moved and getattr(shape, "children", None):
+                nested.retry_children(tx, shape, moved, actor)
+            return moved
 
     def decide(self, shape: Shape, item_id: str, stage: str, *, approve: bool,
                output: str | None, review: dict[str, Any], actor: str,
@@ -433,6 +445,22 @@ class BaseStore(abc.ABC):
         """Items whose ``stage`` has awaited review for ``timeout`` seconds or more."""
         with self.transaction() as tx:
             return human.overdue_reviews(tx, shape, stage, timeout)
+
+    # -- nested pipelines (docs/nested.md) -------------------------------------
+    def settle_waiting(self, shape: Shape) -> int:
+        """Settle waiting stages whose children have all settled; returns how many."""
+        with self.transaction() as tx:
+            return nested.settle_waiting(tx, shape)
+
+    def children(self, shape: Shape, item_id: str) -> list[tuple[str, str, str, str]]:
+        """(stage, child pipeline, child id, child item state) of one item's children."""
+        with self.transaction() as tx:
+            return nested.tree_rows(tx, shape, item_id)
+
+    def parents(self, pipeline: str, item_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
+        """(child id, parent pipeline, parent id, stage) of these items of ``pipeline``."""
+        with self.transaction() as tx:
+            return tx.parents_of(pipeline, item_ids)
 
     # -- definition changes (docs/changes.md) ----------------------------------
     def reset_stale(self, shape: Shape, resets: Sequence[tuple[str, str, dict[str, Any]]],

@@ -119,6 +119,10 @@ def finish(tx: Tx, shape: Shape, check: set[str]) -> list[tuple[str, str]]:
         if state in FINISHED_ITEM_STATES:
             finished.append((item_id, state))
     tx.set_item_states(shape.name, settled)
+    if finished and getattr(shape, "parents", None):
+        from .nested import children_finished  # a child pipeline: settle its parents
+
+        children_finished(tx, shape, finished)
     return finished
 
 

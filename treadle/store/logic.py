@@ -37,6 +37,8 @@ def item_state(order: Iterable[str], states: Mapping[str, StageRow]) -> ItemStat
         return ItemState.RUNNING
     if any(st == StageState.PENDING.value and ready for st, ready in seen):
         return ItemState.PENDING  # waiting for a runner to take its next stage
+    if StageState.WAITING.value in values:
+        return ItemState.RUNNING  # its children are under way (docs/nested.md)
     if StageState.AWAITING_REVIEW.value in values:
         return ItemState.AWAITING_REVIEW
     if StageState.REJECTED.value in values:

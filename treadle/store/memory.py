@@ -119,10 +119,10 @@ class MemoryStore(BaseStore):
             wanted = set(shape.order)
             claimable = wanted if stages is None else set(stages)
             items = set(only) if only is not None else None
-            stages = self.t.stages
+            rows = self.t.stages
             ready = set()
             for row_id, key in self.t.ready.get(shape.name, ()):
-                r = stages.get(key)
+                r = rows.get(key)
                 if (r is not None and r.id == row_id and r.state == PENDING and r.ready
                         and key[2] in claimable and (items is None or key[1] in items)):
                     ready.add(key)

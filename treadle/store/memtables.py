@@ -108,6 +108,7 @@ class _Undo:
         self.items: dict[tuple[str, str], _Item | None] = {}
         self.subtasks: dict[StageKey, dict[str, _Sub] | None] = {}
         self.runners: dict[str, tuple[str, int, float] | None] = {}
+        self.links: list[tuple[str, str, str, str, str]] = []  # inserted: removed by an undo
 
 
 class MemoryTx(Tx):
@@ -482,6 +483,23 @@ class MemoryTx(Tx):
     def runners(self) -> list[tuple[str, str, int, float]]:
         return [(o, h, p, e) for o, (h, p, e) in self.s.runners.items()]
 
+    def insert_links(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        for link in rows:
+            if link not in self.s.links:
+                self.s.links[link] = None
+                self.undo.links.append(link)
+
+    def links_of(self, pipeline: str, item_id: str, stage: str | None = None
+                 ) -> list[tuple[str, str, str]]:
+        return [(s, cp, c) for p, i, s, cp, c in self.s.links
+                if p == pipeline and i == item_id and (stage is None or s == stage)]
+
+    def parents_of(self, child_pipeline: str, child_ids: Iterable[str]
+                   ) -> list[tuple[str, str, str, str]]:
+        ids = set(child_ids)
+        return [(c, p, i, s) for p, i, s, cp, c in self.s.links
+                if cp == child_pipeline and c in ids]
+
     def delete_runners(self, owners: Sequence[str]) -> None:
         for owner in owners:
             if owner not in self.undo.runners:
@@ -539,6 +557,8 @@ class Tables:
         self.history: list[tuple[int, str, float, HistoryRow]] = []
         self.control: list[tuple[str, ControlRow]] = []
         self.runners: dict[str, tuple[str, int, float]] = {}
+        #: child links (pipeline, item_id, stage, child_pipeline, child_id), in order
+        self.links: dict[tuple[str, str, str, str, str], None] = {}
         self.shapes: dict[str, tuple[str, ...]] = {}
         self.deps_seen: dict[str, dict[str, tuple[str, ...]]] = {}
         #: pipeline -> (stage, fingerprint) -> definition JSON
@@ -574,6 +594,8 @@ class Tables:
         for owner, info in undo.runners.items():
             if info is not None:
                 self.runners[owner] = info
+        for link in undo.links:
+            self.links.pop(link, None)
 
     def reindex(self, undo: _Undo) -> None:
         """Bring the running-row and rolling-back-item indexes (kept up to date by

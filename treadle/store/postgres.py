@@ -186,7 +186,9 @@ class PostgresStore(SqlStore):
         commits of one pipeline's runners take turns.
         """
         for name in pipelines:  # sorted by the caller: one lock order everywhere
-            tx._exec("SELECT pg_advisory_xact_lock(?, hashtext(?))", (self.FEED_LOCK, name))
+            # keyed by schema and pipeline: stores in other schemas never wait for it
+            tx._exec("SELECT pg_advisory_xact_lock(?, hashtext(current_schema() || '/' || ?))",
+                     (self.FEED_LOCK, name))
             tx._exec("SELECT pg_notify(?, ?)", (self.CHANNEL, name))
 
     def wait_for_events(self, shape: Any, timeout: float) -> None:
@@ -199,7 +201,8 @@ class PostgresStore(SqlStore):
         conn = getattr(self._local, "listener", None)
         try:
             if conn is None or conn.closed:
-                conn = self._local.listener = self._database._connect()
+                database: Any = self._database
+                conn = self._local.listener = database._connect()
                 conn.autocommit = True
                 conn.cursor().execute(f"LISTEN {self.CHANNEL}")
             if select.select([conn], [], [], max(0.0, timeout)) != ([], [], []):

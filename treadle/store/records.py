@@ -26,6 +26,7 @@ FAILED = StageState.FAILED.value
 REJECTED = StageState.REJECTED.value
 AWAITING = StageState.AWAITING_REVIEW.value
 ROLLED_BACK = StageState.ROLLED_BACK.value
+WAITING = StageState.WAITING.value
 #: The item state of an item whose rollback waits for a runner; ``rolling_back:<owner>``
 #: while that runner runs it.
 ROLLING_BACK = "rolling_back"
@@ -97,6 +98,8 @@ class Transition:
     logged_as: str | None = None  # history state when it differs (a retry: "failed")
     verdict: str | None = None    # a gate judged this output: accepted / rejected / uncertain
     escalated: bool = False       # a gated stage went to human review after its attempts
+    #: ``waiting`` (a Spawn): the (child pipeline, child id, item JSON) to submit with it
+    children: tuple[tuple[str, str, str], ...] = ()
 
 
 @attrs.frozen
@@ -245,6 +248,7 @@ __all__ = [
     "ROLLING_BACK",
     "RUNNING",
     "SKIPPED",
+    "WAITING",
     "Claim",
     "CommitResult",
     "ControlRow",

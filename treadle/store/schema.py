@@ -13,7 +13,7 @@ from typing import Any
 import peewee as pw
 
 #: Bump when the tables change, and add the step that gets there to MIGRATIONS.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 #: Partial indexes of what lease recovery reads every second: the running stage
 #: rows and the items whose rollback waits or runs (few of either, among many
@@ -55,6 +55,12 @@ def _add_fingerprints(migrator: Any) -> None:
     db.create_tables([make_models(migrator.database)["Definition"]], safe=True)
 
 
+def _add_child_table(migrator: Any) -> None:
+    """Schema 6: the links from a stage that spawned child items to those children."""
+    db = migrator.database
+    db.create_tables([make_models(db)["Child"]], safe=True)  # safe: a step may run again
+
+
 #: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
 #: (call ``playhouse.migrate.migrate(migrator.add_column(...), ...)``). Steps run
 #: in order, in one transaction, under the store's exclusive lock.
@@ -62,6 +68,9 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {
     2: _add_recovery_indexes,
     3: _add_control_table,
     4: _add_fingerprints,
+    # 5: flow control, merged separately
+    5: lambda migrator: None,
+    6: _add_child_table,
 }
 
 
@@ -199,8 +208,24 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             table_name = "treadle_definition"
             indexes = ((("pipeline", "stage", "fingerprint"), True),)
 
+    class Child(Base):
+        """A child item spawned by (pipeline, item_id, stage) into ``child_pipeline``."""
+
+        id = pw.AutoField()
+        pipeline = pw.TextField()
+        item_id = pw.TextField()
+        stage = pw.TextField()
+        child_pipeline = pw.TextField()
+        child_id = pw.TextField()
+
+        class Meta:
+            table_name = "treadle_child"
+            indexes = ((("pipeline", "item_id", "stage", "child_pipeline", "child_id"), True),
+                       (("child_pipeline", "child_id"), False))
+
     models: dict[str, Any] = {
         "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
         "History": History, "Runner": Runner, "Control": Control, "Definition": Definition,
+        "Child": Child,
     }
     return models

@@ -444,6 +444,29 @@ class SqlTx(Tx):
                 f"AND item_id IN ({marks(len(chunk))})", (pipeline, *chunk)))
         return out
 
+    # -- nested pipelines ------------------------------------------------------
+    def insert_links(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        self._many("INSERT INTO treadle_child (pipeline, item_id, stage, child_pipeline, child_id) "
+                   "VALUES (?,?,?,?,?) ON CONFLICT (pipeline, item_id, stage, child_pipeline, "
+                   "child_id) DO NOTHING", rows)
+
+    def links_of(self, pipeline: str, item_id: str, stage: str | None = None
+                 ) -> list[tuple[str, str, str]]:
+        cond, params = (" AND stage=?", (stage,)) if stage is not None else ("", ())
+        return [(r[0], r[1], r[2]) for r in self._exec(
+            "SELECT stage, child_pipeline, child_id FROM treadle_child WHERE pipeline=? "
+            f"AND item_id=?{cond} ORDER BY id", (pipeline, item_id, *params))]
+
+    def parents_of(self, child_pipeline: str, child_ids: Iterable[str]
+                   ) -> list[tuple[str, str, str, str]]:
+        out: list[tuple[str, str, str, str]] = []
+        for chunk in chunks(list(child_ids)):
+            out += [(r[0], r[1], r[2], r[3]) for r in self._exec(
+                "SELECT child_id, pipeline, item_id, stage FROM treadle_child WHERE "
+                f"child_pipeline=? AND child_id IN ({marks(len(chunk))}) ORDER BY id",
+                (child_pipeline, *chunk))]
+        return out
+
 
 def control_query(read: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], pipeline: str,
                   since: int, kinds: Sequence[str] | None) -> list[ControlRow]:

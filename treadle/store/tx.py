@@ -208,5 +208,20 @@ class Tx(abc.ABC):
     def item_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
         """The recorded item-level state of each known item of ``item_ids``."""
 
+    # -- nested pipelines (store/nested.py) -------------------------------------
+    @abc.abstractmethod
+    def insert_links(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        """Record (pipeline, item_id, stage, child_pipeline, child_id) links not yet known."""
+
+    @abc.abstractmethod
+    def links_of(self, pipeline: str, item_id: str, stage: str | None = None
+                 ) -> list[tuple[str, str, str]]:
+        """(stage, child_pipeline, child_id) of the children one item spawned, in order."""
+
+    @abc.abstractmethod
+    def parents_of(self, child_pipeline: str, child_ids: Iterable[str]
+                   ) -> list[tuple[str, str, str, str]]:
+        """(child_id, pipeline, item_id, stage) of the parents of these children."""
+
 
 __all__ = ["Tx"]
