@@ -123,7 +123,7 @@ def test_pause_buttons(tmp_path):
         _click(browser, "#pause-pipeline")
         _flash(browser, "paused the whole pipeline")
         assert runner.paused() == [None, "publish"]
-        assert "paused" in _state(browser, "#pipeline-paused")
+        wait_for(browser, lambda d: "paused" in _state(d, "#pipeline-paused"))
         # a pause lifted elsewhere shows without a reload
         browser.execute_script("window.__noReload = true;")
         runner.resume("publish", actor="elsewhere")

@@ -179,7 +179,7 @@ async def stream(request: Request) -> Response:
     base = request.scope.get("root_path", "")
 
     async def events() -> Any:
-        async for snap in state.broadcast.subscribe():
+        async for snap in feed.follow(state.broadcast):
             if snap is None:
                 yield ": keep-alive\n\n"
                 continue

@@ -64,6 +64,30 @@ def snapshot(runner: Any, seq: int | None) -> Snapshot:
     return Snapshot(seq, runner.counts(), runner.item_counts(), tuple(runner.paused()))
 
 
+def current(runner: Any) -> Snapshot:
+    """A fresh snapshot, for a page that just connected (blocking)."""
+    return snapshot(runner, runner.last_event_id())
+
+
+async def follow(broadcast: Broadcast) -> AsyncIterator[Snapshot | None]:
+    """What one ``/stream`` sends: a fresh snapshot at once, then the broadcast's.
+
+    The broadcast's newest snapshot may predate the page that connects (a
+    pause it just posted, say): sending it first would flip the page back to
+    an older state for a moment, so it is skipped when it is no newer than
+    the fresh one.
+    """
+    fresh = await run_in_threadpool(current, broadcast.runner)
+    yield fresh
+    first = True
+    async for snap in broadcast.subscribe():
+        if first and snap is not None and (snap.seq or 0) <= (fresh.seq or 0):
+            first = False
+            continue
+        first = first and snap is None
+        yield snap
+
+
 def wait_and_read(runner: Any, cursor: int, timeout: float = WAIT) -> list[Event]:
     """The events after ``cursor``; when there are none, wait up to ``timeout`` s and read again."""
     batch: list[Event] = runner.events(since=cursor, limit=BATCH)
