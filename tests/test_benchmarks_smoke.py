@@ -156,3 +156,20 @@ def test_bulk_approve_approves_every_review_and_reports_a_rate(tmp_path):
     assert "sqlite" in data["summary"]
     assert all(positive(v) for v in data["summary"].values())
     assert all(r["n"] == 30 for rs in data["runs"].values() for r in rs)
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_web_benchmark_quick_writes_its_figures(tmp_path):
+    """``python -m benchmarks.web --quick`` serves, streams to 10 clients and reports every figure."""
+    pytest.importorskip("starlette", reason="the web benchmark needs the web extra")
+    out = tmp_path / "web.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.web", "--quick", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["mode"] == "quick" and data["inbox"]["waiting"] == 300
+    for page in ("inbox_first_page", "overview", "items_first_page"):
+        assert positive(data["inbox"][page]["median_ms"]), page
+    live = data["live"]
+    assert live["clients"] == 10 and live["decisions"] == 5
+    assert all(positive(live[k]) for k in ("delay_median_s", "delay_max_s", "rss_idle_mb",
+                                           "rss_10_clients_mb", "rss_after_mb"))

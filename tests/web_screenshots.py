@@ -34,10 +34,7 @@ def main(out: str) -> None:
     runner.run()
     app = create_app(pipeline, runner.store, token=TOKEN)
     with live_server(app) as base, chromium(1280, 820) as b:
-        b.get(f"{base}/?token={TOKEN}")
-        wait_for(b, lambda d: d.find_element("css selector", "#counts-table"))
-        b.save_screenshot(str(folder / "web-overview.png"))
-        b.get(f"{base}/inbox")
+        b.get(f"{base}/inbox?token={TOKEN}")
         b.find_element("css selector", "#reviewer-input").send_keys("Rita\n")
         wait_for(b, lambda d: d.find_elements("css selector", "#reviewer-name"))
         for i in (10, 11, 12):
@@ -60,6 +57,16 @@ def main(out: str) -> None:
         b.get(f"{base}/item?id=doc-000")
         b.set_window_size(1280, 1500)
         b.save_screenshot(str(folder / "web-item.png"))
+        # the overview once a stage is paused and two items are cancelled (stage metrics below)
+        runner.pause("publish", reason="waiting for the CMS window", actor="Rita")
+        runner.cancel(["doc-062", "doc-063"], reason="withdrawn by the author", actor="Rita")
+        b.set_window_size(1280, 1000)
+        b.get(f"{base}/")
+        wait_for(b, lambda d: d.find_element("css selector", '[data-paused="publish"]'))
+        b.save_screenshot(str(folder / "web-overview.png"))
+        b.get(f"{base}/items?state=cancelled")
+        b.set_window_size(1280, 600)
+        b.save_screenshot(str(folder / "web-cancelled.png"))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from ..errors import InvalidDecisionError, InvalidTransitionError, ItemNotFoundE
 from ..pipeline import Pipeline
 from ..runner import Runner
 from ..store.urls import mask_url
-from . import feed, queries
+from . import feed, operate, queries
 from .graph import BOX_H, BOX_W, layout
 from .security import (
     CSRF_FIELD,
@@ -78,6 +78,8 @@ def _environment() -> jinja2.Environment:
     env.filters["compact"] = lambda v: json.dumps(v, ensure_ascii=False, default=str)
     env.filters["when"] = _when
     env.filters["ago"] = _ago
+    env.filters["seconds"] = operate.seconds
+    env.filters["percent"] = operate.percent
     env.globals.update(BOX_W=BOX_W, BOX_H=BOX_H, HTMX=HTMX, HTMX_SSE=HTMX_SSE)
     return env
 
@@ -161,6 +163,7 @@ def _reviewer(request: Request, form: Any) -> str | None:
 
 async def overview(request: Request) -> Response:
     ctx = await run_in_threadpool(queries.overview, request.app.state.runner)
+    ctx.update(await run_in_threadpool(operate.metrics, request.app.state.runner))
     return render(request, "overview.html", {**ctx, "layout": request.app.state.layout})
 
 
@@ -176,14 +179,16 @@ async def stream(request: Request) -> Response:
     base = request.scope.get("root_path", "")
 
     async def events() -> Any:
-        async for snap in state.broadcast.subscribe():
+        async for snap in feed.follow(state.broadcast):
             if snap is None:
                 yield ": keep-alive\n\n"
                 continue
             yield feed.changed_event(snap)
             shown = [s for s in queries.STATE_ORDER if any(c.get(s) for c in snap.counts.values())]
             html = fragment.render(counts=snap.counts, states=shown or ["pending"], items=snap.items,
-                                   layout=state.layout, pipeline=state.runner.pipeline, base=base)
+                                   paused=list(snap.paused), layout=state.layout,
+                                   pipeline=state.runner.pipeline, base=base, csrf=state.csrf,
+                                   csrf_field=CSRF_FIELD, read_only=state.read_only)
             yield feed.sse("counts", html)
 
     return StreamingResponse(events(), media_type="text/event-stream",
@@ -373,7 +378,8 @@ async def items(request: Request) -> Response:
     except (TreadleError, KeyError, ValueError) as exc:
         return render(request, "error.html", {"message": str(exc)}, status=400)
     return render(request, "items.html", {"result": result, "stage": stage or "", "state": state or "",
-                                          "error": error or "", "states": queries.STATE_ORDER})
+                                          "error": error or "", "states": queries.FILTER_STATES,
+                                          "cancellable": operate.CANCELLABLE})
 
 
 async def item(request: Request) -> Response:
@@ -407,7 +413,15 @@ async def item_action(request: Request) -> Response:
 
 
 def _routes() -> list[Any]:
+    from . import live
+
     return [
+        Route("/events", live.events),
+        Route("/fragments/metrics", operate.metrics_fragment),
+        Route("/pause", operate.pause, methods=["POST"]),
+        Route("/resume", operate.resume, methods=["POST"]),
+        Route("/items/cancel", operate.cancel_many, methods=["POST"]),
+        Route("/item/cancel", operate.cancel_item, methods=["POST"]),
         Route("/", overview),
         Route("/fragments/overview", overview_fragment),
         Route("/stream", stream),

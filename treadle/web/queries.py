@@ -10,11 +10,14 @@ import attrs
 
 from .._diff import json_diff
 from ..errors import InvalidTransitionError
-from ..states import StageState
+from ..states import ItemState, StageState
 
 WAITING = StageState.AWAITING_REVIEW.value
 #: Every stage state, in the order the overview shows them.
 STATE_ORDER = [s.value for s in StageState]
+CANCELLED = ItemState.CANCELLED.value
+#: The items page's state filter: every stage state, and ``cancelled`` (an item state).
+FILTER_STATES = [*STATE_ORDER, CANCELLED]
 
 
 @attrs.frozen
@@ -212,6 +215,8 @@ def items_page(runner: Any, *, stage: str | None, state: str | None, page: int, 
     """Items by stage and state, oldest first; ``error`` keeps those with a stage error containing it."""
     if stage:
         runner.pipeline.check_stage(stage)
+    if state == CANCELLED:
+        return _cancelled_page(runner, page, size)
     if state:
         state = StageState(state).value
     needle = (error or "").strip().lower()
@@ -232,6 +237,12 @@ def items_page(runner: Any, *, stage: str | None, state: str | None, page: int, 
     return Page(rows, page, size, None, len(ids) > (page + 1) * size)
 
 
+def _cancelled_page(runner: Any, page: int, size: int) -> Page:
+    """Cancelled items (an item state, not a stage's), oldest first."""
+    rows = runner.items(state=CANCELLED, limit=size + 1, offset=page * size)
+    return Page(rows[:size], page, size, None, len(rows) > size)
+
+
 def item_page(runner: Any, item_id: str) -> dict[str, Any]:
     status = runner.status(item_id)
     history = runner.history(status.item_id)
@@ -247,4 +258,4 @@ def item_page(runner: Any, item_id: str) -> dict[str, Any]:
 def overview(runner: Any) -> dict[str, Any]:
     counts = runner.counts()
     shown = [s for s in STATE_ORDER if any(c.get(s) for c in counts.values())] or ["pending"]
-    return {"counts": counts, "states": shown, "items": runner.item_counts()}
+    return {"counts": counts, "states": shown, "items": runner.item_counts(), "paused": runner.paused()}
