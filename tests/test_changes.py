@@ -510,3 +510,40 @@ def test_cli_reviews_show_the_earlier_decision_of_a_stale_review(tmp_path):
     assert "earlier: approved by ana" in table.stdout, table.stdout
     (entry,) = json.loads(cli("reviews", two, "--json").stdout)
     assert entry["message"] == "sure?" and entry["previous"]["decision"] == "approved"
+
+
+@pytest.mark.timeout(120)
+def test_items_version_filter_and_the_submitted_event_name_the_version(tmp_path: Path) -> None:
+    """items --version V lists the items submitted at V; each one's submitted event says V."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    module = tmp_path / "versioned.py"
+    db = f"sqlite:///{tmp_path / 'v.db'}"
+
+    def write(version: str) -> None:
+        module.write_text(textwrap.dedent(f"""
+            from treadle import Pipeline, stage
+
+            @stage()
+            def a(item):
+                return 1
+
+            pipeline = Pipeline("versioned", [a], version={version!r})
+        """))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "treadle", *args, "--db", db], cwd=root,
+                              capture_output=True, text=True, timeout=60)
+
+    write("1")
+    assert cli("submit", f"{module}:pipeline", "--item", '{"id": "old"}').returncode == 0
+    write("2")
+    assert cli("submit", f"{module}:pipeline", "--item", '{"id": "new"}').returncode == 0
+    listed = cli("items", f"{module}:pipeline", "--version", "1", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["item_id"] for r in json.loads(listed.stdout)] == ["old"]
+    events = [json.loads(line) for line in cli("events", f"{module}:pipeline", "--json").stdout.splitlines()]
+    assert [(e["item_id"], e["details"]) for e in events if e["state"] == "submitted"] == [
+        ("old", {"version": "1"}), ("new", {"version": "2"})]

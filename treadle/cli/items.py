@@ -44,6 +44,9 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
                    help=f"at most N items (default {DEFAULT_LIMIT})")
     c.add_argument("--offset", type=int, default=0, metavar="N",
                    help="skip the first N (the next page: --offset N+limit, as the footer says)")
+    c.add_argument("--version", dest="item_version", metavar="V",
+                   help="only items submitted at pipeline version V (Pipeline(version=...); "
+                        "docs/changes.md)")
     c.add_argument("--json", action="store_true", help="print a JSON list (schema in docs/cli.md)")
 
 
@@ -108,6 +111,14 @@ def run(args: argparse.Namespace, runner: Runner, url: str,
         from .flow import items_at_priority
 
         found = items_at_priority(runner, args, since)
+    elif args.item_version is not None:  # items --version: the version recorded at submission
+        ids = [i for i, v, _, _ in runner.store.item_versions(runner.pipeline)
+               if v == args.item_version]
+        if args.stage or args.state or args.error or since is not None:
+            keep = {s.item_id for s in runner.items(args.stage, args.state, args.error, since,
+                                                    None)}
+            ids = [i for i in ids if i in keep]
+        found = [runner.status(i) for i in ids[args.offset:args.offset + args.limit + 1]]
     else:
         found = runner.items(args.stage, args.state, args.error, since, args.limit + 1,
                              offset=args.offset)

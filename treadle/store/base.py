@@ -49,6 +49,7 @@ from .records import (
     SubRecord,
     SubResult,
     Transition,
+    dumps,
 )
 from .tx import Tx
 
@@ -234,7 +235,10 @@ class BaseStore(abc.ABC):
             tx.insert_stage_rows(shape.name, ((i, s, s in roots) for i in new for s in shape.order))
             if new and (priority or getattr(shape, "priorities", None)):
                 limits.set_priorities(tx, shape, new, priority)
-            tx.append_history(shape.name, (HistoryRow(i, None, "submitted", 0, actor) for i in new))
+            version = getattr(shape, "version", None)
+            details = None if version is None else dumps({"version": version}, what="version")
+            tx.append_history(shape.name, (HistoryRow(i, None, "submitted", 0, actor, details=details)
+                                           for i in new))
         return new
 
     def prioritize(self, shape: Shape, item_ids: Sequence[str], priority: int,
