@@ -167,6 +167,12 @@ def test_albums_wait_for_their_tracks_and_export_after_the_review(tmp_path):
     assert status.returncode == 0, status.stderr
     assert "split    waiting" in status.stdout
     assert "a2/3" in status.stdout and "awaiting_review" in status.stdout
+    kids = subprocess.run([sys.executable, "-m", "treadle", "items", target, "--parent", "a2",
+                           "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert kids.returncode == 0, kids.stderr
+    children = {c["item_id"]: (c["pipeline"], c["stage"], c["state"]) for c in json.loads(kids.stdout)}
+    assert children["a2/3"] == ("tracks", "split", "awaiting_review")
+    assert all(i.startswith("a2/") for i in children)
     reviews = subprocess.run([sys.executable, "-m", "treadle", "reviews", target], env=env,
                              capture_output=True, text=True, timeout=60)
     assert "children awaiting review:" in reviews.stdout

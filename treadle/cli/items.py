@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ..states import DONE_STATES, StageState
 from ..status import ItemStatus, StageStatus
 from ..store.query import Filter, passes
+from .output import Look, table
 
 if TYPE_CHECKING:
     from ..runner import Runner
@@ -44,6 +45,9 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
                    help=f"at most N items (default {DEFAULT_LIMIT})")
     c.add_argument("--offset", type=int, default=0, metavar="N",
                    help="skip the first N (the next page: --offset N+limit, as the footer says)")
+    c.add_argument("--parent", metavar="ID",
+                   help="the child items that item ID of this pipeline spawned (nested "
+                        "pipelines: docs/nested.md), with their pipeline and state")
     c.add_argument("--version", dest="item_version", metavar="V",
                    help="only items submitted at pipeline version V (Pipeline(version=...); "
                         "docs/changes.md)")
@@ -98,6 +102,21 @@ def rows_of(statuses: list[ItemStatus], flt: Filter) -> list[dict[str, Any]]:
     return out
 
 
+def _children(args: argparse.Namespace, runner: Runner, stdout: TextIO) -> int:
+    """``items --parent ID``: the children of one item, a page of them."""
+    runner.status(args.parent)  # an unknown parent: ItemNotFoundError (exit 2)
+    kids = runner.children(args.parent)[args.offset:args.offset + args.limit]
+    rows = [{"item_id": c.item_id, "pipeline": c.pipeline, "stage": c.stage,
+             "state": c.state.value} for c in kids]
+    if args.json:
+        stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        stdout.write(table(["child", "pipeline", "spawned by", "state"],
+                           [[r["item_id"], r["pipeline"], r["stage"], r["state"]] for r in rows],
+                           Look.of(stdout)) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace, runner: Runner, url: str,
         stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     """List the items passing the filters, a page at a time."""
@@ -105,6 +124,8 @@ def run(args: argparse.Namespace, runner: Runner, url: str,
         raise ValueError(f"--limit must be between 1 and {MAX_COUNT:,}")
     if not 0 <= args.offset <= MAX_COUNT:
         raise ValueError(f"--offset must be between 0 and {MAX_COUNT:,}")
+    if args.parent is not None:
+        return _children(args, runner, stdout)
     since = parse_since(args.since) if args.since is not None else None
     # one more than asked: is there a next page?
     if getattr(args, "priority", None) is not None:  # items --priority: treadle/cli/flow.py
