@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -210,9 +211,16 @@ class PostgresStore(SqlStore):
                 conn = self._local.listener = database._connect()
                 conn.autocommit = True
                 conn.cursor().execute(f"LISTEN {self.CHANNEL}")
-            if select.select([conn], [], [], max(0.0, timeout)) != ([], [], []):
+            deadline = time.monotonic() + max(0.0, timeout)
+            while True:  # the channel is shared: only this pipeline's commits end the wait
+                left = deadline - time.monotonic()
+                if left <= 0 or select.select([conn], [], [], left) == ([], [], []):
+                    return
                 conn.poll()
+                mine = any(n.payload == shape.name for n in conn.notifies)
                 conn.notifies.clear()
+                if mine:
+                    return
         except Exception:  # noqa: BLE001 - a lost listener: poll instead, reconnect next time
             self._local.listener = None
             super().wait_for_events(shape, timeout)
