@@ -127,7 +127,9 @@ class SqlTx(Tx):
         ids = sorted(item_ids)
         for chunk in chunks(ids):
             self._exec(f"SELECT 1 FROM treadle_item WHERE pipeline=? AND item_id IN ({marks(len(chunk))}) "
-                       "ORDER BY item_id FOR UPDATE", (pipeline, *chunk)).fetchall()
+                       # "C": byte order, the order of Python's sorted() above and of
+                       # every other locker, whatever the database's collation
+                       'ORDER BY item_id COLLATE "C" FOR UPDATE', (pipeline, *chunk)).fetchall()
 
     def stage_states(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, tuple[str, bool]]]:
         out: dict[str, dict[str, tuple[str, bool]]] = {}
