@@ -217,9 +217,7 @@ class Scheduler:
         while True:
             self._drain(block=False)
             self._tick()
-            cancelled = self.control.refresh()
-            if cancelled:
-                self._cancelled(cancelled)
+            self._follow_control()
             stopping = self.stop.is_set()
             room = 0 if stopping else self.capacity - len(slots)
             claims: list[Claim] = []
@@ -236,9 +234,7 @@ class Scheduler:
                 continue
             if claims:
                 continue
-            cancelled = self.control.refresh(force=True)  # a resume may free work
-            if cancelled:
-                self._cancelled(cancelled)
+            self._follow_control(force=True)  # a resume may free work
             look = self.lease.call(self.store.outlook, self.pipeline, self.only,
                                    self.control.stages)
             if look.ready == 0 and look.running == 0:
@@ -476,6 +472,12 @@ class Scheduler:
         held |= {t.key for t in self.fanouts.runs}
         held |= {(c.item_id, c.stage, c.attempt) for c in self.undispatched}
         return held | self.writes.claims()
+
+    def _follow_control(self, *, force: bool = False) -> None:
+        """Take in the pauses and cancellations written since the last look (if due)."""
+        cancelled = self.control.refresh(force=force)
+        if cancelled:
+            self._cancelled(cancelled)
 
     def _cancelled(self, items: set[str]) -> None:
         """Items were cancelled (by anyone): their work in hand is told to stop

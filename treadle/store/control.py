@@ -95,18 +95,18 @@ def cancel(tx: Tx, shape: Shape, item_ids: Sequence[str], reason: str, actor: st
     for item_id in ids:
         if item_id not in recorded:
             tx.require_item(shape.name, item_id)  # raises ItemNotFoundError
-    stages = tx.stage_states(shape.name, ids)
-    for item_id in ids:
+    rows_of = {i: tx.rows(shape.name, i) for i in ids}  # locked above: read once
+    for item_id, rows in rows_of.items():
         state = recorded[item_id]
         if not state.startswith(ROLLING_BACK) and state != CANCELLED:
-            state = item_state(shape.order, stages.get(item_id, {})).value
+            state = item_state(shape.order, {s: (r.state, r.ready) for s, r in rows.items()}).value
         if state in FINISHED_ITEM_STATES or state.startswith(ROLLING_BACK):
             raise not_cancellable(item_id, state)
     details = _reason(reason)
+    wants = getattr(shape, "on_failure", "stop") == "rollback"
     history: list[HistoryRow] = []
     settled: list[tuple[str, str]] = []
-    for item_id in ids:
-        rows = tx.rows(shape.name, item_id)
+    for item_id, rows in rows_of.items():
         live = [(item_id, s) for s in shape.order
                 if s in rows and rows[s].state in (PENDING, RUNNING, AWAITING)]
         tx.set_state(shape.name, live, PENDING, (PENDING, RUNNING, AWAITING), ready=False)
@@ -115,7 +115,6 @@ def cancel(tx: Tx, shape: Shape, item_ids: Sequence[str], reason: str, actor: st
         history += [HistoryRow(item_id, s, CANCELLED, rows[s].attempt, actor, details=details)
                     for _, s in live if rows[s].state != PENDING]
         history.append(HistoryRow(item_id, None, CANCELLED, 0, actor, details=details))
-        wants = getattr(shape, "on_failure", "stop") == "rollback"
         settled.append((item_id, ROLLING_BACK if wants and rollback_plan(tx, shape, item_id)
                         else CANCELLED))
     tx.set_item_states(shape.name, settled)
