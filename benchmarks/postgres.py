@@ -42,22 +42,23 @@ def unavailable() -> str | None:
     return None
 
 
-def _admin() -> psycopg2.extensions.connection:
+def _admin(base: str | None = None) -> psycopg2.extensions.connection:
     import psycopg2
 
-    conn = psycopg2.connect(base_url(), connect_timeout=10)
+    conn = psycopg2.connect(base or base_url(), connect_timeout=10)
     conn.autocommit = True
     return conn
 
 
 @contextmanager
-def fresh_schema() -> Iterator[str]:
-    """Create an empty schema, yield a store URL that uses it, then drop it."""
-    base = base_url()
+def fresh_schema(base: str | None = None) -> Iterator[str]:
+    """Create an empty schema on ``base`` (default: the server of ``$TREADLE_TEST_POSTGRES_URL``),
+    yield a store URL that uses it, then drop it."""
+    base = base or base_url()
     if base is None:
         raise RuntimeError(f"${ENV} is not set")
     schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = _admin()
+    admin = _admin(base)
     try:
         with admin.cursor() as cur:
             cur.execute(f'CREATE SCHEMA "{schema}"')

@@ -30,11 +30,9 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from treadle import Pipeline, Review, Runner, open_store, stage
 
@@ -186,18 +184,10 @@ def _store_url(postgres: str | None, tmp: str) -> Iterator[str]:
     if postgres is None:
         yield f"sqlite:///{os.path.join(tmp, 'bench.db')}"
         return
-    import psycopg2
+    from .postgres import fresh_schema
 
-    schema = f"treadle_web_bench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in postgres else "?"
-    try:
-        yield f"{postgres}{sep}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        admin.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
+    with fresh_schema(postgres) as url:
+        yield url
 
 
 def main(argv: list[str] | None = None) -> int:
