@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the web console needs the web extra (pip install 'treadle[web]')")
 
-from tests.web_browser import chromium, require_chromium, wait_for
+from tests.web_browser import chromium, css, require_chromium, wait_for
 from tests.web_helpers import TOKEN, decisions, live_server, stage_of, waiting_store
 from tests.web_pipeline import pipeline
 from treadle.web import create_app
@@ -24,15 +24,9 @@ def _chromium():
     require_chromium()
 
 
-def _css(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, selector)
-
-
 def _text(driver, selector):
     """The text of a live element (htmx may swap it between finding and reading)."""
-    return wait_for(driver, lambda d: _css(d, selector).text)
+    return wait_for(driver, lambda d: css(d, selector).text)
 
 
 def _cell(driver, stage, state):
@@ -59,35 +53,35 @@ def test_review_fifty_then_live_overview(tmp_path):
     with live_server(app) as base, chromium() as browser:
         browser.get(f"{base}/inbox?token={TOKEN}")
         assert len(browser.find_elements("css selector", "table.inbox tr.row")) == 50
-        _css(browser, "#reviewer-input").send_keys("Rita Reviewer\n")
+        css(browser, "#reviewer-input").send_keys("Rita Reviewer\n")
         wait_for(browser, lambda d: d.find_elements("css selector", "#reviewer-name"))
 
         # approve d00 with an edit: the diff is shown before saving
-        _css(browser, 'tr[data-item="d00"] a.open').click()
+        css(browser, 'tr[data-item="d00"] a.open').click()
         editor = wait_for(browser, lambda d: d.find_element("css selector", "#data-editor"))
         editor.clear()
         editor.send_keys(json.dumps({"title": "Edited in the browser", "tags": ["a", "b"]}))
-        _css(browser, "#preview-diff").click()
+        css(browser, "#preview-diff").click()
         wait_for(browser, lambda d: "/title" in d.find_element("css selector", "#diff-preview").text)
-        _css(browser, "#approve-edited").click()
+        css(browser, "#approve-edited").click()
         wait_for(browser, lambda d: d.find_element("css selector", "#confirm-form"))
-        diff = _css(browser, "#diff")
+        diff = css(browser, "#diff")
         assert "/title" in diff.text and "Edited in the browser" in diff.text
         assert stage_of(runner, "d00").state == "awaiting_review"  # not saved before confirming
-        _css(browser, "#confirm-approve").click()
+        css(browser, "#confirm-approve").click()
         wait_for(browser, lambda d: "approved d00" in d.find_element("css selector", "#flash").text)
 
         # reject d01 with a reason
-        _css(browser, 'tr[data-item="d01"] a.open').click()
+        css(browser, 'tr[data-item="d01"] a.open').click()
         wait_for(browser, lambda d: d.find_element("css selector", "#reject-reason")).send_keys("duplicate of d00")
-        _css(browser, "#reject").click()
+        css(browser, "#reject").click()
         wait_for(browser, lambda d: "rejected d01" in d.find_element("css selector", "#flash").text)
 
         # bulk-approve ten selected
         assert len(browser.find_elements("css selector", "table.inbox tr.row")) == 48
         for i in range(2, 12):
-            _css(browser, f'tr[data-item="d{i:02d}"] input.sel').click()
-        _css(browser, "#approve-selected").click()
+            css(browser, f'tr[data-item="d{i:02d}"] input.sel').click()
+        css(browser, "#approve-selected").click()
         wait_for(browser, lambda d: "approved 10" in d.find_element("css selector", "#flash").text)
         assert len(browser.find_elements("css selector", "table.inbox tr.row")) == 38
 
@@ -128,13 +122,13 @@ def test_two_sessions_decide_the_same_review(tmp_path):
     with live_server(app) as base, chromium() as ann, chromium() as bo:
         for browser, name in ((ann, "Ann"), (bo, "Bo")):
             browser.get(f"{base}/inbox?token={TOKEN}")
-            _css(browser, "#reviewer-input").send_keys(f"{name}\n")
+            css(browser, "#reviewer-input").send_keys(f"{name}\n")
             wait_for(browser, lambda d: d.find_elements("css selector", "#reviewer-name"))
             browser.get(f"{base}/review?item=d01&stage=review")
-        _css(ann, "#approve").click()
+        css(ann, "#approve").click()
         wait_for(ann, lambda d: "approved d01" in d.find_element("css selector", "#flash").text)
-        _css(bo, "#reject-reason").send_keys("not good")
-        _css(bo, "#reject").click()
+        css(bo, "#reject-reason").send_keys("not good")
+        css(bo, "#reject").click()
         error = wait_for(bo, lambda d: d.find_element("css selector", "#error"))
         assert "no longer awaiting review" in error.text and "approved by Ann" in error.text
     assert decisions(runner) == [("d01", "approved", "Ann")]
@@ -149,21 +143,21 @@ def test_keyboard_shortcuts(tmp_path):
     app = create_app(pipeline, runner.store, token=TOKEN)
     with live_server(app) as base, chromium() as browser:
         browser.get(f"{base}/inbox?token={TOKEN}")
-        _css(browser, "#reviewer-input").send_keys("Kim\n")
+        css(browser, "#reviewer-input").send_keys("Kim\n")
         wait_for(browser, lambda d: d.find_elements("css selector", "#reviewer-name"))
-        body = _css(browser, "body")
+        body = css(browser, "body")
         body.send_keys("j", "x", "j", "j", "x", "k")  # select d00 and d02; cursor back on d01
         assert [b.get_attribute("value") for b in browser.find_elements("css selector", "input.sel:checked")] \
             == [json.dumps(["d00", "review", 1]), json.dumps(["d02", "review", 1])]
-        assert _css(browser, "tr.row.cursor").get_attribute("data-item") == "d01"
-        _css(browser, "#approve-selected").click()
+        assert css(browser, "tr.row.cursor").get_attribute("data-item") == "d01"
+        css(browser, "#approve-selected").click()
         wait_for(browser, lambda d: "approved 2" in d.find_element("css selector", "#flash").text)
-        _css(browser, 'tr[data-item="d04"] input.sel').click()
-        _css(browser, "#bulk-reason").send_keys("off topic\n")  # Enter in the reason rejects
+        css(browser, 'tr[data-item="d04"] input.sel').click()
+        css(browser, "#bulk-reason").send_keys("off topic\n")  # Enter in the reason rejects
         wait_for(browser, lambda d: "rejected 1" in d.find_element("css selector", "#flash").text)
-        _css(browser, "body").send_keys("j", Keys.ENTER)  # the first row is now d01
+        css(browser, "body").send_keys("j", Keys.ENTER)  # the first row is now d01
         wait_for(browser, lambda d: "d01" in d.find_element("css selector", "h1").text)
-        _css(browser, "body").send_keys("a")
+        css(browser, "body").send_keys("a")
         wait_for(browser, lambda d: "approved d01" in d.find_element("css selector", "#flash").text)
     assert sorted(decisions(runner)) == [("d00", "approved", "Kim"), ("d01", "approved", "Kim"),
                                          ("d02", "approved", "Kim"), ("d04", "rejected", "Kim")]

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the web console needs the web extra (pip install 'treadle[web]')")
 
-from tests.web_browser import chromium, require_chromium, wait_for
+from tests.web_browser import chromium, css, require_chromium, wait_for
 from tests.web_helpers import TOKEN, live_server, waiting_store
 from tests.web_pipeline import pipeline
 from treadle.web import create_app
@@ -23,19 +23,13 @@ def _chromium():
     require_chromium()
 
 
-def _css(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, selector)
-
-
 def _click(driver, selector):
     """Click an element of the live fragment (htmx may swap it between finding and clicking)."""
     from selenium.common.exceptions import StaleElementReferenceException
 
     for _ in range(50):
         try:
-            _css(driver, selector).click()
+            css(driver, selector).click()
             return
         except StaleElementReferenceException:
             time.sleep(0.05)
@@ -87,18 +81,18 @@ def test_cancel_buttons(tmp_path):
     app = create_app(pipeline, runner.store, token=TOKEN)
     with live_server(app) as base, chromium() as browser:
         browser.get(f"{base}/item?id=d00&token={TOKEN}")
-        _css(browser, "#cancel-reason").send_keys("sent twice")
-        _css(browser, "#cancel").click()
+        css(browser, "#cancel-reason").send_keys("sent twice")
+        css(browser, "#cancel").click()
         _flash(browser, "cancelled 1 item(s): d00")
-        assert "cancelled" in _css(browser, "h1 .state").text
+        assert "cancelled" in css(browser, "h1 .state").text
         assert not browser.find_elements("css selector", "#cancel")
 
         browser.get(f"{base}/items")
         assert not browser.find_elements("css selector", 'tr[data-item="d00"] input.sel')
         for item in ("d01", "d02"):
-            _css(browser, f'tr[data-item="{item}"] input.sel').click()
-        _css(browser, "#cancel-reason").send_keys("out of scope")
-        _css(browser, "#cancel-selected").click()
+            css(browser, f'tr[data-item="{item}"] input.sel').click()
+        css(browser, "#cancel-reason").send_keys("out of scope")
+        css(browser, "#cancel-selected").click()
         _flash(browser, "cancelled 2 item(s)")
         browser.get(f"{base}/items?state=cancelled")
         rows = [r.get_attribute("data-item") for r in browser.find_elements("css selector", "tr.row")]

@@ -63,3 +63,10 @@ def wait_for(driver: Any, condition: Any, timeout: float = 5.0) -> Any:
     return WebDriverWait(driver, timeout, poll_frequency=0.05,
                          ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
                          ).until(condition)
+
+
+def css(driver: Any, selector: str) -> Any:
+    """The element matching the CSS ``selector`` (NoSuchElementException if none)."""
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
