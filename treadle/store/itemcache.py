@@ -121,12 +121,11 @@ class ItemCache:
         """Keep these items' JSON, evicting the least recently used beyond the bound.
         An item larger than the whole bound is not kept. ``missed``: how many
         lookups these items answer (counted in :attr:`misses`)."""
-        if self._limit == 0:
-            self.misses += missed
-            return
         entries = self._entries
         with self._lock:
             self.misses += missed
+            if self._limit == 0:
+                return
             for item_id, data in items.items():
                 size = entry_size(item_id, data)
                 if size > self._limit:
