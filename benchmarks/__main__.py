@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"Peers (optional, not treadle dependencies): {INSTALL}")
     p.add_argument("--quick", action="store_true",
                    help="small sizes (W1 N=1,000 and 5,000; W2, W3 N=1,000; W4 50,000 rows; "
-                        "W5 5,000 items; peers N=100; PostgreSQL N<=1,000)")
+                        "W5 5,000 items; W7 1,000 items; peers N=100; PostgreSQL N<=1,000)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write a markdown report")
     p.add_argument("--workloads", type=_choices(WORKLOADS), metavar="LIST",
@@ -62,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--w4-rows", type=int, metavar="ROWS", help="W4 (item, stage) rows")
     p.add_argument("--w5-items", type=int, metavar="N", help="W5 items (half complete)")
     p.add_argument("--w5-repeats", type=int, metavar="K", help="W5 resumes per store (default 3)")
+    p.add_argument("--w7-items", type=int, metavar="N",
+                   help="W7 large items (and as many small ones; default 1,000 quick, 20,000 full)")
+    p.add_argument("--w7-size", type=int, metavar="BYTES",
+                   help="W7 bytes per large item (default 100,000)")
     p.add_argument("--repeats", type=int, metavar="K",
                    help="W1, W2, W3 and floor runs per N up to 10,000, median kept "
                         "(default 1 quick, 3 full)")
@@ -79,9 +83,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attempts", type=int, metavar="K",
                    help="tries per measurement if it fails, every failure reported "
                         "(default 1 quick, 4 full)")
-    p.add_argument("--item-cache", type=int, metavar="N",
-                   help="set treadle's item JSON cache bound (BaseStore.ITEM_CACHE, default "
-                        "50,000) in the measurements; a work-around knob, shown in the report")
+    p.add_argument("--item-cache", type=int, metavar="BYTES",
+                   help="set the byte bound of treadle's item JSON cache (BaseStore."
+                        "ITEM_CACHE_BYTES, default 64 MiB; 0 turns it off) in the "
+                        "measurements; shown in the report")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="limit per measurement (default 300 quick, 900 full)")
     return p
@@ -91,12 +96,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     mode = "quick" if args.quick else "full"
     s = Settings(mode=mode, **PRESETS[mode])
     for attr in ("workloads", "stores", "w1_sizes", "w2_sizes", "w3_sizes", "w4_rows",
-                 "w5_items", "w5_repeats", "repeats", "workers", "timeout", "peers",
-                 "peer_sizes", "peer_callers", "postgres_max_n", "attempts", "item_cache"):
+                 "w5_items", "w5_repeats", "w7_items", "w7_size", "repeats", "workers",
+                 "timeout", "peers", "peer_sizes", "peer_callers", "postgres_max_n", "attempts",
+                 "item_cache"):
         value = getattr(args, attr)
         if value is not None:
             setattr(s, attr, value)
-    for attr in ("w4_rows", "w5_items", "w5_repeats", "repeats", "workers", "attempts"):
+    for attr in ("w4_rows", "w5_items", "w5_repeats", "w7_items", "w7_size", "repeats",
+                 "workers", "attempts"):
         if getattr(s, attr) < (2 if attr == "w5_items" else 1):
             raise SystemExit(f"python -m benchmarks: --{attr.replace('_', '-')} is too small")
     return s

@@ -33,12 +33,12 @@ def main(argv: list[str]) -> int:
         from .workloads import KINDS
 
         fn = KINDS[kind]
-        if spec.get("item_cache"):
-            # --item-cache: the bound of treadle's item JSON cache (a work-around
-            # knob; the report says when it was used).
+        if spec.get("item_cache") is not None:
+            # --item-cache: the byte bound of treadle's item JSON cache in every
+            # store the measurement opens (the report says when it was used).
             from treadle.store.base import BaseStore
 
-            BaseStore.ITEM_CACHE = int(spec["item_cache"])
+            BaseStore.ITEM_CACHE_BYTES = int(spec["item_cache"])
     result = fn(spec)
     result["peak_rss_kb"] = peak_rss_kb()
     result["cpu_s"] = cpu_seconds()

@@ -290,6 +290,26 @@ def _sections(results: dict[str, Any], markdown: bool) -> list[tuple[str, str, s
                 _table(["store", "items", "first stage s", "min - max", "interpreter s",
                         "imports s", "open_store s", "run -> stage s", "peak RSS MB"],
                        rows, markdown)))
+    rows = []
+    for r in wl.get("W7", {}).get("results", []):
+        small, large = r["small"], r["large"]
+        rows.append([r["store"], _n(r["n"]), _n(r["size"]), _mb(r["payload_bytes"] / 1024),
+                     _n(small["transitions_per_s"]), _n(large["transitions_per_s"]),
+                     _ratio(r["throughput_ratio"]), _mb(small["rss_growth_kb"]),
+                     _mb(large["rss_before_run_kb"]), _mb(large["peak_rss_kb"]),
+                     _mb(large["rss_growth_kb"]), f"{r['growth_over_payload']:.3f}"])
+    out.append(("W7", "W7 large items: N items of 100 KB x 5 stages, against N small items",
+                "The W1 pipeline over items `{\"id\": i, \"blob\": <size> characters}`, "
+                "submitted 50 per transaction (the child never holds the whole payload), then "
+                "over as many small items `{\"id\": i}` (the baseline, same run, repeats "
+                "interleaved). RSS growth = peak RSS at the end of `run()` - RSS just before "
+                "it (a peak reached while submitting counts too: an upper bound); "
+                "growth / payload = that growth over N x size. x small = large items' "
+                "transitions/s over small items'.",
+                _table(["store", "N", "item bytes", "payload MB", "small transitions/s",
+                        "large transitions/s", "x small", "small: RSS growth MB",
+                        "RSS before run MB", "peak RSS MB", "RSS growth MB",
+                        "growth / payload"], rows, markdown)))
     return out
 
 
@@ -317,6 +337,11 @@ def headlines(results: dict[str, Any]) -> list[str]:
         out.append(f"W3 N={r['n']:,} {r['store']}: {_n(r['transitions_per_s'])} transitions/s overall "
                    f"(run 1 {_s(r['run1_s'])} s, list {_s(r['list_s'])} s, approve "
                    f"{_s(r['approve_s'])} s, run 2 {_s(r['run2_s'])} s)")
+    for r in wl.get("W7", {}).get("results", []):
+        out.append(f"W7 N={r['n']:,} x {r['size']:,} bytes {r['store']}: run() peak RSS growth "
+                   f"{r['rss_growth_mb']:.0f} MB for {r['payload_bytes'] / 2**20:,.0f} MB of "
+                   f"items ({r['growth_over_payload']:.3f}x); {_ratio(r['throughput_ratio'])} "
+                   "the transitions/s of small items")
     for c in results.get("peers", {}).get("comparison", []):
         t = c["treadle"].get("sqlite")
         if t:
@@ -340,10 +365,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         what = ", ".join(f"{k}={v}" for k, v in err.items() if k != "error")
         last = err["error"].strip().splitlines()[-1] if err["error"].strip() else "?"
         lines.append(f"FAILED {what}: `{last}` (the JSON holds the traceback's tail)")
-    if results["settings"].get("item_cache"):
-        lines.append(f"treadle's item JSON cache bound (`BaseStore.ITEM_CACHE`, default 50,000) "
-                     f"was set to {results['settings']['item_cache']:,} in every measurement "
-                     "(`--item-cache`).")
+    if results["settings"].get("item_cache") is not None:
+        lines.append(f"treadle's item JSON cache bound (`BaseStore.ITEM_CACHE_BYTES`, default "
+                     f"64 MiB) was set to {results['settings']['item_cache']:,} bytes in every "
+                     "measurement (`--item-cache`).")
     start = results.get("machine", {}).get("git", {})
     end = results.get("git_end") or {}
     if end and (end.get("library_digest") != start.get("library_digest")

@@ -31,14 +31,16 @@ STORES: dict[str, tuple[str, str]] = {
                                  "schema `bench_<random>` per measurement, dropped afterwards"),
 }
 DURABLE = ("sqlite", "sqlite-normal")
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7")
 #: Workloads that can run on PostgreSQL (W4 and W5 are SQLite-only, see ``skipped``).
 POSTGRES_WORKLOADS = ("W1", "W2", "W3")
 #: Workloads the peers implement.
 PEER_WORKLOADS = ("W1", "W2")
 FLOOR_SYNC = ("NORMAL", "FULL")
 WORKLOAD_NAMES = {"W1": "linear", "W2": "fan-out", "W3": "diamond + review",
-                  "W4": "status", "W5": "resume"}
+                  "W4": "status", "W5": "resume", "W7": "large items"}
+#: The store W7 runs on (the default durable one).
+W7_STORE = "sqlite"
 
 
 @dataclass
@@ -52,6 +54,9 @@ class Settings:
     w4_repeats: int = 5
     w5_items: int = 0
     w5_repeats: int = 3
+    #: W7: items of ``w7_size`` bytes (and as many small ones, the baseline).
+    w7_items: int = 0
+    w7_size: int = 100_000
     floor_sample_normal: int = 0
     floor_sample_full: int = 0
     repeats: int = 1
@@ -61,7 +66,8 @@ class Settings:
     timeout: float = 900.0
     #: Tries per measurement; failures before the last are recorded under ``retried``.
     attempts: int = 1
-    #: If set, treadle's item JSON cache bound (``BaseStore.ITEM_CACHE``) in the children.
+    #: If set, the byte bound of treadle's item JSON cache (``BaseStore.ITEM_CACHE_BYTES``)
+    #: in the children.
     item_cache: int | None = None
     #: PostgreSQL: only these workloads, only N up to ``postgres_max_n``, once per N.
     postgres_workloads: list[str] = field(default_factory=lambda: list(POSTGRES_WORKLOADS))
@@ -74,12 +80,13 @@ class Settings:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(w1_sizes=[1_000, 5_000], w2_sizes=[1_000], w3_sizes=[1_000],
-                  w4_rows=50_000, w5_items=5_000,
+                  w4_rows=50_000, w5_items=5_000, w7_items=1_000,
                   floor_sample_normal=10_000, floor_sample_full=1_000, timeout=300.0,
                   postgres_max_n=1_000, postgres_workloads=["W1", "W2"], peer_sizes=[100],
                   peer_callers=[1]),
     "full": dict(w1_sizes=[1_000, 10_000, 100_000], w2_sizes=[1_000, 10_000],
                  w3_sizes=[1_000, 10_000], w4_rows=1_000_000, w5_items=100_000,
+                 w7_items=20_000,
                  floor_sample_normal=50_000, floor_sample_full=3_000, repeats=3,
                  timeout=900.0, attempts=4, postgres_max_n=10_000, peer_sizes=[1_000],
                  peer_callers=[1, 4]),
@@ -141,7 +148,7 @@ class Suite:
     def child(self, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Run one measurement in a fresh interpreter and return its result."""
         spec = dict(spec, out=self._path(spec["kind"], "json"))
-        if self.s.item_cache:
+        if self.s.item_cache is not None:
             spec["item_cache"] = self.s.item_cache
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
@@ -313,6 +320,29 @@ class Suite:
             self._remove_db(built)
         return out
 
+    def w7(self) -> list[dict[str, Any]]:
+        """W7 on SQLite: N small items, then N large ones, repeats interleaved; the
+        median run of each and the figures derived from the pair."""
+        s = self.s
+        n, size = s.w7_items, s.w7_size
+        k = s.repeats if n <= s.repeat_max_n else 1
+        runs: dict[int, list[dict[str, Any]]] = {0: [], size: []}
+        for rep in range(k):
+            for sz in (0, size):
+                def go(sz: int = sz) -> dict[str, Any]:
+                    with self._store_url(W7_STORE, "w7") as url:
+                        return self.child({"kind": "w7", "n": n, "size": sz,
+                                           "workers": s.workers, "url": url})
+
+                tag = {"repeat": rep + 1} if k > 1 else {}
+                if (r := self._attempt({"workload": "W7", "store": W7_STORE, "n": n,
+                                        "size": sz, **tag}, go)) is not None:
+                    runs[sz].append(r)
+        if not runs[0] or not runs[size]:
+            return []
+        return [summarize_w7(W7_STORE, median_run(runs[0], "run_s"),
+                             median_run(runs[size], "run_s"))]
+
     # -- the whole run -------------------------------------------------------
     def _treadle_sizes(self, workload: str, sizes: list[int],
                        with_floor: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -370,6 +400,7 @@ class Suite:
         w3: list[dict[str, Any]] = []
         w4: list[dict[str, Any]] = []
         w5: list[dict[str, Any]] = []
+        w7: list[dict[str, Any]] = []
         local = [st for st in self.stores if st != "postgresql"]
         if "W1" in s.workloads:
             w1, floors = self._treadle_sizes("W1", s.w1_sizes, with_floor=True)
@@ -386,6 +417,10 @@ class Suite:
         if "W5" in s.workloads and w5_stores:
             self.log(f"W5 resume, {s.w5_items:,} items (half complete)")
             w5 = self.w5(w5_stores)
+        if "W7" in s.workloads and W7_STORE in self.stores:
+            self.log(f"W7 large items, {s.w7_items:,} x {s.w7_size:,} bytes and as many "
+                     "small items")
+            w7 = self.w7()
         peer_rows = self._peers()
         derive_w1(w1, floors)
         derive_rates(w2, "run_s")
@@ -395,6 +430,12 @@ class Suite:
             skipped.append({"store": "memory", "workload": "W5",
                             "reason": "a memory:// store does not survive the process; "
                                       "nothing to resume"})
+        if "W7" in s.workloads:
+            others = [st for st in self.stores if st != W7_STORE]
+            if others:
+                skipped.append({"store": ", ".join(others), "workload": "W7",
+                                "reason": f"W7 runs on {W7_STORE} only (the memory store "
+                                          "holds every item by design)"})
         settings = asdict(s)
         pg_version = postgres.server_version() if "postgresql" in self.stores else None
         body = {
@@ -407,6 +448,8 @@ class Suite:
                        "results": w3},
                 "W4": {"name": "status", "rows": s.w4_rows, "results": w4},
                 "W5": {"name": "resume", "items": s.w5_items, "results": w5},
+                "W7": {"name": "large items", "items": s.w7_items, "size": s.w7_size,
+                       "results": w7},
             },
             "peers": {
                 "install": peer_registry.INSTALL,
@@ -511,4 +554,22 @@ def summarize_w5(store: str, build: dict[str, Any], runs: list[dict[str, Any]]) 
         "first_stage_min_s": min(firsts), "first_stage_max_s": max(firsts),
         **{f"median_{k}": v for k, v in med.items()},
         "peak_rss_kb": max(r["peak_rss_kb"] for r in runs), "runs": runs,
+    }
+
+
+def summarize_w7(store: str, small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
+    """W7's figures: each side's rate and peak RSS growth during ``run()``; the large
+    items' growth over their payload and their rate over the small items'."""
+    for r in (small, large):
+        r["transitions_per_s"] = r["transitions"] / r["run_s"]
+        r["rss_growth_kb"] = max(0, r["peak_rss_kb"] - r["rss_before_run_kb"])
+    payload = large["payload_bytes"]
+    return {
+        "store": store, "n": large["n"], "size": large["size"], "payload_bytes": payload,
+        "small": small, "large": large,
+        "rss_growth_mb": large["rss_growth_kb"] / 1024,
+        "small_rss_growth_mb": small["rss_growth_kb"] / 1024,
+        "growth_over_payload": large["rss_growth_kb"] * 1024 / payload if payload else None,
+        "throughput_ratio": large["transitions_per_s"] / small["transitions_per_s"],
+        "item_cache_limit": large.get("item_cache_limit"),
     }

@@ -105,4 +105,18 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         add(t, f"{r['first_stage_s']:.2f} s median, {r['first_stage_max_s']:.2f} s max "
                f"(N={r['n']:,}, half complete)", r["first_stage_max_s"] < 1.0)
+
+    # 6. Memory bounded by bytes (#19): W7, 100 KB items, at least 1 GB of them.
+    t = ("W7 memory bounded by bytes: peak RSS growth during run() under 0.1x the payload "
+         "(N x 100 KB items, N >= 10,000)")
+    r = _row(wl.get("W7", {}).get("results", []), store=STORE)
+    if r is None or r["payload_bytes"] < 10_000 * 100_000:
+        add(t, "not measured (needs W7 with at least 10,000 items of 100 KB)"
+            + (f"; at N={r['n']:,}: growth {r['rss_growth_mb']:.0f} MB = "
+               f"{r['growth_over_payload']:.2f}x the payload" if r else ""), None)
+    else:
+        add(t, f"{r['growth_over_payload']:.3f}x ({r['rss_growth_mb']:.0f} MB for "
+               f"{r['payload_bytes'] / 2**20:,.0f} MB of items); throughput "
+               f"{_ratio_text(r['throughput_ratio'])} that of small items",
+            r["growth_over_payload"] < 0.1)
     return out

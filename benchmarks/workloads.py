@@ -300,7 +300,14 @@ def w5_resume(spec: dict[str, Any]) -> dict[str, Any]:
     raise AssertionError("the run returned without executing any stage")
 
 
+def w7_large(spec: dict[str, Any]) -> dict[str, Any]:
+    """W7 large items (``w7_items.py``)."""
+    from .w7_items import w7_large as run
+
+    return run(spec)
+
+
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "w1": w1_linear, "w2": w2_fanout, "w3": w3_diamond, "w4": w4_status,
-    "w5_build": w5_build, "w5_resume": w5_resume,
+    "w5_build": w5_build, "w5_resume": w5_resume, "w7": w7_large,
 }

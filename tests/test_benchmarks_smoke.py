@@ -45,7 +45,7 @@ def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
     workloads = data["workloads"]
     assert {name: w["name"] for name, w in workloads.items()} == {
         "W1": "linear", "W2": "fan-out", "W3": "diamond + review", "W4": "status",
-        "W5": "resume"}
+        "W5": "resume", "W7": "large items"}
     settings = data["settings"]
     skipped = {sk["store"] for sk in data["skipped"]}
 
@@ -101,6 +101,21 @@ def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
         assert positive(r["first_stage_s"]) and positive(r["peak_rss_kb"])
         assert r["completed_items"] + r["pending_items"] == r["n"]
 
+    w7 = workloads["W7"]
+    [r] = w7["results"]
+    assert r["store"] == "sqlite" and r["n"] == settings["w7_items"] == w7["items"]
+    assert r["payload_bytes"] == r["n"] * r["size"] and r["size"] == settings["w7_size"] > 0
+    assert r["small"]["size"] == 0 and r["large"]["size"] == r["size"]
+    for side in (r["small"], r["large"]):
+        assert side["transitions"] == 5 * r["n"]
+        for key in ("run_s", "transitions_per_s", "peak_rss_kb", "rss_before_run_kb"):
+            assert positive(side[key]), (key, side[key])
+        assert side["rss_growth_kb"] >= 0
+    assert positive(r["throughput_ratio"]) and r["growth_over_payload"] >= 0
+    assert r["item_cache_limit"] == 64 * 2**20
+    [w7_skip] = [sk for sk in data["skipped"] if sk.get("workload") == "W7"]
+    assert set(w7_skip["store"].split(", ")) == set(data["stores_measured"]) - {"sqlite"}
+
     peers = data["peers"]
     assert "pip install" in peers["install"]
     measured = {name for name, versions in peers["installed"].items() if versions}
@@ -117,7 +132,8 @@ def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
         assert c["faster_peer"] in measured and positive(c["faster_peer_transitions_per_s"])
         assert all(positive(t["ratio"]) for t in c["treadle"].values())
 
-    assert len(data["targets"]) == 7
+    assert len(data["targets"]) == 8
+    assert data["targets"][-1]["target"].startswith("W7 memory bounded by bytes")
     for t in data["targets"]:
         assert t["target"] and t["measured"] and t["met"] in (True, False, None)
 

@@ -130,6 +130,9 @@ def test_graph_formats():
     (["frobnicate", TARGET], ""),
     (["status", TARGET], "no store at sqlite:///"),
     (["status", TARGET, "--db", "bob:hunter2@localhost"], "Unknown store URL 'bob:***@localhost'"),
+    (["run", TARGET, "--db", "sqlite:///never.db?item_cache=lots"], "item_cache='lots' is not a size"),
+    (["status", TARGET, "--db", "postgresql://u:hunter2@h/x?item_cache=-1"],
+     "item_cache='-1' is not a size"),
 ])
 def test_errors_are_one_line_exit_2_no_traceback(args, fragment, db):
     """Bad usage and treadle errors exit 2 with one line on stderr and no traceback."""

@@ -589,3 +589,52 @@ def test_two_runners_share_slow_work(store_url):
                      if h.state == "completed")
     assert sum(actors.values()) == 60
     assert len(actors) == 2, actors
+
+
+class _Output(dict):  # type: ignore[type-arg]
+    """A stage output a weak reference can follow (a plain dict cannot)."""
+
+
+def test_the_scheduler_keeps_no_output_of_a_finished_stage():
+    """Once committed, a stage's output (here 10 KB each, 400 items through two stages)
+    is held by nothing of the run, signals delivered included: memory follows the
+    work in flight, not the items done (#19)."""
+    import gc
+    import weakref
+
+    made: list[weakref.ref[_Output]] = []
+    lock = threading.Lock()
+
+    @stage()
+    def first(item):
+        out = _Output(blob="x" * 10_000, id=item["id"])
+        with lock:
+            made.append(weakref.ref(out))
+        return out
+
+    @stage(after=[first])
+    def second(item, ctx):
+        assert ctx.outputs["first"]["id"] == item["id"]
+        out = _Output(n=len(ctx.outputs["first"]["blob"]))
+        with lock:
+            made.append(weakref.ref(out))
+        return out
+
+    def receiver(sender, **kw):
+        assert kw["data"] is not None
+
+    pipeline = Pipeline("outputs", [first, second])
+    store = open_store("memory://")
+    Runner(pipeline, store).submit(*({"id": i} for i in range(400)))
+    store.prepare(pipeline)
+    sched = Scheduler(pipeline, store, owner="test:outputs", workers=4, executor=None,
+                      lease=30.0, grace=1.0)
+    signals.stage_completed.connect(receiver, weak=False)  # the reporter keeps values too
+    try:
+        assert sched.run().completed == 800
+    finally:
+        signals.stage_completed.disconnect(receiver)
+    gc.collect()
+    assert len(made) == 800
+    assert [r for r in made if r() is not None] == []
+    assert store.counts(pipeline) == {"first": {"completed": 400}, "second": {"completed": 400}}

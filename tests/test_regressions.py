@@ -126,19 +126,19 @@ def test_nul_characters_in_errors_are_stored(store):
     assert runner.status("x").stages["parse"].error == "ValueError: bad byte \\x00 here"
 
 
-def test_item_cache_overflow_does_not_lose_items_of_the_batch(monkeypatch):
+def test_item_cache_overflow_does_not_lose_items_of_the_batch():
     """When the item-JSON cache overflows mid-run, every claimed item is still found."""
     import json
 
-    from treadle.store.base import BaseStore
+    from treadle.store.itemcache import entry_size
 
     @stage()
     def s1(item):
         return {"ok": 1}
 
-    store = open_store("memory://")
+    store = open_store("memory://?item_cache=600")
     runner = Runner(Pipeline("cache", [s1]), store, workers=4)
     runner.submit(*({"id": i} for i in range(10)))
-    monkeypatch.setattr(BaseStore, "ITEM_CACHE", 2)
-    store._item_cache["cache"] = {str(i): json.dumps({"id": i}) for i in range(3)}
+    store.item_cache.put("cache", {str(i): json.dumps({"id": i}) for i in range(3)})
+    assert len(store.item_cache) == 600 // entry_size("0", '{"id": 0}')  # it overflowed
     assert runner.run().completed == 10

@@ -190,14 +190,11 @@ def test_cli_sends_the_version_it_showed(tmp_path, monkeypatch):
 # -- bug 7: the item cache is shared by the threads using one store ---------------------
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_threads_committing_on_one_store_with_a_tiny_item_cache(kind, tmp_path, monkeypatch,
-                                                                 request):
+def test_threads_committing_on_one_store_with_a_tiny_item_cache(kind, tmp_path, request):
     """Many threads claiming through one store never lose an item of their batch."""
-    from treadle.store.base import BaseStore
-
     url = (f"sqlite:///{tmp_path / 'c.db'}" if kind == "sqlite"
            else request.getfixturevalue("postgres_url"))
-    monkeypatch.setattr(BaseStore, "ITEM_CACHE", 3)
+    url += ("&" if "?" in url else "?") + "item_cache=800"  # two or three items
 
     @stage()
     def one(item):

@@ -335,6 +335,32 @@ def test_source_items_are_submitted_once(store):
     assert runner.run().completed == 1
 
 
+def test_a_source_is_stored_in_batches_as_it_yields(store):
+    """A large source is never held whole: its first batch (500 items) is stored before
+    it yields the rest; an item that cannot be stored stops it there, the next run goes on."""
+    midway = []
+    bad = {"at": 1_100}
+
+    def source():
+        for i in range(1_200):
+            if i == 600:
+                midway.append(runner.counts())
+            yield {"id": i} if i != bad["at"] else {"no id": i}
+
+    @stage()
+    def s(item):
+        return item["id"]
+
+    runner = Runner(Pipeline("batched", [s], source=source), store)
+    with pytest.raises(InvalidItemError):
+        runner.submit_source()
+    assert midway == [{"s": {"pending": 500}}]
+    assert runner.counts() == {"s": {"pending": 1_000}}
+    bad["at"] = -1
+    assert len(runner.submit_source()) == 200
+    assert runner.run().completed == 1_200
+
+
 def test_pipeline_gains_a_stage_between_runs(store):
     """A new stage runs for items already past its dependencies; removed stages are ignored."""
 

@@ -24,6 +24,7 @@ from .errors import (
     SerializationError,
     StageTimeout,
     StoreError,
+    StoreOptionError,
     TreadleError,
     UnknownStageError,
 )
@@ -57,7 +58,7 @@ __all__ = [
     "InvalidTransitionError", "ItemNotFoundError", "ItemState", "ItemStatus", "MemoryStore",
     "Pipeline", "PipelineCycleError", "PipelineDefinitionError", "Rejected", "Review", "ReviewInfo",
     "RunReport", "Runner", "SerializationError", "Skipped", "Spawn", "StageContext", "StageMetrics",
-    "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore", "StoreError", "SubTask",
-    "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain", "UnknownStageError", "chose",
-    "open_store", "stage",
+    "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore", "StoreError",
+    "StoreOptionError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
+    "UnknownStageError", "chose", "open_store", "stage",
 ]

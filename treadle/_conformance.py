@@ -56,6 +56,7 @@ def _conformance_pipeline(on_failure: Literal["stop", "rollback"] = "stop") -> P
 
 
 from ._conformance_chain import ChainConformance  # noqa: E402 - after the helpers it imports
+from ._conformance_items import ItemConformance  # noqa: E402 - after the helpers it imports
 from ._conformance_nested import NestedConformance  # noqa: E402 - after the helpers it imports
 from ._conformance_steer import SteerConformance  # noqa: E402 - after the helpers it imports
 
@@ -64,7 +65,8 @@ OTHER = "test-host:2:other"
 DEAD = "dead-owner"  # never registered: recovery treats its claims as a dead runner's
 
 
-class StoreConformance(SteerConformance, NestedConformance, FlowConformance, ChainConformance):
+class StoreConformance(SteerConformance, NestedConformance, FlowConformance, ChainConformance,
+                       ItemConformance):
     """The behaviour every StateStore must have. Subclass with a ``store`` fixture."""
 
     # -- fixtures and helpers --------------------------------------------------
@@ -645,8 +647,9 @@ class StoreConformance(SteerConformance, NestedConformance, FlowConformance, Cha
         lock = threading.Lock()
         store.prepare(shape)
         store.submit(shape, [(f"i{k}", f'{{"id":"i{k}"}}') for k in range(n_items)], "test")
-        if hasattr(store, "ITEM_CACHE"):
-            store.ITEM_CACHE = 2  # evict often: exercise the item cache too
+        cache = getattr(store, "item_cache", None)
+        if cache is not None:
+            cache.limit = 1_000  # a few items: evict often, exercise the item cache too
 
         def work(w: int) -> None:
             owner = f"test-host:{100 + w}:worker"

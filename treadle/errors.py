@@ -126,5 +126,15 @@ class StoreError(TreadleError, RuntimeError):
     """The state store cannot be used: unreachable, bad URL, or a newer schema."""
 
 
+class StoreOptionError(StoreError, ValueError):
+    """A store option (a store URL's ``?name=value``, or a setting such as the item
+    cache's byte bound) has a value it cannot take; nothing was opened or changed."""
+
+    def __init__(self, message: str, *, option: str, value: object) -> None:
+        super().__init__(message)
+        self.option = option
+        self.value = value
+
+
 class StageTimeout(TreadleError, TimeoutError):
     """A stage ran past its ``timeout``."""

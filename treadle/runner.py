@@ -102,18 +102,43 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
         if len(items) == 1 and isinstance(items[0], (list, tuple)) and not hasattr(items[0], "id"):
             items = tuple(items[0])
         codec = self.pipeline.codec
-        rows = [(codec.item_id(item), codec.dump(item)) for item in items]
+        return self._store_rows([(codec.item_id(item), codec.dump(item)) for item in items],
+                                actor, priority)
+
+    def _store_rows(self, rows: list[tuple[str, str]], actor: str,
+                    priority: int | None) -> list[str]:
         self._prepare()
         new = self.store.submit(self.pipeline, rows, actor, priority)
         for item_id in new:
             signals.send(signals.item_submitted, self.pipeline, item_id=item_id)
         return new
 
+    #: A source is stored in batches of at most this many items or JSON bytes.
+    SOURCE_BATCH = (500, 8 * 2**20)
+
     def submit_source(self) -> list[str]:
-        """Submit the items of the pipeline's ``source`` not yet known."""
+        """Submit the items of the pipeline's ``source`` not yet known.
+
+        They are stored as the source yields them, one transaction per batch of
+        500 items or 8 MB of JSON, so a large source is never held whole in
+        memory. An item that cannot be stored raises there: the batches before
+        it are stored, and the next run submits the rest.
+        """
         if self.pipeline.source is None:
             return []
-        return self.submit(*list(self.pipeline.source()), actor="source")
+        codec, (most, most_bytes) = self.pipeline.codec, self.SOURCE_BATCH
+        new: list[str] = []
+        rows: list[tuple[str, str]] = []
+        size = 0
+        for item in self.pipeline.source():
+            rows.append((codec.item_id(item), codec.dump(item)))
+            size += len(rows[-1][1])
+            if len(rows) >= most or size >= most_bytes:
+                new += self._store_rows(rows, "source", None)
+                rows, size = [], 0
+        if rows:
+            new += self._store_rows(rows, "source", None)
+        return new
 
     # -- running -----------------------------------------------------------
     def run(self) -> RunReport:

@@ -52,7 +52,7 @@ def _join(state: FanState) -> dict[str, Any]:
     return {"join": {"n": len(state["subtasks"])}}
 
 
-def linear_graph() -> StateGraph:
+def linear_graph() -> StateGraph[Any]:
     g = StateGraph(LinearState)
     prev = START
     for name in LINEAR:
@@ -63,7 +63,7 @@ def linear_graph() -> StateGraph:
     return g
 
 
-def fanout_graph() -> StateGraph:
+def fanout_graph() -> StateGraph[Any]:
     g = StateGraph(FanState)
     g.add_node("fan", lambda state: {"fan": {"ok": 1}})
     g.add_edge(START, "fan")

@@ -10,7 +10,7 @@ its owner and attempt), marks the dependents that became ready, records which
 items finished, and claims the next batch of ready work.
 
 Threads may share one store: the SQL stores use one connection per thread,
-the memory store one lock, and the item cache below has its own lock, so a
+the memory store one lock, and the item cache (``itemcache.py``) its own, so a
 heartbeat or ``recover`` on one thread may run while another commits.
 """
 
@@ -28,6 +28,8 @@ from ..errors import ItemNotFoundError
 from ..metrics import StageMetrics
 from ..states import StageState
 from . import chain, changes, control, fanout, flow, human, limits, nested, rollback
+from .itemcache import DEFAULT_LIMIT as DEFAULT_ITEM_CACHE
+from .itemcache import ItemCache
 from .logic import item_state
 from .query import Filter, Match
 from .records import (
@@ -163,30 +165,25 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
-_CACHE_LOCKS = threading.Lock()  # creates each store's item-cache lock once
+_CACHE_LOCKS = threading.Lock()  # creates each store's item cache once
 
 
 class BaseStore(abc.ABC):
     """The transition operations, each run in one of the store's transactions."""
 
     url: str = ""
-    ITEM_CACHE = 50_000  # item JSON kept for the claims to come (items are immutable)
+    #: The byte bound of a new store's item cache (``item_cache=`` in the URL
+    #: overrides it per store); see :mod:`treadle.store.itemcache`.
+    ITEM_CACHE_BYTES = DEFAULT_ITEM_CACHE
 
     @property
-    def _item_cache(self) -> dict[str, dict[str, str]]:
-        cache: dict[str, dict[str, str]] | None = self.__dict__.get("_items_json_cache")
+    def item_cache(self) -> ItemCache:
+        """Item JSON kept for the claims to come, at most ``item_cache.limit`` bytes."""
+        cache: ItemCache | None = self.__dict__.get("_item_cache")
         if cache is None:
             with _CACHE_LOCKS:
-                cache = self.__dict__.setdefault("_items_json_cache", {})
+                cache = self.__dict__.setdefault("_item_cache", ItemCache(self.ITEM_CACHE_BYTES))
         return cache
-
-    @property
-    def _item_cache_lock(self) -> threading.Lock:
-        lock: threading.Lock | None = self.__dict__.get("_items_json_lock")
-        if lock is None:
-            with _CACHE_LOCKS:
-                lock = self.__dict__.setdefault("_items_json_lock", threading.Lock())
-        return lock
 
     @abc.abstractmethod
     def transaction(self) -> AbstractContextManager[Tx]:
@@ -307,6 +304,8 @@ class BaseStore(abc.ABC):
                                   waits, chained, chain.chained_outputs(chained, shape, accepted,
                                                                         inputs))
                       if claim_limit > 0 else [])
+        if finished:  # no stage of these is claimed again (but for a retry: read again then)
+            self.item_cache.discard(shape.name, [i for i, _ in finished])
         return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused,
                             restarted, waits)
 
@@ -332,22 +331,14 @@ class BaseStore(abc.ABC):
         if not rows:
             return []
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])
-        # Items never change once stored: keep their JSON for the next stages. The
-        # cache is shared by every thread using this store: look up and fill it under
-        # its lock, and read this batch's items from a dict of our own.
-        lock = self._item_cache_lock
-        with lock:
-            cache = self._item_cache.setdefault(shape.name, {})
-            items = {i: cache[i] for i, _, _ in rows if i in cache}
-        missing = {i for i, _, _ in rows if i not in items}
-        if missing:
-            fetched = tx.items_json(shape.name, missing)
+        # Items never change once stored: their JSON is kept for the next stages (a
+        # cache bounded in bytes, shared by every thread using this store).
+        ids = {i for i, _, _ in rows}
+        items = self.item_cache.get(shape.name, ids)
+        if len(items) < len(ids):
+            fetched = tx.items_json(shape.name, ids - items.keys())
+            self.item_cache.put(shape.name, fetched, missed=len(fetched))
             items.update(fetched)
-            with lock:
-                cache = self._item_cache.setdefault(shape.name, {})
-                if len(cache) + len(fetched) > self.ITEM_CACHE:
-                    cache.clear()
-                cache.update(fetched)
         known = known or {}
         need = {i for i, s, _ in rows if shape.deps[s] and (i, s) not in known}
         outputs = tx.completed_outputs(shape.name, need) if need else {}
@@ -568,8 +559,7 @@ class BaseStore(abc.ABC):
         (``fn``: data JSON in, data JSON out); returns how many."""
         with self.transaction() as tx:
             done = changes.migrate_items(tx, shape, from_version, to_version, fn, limit, actor)
-        with self._item_cache_lock:
-            self._item_cache.pop(shape.name, None)  # items changed: forget their JSON
+        self.item_cache.forget(shape.name)  # items changed: forget their JSON
         return done
     def escalate_review(self, shape: Shape, item_id: str, stage: str,
                         assignees: Sequence[str], actor: str) -> bool:

@@ -36,6 +36,9 @@ from .tx import Tx
 class MemoryStore(BaseStore):
     """An in-process store (``open_store("memory://")``); nothing survives the process."""
 
+    #: Its tables hold the items' JSON already: a cache would only add bookkeeping.
+    ITEM_CACHE_BYTES = 0
+
     def __init__(self) -> None:
         self.url = "memory://"
         self._lock = threading.RLock()

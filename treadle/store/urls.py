@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..errors import StoreError
 
@@ -45,6 +45,20 @@ def split(url: str) -> tuple[str, str, dict[str, str]]:
         rest, qs = rest.split("?", 1)
         query = dict(parse_qsl(qs, keep_blank_values=True))
     return scheme.lower(), rest, query
+
+
+def pop_option(url: str, name: str) -> tuple[str, str | None]:
+    """The URL without its ``name=`` option, and that option's (last) value (None
+    when absent): options treadle reads itself, never passed on to the driver."""
+    base, sep, qs = url.partition("?")
+    if not sep:
+        return url, None
+    pairs = parse_qsl(qs, keep_blank_values=True)
+    values = [v for k, v in pairs if k == name]
+    if not values:
+        return url, None
+    rest = urlencode([(k, v) for k, v in pairs if k != name])
+    return (f"{base}?{rest}" if rest else base), values[-1]
 
 
 def no_store(url: str, why: str) -> StoreError:
