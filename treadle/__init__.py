@@ -16,6 +16,7 @@ from .errors import (
     DuplicateStageError,
     InvalidDecisionError,
     InvalidItemError,
+    InvalidLimitError,
     InvalidStageError,
     InvalidTransitionError,
     ItemNotFoundError,
@@ -25,6 +26,7 @@ from .errors import (
     StageTimeout,
     StoreError,
     TreadleError,
+    UnknownLimitError,
     UnknownStageError,
 )
 from .metrics import StageMetrics
@@ -53,11 +55,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut",
-    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidStageError",
+    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidLimitError",
+    "InvalidStageError",
     "InvalidTransitionError", "ItemNotFoundError", "ItemState", "ItemStatus", "MemoryStore",
     "Pipeline", "PipelineCycleError", "PipelineDefinitionError", "Rejected", "Review", "ReviewInfo",
     "RunReport", "Runner", "SerializationError", "Skipped", "Spawn", "StageContext", "StageMetrics",
     "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore", "StoreError", "SubTask",
-    "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain", "UnknownStageError", "chose",
+    "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain", "UnknownLimitError",
+    "UnknownStageError", "chose",
     "open_store", "stage",
 ]

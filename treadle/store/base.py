@@ -85,7 +85,8 @@ class StateStore(Protocol):
                fanouts: Sequence[FanOutStart] = (),
                subtasks: Sequence[SubResult] = (),
                restarts: Sequence[tuple[str, str, str]] = (),
-               stages: Sequence[str] | None = None) -> CommitResult: ...
+               stages: Sequence[str] | None = None,
+               sub_rates: fanout.Rates | None = None) -> CommitResult: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None,
                 stages: Sequence[str] | None = None) -> Outlook: ...
     # -- flow control (docs/flow-control.md)
@@ -271,40 +272,56 @@ class BaseStore(abc.ABC):
                fanouts: Sequence[FanOutStart] = (),
                subtasks: Sequence[SubResult] = (),
                restarts: Sequence[tuple[str, str, str]] = (),
-               stages: Sequence[str] | None = None) -> CommitResult:
+               stages: Sequence[str] | None = None,
+               sub_rates: fanout.Rates | None = None) -> CommitResult:
         """Apply finished stages, mark dependents ready, claim the next work: one transaction.
 
         ``only`` restricts claims to those item ids, ``stages`` to those stages
         (the runner leaves paused ones out). ``fanouts`` start the
         subtasks of stages that returned FanOut; ``subtasks`` are subtask
         results; ``restarts`` (item, stage, subtask) claim retried subtasks again.
+        ``sub_rates`` gives the subtasks whose key has a rate (item, stage, name)
+        -> (key, rate): they start only with a token (``CommitResult.sub_waits``
+        says when the next is due for the others).
         """
         with self.transaction() as tx:
-            plans = fanout.start_fanouts(tx, shape, owner, fanouts) if fanouts else []
+            plans = (fanout.start_fanouts(tx, shape, owner, fanouts, sub_rates)
+                     if fanouts else [])
             sub_ok, sub_refused = fanout.apply_subtasks(tx, shape, owner, subtasks)
-            restarted = fanout.restart_subtasks(tx, shape, owner, restarts) if restarts else []
+            restarted, wanted = (fanout.restart_subtasks(tx, shape, owner, restarts, sub_rates)
+                                 if restarts else ([], []))
             accepted, refused = flow.apply(tx, shape, owner, transitions)
             if accepted and getattr(shape, "children", None):
                 nested.spawn(tx, shape, owner, accepted)  # Spawn: children with the parent
             skipped, check = flow.advance(tx, shape, owner, accepted)
             finished = flow.finish(tx, shape, check)
             waits: dict[str, float] = {}
-            claims = (self._claim(tx, shape, owner, claim_limit, only, stages, waits)
-                      if claim_limit > 0 else [])
+            sub_waits: dict[tuple[str, str, str], float] = {}
+            claims = (self._claim(tx, shape, owner, claim_limit, only, stages, waits, wanted,
+                                  sub_waits, restarted)
+                      if claim_limit > 0 or wanted else [])
         return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused,
-                            restarted, waits)
+                            restarted, waits, sub_waits)
 
     def _claim(self, tx: Tx, shape: Shape, owner: str, limit: int,
                only: Sequence[str] | None, stages: Sequence[str] | None = None,
-               waits: dict[str, float] | None = None) -> list[Claim]:
-        if stages is not None and not stages:
-            return []
+               waits: dict[str, float] | None = None,
+               wanted: Sequence[limits.SubtaskWant] = (),
+               sub_waits: dict[tuple[str, str, str], float] | None = None,
+               restarted: list[tuple[str, str, str, int]] | None = None) -> list[Claim]:
         names = shape.order if stages is None else stages
         shared = limits.limits_of(shape)
-        if shared and any(s in shared for s in names):
-            rows, due = limits.claim(tx, shape, owner, names, limit, only)
+        if wanted or (names and shared and any(s in shared for s in names)):
+            got = limits.claim(tx, shape, owner, names, limit, only, wanted)
+            rows = got.rows
             if waits is not None:
-                waits.update(due)
+                waits.update(got.waits)
+            if sub_waits is not None:
+                sub_waits.update(got.sub_waits)
+            if restarted is not None and got.granted:
+                restarted += fanout.grant(tx, shape, owner, got.granted)
+        elif not names:
+            return []
         else:
             rows = tx.claim(shape.name, owner, names, limit, only)
         if not rows:

@@ -5,24 +5,35 @@ subtasks run. Starting a fan-out (in the same group commit as other work)
 claims every subtask that has not completed yet, keeps the stored outputs of
 those that have, and records subtasks that disappeared from the FanOut as
 dropped. Subtask results are guarded on owner and attempt like stage results.
+
+A subtask whose key has a rate (``FanOut(rate=...)``; ``rates`` below, by
+(item, stage, name)) is not started with its fan-out: its row waits as
+pending until a restart of it gets a token of its key's bucket, in the
+limits phase of a commit (``limits.claim``, then :func:`grant`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._crash import crash_point
+from ..limits import NAMED, Rate
 from ..states import SubtaskState
+from .limits import SubtaskWant
 from .records import FanOutPlan, FanOutStart, HistoryRow, Shape, SubRecord, SubResult
 from .tx import Tx
 
 RUNNING = SubtaskState.RUNNING.value
 COMPLETED = SubtaskState.COMPLETED.value
+PENDING = SubtaskState.PENDING.value
+#: (item, stage, subtask name) -> (its rate key, the key's rate)
+Rates = Mapping[tuple[str, str, str], tuple[str, Rate]]
 
 
-def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart]
-                  ) -> list[FanOutPlan]:
-    """Claim the subtasks of started fan-outs; a stage no longer ours is refused."""
+def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart],
+                  rates: Rates | None = None) -> list[FanOutPlan]:
+    """Claim the subtasks of started fan-outs; a stage no longer ours is refused.
+    Subtasks with a rate are left pending (not in the plan's ``run``)."""
     plans = []
     for s in starts:
         row = tx.rows(shape.name, s.item_id).get(s.stage)
@@ -35,8 +46,13 @@ def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart
                 if n in existing and existing[n].state == COMPLETED}
         run = [(n, (existing[n].attempt if n in existing else 0) + 1)
                for n in s.names if n not in kept]
+        later = [(n, a - 1) for n, a in run if rates and (s.item_id, s.stage, n) in rates]
+        if later:
+            run = [(n, a) for n, a in run if (s.item_id, s.stage, n) not in (rates or {})]
         dropped = [n for n in existing if n not in s.names]
-        tx.upsert_subtasks(shape.name, s.item_id, s.stage, [(n, RUNNING, a, owner) for n, a in run])
+        tx.upsert_subtasks(shape.name, s.item_id, s.stage,
+                           [(n, RUNNING, a, owner) for n, a in run]
+                           + [(n, PENDING, a, None) for n, a in later])
         tx.delete_subtasks(shape.name, s.item_id, s.stage, dropped)
         crash_point("mid-fanout-start")
         tx.append_history(shape.name, [
@@ -63,22 +79,42 @@ def apply_subtasks(tx: Tx, shape: Shape, owner: str, results: Sequence[SubResult
     return accepted, [r for r, ok in zip(results, flags) if not ok]
 
 
-def restart_subtasks(tx: Tx, shape: Shape, owner: str,
-                     restarts: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, int]]:
-    """Claim pending subtasks again (a retry after its wait): (item, stage, name, attempt)."""
+def restart_subtasks(tx: Tx, shape: Shape, owner: str, restarts: Sequence[tuple[str, str, str]],
+                     rates: Rates | None = None
+                     ) -> tuple[list[tuple[str, str, str, int]], list[SubtaskWant]]:
+    """Claim pending subtasks again (a retry after its wait, or a start that waited
+    for a token): (item, stage, name, attempt), and the subtasks with a rate,
+    which start only if :func:`grant` gives them a token."""
     out = []
+    wanted = []
     for item_id, stage, name in restarts:
         if tx.owner_of(shape.name, item_id, stage) != owner:
             continue  # the stage's claim was lost meanwhile
         row = tx.subtask_rows(shape.name, item_id, stage).get(name)
-        if row is None or row.state != SubtaskState.PENDING.value:
+        if row is None or row.state != PENDING:
+            continue
+        rated = rates.get((item_id, stage, name)) if rates else None
+        if rated is not None:
+            wanted.append(SubtaskWant(item_id, stage, name, row.attempt + 1, NAMED + rated[0],
+                                      rated[1]))
             continue
         tx.upsert_subtasks(shape.name, item_id, stage, [(name, RUNNING, row.attempt + 1, owner)])
         out.append((item_id, stage, name, row.attempt + 1))
     tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner, subtask=n)
                                    for i, s, n, a in out])
+    return out, wanted
+
+
+def grant(tx: Tx, shape: Shape, owner: str, granted: Sequence[SubtaskWant]
+          ) -> list[tuple[str, str, str, int]]:
+    """Start the subtasks that got a token: (item, stage, name, attempt)."""
+    out = [(w.item_id, w.stage, w.name, w.attempt) for w in granted]
+    for i, s, n, a in out:
+        tx.upsert_subtasks(shape.name, i, s, [(n, RUNNING, a, owner)])
+    tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner, subtask=n)
+                                   for i, s, n, a in out])
     return out
 
 
-__all__ = ["FanOutPlan", "FanOutStart", "SubRecord", "SubResult", "apply_subtasks",
-           "restart_subtasks", "start_fanouts"]
+__all__ = ["FanOutPlan", "FanOutStart", "Rates", "SubRecord", "SubResult", "apply_subtasks",
+           "grant", "restart_subtasks", "start_fanouts"]
