@@ -32,7 +32,7 @@ class Fanned:
     def rated(self, pipeline: str, named: Mapping[str, Any]) -> dict[str, tuple[str, Rate]]:
         """name -> (key, rate) of the subtasks whose key has a rate; raises
         ``InvalidLimitError`` for a rate that contradicts the Pipeline's."""
-        if not self.keys:
+        if not self.rates:
             return {}
         rates = resolve_rates(pipeline, self.rates, named)
         return {n: (k, rates[k]) for n, k in self.keys.items()}
