@@ -474,7 +474,7 @@ def test_bad_named_limits_and_fanout_rates_are_named_errors() -> None:
 
     with pytest.raises(UnknownLimitError, match="Did you mean 'opnai'"):
         Pipeline("p", [ask], limits={"opnai": 4})
-    with pytest.raises(InvalidLimitError, match="int >= 1 .* or a rate"):
+    with pytest.raises(InvalidLimitError, match=r"int >= 1 .* or a rate"):
         Pipeline("p", [ask], limits={"openai": 0})
     with pytest.raises(InvalidLimitError, match="rate"):
         Pipeline("p", [ask], limits={"openai": "lots/s"})

@@ -52,8 +52,8 @@ def limits_json(limits: list[LimitStatus]) -> list[dict[str, Any]]:
     limit (``"stage": null``, with its ``"limit"`` name and the ``"stages"`` taking it)."""
     out: list[dict[str, Any]] = []
     for s in limits:
-        row = {"stage": s.stage, "rate": s.rate, "concurrency": s.concurrency,
-               "tokens": s.tokens, "waiting": s.waiting, "in_use": s.in_use}
+        row: dict[str, Any] = {"stage": s.stage, "rate": s.rate, "concurrency": s.concurrency,
+                               "tokens": s.tokens, "waiting": s.waiting, "in_use": s.in_use}
         if s.limit is not None:
             row.update(limit=s.limit, stages=list(s.stages))
         out.append(row)
