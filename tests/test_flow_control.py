@@ -340,9 +340,12 @@ def test_the_flow_benchmark_reports_each_variant_against_none() -> None:
                            "--stores", stores], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for variant in ("none", "rate", "global", "rate+global"):
+    for variant, base in [*((v, "none") for v in ("none", "rate", "global", "rate+global",
+                                                    "named", "named-rate")),
+                          ("fanout", "fanout"), ("fanout+key-rate", "fanout")]:
         assert len([line for line in done.stdout.splitlines()
-                    if line.split()[:1] == [variant] and "x none" in line]) == len(stores.split(","))
+                    if line.split()[:1] == [variant] and f"x {base}" in line]
+                   ) == len(stores.split(",")), (variant, done.stdout)
 
 
 @pytest.mark.timeout(60)
