@@ -360,7 +360,7 @@ def test_a_named_limit_holds_across_the_stages_taking_it() -> None:
         with lock:
             now[kind] += 1
             peak[kind] = max(peak[kind], now[kind])
-        time.sleep(0.02)
+        time.sleep(0.05)
         with lock:
             now[kind] -= 1
 
@@ -405,12 +405,11 @@ def test_a_subtask_key_rate_waits_without_holding_workers() -> None:
 
     runner = Runner(Pipeline("keyrate", [enrich, other]), open_store("memory://"), workers=1)
     runner.submit([{"id": f"i{k}"} for k in range(25)])
-    began = time.monotonic()
     report = runner.run()
     assert report.completed == 50
     mb = sorted(starts["mb"])
     assert len(mb) == 25 and mb[-1] - mb[0] >= 1.3  # 10 at once, 15 more at 10/s
-    assert max(starts["local"] + starts["other"]) - began < 1.0  # not held back
+    assert max(starts["local"] + starts["other"]) < mb[-1]  # not held back by the key
     assert report.throttled["limit:mb"] > 1.0
     assert runner.status("i3").stages["enrich"].output == {"mb:recording": "mb",
                                                            "local": "local"}

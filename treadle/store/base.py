@@ -251,7 +251,7 @@ class BaseStore(abc.ABC):
 
     def limit_status(self, shape: Shape) -> list[limits.LimitStatus]:
         """Each shared limit: tokens, waiting runs, runs in use (``Runner.limits``)."""
-        if not limits.limits_of(shape):
+        if not limits.limits_of(shape) and not limits.named_of(shape):
             return []
         with self.transaction() as tx:
             return limits.status(tx, shape)
