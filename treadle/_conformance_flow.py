@@ -199,9 +199,10 @@ class FlowConformance:
 
     def test_a_subtask_key_rate_starts_subtasks_only_with_a_token(self, store: StateStore
                                                                   ) -> None:
-        """Subtasks whose key has a rate stay pending at the fan-out's start; a restart
-        starts as many as the key's bucket (shared with the Pipeline's named rate of
-        that name) has tokens, and says when the next is due for the others."""
+        """Subtasks whose key has a rate start, at the fan-out's start or at a restart,
+        only as many as the key's bucket (shared with the Pipeline's named rate of that
+        name) has tokens; the others stay pending, and the store says when the next
+        token is due."""
         shape = _shared_pipeline("keyed", {"mb": "2/s"}, ["mb"], None)
         self._ready(store, shape, 3)
         assert self._claimed(store, shape, _OWNER, 1, stages=["b"]) == [("i0", "b")]
@@ -211,14 +212,14 @@ class FlowConformance:
                            fanouts=[FanOutStart("i0", "b", 1, ("mb:1", "mb:2", "mb:3", "free"))])
         [plan] = res.fanouts
         assert plan.run == [("free", 1)] and not plan.refused
-        subs = {r.name: (r.state, r.attempt) for r in store.subtask_records(shape, "i0")}
-        assert subs == {"mb:1": ("pending", 0), "mb:2": ("pending", 0), "mb:3": ("pending", 0),
-                        "free": ("running", 1)}
-        res = store.commit(shape, _OWNER, [], 0, sub_rates=rates,
-                           restarts=[("i0", "b", n) for n in ("mb:1", "mb:2", "mb:3")])
         assert res.restarted == [("i0", "b", "mb:1", 1), ("i0", "b", "mb:2", 1)]
         assert list(res.sub_waits) == [("i0", "b", "mb:3")]
         assert 0.4 < res.sub_waits[("i0", "b", "mb:3")] <= 0.5
+        subs = {r.name: (r.state, r.attempt) for r in store.subtask_records(shape, "i0")}
+        assert subs == {"mb:1": ("running", 1), "mb:2": ("running", 1), "mb:3": ("pending", 0),
+                        "free": ("running", 1)}
+        res = store.commit(shape, _OWNER, [], 0, sub_rates=rates, restarts=[("i0", "b", "mb:3")])
+        assert res.restarted == [] and 0.4 < res.sub_waits[("i0", "b", "mb:3")] <= 0.5
         # the bucket is the named limit "mb" that stage a takes: empty for it too
         res = store.commit(shape, _OTHER, [], 5, stages=["a"])
         assert res.claims == [] and 0.4 < res.waits["a"] <= 0.5

@@ -539,6 +539,7 @@ class Scheduler:
                 self.counters.refused += 1
                 continue
             later = [n for n in (s.name for s in subtasks) if n in rated and n not in plan.kept]
+            granted = {n: a for i, s, n, a in result.restarted if (i, s) == task.key[:2]}
             run = FanRun(task, {s.name: s for s in subtasks}, outputs=dict(plan.kept),
                          remaining={n for n, _ in plan.run} | set(later), rated=rated)
             self.fanouts.add(run)
@@ -547,8 +548,12 @@ class Scheduler:
                 continue
             for name, sub_attempt in plan.run:
                 self._start_subtask(run, name, sub_attempt)
-            for name in later:  # pending until a token of their key: asked for next turn
-                self.keyq.defer(*rated[name], task, name)
+            for name in later:  # started with a token of their key, or queued for one
+                if name in granted:
+                    self._start_subtask(run, name, granted[name])
+                else:
+                    self.keyq.defer(*rated[name], task, name,
+                                    result.sub_waits.get((*task.key[:2], name)))
             if not run.remaining:
                 self._finish_fanout(run)
 

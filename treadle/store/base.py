@@ -281,15 +281,17 @@ class BaseStore(abc.ABC):
         subtasks of stages that returned FanOut; ``subtasks`` are subtask
         results; ``restarts`` (item, stage, subtask) claim retried subtasks again.
         ``sub_rates`` gives the subtasks whose key has a rate (item, stage, name)
-        -> (key, rate): they start only with a token (``CommitResult.sub_waits``
-        says when the next is due for the others).
+        -> (key, rate): they start only with a token (in ``restarted``, also
+        those of the fan-outs started here; ``CommitResult.sub_waits`` says when
+        the next is due for the others).
         """
         with self.transaction() as tx:
-            plans = (fanout.start_fanouts(tx, shape, owner, fanouts, sub_rates)
-                     if fanouts else [])
+            plans, wanted = (fanout.start_fanouts(tx, shape, owner, fanouts, sub_rates)
+                             if fanouts else ([], []))
             sub_ok, sub_refused = fanout.apply_subtasks(tx, shape, owner, subtasks)
-            restarted, wanted = (fanout.restart_subtasks(tx, shape, owner, restarts, sub_rates)
-                                 if restarts else ([], []))
+            restarted, again = (fanout.restart_subtasks(tx, shape, owner, restarts, sub_rates)
+                                if restarts else ([], []))
+            wanted += again
             accepted, refused = flow.apply(tx, shape, owner, transitions)
             if accepted and getattr(shape, "children", None):
                 nested.spawn(tx, shape, owner, accepted)  # Spawn: children with the parent

@@ -7,9 +7,10 @@ those that have, and records subtasks that disappeared from the FanOut as
 dropped. Subtask results are guarded on owner and attempt like stage results.
 
 A subtask whose key has a rate (``FanOut(rate=...)``; ``rates`` below, by
-(item, stage, name)) is not started with its fan-out: its row waits as
-pending until a restart of it gets a token of its key's bucket, in the
-limits phase of a commit (``limits.claim``, then :func:`grant`).
+(item, stage, name)) starts only with a token of its key's bucket: its row
+is written pending, and the limits phase of the commit (``limits.claim``,
+then :func:`grant`) starts it if the bucket holds a token; otherwise a
+restart asks again when the next one is due.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ Rates = Mapping[tuple[str, str, str], tuple[str, Rate]]
 
 
 def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart],
-                  rates: Rates | None = None) -> list[FanOutPlan]:
+                  rates: Rates | None = None) -> tuple[list[FanOutPlan], list[SubtaskWant]]:
     """Claim the subtasks of started fan-outs; a stage no longer ours is refused.
-    Subtasks with a rate are left pending (not in the plan's ``run``)."""
+    Subtasks with a rate are written pending (not in the plan's ``run``) and
+    returned: they start if :func:`grant` gives them a token."""
     plans = []
+    wanted = []
     for s in starts:
         row = tx.rows(shape.name, s.item_id).get(s.stage)
         if row is None or row.state != "running" or row.attempt != s.attempt or \
@@ -48,7 +51,10 @@ def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart
                for n in s.names if n not in kept]
         later = [(n, a - 1) for n, a in run if rates and (s.item_id, s.stage, n) in rates]
         if later:
-            run = [(n, a) for n, a in run if (s.item_id, s.stage, n) not in (rates or {})]
+            assert rates is not None
+            run = [(n, a) for n, a in run if (s.item_id, s.stage, n) not in rates]
+            wanted += [want(s.item_id, s.stage, n, a + 1, rates[(s.item_id, s.stage, n)])
+                       for n, a in later]
         dropped = [n for n in existing if n not in s.names]
         tx.upsert_subtasks(shape.name, s.item_id, s.stage,
                            [(n, RUNNING, a, owner) for n, a in run]
@@ -61,7 +67,13 @@ def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart
                          details='{"reason":"no longer in the FanOut"}') for n in dropped),
         ])
         plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, run, kept, dropped))
-    return plans
+    return plans, wanted
+
+
+def want(item_id: str, stage: str, name: str, attempt: int, rated: tuple[str, Rate]
+         ) -> SubtaskWant:
+    """A subtask that starts as ``attempt`` once its key (``rated``) gives it a token."""
+    return SubtaskWant(item_id, stage, name, attempt, NAMED + rated[0], rated[1])
 
 
 def apply_subtasks(tx: Tx, shape: Shape, owner: str, results: Sequence[SubResult]
@@ -95,8 +107,7 @@ def restart_subtasks(tx: Tx, shape: Shape, owner: str, restarts: Sequence[tuple[
             continue
         rated = rates.get((item_id, stage, name)) if rates else None
         if rated is not None:
-            wanted.append(SubtaskWant(item_id, stage, name, row.attempt + 1, NAMED + rated[0],
-                                      rated[1]))
+            wanted.append(want(item_id, stage, name, row.attempt + 1, rated))
             continue
         tx.upsert_subtasks(shape.name, item_id, stage, [(name, RUNNING, row.attempt + 1, owner)])
         out.append((item_id, stage, name, row.attempt + 1))
