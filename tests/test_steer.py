@@ -150,7 +150,7 @@ def test_pause_holds_a_stage_in_every_run_until_resumed(store_url):
 @pytest.mark.timeout(180)
 def test_pause_from_another_process_stops_claims_and_resume_restarts_them(db):
     runner = Runner(steer, open_store(db))
-    runner.submit(*[Job(f"j{i:03d}", secs=0.05) for i in range(120)])
+    runner.submit(*[Job(f"j{i:03d}", secs=0.2) for i in range(120)])
     watch = popen("run", TARGET, "--watch", "--workers", "2", db=db)
     try:
         def starts() -> int:

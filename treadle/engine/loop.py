@@ -26,7 +26,7 @@ import queue
 import signal as _signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -35,7 +35,7 @@ import structlog
 
 from .. import signals
 from .._crash import crash_point
-from ..context import Outputs, StageContext, StartMark
+from ..context import Outputs, StageContext, StartMark, raw_outputs
 from ..contrib.retry import resolve as resolve_retry
 from ..errors import InvalidLimitError, StageTimeout, StoreError
 from ..limits import Rate
@@ -69,6 +69,7 @@ from .worker import (
 _log = logging.getLogger("treadle.runner")
 #: A fan-out's subtasks whose key has a rate: name -> (key, rate).
 Rated = dict[str, tuple[str, Rate]]
+COMPLETED = StageState.COMPLETED.value
 
 
 def _average(average: float | None, sample: float) -> float:
@@ -91,6 +92,8 @@ class _Writes:
     #: fan-outs to start: the stage, its subtasks, and the rate-limited ones' (key, rate)
     starts: list[tuple[StageTask, FanOutStart, list[SubTask], Rated]] = attrs.field(factory=list)
     restarts: list[tuple[StageTask, str]] = attrs.field(factory=list)
+    #: (item, stage) -> the outputs a completed run was given: its successor's inputs
+    inputs: dict[tuple[str, str], Mapping[str, str | None]] = attrs.field(factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.done or self.subs or self.starts or self.restarts)
@@ -153,7 +156,7 @@ class Scheduler:
         if self.executor is None:
             pool: ThreadPool | ExecutorPool = ThreadPool(self.workers, self.results)
             # our threads say when they start: claim ahead for larger group commits
-            self._capacity = max(128, 8 * self.workers)
+            self._capacity = max(512, 32 * self.workers)
         else:
             pool = ExecutorPool(self.executor, self.workers, self.results)
             self._sized_by = pool  # claims follow what the executor can run, as it changes
@@ -172,7 +175,7 @@ class Scheduler:
 
         With its own threads, a runner claims what its workers can run until the
         next commit, not more: with fast stages that is many (up to
-        ``max(128, 8 x workers)``, so each commit carries many results); with
+        ``max(512, 32 x workers)``, so each commit carries many results); with
         slow ones, a few per worker, which leaves ready work for other runners
         on the same store to share.
         """
@@ -302,6 +305,9 @@ class Scheduler:
                                            value.subtasks, rated))
             else:
                 self.writes.done.append((t, value))
+                raw = raw_outputs(entry.ctx.outputs) if entry.ctx is not None else None
+                if raw is not None and t.state == COMPLETED:
+                    self.writes.inputs[(t.item_id, t.stage)] = raw
 
     def _tick(self) -> None:
         """Fail tasks past their timeout; queue subtask retries that are due."""
@@ -364,7 +370,7 @@ class Scheduler:
             self.only, fanouts=[start[1] for start in writes.starts],
             subtasks=[r for _, r, _ in writes.subs],
             restarts=[(t.item_id, t.stage, name) for t, name in writes.restarts],
-            stages=self.throttle.stages(self.control.stages),
+            stages=self.throttle.stages(self.control.stages), inputs=writes.inputs,
             sub_rates=self._sub_rates(writes),
         )
         self.throttle.note(result.waits)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -27,7 +27,7 @@ import tenacity
 from ..errors import ItemNotFoundError
 from ..metrics import StageMetrics
 from ..states import StageState
-from . import changes, control, fanout, flow, human, limits, nested, rollback
+from . import chain, changes, control, fanout, flow, human, limits, nested, rollback
 from .logic import item_state
 from .query import Filter, Match
 from .records import (
@@ -86,6 +86,7 @@ class StateStore(Protocol):
                subtasks: Sequence[SubResult] = (),
                restarts: Sequence[tuple[str, str, str]] = (),
                stages: Sequence[str] | None = None,
+               inputs: chain.Inputs | None = None,
                sub_rates: fanout.Rates | None = None) -> CommitResult: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None,
                 stages: Sequence[str] | None = None) -> Outlook: ...
@@ -273,6 +274,7 @@ class BaseStore(abc.ABC):
                subtasks: Sequence[SubResult] = (),
                restarts: Sequence[tuple[str, str, str]] = (),
                stages: Sequence[str] | None = None,
+               inputs: chain.Inputs | None = None,
                sub_rates: fanout.Rates | None = None) -> CommitResult:
         """Apply finished stages, mark dependents ready, claim the next work: one transaction.
 
@@ -280,6 +282,9 @@ class BaseStore(abc.ABC):
         (the runner leaves paused ones out). ``fanouts`` start the
         subtasks of stages that returned FanOut; ``subtasks`` are subtask
         results; ``restarts`` (item, stage, subtask) claim retried subtasks again.
+        ``inputs`` (optional) are the outputs each finished run was given: a
+        successor claimed in this commit (``chain.py``) gets its inputs from
+        them instead of a read.
         ``sub_rates`` gives the subtasks whose key has a rate (item, stage, name)
         -> (key, rate): they start only with a token (in ``restarted``, also
         those of the fan-outs started here; ``CommitResult.sub_waits`` says when
@@ -295,12 +300,23 @@ class BaseStore(abc.ABC):
             accepted, refused = flow.apply(tx, shape, owner, transitions)
             if accepted and getattr(shape, "children", None):
                 nested.spawn(tx, shape, owner, accepted)  # Spawn: children with the parent
-            skipped, check = flow.advance(tx, shape, owner, accepted)
+            chained: list[tuple[str, str, int]] = []
+
+            def successors(ready: list[tuple[str, str]]) -> list[tuple[str, str]]:
+                claimed, left = chain.claim_successors(tx, shape, owner, accepted, ready,
+                                                       claim_limit, only, stages)
+                chained.extend(claimed)
+                return left
+
+            skipped, check = flow.advance(tx, shape, owner, accepted,
+                                          successors if claim_limit > 0 else None)
             finished = flow.finish(tx, shape, check)
             waits: dict[str, float] = {}
             sub_waits: dict[tuple[str, str, str], float] = {}
-            claims = (self._claim(tx, shape, owner, claim_limit, only, stages, waits, wanted,
-                                  sub_waits, restarted)
+            claims = (self._claim(tx, shape, owner, claim_limit - len(chained), only, stages,
+                                  waits, chained, chain.chained_outputs(chained, shape, accepted,
+                                                                        inputs),
+                                  wanted, sub_waits, restarted)
                       if claim_limit > 0 or wanted else [])
         return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused,
                             restarted, waits, sub_waits)
@@ -308,24 +324,28 @@ class BaseStore(abc.ABC):
     def _claim(self, tx: Tx, shape: Shape, owner: str, limit: int,
                only: Sequence[str] | None, stages: Sequence[str] | None = None,
                waits: dict[str, float] | None = None,
+               chained: Sequence[tuple[str, str, int]] = (),
+               known: Mapping[tuple[str, str], Mapping[str, str | None]] | None = None,
                wanted: Sequence[limits.SubtaskWant] = (),
                sub_waits: dict[tuple[str, str, str], float] | None = None,
                restarted: list[tuple[str, str, str, int]] | None = None) -> list[Claim]:
+        """Claim up to ``limit`` ready rows after the ``chained`` ones (already claimed;
+        ``known`` holds the inputs of those that need no read, by (item, stage)), and
+        start the ``wanted`` subtasks their keys' buckets have tokens for."""
+        rows: list[tuple[str, str, int]] = list(chained)
         names = shape.order if stages is None else stages
         shared = limits.limits_of(shape)
-        if wanted or (names and shared and any(s in shared for s in names)):
+        if wanted or (limit > 0 and names and shared and any(s in shared for s in names)):
             got = limits.claim(tx, shape, owner, names, limit, only, wanted)
-            rows = got.rows
+            rows += got.rows
             if waits is not None:
                 waits.update(got.waits)
             if sub_waits is not None:
                 sub_waits.update(got.sub_waits)
             if restarted is not None and got.granted:
                 restarted += fanout.grant(tx, shape, owner, got.granted)
-        elif not names:
-            return []
-        else:
-            rows = tx.claim(shape.name, owner, names, limit, only)
+        elif limit > 0 and names:
+            rows += tx.claim(shape.name, owner, names, limit, only)
         if not rows:
             return []
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])
@@ -345,9 +365,11 @@ class BaseStore(abc.ABC):
                 if len(cache) + len(fetched) > self.ITEM_CACHE:
                     cache.clear()
                 cache.update(fetched)
-        need = {i for i, s, _ in rows if shape.deps[s]}
+        known = known or {}
+        need = {i for i, s, _ in rows if shape.deps[s] and (i, s) not in known}
         outputs = tx.completed_outputs(shape.name, need) if need else {}
-        return [Claim(i, s, a, items[i], outputs.get(i, {})) for i, s, a in rows]
+        return [Claim(i, s, a, items[i], known[(i, s)] if (i, s) in known else outputs.get(i, {}))
+                for i, s, a in rows]
 
     @abc.abstractmethod
     def find_items(self, shape: Shape, flt: Filter, limit: int | None = None,
