@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from treadle import Pipeline, Runner, open_store, stage
+from treadle import FanOut, Pipeline, Runner, open_store, stage
 
 LOG = os.environ.get("FLOW_LOG", "")
 
@@ -44,7 +44,43 @@ def slow(item: Any) -> None:
 
 
 limited = Pipeline("limited", [slow])
-PIPELINES = {"rated": rated, "limited": limited}
+
+
+def _busy(item: Any) -> None:
+    note("start", item)
+    time.sleep(0.1)
+    note("end", item)
+
+
+@stage(limits={"api": 1})
+def first(item: Any) -> None:
+    _busy({"id": f"{item['id']}:first"})
+
+
+@stage(after=[first], limits=["api"])
+def second(item: Any) -> None:
+    _busy({"id": f"{item['id']}:second"})
+
+
+shared = Pipeline("shared", [first, second], limits={"api": 3})
+
+
+def _lookup(item_id: str, key: str) -> str:
+    note("start", {"id": f"{item_id}:{key}"})
+    note("end", {"id": f"{item_id}:{key}"})
+    return key
+
+
+@stage()
+def enrich(item: Any) -> FanOut:
+    time.sleep(0.05)  # the runners share the fan-outs (and so the key's bucket)
+    # the "musicbrainz:..." subtask's key is "musicbrainz"; "local" has no rate
+    return FanOut({"musicbrainz:recording": lambda: _lookup(item["id"], "mb"),
+                   "local": lambda: item["id"]}, rate={"musicbrainz": "5/s"})
+
+
+keyed = Pipeline("keyed", [enrich])
+PIPELINES = {"rated": rated, "limited": limited, "shared": shared, "keyed": keyed}
 
 
 def main() -> None:

@@ -7,13 +7,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from treadle import InvalidStageError, Pipeline, Runner, open_store, stage
+from treadle import (
+    FanOut,
+    InvalidLimitError,
+    InvalidStageError,
+    Pipeline,
+    Runner,
+    UnknownLimitError,
+    open_store,
+    stage,
+)
 from treadle.limits import Rate, parse_rate
 
 from . import flow_pipeline
@@ -117,6 +127,49 @@ def test_a_global_limit_holds_across_runners_and_a_killed_runners_slots_come_bac
     assert recovered, "the killed runner's claim was not recovered"
     [status] = runner.limits()
     assert (status.stage, status.concurrency, status.in_use, status.waiting) == ("slow", 3, 0, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_subtask_key_rate_holds_across_three_runner_processes(url: str, tmp_path: Path
+                                                                ) -> None:
+    """FanOut(rate={"musicbrainz": "5/s"}), 3 runner processes: in 6 s at most 5 x 6 + 5
+    (the burst) "musicbrainz" subtasks start, counted by the subtasks themselves, and at
+    least 80% of that; the subtask without a rate is not held back."""
+    runner = Runner(flow_pipeline.keyed, open_store(url))
+    runner.submit([{"id": f"k{k}"} for k in range(45)])
+    log = tmp_path / "effects.log"
+    finish([start(url, "keyed", log, workers=2) for _ in range(3)])
+    starts = [r[3] for r in events(log) if r[0] == "start"]
+    assert len(starts) == 45
+    t0 = starts[0]
+    in_six = sum(1 for t in starts if t < t0 + 6.0)
+    assert 0.8 * 35 <= in_six <= 35, in_six
+    assert max(sum(1 for t in starts if s <= t < s + 6.0) for s in starts) <= 35
+    assert len({r[1] for r in events(log)}) >= 2, "one runner ran every subtask"
+    assert runner.item_counts() == {"completed": 45}
+    assert runner.status("k7").stages["enrich"].output == {"musicbrainz:recording": "mb",
+                                                           "local": "k7"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_named_limit_shared_by_two_stages_holds_across_runner_processes(
+        url: str, tmp_path: Path) -> None:
+    """Pipeline(limits={"api": 3}) taken by two stages, 4 runners x 4 workers: never more
+    than 3 runs of either stage at once, counted inside the stages, and the limit is used."""
+    runner = Runner(flow_pipeline.shared, open_store(url))
+    runner.submit([{"id": f"s{k}"} for k in range(30)])
+    log = tmp_path / "effects.log"
+    finish([start(url, "shared", log) for _ in range(4)])
+    rows = events(log)
+    assert len([r for r in rows if r[0] == "start"]) == 60
+    assert {r[2].split(":")[1] for r in rows} == {"first", "second"}
+    assert 2 <= most_at_once(rows) <= 3
+    assert runner.item_counts() == {"completed": 30}
+    [status] = runner.limits()
+    assert (status.limit, status.stages, status.concurrency, status.in_use) == (
+        "api", ("first", "second"), 3, 0)
 
 
 @pytest.mark.timeout(60)
@@ -287,6 +340,206 @@ def test_the_flow_benchmark_reports_each_variant_against_none() -> None:
                            "--stores", stores], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for variant in ("none", "rate", "global", "rate+global"):
+    for variant, base in [*((v, "none") for v in ("none", "rate", "global", "rate+global",
+                                                    "named", "named-rate")),
+                          ("fanout", "fanout"), ("fanout+key-rate", "fanout")]:
         assert len([line for line in done.stdout.splitlines()
-                    if line.split()[:1] == [variant] and "x none" in line]) == len(stores.split(","))
+                    if line.split()[:1] == [variant] and f"x {base}" in line]
+                   ) == len(stores.split(",")), (variant, done.stdout)
+
+
+@pytest.mark.timeout(60)
+def test_a_named_limit_holds_across_the_stages_taking_it() -> None:
+    """Pipeline(limits={"api": 2}) taken by two stages, 8 workers: never more than 2
+    runs of them at once; a stage without the limit is not held back."""
+    lock = threading.Lock()
+    now = {"api": 0, "free": 0}
+    peak = {"api": 0, "free": 0}
+
+    def busy(kind: str) -> None:
+        with lock:
+            now[kind] += 1
+            peak[kind] = max(peak[kind], now[kind])
+        time.sleep(0.05)
+        with lock:
+            now[kind] -= 1
+
+    @stage(limits={"api": 1})
+    def fetch(item: Any) -> None:
+        busy("api")
+
+    @stage(after=[fetch], limits=["api"])
+    def push(item: Any) -> None:
+        busy("api")
+
+    @stage()
+    def free(item: Any) -> None:
+        busy("free")
+
+    pipeline = Pipeline("named", [fetch, push, free], limits={"api": 2})
+    runner = Runner(pipeline, open_store("memory://"), workers=8)
+    runner.submit([{"id": f"i{k}"} for k in range(20)])
+    assert runner.run().completed == 60
+    assert peak["api"] == 2 and peak["free"] > 2
+
+
+@pytest.mark.timeout(60)
+def test_a_subtask_key_rate_waits_without_holding_workers() -> None:
+    """FanOut(rate={"mb": "10/s"}): the "mb" subtasks start 10 at once, then 10 a
+    second; the subtasks without a rate and another stage run meanwhile on the one
+    worker; the report says how long the key waited."""
+    starts: dict[str, list[float]] = {"mb": [], "local": [], "other": []}
+
+    def note(kind: str) -> str:
+        starts[kind].append(time.monotonic())
+        return kind
+
+    @stage()
+    def enrich(item: Any) -> FanOut:
+        return FanOut({"mb:recording": lambda: note("mb"), "local": lambda: note("local")},
+                      rate={"mb": "10/s"})
+
+    @stage()
+    def other(item: Any) -> None:
+        note("other")
+
+    runner = Runner(Pipeline("keyrate", [enrich, other]), open_store("memory://"), workers=1)
+    runner.submit([{"id": f"i{k}"} for k in range(25)])
+    report = runner.run()
+    assert report.completed == 50
+    mb = sorted(starts["mb"])
+    assert len(mb) == 25 and mb[-1] - mb[0] >= 1.3  # 10 at once, 15 more at 10/s
+    assert max(starts["local"] + starts["other"]) < mb[-1]  # not held back by the key
+    assert report.throttled["limit:mb"] > 1.0
+    assert runner.status("i3").stages["enrich"].output == {"mb:recording": "mb",
+                                                           "local": "local"}
+
+
+@pytest.mark.timeout(60)
+def test_a_key_function_and_the_pipelines_named_rate() -> None:
+    """FanOut(key=...) picks each subtask's key; FanOut(rate=["name"]) takes the
+    Pipeline's named rate, one bucket with the stages that take it."""
+    starts: list[float] = []
+
+    def call(n: int) -> int:
+        starts.append(time.monotonic())
+        return n
+
+    @stage(limits=["mb"])
+    def lookup(item: Any) -> None:
+        starts.append(time.monotonic())
+
+    @stage()
+    def enrich(item: Any) -> FanOut:
+        return FanOut({f"lookup-{n}": (lambda n=n: call(n)) for n in range(3)},
+                      rate=["mb"], key=lambda name: "mb" if name.startswith("lookup") else None)
+
+    runner = Runner(Pipeline("keyfn", [lookup, enrich], limits={"mb": "20/s"}),
+                    open_store("memory://"), workers=4)
+    runner.submit([{"id": f"i{k}"} for k in range(10)])  # 10 + 30 starts from one bucket
+    report = runner.run()
+    assert report.completed == 20
+    starts.sort()
+    assert len(starts) == 40 and starts[-1] - starts[0] >= 0.9  # 20 at once, 20 more at 20/s
+
+
+@pytest.mark.timeout(60)
+def test_a_fanout_whose_rate_contradicts_the_pipeline_fails_the_stage_by_name() -> None:
+    """A FanOut naming an undeclared limit, or a rate other than the Pipeline's for the
+    same key, fails its stage with a named error; nothing runs."""
+    ran: list[str] = []
+
+    @stage()
+    def unknown(item: Any) -> FanOut:
+        return FanOut({"mb": lambda: ran.append("x")}, rate=["musicbrains"])
+
+    @stage()
+    def other_rate(item: Any) -> FanOut:
+        return FanOut({"mb": lambda: ran.append("y")}, rate={"musicbrainz": "5/s"})
+
+    pipeline = Pipeline("badfan", [unknown, other_rate], limits={"musicbrainz": "1/s"})
+    runner = Runner(pipeline, open_store("memory://"))
+    runner.submit({"id": "i"})
+    report = runner.run()
+    assert report.failed == 2 and ran == []
+    stages = runner.status("i").stages
+    assert "UnknownLimitError" in (stages["unknown"].error or "")
+    assert "Did you mean 'musicbrainz'" in (stages["unknown"].error or "")
+    assert "InvalidLimitError" in (stages["other_rate"].error or "")
+    assert "differs" in (stages["other_rate"].error or "")
+
+
+def test_bad_named_limits_and_fanout_rates_are_named_errors() -> None:
+    """Named limits and FanOut rates are checked where they are declared."""
+    @stage(limits={"openai": 1})
+    def ask(item: Any) -> None: ...
+
+    with pytest.raises(UnknownLimitError, match="Did you mean 'opnai'"):
+        Pipeline("p", [ask], limits={"opnai": 4})
+    with pytest.raises(InvalidLimitError, match=r"int >= 1 .* or a rate"):
+        Pipeline("p", [ask], limits={"openai": 0})
+    with pytest.raises(InvalidLimitError, match="rate"):
+        Pipeline("p", [ask], limits={"openai": "lots/s"})
+
+    @stage(limits={"openai": 5})
+    def greedy(item: Any) -> None: ...
+
+    with pytest.raises(InvalidLimitError, match="could never run"):
+        Pipeline("p", [greedy], limits={"openai": 4})
+    with pytest.raises(InvalidLimitError, match="units"):
+        stage(limits={"openai": 0})(lambda item: None)
+    with pytest.raises(InvalidLimitError, match="non-empty"):
+        stage(limits=[""])(lambda item: None)
+    with pytest.raises(InvalidLimitError, match="rate of key 'mb'"):
+        FanOut({"mb": lambda: 1}, rate={"mb": "often"})
+    with pytest.raises(InvalidLimitError, match="not callable"):
+        FanOut({"mb": lambda: 1}, rate={"mb": "1/s"}, key="mb")  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_subtasks_waiting_for_a_token_resume_on_the_next_run() -> None:
+    """A run stopped while subtasks wait for their key's token gives the stage back; the
+    next run starts only the subtasks not completed, with new tokens."""
+    calls: list[str] = []
+
+    def call(name: str) -> str:
+        calls.append(name)
+        if name == "mb:1" and calls.count("mb:1") == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # stop the run: mb:3 waits for a token
+        return name
+
+    @stage()
+    def enrich(item: Any) -> FanOut:
+        return FanOut({n: (lambda n=n: call(n)) for n in ("mb:1", "mb:2", "mb:3")},
+                      rate={"mb": "2/s"})
+
+    store = open_store("memory://")
+    runner = Runner(Pipeline("resume", [enrich]), store, workers=2)
+    runner.submit({"id": "i"})
+    first = runner.run()
+    assert first.interrupted and "mb:3" not in calls
+    subs = runner.status("i").stages["enrich"].subtasks
+    assert subs["mb:3"].state == "pending"
+    second = runner.run()
+    assert second.completed == 1 and calls.count("mb:3") == 1
+    assert calls.count("mb:1") + calls.count("mb:2") <= 4  # completed ones are kept
+    assert runner.status("i").stages["enrich"].output == {"mb:1": "mb:1", "mb:2": "mb:2",
+                                                          "mb:3": "mb:3"}
+
+
+@pytest.mark.timeout(120)
+def test_cli_status_shows_named_limits(tmp_path: Path) -> None:
+    """status lists a named limit with the stages taking it (table and --json)."""
+    db = f"sqlite:///{tmp_path / 'named.db'}"
+    target = "tests/flow_pipeline.py:shared"
+    res = cli("submit", target, "--item", '{"id": "n1"}', "--item", '{"id": "n2"}', db=db)
+    assert res.returncode == 0, res.stderr
+    status = cli("status", target, db=db)
+    assert status.returncode == 0, status.stderr
+    shared = status.stdout.split("limits every runner shares")[1]
+    line = next(x for x in shared.splitlines() if x.strip().startswith("api"))
+    assert "(first, second)" in line and line.split()[-3:] == ["3", "0", "2"]
+    as_json = json.loads(cli("status", target, "--json", db=db).stdout)
+    assert as_json["limits"] == [{"stage": None, "limit": "api", "stages": ["first", "second"],
+                                  "rate": None, "concurrency": 3, "tokens": None,
+                                  "waiting": 2, "in_use": 0}]

@@ -16,6 +16,7 @@ from .errors import (
     DuplicateStageError,
     InvalidDecisionError,
     InvalidItemError,
+    InvalidLimitError,
     InvalidStageError,
     InvalidTransitionError,
     ItemNotFoundError,
@@ -26,6 +27,7 @@ from .errors import (
     StoreError,
     StoreOptionError,
     TreadleError,
+    UnknownLimitError,
     UnknownStageError,
 )
 from .metrics import StageMetrics
@@ -54,11 +56,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut",
-    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidStageError",
+    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidLimitError",
+    "InvalidStageError",
     "InvalidTransitionError", "ItemNotFoundError", "ItemState", "ItemStatus", "MemoryStore",
     "Pipeline", "PipelineCycleError", "PipelineDefinitionError", "Rejected", "Review", "ReviewInfo",
     "RunReport", "Runner", "SerializationError", "Skipped", "Spawn", "StageContext", "StageMetrics",
     "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore", "StoreError",
     "StoreOptionError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
-    "UnknownStageError", "chose", "open_store", "stage",
+    "UnknownLimitError", "UnknownStageError", "chose", "open_store", "stage",
 ]

@@ -71,6 +71,22 @@ class InvalidStageError(PipelineDefinitionError, TypeError):
     """A stage is not callable or its signature cannot take ``(item)`` or ``(item, ctx)``."""
 
 
+class InvalidLimitError(PipelineDefinitionError):
+    """A flow-control limit is declared wrong: in ``Pipeline(limits=...)``,
+    ``@stage(limits=...)`` or ``FanOut(rate=...)``; ``.limit`` names it."""
+
+    def __init__(self, message: str, *, limit: str | None, stage: str | None = None) -> None:
+        super().__init__(message, stage=stage)
+        self.limit = limit
+
+
+class UnknownLimitError(InvalidLimitError, KeyError):
+    """A stage or fan-out names a limit the Pipeline does not declare."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class InvalidTransitionError(TreadleError, ValueError):
     """A state change that the current state does not allow; nothing was changed."""
 

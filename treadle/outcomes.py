@@ -60,6 +60,21 @@ class Review:
                             f"got {self.assignees!r}")
 
 
+def _rates(value: Any) -> Mapping[str, Any]:
+    """``FanOut(rate=...)`` parsed: key -> Rate, or None for a Pipeline's named rate."""
+    from .limits import fanout_rates
+
+    return fanout_rates(value)
+
+
+def _check_key(key: object) -> None:
+    if key is not None and not callable(key):
+        from .errors import InvalidLimitError
+
+        raise InvalidLimitError(f"FanOut(key={key!r}) is not callable; pass a function from a "
+                                "subtask's name to its rate key.", limit=None)
+
+
 @attrs.frozen
 class SubTask:
     """One named subtask of a :class:`FanOut`: ``fn(*args, **kwargs)``."""
@@ -78,9 +93,21 @@ class FanOut:
     """Run several named subtasks concurrently; the stage's output is ``{name: output}``.
 
     ``subtasks`` is a mapping ``name -> callable`` or an iterable of :class:`SubTask`.
+
+    ``rate`` limits how often subtasks start, per *key*, across every runner on
+    the store: ``{"musicbrainz": "1/s"}``, or ``["musicbrainz"]`` to take the
+    Pipeline's named rate limit of that name. A subtask's key is its name up
+    to the first ``":"`` (``"musicbrainz:release"`` -> ``"musicbrainz"``), or
+    what ``key(name)`` returns (None: no rate). A bad rate raises
+    :class:`~treadle.InvalidLimitError` here (docs/flow-control.md).
     """
 
     subtasks: Mapping[str, Callable[[], Any]] | Iterable[SubTask]
+    rate: Mapping[str, Any] = attrs.field(default=None, kw_only=True, converter=_rates)
+    key: Callable[[str], str | None] | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        _check_key(self.key)
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ from .errors import (
     did_you_mean,
 )
 from .fingerprint import fingerprint, parts
-from .limits import StageLimit, stage_limits
+from .limits import NAMED, NamedLimit, StageLimit, check_uses, named_limits, stage_limits
 from .serialization import ItemCodec
 from .stage import ON_CHANGE, SPEC_ATTR, StageSpec, spec_of
 
@@ -45,6 +45,11 @@ class Pipeline:
     older definition of their stage; ``@stage(on_change=...)`` overrides it.
     ``Runner.plan()`` reports what a changed definition does to stored items
     (docs/changes.md).
+
+    ``limits`` declares named limits every runner on the store shares: an int
+    is how many units may be in use at once, a string a rate (``"60/min"``).
+    Stages take them with ``@stage(limits={"name": units})``; fan-out subtasks
+    take a named rate with ``FanOut(..., rate=["name"])`` (docs/flow-control.md).
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class Pipeline:
         renames: Mapping[str, str] | None = None,
         version: str | None = None,
         on_change: Literal["keep", "rerun"] = "keep",
+        limits: Mapping[str, int | str] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise PipelineDefinitionError(f"Pipeline name must be a non-empty string, got {name!r}.")
@@ -124,6 +130,16 @@ class Pipeline:
         #: Stage name -> (fingerprint, pipeline version): what each stored result records.
         self.stamps: Mapping[str, tuple[str, str | None]] = MappingProxyType(
             {n: (fp, version) for n, fp in self.fingerprints.items()})
+        #: Named limits stages share, by name (``limits=``; docs/flow-control.md).
+        self.named_limits: Mapping[str, NamedLimit] = MappingProxyType(
+            named_limits(name, limits))
+        for n in order:
+            check_uses(name, n, specs[n].limits, self.named_limits)
+            if n.startswith(NAMED) and n[len(NAMED):] in self.named_limits:
+                raise InvalidStageError(
+                    f"Stage {n!r}: a stage name may not be {NAMED!r} followed by the name of "
+                    "one of the Pipeline's limits (the store keeps both under that key); "
+                    "rename the stage or the limit.", stage=n)
         #: Stage name -> the limits every runner shares (docs/flow-control.md).
         self.limits: Mapping[str, StageLimit] = MappingProxyType(stage_limits(specs, order))
         #: Stage name -> default priority, for the stages that declare one.

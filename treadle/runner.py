@@ -185,7 +185,7 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
             awaiting_review=c.awaiting_review, refused=c.refused,
             items=self._item_counts(), interrupted=c.interrupted,
             failures=self._failures(), skipped_downstream=c.skipped_downstream,
-            cancelled=c.cancelled, paused=held, throttled=dict(sched.throttle.waited),
+            cancelled=c.cancelled, paused=held, throttled={**sched.throttle.waited, **sched.keyq.waited},
         )
 
     def wait_notifications(self, timeout: float = 10.0) -> bool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import attrs
 
 from .errors import InvalidStageError
-from .limits import SCOPES, Rate, check_priority, parse_rate
+from .limits import SCOPES, Rate, check_priority, parse_rate, stage_uses
 from .outcomes import Completed, FanOut, Review, Skipped, Spawn
 from .serialization import is_record_type, structure
 
@@ -65,6 +65,8 @@ class StageSpec:
     scope: str = "runner"
     #: The priority of this stage's runs when an item is submitted without one.
     priority: int | None = None
+    #: Named limits of the Pipeline this stage takes: name -> units per run.
+    limits: Mapping[str, int] = attrs.field(factory=dict)
     takes_ctx: bool = True
     when_takes_ctx: bool = True
     rollback_takes_ctx: bool = True
@@ -289,7 +291,7 @@ _DEFAULTS: dict[str, Any] = dict(
     gate=None, on_exhausted="fail", review="never", review_timeout=None, on_timeout="reject",
     output_type=None, version=None, on_change=None, reviewers=(), notify=(), escalate_to=(),
     spawns=(), collect=None, on_child_failure="fail",
-    rate=None, scope="runner", priority=None,
+    rate=None, scope="runner", priority=None, limits=None,
 )
 
 
@@ -325,6 +327,7 @@ def make_spec(fn: Callable[..., Any], **options: Any) -> StageSpec:
         options["output_type"] = returned_type(fn)
     if isinstance(options["rate"], str):
         options["rate"] = parse_rate(options["rate"])  # checked above
+    options["limits"] = stage_uses(name, options["limits"])
     return StageSpec(
         name=name, fn=fn, after=tuple(dependency_name(d) for d in after),
         takes_ctx=takes_ctx, when_takes_ctx=when_ctx, rollback_takes_ctx=rollback_ctx, **options,
@@ -357,6 +360,7 @@ def stage(
     rate: str | None = None,
     scope: Literal["runner", "global"] = "runner",
     priority: int | None = None,
+    limits: Mapping[str, int] | Sequence[str] | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a pipeline stage; the function is returned unchanged.
 
@@ -392,7 +396,9 @@ def stage(
     ``"1000/h"``) limits how often the stage starts across every runner on
     the store; ``scope="global"`` makes ``concurrency`` count runs across
     every runner instead of per runner; ``priority`` is the default priority
-    of the stage's runs (higher is claimed first).
+    of the stage's runs (higher is claimed first); ``limits`` names the
+    Pipeline's named limits each run takes (``{"openai": 1}``, or
+    ``["openai"]`` for one unit each).
     """
     options = dict(
         after=after, name=name, when=when, retry=retry, rollback=rollback, timeout=timeout,
@@ -401,7 +407,7 @@ def stage(
         version=version, on_change=on_change,
         reviewers=reviewers, notify=notify, escalate_to=escalate_to,
         spawns=spawns, collect=collect, on_child_failure=on_child_failure,
-        rate=rate, scope=scope, priority=priority,
+        rate=rate, scope=scope, priority=priority, limits=limits,
     )
 
     def decorate(fn: F) -> F:

@@ -48,9 +48,16 @@ def prioritize(args: argparse.Namespace, runner: Any, stdout: TextIO) -> int:
 
 
 def limits_json(limits: list[LimitStatus]) -> list[dict[str, Any]]:
-    """``status --json``'s ``limits``: one object per limited stage."""
-    return [{"stage": s.stage, "rate": s.rate, "concurrency": s.concurrency, "tokens": s.tokens,
-             "waiting": s.waiting, "in_use": s.in_use} for s in limits]
+    """``status --json``'s ``limits``: one object per limited stage, then one per named
+    limit (``"stage": null``, with its ``"limit"`` name and the ``"stages"`` taking it)."""
+    out: list[dict[str, Any]] = []
+    for s in limits:
+        row: dict[str, Any] = {"stage": s.stage, "rate": s.rate, "concurrency": s.concurrency,
+                               "tokens": s.tokens, "waiting": s.waiting, "in_use": s.in_use}
+        if s.limit is not None:
+            row.update(limit=s.limit, stages=list(s.stages))
+        out.append(row)
+    return out
 
 
 def limits_table(limits: list[LimitStatus], look: Look) -> str:
@@ -58,9 +65,13 @@ def limits_table(limits: list[LimitStatus], look: Look) -> str:
     def dash(value: Any) -> Any:
         return "-" if value is None else value
 
-    rows = [[s.stage, dash(s.rate), dash(s.tokens), dash(s.concurrency), s.in_use, s.waiting]
+    def name(s: LimitStatus) -> str:
+        return s.stage if s.stage is not None else f"{s.limit} ({', '.join(s.stages) or '-'})"
+
+    rows = [[name(s), dash(s.rate), dash(s.tokens), dash(s.concurrency), s.in_use, s.waiting]
             for s in limits]
-    return table(["stage", "rate", "tokens", "global limit", "in use", "waiting"], rows, look)
+    return table(["stage / limit (stages)", "rate", "tokens", "global limit", "in use",
+                  "waiting"], rows, look)
 
 
 __all__ = ["add_items_priority", "add_prioritize", "add_priority_option", "items_at_priority",

@@ -8,14 +8,34 @@ fan-out (before a lease lapse) can never touch a newer one of the same stage.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import attrs
 
+from ..limits import Rate, resolve_rates
 from ..outcomes import SubTask
 from ..states import StageState
 from ..store.base import Transition
 from .tasks import StageTask
+
+
+@attrs.frozen
+class Fanned:
+    """What a stage's FanOut asks for: its subtasks, each rate-limited one's key
+    (name -> key), and the FanOut's rates (key -> Rate, None: the Pipeline's)."""
+
+    subtasks: list[SubTask]
+    keys: dict[str, str] = attrs.field(factory=dict)
+    rates: Mapping[str, Rate | None] = attrs.field(factory=dict)
+
+    def rated(self, pipeline: str, named: Mapping[str, Any]) -> dict[str, tuple[str, Rate]]:
+        """name -> (key, rate) of the subtasks whose key has a rate; raises
+        ``InvalidLimitError`` for a rate that contradicts the Pipeline's."""
+        if not self.rates:
+            return {}
+        rates = resolve_rates(pipeline, self.rates, named)
+        return {n: (k, rates[k]) for n, k in self.keys.items()}
 
 
 @attrs.define
@@ -28,6 +48,8 @@ class FanRun:
     errors: dict[str, str] = attrs.field(factory=dict)
     remaining: set[str] = attrs.field(factory=set)
     cancelled: bool = False  # some subtasks were given back at shutdown: it cannot finish now
+    #: subtasks whose key has a rate: name -> (key, rate)
+    rated: dict[str, tuple[str, Rate]] = attrs.field(factory=dict)
 
     def settle(self, name: str, output: str | None, error: str | None, completed: bool) -> bool:
         """Record one subtask's final result; True when the fan-out is complete."""
@@ -93,4 +115,4 @@ class FanOuts:
         self._current.clear()
 
 
-__all__ = ["FanOuts", "FanRun"]
+__all__ = ["FanOuts", "FanRun", "Fanned"]

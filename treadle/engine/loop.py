@@ -37,7 +37,8 @@ from .. import signals
 from .._crash import crash_point
 from ..context import Outputs, StageContext, StartMark, raw_outputs
 from ..contrib.retry import resolve as resolve_retry
-from ..errors import StageTimeout, StoreError
+from ..errors import InvalidLimitError, StageTimeout, StoreError
+from ..limits import Rate
 from ..outcomes import SubTask
 from ..pipeline import Pipeline
 from ..states import StageState
@@ -56,7 +57,7 @@ from .report import Counters, Reporter
 from .rollback import Rollbacks
 from .slots import Entry, Slots
 from .tasks import RollbackTask, StageTask, SubtaskTask, Task
-from .throttle import Throttle
+from .throttle import KeyQueue, Throttle
 from .worker import (
     FANOUT,
     execute,
@@ -66,6 +67,8 @@ from .worker import (
 )
 
 _log = logging.getLogger("treadle.runner")
+#: A fan-out's subtasks whose key has a rate: name -> (key, rate).
+Rated = dict[str, tuple[str, Rate]]
 COMPLETED = StageState.COMPLETED.value
 
 
@@ -86,7 +89,8 @@ class _Writes:
 
     done: list[tuple[Transition, Any]] = attrs.field(factory=list)
     subs: list[tuple[SubtaskTask, SubResult, Any]] = attrs.field(factory=list)
-    starts: list[tuple[StageTask, FanOutStart, list[SubTask]]] = attrs.field(factory=list)
+    #: fan-outs to start: the stage, its subtasks, and the rate-limited ones' (key, rate)
+    starts: list[tuple[StageTask, FanOutStart, list[SubTask], Rated]] = attrs.field(factory=list)
     restarts: list[tuple[StageTask, str]] = attrs.field(factory=list)
     #: (item, stage) -> the outputs a completed run was given: its successor's inputs
     inputs: dict[tuple[str, str], Mapping[str, str | None]] = attrs.field(factory=dict)
@@ -97,7 +101,7 @@ class _Writes:
     def claims(self) -> set[tuple[str, str, int]]:
         """The stage claims these writes still hold."""
         held = {(t.item_id, t.stage, t.attempt) for t, _ in self.done}
-        held |= {task.key for task, _, _ in self.starts}
+        held |= {start[0].key for start in self.starts}
         held |= {task.parent.key for task, _, _ in self.subs}
         return held
 
@@ -144,6 +148,7 @@ class Scheduler:
         self._commit_s = 0.002             # ... and of a commit's
         self._sized_by: ExecutorPool | None = None
         self.throttle = Throttle(pipeline.order)  # rate-limited stages waiting for a token
+        self.keyq = KeyQueue()  # fan-out subtasks waiting for a token of their key
 
     # -- the run -------------------------------------------------------------
     def _start_pool(self) -> None:
@@ -258,8 +263,9 @@ class Scheduler:
     def _next_event(self, now: float) -> float:
         """Seconds until the next deadline or subtask retry (at most POLL)."""
         nxt = self.slots.next_deadline()
-        if self.timers:
-            nxt = self.timers[0][0] if nxt is None else min(nxt, self.timers[0][0])
+        for due in (self.timers[0][0] if self.timers else None, self.keyq.next_due()):
+            if due is not None:
+                nxt = due if nxt is None else min(nxt, due)
         wait = self.throttle.wait(self.POLL)
         return wait if nxt is None else min(wait, max(0.0, nxt - now))
 
@@ -289,9 +295,14 @@ class Scheduler:
         else:
             t, value = outcome
             if t.state == FANOUT:
-                names = tuple(s.name for s in value)
+                try:  # a FanOut rate that contradicts the Pipeline's limit fails the stage
+                    rated = value.rated(self.pipeline.name, self.pipeline.named_limits)
+                except InvalidLimitError as exc:
+                    self._fail(task, exc)
+                    return
+                names = tuple(s.name for s in value.subtasks)
                 self.writes.starts.append((task, FanOutStart(t.item_id, t.stage, t.attempt, names),
-                                           value))
+                                           value.subtasks, rated))
             else:
                 self.writes.done.append((t, value))
                 raw = raw_outputs(entry.ctx.outputs) if entry.ctx is not None else None
@@ -307,6 +318,9 @@ class Scheduler:
             self.slots.refill()
         while self.timers and self.timers[0][0] <= now:
             _, _, parent, name = heapq.heappop(self.timers)
+            if self.fanouts.get(parent) is not None:
+                self.writes.restarts.append((parent, name))
+        for parent, name in self.keyq.take_due(now):  # a token of their key is due
             if self.fanouts.get(parent) is not None:
                 self.writes.restarts.append((parent, name))
 
@@ -353,14 +367,26 @@ class Scheduler:
         started = time.monotonic()
         result = self.lease.call(
             self.store.commit, self.pipeline, self.owner, [t for t, _ in writes.done], limit,
-            self.only, fanouts=[s for _, s, _ in writes.starts],
+            self.only, fanouts=[start[1] for start in writes.starts],
             subtasks=[r for _, r, _ in writes.subs],
             restarts=[(t.item_id, t.stage, name) for t, name in writes.restarts],
             stages=self.throttle.stages(self.control.stages), inputs=writes.inputs,
+            sub_rates=self._sub_rates(writes),
         )
         self.throttle.note(result.waits)
         self._commit_s = _average(self._commit_s, time.monotonic() - started)
         return result
+
+    def _sub_rates(self, writes: _Writes) -> dict[tuple[str, str, str], tuple[str, Rate]]:
+        """(item, stage, name) -> (key, rate) of the subtasks these writes start that
+        wait for a token of their key."""
+        out = {(t.item_id, t.stage, n): kr for t, _, _, rated in writes.starts
+               for n, kr in rated.items()}
+        for parent, name in writes.restarts:
+            run = self.fanouts.get(parent)
+            if run is not None and name in run.rated:
+                out[(parent.item_id, parent.stage, name)] = run.rated[name]
+        return out
 
     def _restore(self, writes: _Writes) -> None:
         """Put writes that could not be committed back (shutdown releases their claims)."""
@@ -421,7 +447,7 @@ class Scheduler:
         for sub, r, _ in piece.subs:
             fallback.subs.append((sub, SubResult(r.item_id, r.stage, r.name, r.attempt, "failed",
                                                  error=message), None))
-        for started, _, _ in piece.starts:
+        for started, *_ in piece.starts:
             fallback.done.append((Transition(started.item_id, started.stage, started.attempt,
                                              StageState.FAILED.value, error=message), None))
         if not fallback:
@@ -460,6 +486,7 @@ class Scheduler:
         self._fan_out(writes.starts, result)
         self._subtask_results(writes.subs, result)
         self._restarted(writes.restarts, result)
+        self.keyq.settle()
         self._dispatch()
         self.reporter.send()
 
@@ -508,22 +535,31 @@ class Scheduler:
         w.subs = [d for d in w.subs if d[0].item_id not in items]
         w.starts = [d for d in w.starts if d[0].item_id not in items]
         w.restarts = [d for d in w.restarts if d[0].item_id not in items]
+        self.keyq.forget(lambda parent: parent.item_id in items)
 
     # -- fan-out -------------------------------------------------------------
-    def _fan_out(self, starts: list[tuple[StageTask, FanOutStart, list[SubTask]]],
+    def _fan_out(self, starts: list[tuple[StageTask, FanOutStart, list[SubTask], Rated]],
                  result: CommitResult) -> None:
-        for (task, _, subtasks), plan in zip(starts, result.fanouts):
+        for (task, _, subtasks, rated), plan in zip(starts, result.fanouts):
             if plan.refused:
                 self.counters.refused += 1
                 continue
+            later = [n for n in (s.name for s in subtasks) if n in rated and n not in plan.kept]
+            granted = {n: a for i, s, n, a in result.restarted if (i, s) == task.key[:2]}
             run = FanRun(task, {s.name: s for s in subtasks}, outputs=dict(plan.kept),
-                         remaining={n for n, _ in plan.run})
+                         remaining={n for n, _ in plan.run} | set(later), rated=rated)
             self.fanouts.add(run)
             if self.stop.is_set():  # shutting down: start nothing; the stage is released
                 run.cancelled = True
                 continue
             for name, sub_attempt in plan.run:
                 self._start_subtask(run, name, sub_attempt)
+            for name in later:  # started with a token of their key, or queued for one
+                if name in granted:
+                    self._start_subtask(run, name, granted[name])
+                else:
+                    self.keyq.defer(*rated[name], task, name,
+                                    result.sub_waits.get((*task.key[:2], name)))
             if not run.remaining:
                 self._finish_fanout(run)
 
@@ -579,7 +615,10 @@ class Scheduler:
             run = self.fanouts.get(parent)
             if run is None:
                 continue
-            if attempt is None:
+            wait = result.sub_waits.get((parent.item_id, parent.stage, name))
+            if attempt is None and wait is not None:  # no token yet: keep its place
+                self.keyq.defer(*run.rated[name], parent, name, wait)
+            elif attempt is None:
                 self._drop_fanout(parent)  # refused: the stage is no longer ours
             elif not run.cancelled and not self.stop.is_set():
                 self._start_subtask(run, name, attempt)
@@ -594,6 +633,7 @@ class Scheduler:
                          if isinstance(t, SubtaskTask) and t.parent == parent])
         self.timers = [t for t in self.timers if t[2] != parent]
         heapq.heapify(self.timers)
+        self.keyq.forget(lambda p: p == parent)
         self.lease.call(self.store.release, self.pipeline, self.owner, [parent.key])
 
     # -- dispatch ------------------------------------------------------------
@@ -657,7 +697,7 @@ class Scheduler:
                         run.cancelled = True  # it cannot finish now: its stage is released below
                 else:
                     self.rollbacks.plans.pop(task.item_id, None)
-            for _, _, parent, _ in self.timers:
+            for parent in [t[2] for t in self.timers] + self.keyq.forget(lambda p: True):
                 run = self.fanouts.get(parent)
                 if run is not None:
                     run.cancelled = True

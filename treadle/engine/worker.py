@@ -19,6 +19,7 @@ from .. import instrument
 from .._crash import crash_point
 from ..decisions import review_record
 from ..errors import SerializationError, StageTimeout
+from ..limits import subtask_rates
 from ..outcomes import Completed, FanOut, Review, Skipped, Spawn, SubTask, to_outcome
 from ..serialization import ItemCodec, to_json
 from ..stage import StageSpec
@@ -27,6 +28,7 @@ from ..store.base import Transition
 from ..store.fanout import SubResult
 from .calls import resolve, run_sync
 from .failures import error_text, failure, sub_failure, traceback_text
+from .fanout import Fanned
 from .gate import judge
 
 T = TypeVar("T")
@@ -148,7 +150,9 @@ async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, po
         if isinstance(outcome, Spawn):
             return spawned(spec, item_id, attempt, outcome)
         assert isinstance(outcome, FanOut)
-        return Transition(item_id, stage, attempt, FANOUT), subtasks_of(outcome, stage)
+        subs = subtasks_of(outcome, stage)
+        keys = subtask_rates(outcome.rate, outcome.key, [s.name for s in subs])
+        return Transition(item_id, stage, attempt, FANOUT), Fanned(subs, keys, outcome.rate)
     except SerializationError as exc:  # retrying cannot make it serialisable
         return failure(item_id, stage, attempt, exc), None
     except asyncio.CancelledError:

@@ -88,7 +88,8 @@ class StateStore(Protocol):
                subtasks: Sequence[SubResult] = (),
                restarts: Sequence[tuple[str, str, str]] = (),
                stages: Sequence[str] | None = None,
-               inputs: chain.Inputs | None = None) -> CommitResult: ...
+               inputs: chain.Inputs | None = None,
+               sub_rates: fanout.Rates | None = None) -> CommitResult: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None,
                 stages: Sequence[str] | None = None) -> Outlook: ...
     # -- flow control (docs/flow-control.md)
@@ -248,7 +249,7 @@ class BaseStore(abc.ABC):
 
     def limit_status(self, shape: Shape) -> list[limits.LimitStatus]:
         """Each shared limit: tokens, waiting runs, runs in use (``Runner.limits``)."""
-        if not limits.limits_of(shape):
+        if not limits.limits_of(shape) and not limits.named_of(shape):
             return []
         with self.transaction() as tx:
             return limits.status(tx, shape)
@@ -270,7 +271,8 @@ class BaseStore(abc.ABC):
                subtasks: Sequence[SubResult] = (),
                restarts: Sequence[tuple[str, str, str]] = (),
                stages: Sequence[str] | None = None,
-               inputs: chain.Inputs | None = None) -> CommitResult:
+               inputs: chain.Inputs | None = None,
+               sub_rates: fanout.Rates | None = None) -> CommitResult:
         """Apply finished stages, mark dependents ready, claim the next work: one transaction.
 
         ``only`` restricts claims to those item ids, ``stages`` to those stages
@@ -280,11 +282,18 @@ class BaseStore(abc.ABC):
         ``inputs`` (optional) are the outputs each finished run was given: a
         successor claimed in this commit (``chain.py``) gets its inputs from
         them instead of a read.
+        ``sub_rates`` gives the subtasks whose key has a rate (item, stage, name)
+        -> (key, rate): they start only with a token (in ``restarted``, also
+        those of the fan-outs started here; ``CommitResult.sub_waits`` says when
+        the next is due for the others).
         """
         with self.transaction() as tx:
-            plans = fanout.start_fanouts(tx, shape, owner, fanouts) if fanouts else []
+            plans, wanted = (fanout.start_fanouts(tx, shape, owner, fanouts, sub_rates)
+                             if fanouts else ([], []))
             sub_ok, sub_refused = fanout.apply_subtasks(tx, shape, owner, subtasks)
-            restarted = fanout.restart_subtasks(tx, shape, owner, restarts) if restarts else []
+            restarted, again = (fanout.restart_subtasks(tx, shape, owner, restarts, sub_rates)
+                                if restarts else ([], []))
+            wanted += again
             accepted, refused = flow.apply(tx, shape, owner, transitions)
             if accepted and getattr(shape, "children", None):
                 nested.spawn(tx, shape, owner, accepted)  # Spawn: children with the parent
@@ -300,34 +309,42 @@ class BaseStore(abc.ABC):
                                           successors if claim_limit > 0 else None)
             finished = flow.finish(tx, shape, check)
             waits: dict[str, float] = {}
+            sub_waits: dict[tuple[str, str, str], float] = {}
             claims = (self._claim(tx, shape, owner, claim_limit - len(chained), only, stages,
                                   waits, chained, chain.chained_outputs(chained, shape, accepted,
-                                                                        inputs))
-                      if claim_limit > 0 else [])
+                                                                        inputs),
+                                  wanted, sub_waits, restarted)
+                      if claim_limit > 0 or wanted else [])
         if finished:  # no stage of these is claimed again (but for a retry: read again then)
             self.item_cache.discard(shape.name, [i for i, _ in finished])
         return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused,
-                            restarted, waits)
+                            restarted, waits, sub_waits)
 
     def _claim(self, tx: Tx, shape: Shape, owner: str, limit: int,
                only: Sequence[str] | None, stages: Sequence[str] | None = None,
                waits: dict[str, float] | None = None,
                chained: Sequence[tuple[str, str, int]] = (),
-               known: Mapping[tuple[str, str], Mapping[str, str | None]] | None = None
-               ) -> list[Claim]:
+               known: Mapping[tuple[str, str], Mapping[str, str | None]] | None = None,
+               wanted: Sequence[limits.SubtaskWant] = (),
+               sub_waits: dict[tuple[str, str, str], float] | None = None,
+               restarted: list[tuple[str, str, str, int]] | None = None) -> list[Claim]:
         """Claim up to ``limit`` ready rows after the ``chained`` ones (already claimed;
-        ``known`` holds the inputs of those that need no read, by (item, stage))."""
+        ``known`` holds the inputs of those that need no read, by (item, stage)), and
+        start the ``wanted`` subtasks their keys' buckets have tokens for."""
         rows: list[tuple[str, str, int]] = list(chained)
-        if limit > 0 and (stages is None or stages):
-            names = shape.order if stages is None else stages
-            shared = limits.limits_of(shape)
-            if shared and any(s in shared for s in names):
-                scanned, due = limits.claim(tx, shape, owner, names, limit, only)
-                if waits is not None:
-                    waits.update(due)
-            else:
-                scanned = tx.claim(shape.name, owner, names, limit, only)
-            rows += scanned
+        names = shape.order if stages is None else stages
+        shared = limits.limits_of(shape)
+        if wanted or (limit > 0 and names and shared and any(s in shared for s in names)):
+            got = limits.claim(tx, shape, owner, names, limit, only, wanted)
+            rows += got.rows
+            if waits is not None:
+                waits.update(got.waits)
+            if sub_waits is not None:
+                sub_waits.update(got.sub_waits)
+            if restarted is not None and got.granted:
+                restarted += fanout.grant(tx, shape, owner, got.granted)
+        elif limit > 0 and names:
+            rows += tx.claim(shape.name, owner, names, limit, only)
         if not rows:
             return []
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])

@@ -204,6 +204,9 @@ class CommitResult:
     restarted: list[tuple[str, str, str, int]] = attrs.field(factory=list)
     #: rate-limited stages left without a token -> seconds until the next is due
     waits: dict[str, float] = attrs.field(factory=dict)
+    #: fan-out subtasks left without a token of their key: (item, stage, name) ->
+    #: seconds until the next is due (they stay pending)
+    sub_waits: dict[tuple[str, str, str], float] = attrs.field(factory=dict)
 
 
 @attrs.frozen
