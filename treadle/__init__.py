@@ -14,6 +14,7 @@ from .decisions import chose
 from .errors import (
     CycleError,
     DuplicateStageError,
+    FanOutPlanError,
     InvalidDecisionError,
     InvalidItemError,
     InvalidStageError,
@@ -53,11 +54,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut",
-    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidStageError",
-    "InvalidTransitionError", "ItemNotFoundError", "ItemState", "ItemStatus", "MemoryStore",
-    "Pipeline", "PipelineCycleError", "PipelineDefinitionError", "Rejected", "Review", "ReviewInfo",
-    "RunReport", "Runner", "SerializationError", "Skipped", "Spawn", "StageContext", "StageMetrics",
-    "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore", "StoreError", "SubTask",
-    "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain", "UnknownStageError", "chose",
-    "open_store", "stage",
+    "FanOutPlanError", "HistoryEntry", "InvalidDecisionError", "InvalidItemError",
+    "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError", "ItemState", "ItemStatus",
+    "MemoryStore", "Pipeline", "PipelineCycleError", "PipelineDefinitionError", "Rejected",
+    "Review", "ReviewInfo", "RunReport", "Runner", "SerializationError", "Skipped", "Spawn",
+    "StageContext", "StageMetrics", "StageSpec", "StageState", "StageStatus", "StageTimeout",
+    "StateStore", "StoreError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError",
+    "Uncertain", "UnknownStageError", "chose", "open_store", "stage",
 ]

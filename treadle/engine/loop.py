@@ -61,6 +61,7 @@ from .worker import (
     FANOUT,
     execute,
     execute_async,
+    execute_rebuild,
     execute_subtask,
     execute_subtask_async,
 )
@@ -141,6 +142,7 @@ class Scheduler:
         self._commit_s = 0.002             # ... and of a commit's
         self._sized_by: ExecutorPool | None = None
         self.throttle = Throttle(pipeline.order)  # rate-limited stages waiting for a token
+        self.unplanned: set[str] = set()  # stages whose FanOut could not be stored (warned)
 
     # -- the run -------------------------------------------------------------
     def _start_pool(self) -> None:
@@ -286,11 +288,23 @@ class Scheduler:
         else:
             t, value = outcome
             if t.state == FANOUT:
-                names = tuple(s.name for s in value)
-                self.writes.starts.append((task, FanOutStart(t.item_id, t.stage, t.attempt, names),
-                                           value))
+                if value.plan is None:
+                    self._unplanned(t.stage, value.why_not)
+                names = tuple(s.name for s in value.subtasks)
+                self.writes.starts.append(
+                    (task, FanOutStart(t.item_id, t.stage, t.attempt, names, value.plan),
+                     value.subtasks))
             else:
                 self.writes.done.append((t, value))
+
+    def _unplanned(self, stage: str, why_not: str | None) -> None:
+        """Say once per stage (and run) that its fan-outs have no plan to resume from."""
+        if stage in self.unplanned:
+            return
+        self.unplanned.add(stage)
+        _log.warning("treadle: the subtasks of stage %r cannot be stored for a resume (%s); "
+                     "after a crash mid fan-out its function runs again to rebuild them "
+                     "(see 'Rebuildable subtasks' in docs/fanout.md)", stage, why_not)
 
     def _tick(self) -> None:
         """Fail tasks past their timeout; queue subtask retries that are due."""
@@ -599,6 +613,10 @@ class Scheduler:
         admit, on_loop = self.slots.admit, self.on_loop
         while queue_:
             claim = queue_[0]
+            if claim.plan is not None:  # a fan-out cut short: rebuild it, not the stage function
+                queue_.popleft()
+                self._resume_fanout(claim)
+                continue
             spec = stages[claim.stage]
             if claim.outputs:
                 ancestors = all_ancestors[claim.stage]
@@ -625,6 +643,17 @@ class Scheduler:
                                               ctx.mark), ctx=ctx, mark=ctx.mark)
             queue_.popleft()
             admit(entry)
+
+    def _resume_fanout(self, claim: Claim) -> None:
+        """Rebuild a fan-out from its stored plan, on the pool (importing the subtasks'
+        modules runs user code); the result starts the fan-out as a FanOut would."""
+        assert claim.plan is not None
+        task = StageTask(claim.item_id, claim.stage, claim.attempt)
+        self.reporter.emit(signals.stage_started, item_id=claim.item_id, stage=claim.stage,
+                           attempt=claim.attempt)
+        mark = StartMark()
+        self.slots.admit(Entry(task, execute_rebuild, (claim.plan, claim.item_id, claim.stage,
+                                                       claim.attempt, mark), mark=mark))
 
     # -- shutdown --------------------------------------------------------------
     def _shutdown(self) -> bool:

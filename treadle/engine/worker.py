@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from .. import instrument
 from .._crash import crash_point
 from ..decisions import review_record
-from ..errors import SerializationError, StageTimeout
+from ..errors import FanOutPlanError, SerializationError, StageTimeout
 from ..outcomes import Completed, FanOut, Review, Skipped, Spawn, SubTask, to_outcome
 from ..serialization import ItemCodec, to_json
 from ..stage import StageSpec
@@ -28,6 +28,7 @@ from ..store.fanout import SubResult
 from .calls import resolve, run_sync
 from .failures import error_text, failure, sub_failure, traceback_text
 from .gate import judge
+from .subplan import Fanned, planned, rebuild
 
 T = TypeVar("T")
 
@@ -148,7 +149,7 @@ async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, po
         if isinstance(outcome, Spawn):
             return spawned(spec, item_id, attempt, outcome)
         assert isinstance(outcome, FanOut)
-        return Transition(item_id, stage, attempt, FANOUT), subtasks_of(outcome, stage)
+        return Transition(item_id, stage, attempt, FANOUT), planned(subtasks_of(outcome, stage))
     except SerializationError as exc:  # retrying cannot make it serialisable
         return failure(item_id, stage, attempt, exc), None
     except asyncio.CancelledError:
@@ -201,6 +202,22 @@ def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
                              "subtask names must be unique within the stage")
         seen.add(sub.name)
     return subs
+
+
+def execute_rebuild(plan: str, item_id: str, stage: str, attempt: int,
+                    mark: Any = None) -> tuple[Transition, Any]:
+    """Rebuild a resumed fan-out from its stored plan, in place of its stage function;
+    never raises (a plan that cannot be rebuilt fails the stage, for good)."""
+    if mark is not None:
+        mark.start()
+    try:
+        return Transition(item_id, stage, attempt, FANOUT), Fanned(rebuild(plan, item_id, stage),
+                                                                  plan)
+    except FanOutPlanError as exc:
+        return failure(item_id, stage, attempt, exc), None
+    finally:
+        if mark is not None:
+            mark.finish()
 
 
 def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,

@@ -328,7 +328,9 @@ class BaseStore(abc.ABC):
                 cache.update(fetched)
         need = {i for i, s, _ in rows if shape.deps[s]}
         outputs = tx.completed_outputs(shape.name, need) if need else {}
-        return [Claim(i, s, a, items[i], outputs.get(i, {})) for i, s, a in rows]
+        plans = fanout.resumable(tx, shape, rows)
+        return [Claim(i, s, a, items[i], outputs.get(i, {}), plans.get((i, s)))
+                for i, s, a in rows]
 
     @abc.abstractmethod
     def find_items(self, shape: Shape, flt: Filter, limit: int | None = None,

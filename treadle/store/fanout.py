@@ -22,8 +22,10 @@ COMPLETED = SubtaskState.COMPLETED.value
 
 def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart]
                   ) -> list[FanOutPlan]:
-    """Claim the subtasks of started fan-outs; a stage no longer ours is refused."""
+    """Claim the subtasks of started fan-outs, and record each one's plan (to resume it
+    after a crash); a stage no longer ours is refused."""
     plans = []
+    recipes: list[tuple[str, str, int, str | None]] = []
     for s in starts:
         row = tx.rows(shape.name, s.item_id).get(s.stage)
         if row is None or row.state != "running" or row.attempt != s.attempt or \
@@ -45,7 +47,19 @@ def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart
                          details='{"reason":"no longer in the FanOut"}') for n in dropped),
         ])
         plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, run, kept, dropped))
+        recipes.append((s.item_id, s.stage, s.attempt, s.plan))
+    tx.save_plans(shape.name, recipes)
     return plans
+
+
+def resumable(tx: Tx, shape: Shape, claims: Sequence[tuple[str, str, int]]
+              ) -> dict[tuple[str, str], str]:
+    """The stored plans of fan-outs these new claims resume: a claim whose earlier
+    attempt was cut short mid fan-out (recovered or released) rebuilds its subtasks
+    from the plan instead of calling the stage function. A first attempt resumes
+    nothing, so the common claim reads no plan."""
+    again = [c for c in claims if c[2] > 1]
+    return tx.plans_to_resume(shape.name, again) if again else {}
 
 
 def apply_subtasks(tx: Tx, shape: Shape, owner: str, results: Sequence[SubResult]
@@ -81,4 +95,4 @@ def restart_subtasks(tx: Tx, shape: Shape, owner: str,
 
 
 __all__ = ["FanOutPlan", "FanOutStart", "SubRecord", "SubResult", "apply_subtasks",
-           "restart_subtasks", "start_fanouts"]
+           "restart_subtasks", "resumable", "start_fanouts"]

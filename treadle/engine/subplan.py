@@ -1,0 +1,147 @@
+"""The stored plan of a fan-out: its subtasks as data, so a resume can rebuild them.
+
+When a stage returns a :class:`~treadle.FanOut`, the worker tries to write
+its subtasks down as ``(name, "module:qualname", args, kwargs)``; the store
+keeps that plan with the fan-out's subtask rows (same transaction). If the
+process dies mid fan-out, the next claim of the stage carries the plan and
+the subtasks are rebuilt from it, without calling the stage function again
+(docs/fanout.md, "Crashes").
+
+A subtask can be written down when its function is importable by name (a
+module-level function, a class, a static method: resolving
+``module:qualname`` gives back the very same object) and its arguments
+survive a JSON round trip unchanged. ``functools.partial`` of such a
+function is unfolded into the function and its arguments. Anything else (a
+lambda, a closure, a bound method, a tuple or an object among the
+arguments) leaves the fan-out without a plan: it is rebuilt by calling the
+stage function, as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import sys
+from typing import Any
+
+import attrs
+
+from ..errors import FanOutPlanError, SerializationError
+from ..outcomes import SubTask
+from ..store.records import dumps
+
+#: The plan format this code writes and reads.
+VERSION = 1
+
+
+@attrs.frozen
+class Fanned:
+    """What a stage that fanned out hands the scheduler: its subtasks, and their plan
+    (JSON) or, when they cannot be written down, why not."""
+
+    subtasks: list[SubTask]
+    plan: str | None
+    why_not: str | None = None
+
+
+def planned(subtasks: list[SubTask]) -> Fanned:
+    """The subtasks with their plan, or with the reason there is none."""
+    parts = []
+    for sub in subtasks:
+        part, why_not = _entry(sub)
+        if part is None:
+            return Fanned(subtasks, None, why_not)
+        parts.append(part)
+    return Fanned(subtasks, f'{{"v":{VERSION},"subtasks":[{",".join(parts)}]}}')
+
+
+def _entry(sub: SubTask) -> tuple[str | None, str | None]:
+    """One subtask as JSON text, or (None, why not)."""
+    fn, args, kwargs = _unfold(sub.fn, tuple(sub.args), dict(sub.kwargs))
+    where = _name_of(fn)
+    try:
+        SubTask(sub.name, fn, *args, **kwargs)  # what the rebuild will call
+    except TypeError:  # a partial's keyword collides with SubTask's own parameters
+        where = None
+    if where is None:
+        return None, (f"subtask {sub.name!r} calls {fn!r}, which is not importable by name "
+                      "(use a module-level function)")
+    entry = {"name": sub.name, "fn": where, "args": list(args), "kwargs": kwargs}
+    try:
+        text = dumps(entry, what=f"plan of subtask {sub.name!r}")
+    except SerializationError:
+        text = None
+    if text is None or json.loads(text) != entry:  # a tuple, a non-str key, an object
+        return None, f"the arguments of subtask {sub.name!r} are not plain JSON data"
+    return text, None
+
+
+def _unfold(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """``partial(f, *a, **k)(*args, **kwargs)`` as ``f`` with all its arguments."""
+    while isinstance(fn, functools.partial):
+        args = (*fn.args, *args)
+        kwargs = {**fn.keywords, **kwargs}
+        fn = fn.func
+    return fn, args, kwargs
+
+
+def _name_of(fn: Any) -> str | None:
+    """``module:qualname`` of ``fn`` if that name leads back to ``fn`` itself."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    try:
+        found = _resolve(module, qualname)
+    except Exception:  # noqa: BLE001 - not importable: no plan
+        return None
+    return f"{module}:{qualname}" if found is fn else None
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    """The object at ``qualname`` inside ``module`` (imported if need be)."""
+    obj: Any = sys.modules.get(module) or importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def rebuild(plan: str, item_id: str, stage: str) -> list[SubTask]:
+    """The subtasks written in ``plan``; :class:`FanOutPlanError` names what is missing."""
+    try:
+        data = json.loads(plan)
+        version = data["v"]
+        entries = [(e["name"], e["fn"], list(e["args"]), dict(e["kwargs"]))
+                   for e in data["subtasks"]] if version == VERSION else []
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _error(item_id, stage, f"is unreadable ({type(exc).__name__}: {exc})") from exc
+    if version != VERSION:
+        raise _error(item_id, stage, f"has format {version!r}, which this treadle does not "
+                     f"read (it reads {VERSION}); upgrade treadle")
+    subtasks = []
+    for name, where, args, kwargs in entries:
+        module, _, qualname = where.partition(":")
+        try:
+            fn = _resolve(module, qualname)
+        except Exception as exc:  # any import failure (a syntax error too): name it
+            raise _error(item_id, stage, f"names {where!r} for subtask {name!r}, which cannot be "
+                         f"imported any more ({type(exc).__name__}: {exc})",
+                         subtask=name, function=where) from exc
+        if not callable(fn):
+            raise _error(item_id, stage, f"names {where!r} for subtask {name!r}, which is now "
+                         f"a {type(fn).__name__}, not a function", subtask=name, function=where)
+        subtasks.append(SubTask(name, fn, *args, **kwargs))
+    return subtasks
+
+
+def _error(item_id: str, stage: str, what: str, *, subtask: str | None = None,
+           function: str | None = None) -> FanOutPlanError:
+    return FanOutPlanError(
+        f"The stored subtask plan of stage {stage!r} of item {item_id!r} {what}. Restore the "
+        f"function, or retry the stage (runner.retry({item_id!r}, stage={stage!r})): a retry "
+        "calls the stage function again to rebuild the FanOut; completed subtasks keep "
+        "their outputs.", item_id=item_id, stage=stage, subtask=subtask, function=function)
+
+
+__all__ = ["VERSION", "Fanned", "planned", "rebuild"]
