@@ -60,13 +60,14 @@ def _entry(sub: SubTask) -> tuple[str | None, str | None]:
     """One subtask as JSON text, or (None, why not)."""
     fn, args, kwargs = _unfold(sub.fn, tuple(sub.args), dict(sub.kwargs))
     where = _name_of(fn)
-    try:
-        SubTask(sub.name, fn, *args, **kwargs)  # what the rebuild will call
-    except TypeError:  # a partial's keyword collides with SubTask's own parameters
-        where = None
     if where is None:
         return None, (f"subtask {sub.name!r} calls {fn!r}, which is not importable by name "
                       "(use a module-level function)")
+    try:
+        SubTask(sub.name, fn, *args, **kwargs)  # what the rebuild will call
+    except TypeError:
+        return None, (f"a keyword argument of subtask {sub.name!r} collides with SubTask's "
+                      "own parameters")
     entry = {"name": sub.name, "fn": where, "args": list(args), "kwargs": kwargs}
     try:
         text = dumps(entry, what=f"plan of subtask {sub.name!r}")

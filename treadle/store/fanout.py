@@ -47,7 +47,8 @@ def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart
                          details='{"reason":"no longer in the FanOut"}') for n in dropped),
         ])
         plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, run, kept, dropped))
-        recipes.append((s.item_id, s.stage, s.attempt, s.plan))
+        if s.plan is not None or s.attempt > 1:  # a first claim has no older plan to replace
+            recipes.append((s.item_id, s.stage, s.attempt, s.plan))
     tx.save_plans(shape.name, recipes)
     return plans
 
