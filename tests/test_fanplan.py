@@ -153,6 +153,21 @@ def test_a_fanout_cut_short_resumes_without_its_stage_function(store: Any) -> No
 
 
 @pytest.mark.timeout(60)
+def test_a_resume_under_a_foreign_executor_rebuilds_in_the_runner(store: Any) -> None:
+    """With an executor of the user's (here a thread pool; a Dask cluster alike) the plan
+    is rebuilt in the runner's process and only the subtasks go to the executor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        runner = Runner(enrich_pipeline(rebuildable=True), store, executor=pool)
+        runner.submit({"id": "t1", "title": "Help"})
+        subs = subtasks_for("Help", True)
+        crash_mid_fanout(runner, "t1", subs, planned(subs).plan)
+        assert runner.run().items == {"completed": 1}
+    assert CALLS == {"sub:discogs": 1, "sub:wiki": 1}
+
+
+@pytest.mark.timeout(60)
 def test_without_a_plan_the_stage_function_rebuilds_the_fanout(store: Any, caplog: Any) -> None:
     """Closures cannot be stored: after a crash the stage function runs again (today's
     behaviour), the committed subtask still keeps its output, and the runner warns once

@@ -645,15 +645,15 @@ class Scheduler:
             admit(entry)
 
     def _resume_fanout(self, claim: Claim) -> None:
-        """Rebuild a fan-out from its stored plan, on the pool (importing the subtasks'
-        modules runs user code); the result starts the fan-out as a FanOut would."""
+        """Rebuild a fan-out from its stored plan on the runner's event loop (importing
+        the subtasks' modules may run user code: not on this thread, and not on a
+        remote executor); the result starts the fan-out as a returned FanOut would."""
         assert claim.plan is not None
         task = StageTask(claim.item_id, claim.stage, claim.attempt)
         self.reporter.emit(signals.stage_started, item_id=claim.item_id, stage=claim.stage,
                            attempt=claim.attempt)
-        mark = StartMark()
         self.slots.admit(Entry(task, execute_rebuild, (claim.plan, claim.item_id, claim.stage,
-                                                       claim.attempt, mark), mark=mark))
+                                                       claim.attempt), aio=True))
 
     # -- shutdown --------------------------------------------------------------
     def _shutdown(self) -> bool:

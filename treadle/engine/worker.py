@@ -204,20 +204,17 @@ def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
     return subs
 
 
-def execute_rebuild(plan: str, item_id: str, stage: str, attempt: int,
-                    mark: Any = None) -> tuple[Transition, Any]:
+async def execute_rebuild(plan: str, item_id: str, stage: str, attempt: int
+                          ) -> tuple[Transition, Any]:
     """Rebuild a resumed fan-out from its stored plan, in place of its stage function;
-    never raises (a plan that cannot be rebuilt fails the stage, for good)."""
-    if mark is not None:
-        mark.start()
+    never raises (a plan that cannot be rebuilt fails the stage, for good). Runs on
+    the runner's own event loop, whatever the executor: the plan's modules are
+    imported where the runner runs, not on a remote worker."""
     try:
         return Transition(item_id, stage, attempt, FANOUT), Fanned(rebuild(plan, item_id, stage),
                                                                   plan)
     except FanOutPlanError as exc:
         return failure(item_id, stage, attempt, exc), None
-    finally:
-        if mark is not None:
-            mark.finish()
 
 
 def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,
