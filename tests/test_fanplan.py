@@ -103,6 +103,13 @@ def test_module_level_functions_with_json_arguments_have_a_plan() -> None:
         s.fn(*s.args, **s.kwargs) for s in subs]
 
 
+def _in_main(source: str) -> str:
+    return source
+
+
+_in_main.__module__ = "__main__"  # as if defined in the script being run
+
+
 @pytest.mark.parametrize("sub, why", [
     (SubTask("x", lambda: 1), "not importable by name"),
     (SubTask("x", functools.partial(lambda t: t, "a")), "not importable by name"),
@@ -112,6 +119,7 @@ def test_module_level_functions_with_json_arguments_have_a_plan() -> None:
     (SubTask("x", fetch, "mb", object()), "not plain JSON"),
     (SubTask("x", fetch, "mb", float("nan")), "not plain JSON"),
     (SubTask("x", functools.partial(fetch, name="n"), "mb"), "collides with SubTask"),
+    (SubTask("x", _in_main, "mb"), "(__main__)"),
 ])
 def test_subtasks_that_cannot_be_rebuilt_from_data_have_no_plan(sub: _SubTask, why: str) -> None:
     """A lambda, a closure, a bound method or arguments a JSON round trip would change

@@ -8,8 +8,9 @@ the subtasks are rebuilt from it, without calling the stage function again
 (docs/fanout.md, "Crashes").
 
 A subtask can be written down when its function is importable by name (a
-module-level function, a class, a static method: resolving
-``module:qualname`` gives back the very same object) and its arguments
+module-level function, a class, a static method of an imported module, not
+of the script being run: resolving ``module:qualname`` gives back the very
+same object) and its arguments
 survive a JSON round trip unchanged. ``functools.partial`` of such a
 function is unfolded into the function and its arguments. Anything else (a
 lambda, a closure, a bound method, a tuple or an object among the
@@ -59,6 +60,9 @@ def planned(subtasks: list[SubTask]) -> Fanned:
 def _entry(sub: SubTask) -> tuple[str | None, str | None]:
     """One subtask as JSON text, or (None, why not)."""
     fn, args, kwargs = _unfold(sub.fn, tuple(sub.args), dict(sub.kwargs))
+    if getattr(fn, "__module__", None) == "__main__":
+        return None, (f"subtask {sub.name!r} calls {fn!r}, defined in the script being run "
+                      "(__main__), which a resuming process may not be: put it in a module")
     where = _name_of(fn)
     if where is None:
         return None, (f"subtask {sub.name!r} calls {fn!r}, which is not importable by name "
@@ -89,13 +93,15 @@ def _unfold(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 
 def _name_of(fn: Any) -> str | None:
-    """``module:qualname`` of ``fn`` if that name leads back to ``fn`` itself."""
+    """``module:qualname`` of ``fn`` if that name, in the modules imported (``fn``'s
+    own is, unless it was loaded without a name), leads back to ``fn`` itself."""
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname \
+            or module not in sys.modules:
         return None
     try:
         found = _resolve(module, qualname)
-    except Exception:  # noqa: BLE001 - not importable: no plan
+    except Exception:  # noqa: BLE001 - not found by that name: no plan
         return None
     return f"{module}:{qualname}" if found is fn else None
 
