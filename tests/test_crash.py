@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,30 @@ def wait_until(cond: Any, timeout: float, what: str, proc: subprocess.Popen[str]
         time.sleep(poll)
 
 
+def kill_at_targets(start: Callable[[], subprocess.Popen[str]], log: Path, targets: list[int],
+                    rng: random.Random, ctx: str, delay: float = 0.03) -> set[int]:
+    """Start a worker per target (``start()``) and SIGKILL it once the log has reached the
+    target, plus a random delay up to ``delay``; returns the pids whose kill landed mid-run
+    (a worker that finished first was not killed)."""
+    killed: set[int] = set()
+    for target in targets:
+        before = log_lines(log)
+        proc = start()
+        wait_until(lambda: log_lines(log) >= max(target, before + 1), 60,
+                   f"log line {target} ({ctx})", proc)
+        time.sleep(rng.uniform(0.0, delay))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed.add(proc.pid)
+        out, err = finish(proc, 30)
+        if proc.returncode == 0:  # it finished before the kill: that kill did not land
+            killed.discard(proc.pid)
+        else:
+            assert proc.returncode == -signal.SIGKILL, (ctx, proc.returncode, out, err)
+            assert proc.pid in killed
+    return killed
+
+
 def pid_of(actor: str) -> int:
     """The pid in a runner owner ``host:pid:random``."""
     return int(actor.rsplit(":", 2)[1])
@@ -152,22 +177,9 @@ def test_sigkill_mid_run_resumes_with_only_inflight_stages_rerun(tmp_path: Path)
     # Kill once the log reaches each target (spread over the run), plus a random delay.
     targets = sorted(rng.sample(range(total * 5 // 100, total * 85 // 100), KILLS))
     ctx = f"seed={SEED} targets={targets}"
-    killed: set[int] = set()
-    for target in targets:
-        before = log_lines(log)
-        proc = start_worker(db, log, "--items", str(N_ITEMS), "--sleep-max", "0.02")
-        wait_until(lambda: log_lines(log) >= max(target, before + 1), 60,
-                   f"log line {target} ({ctx})", proc)
-        time.sleep(rng.uniform(0.0, 0.03))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed.add(proc.pid)
-        out, err = finish(proc, 30)
-        if proc.returncode == 0:  # it finished before the kill: that kill did not land
-            killed.discard(proc.pid)
-        else:
-            assert proc.returncode == -signal.SIGKILL, (ctx, proc.returncode, out, err)
-            assert proc.pid in killed
+    killed = kill_at_targets(
+        lambda: start_worker(db, log, "--items", str(N_ITEMS), "--sleep-max", "0.02"),
+        log, targets, rng, ctx)
     assert len(killed) >= 5, f"only {len(killed)} kills landed mid-run ({ctx})"
 
     proc = start_worker(db, log, "--items", str(N_ITEMS), "--sleep-max", "0.02")

@@ -14,6 +14,7 @@ from .decisions import chose
 from .errors import (
     CycleError,
     DuplicateStageError,
+    FanOutPlanError,
     InvalidDecisionError,
     InvalidItemError,
     InvalidLimitError,
@@ -56,12 +57,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Accepted", "BulkResult", "Completed", "CycleError", "DuplicateStageError", "Event", "FanOut",
-    "HistoryEntry", "InvalidDecisionError", "InvalidItemError", "InvalidLimitError",
-    "InvalidStageError",
-    "InvalidTransitionError", "ItemNotFoundError", "ItemState", "ItemStatus", "MemoryStore",
-    "Pipeline", "PipelineCycleError", "PipelineDefinitionError", "Rejected", "Review", "ReviewInfo",
-    "RunReport", "Runner", "SerializationError", "Skipped", "Spawn", "StageContext", "StageMetrics",
-    "StageSpec", "StageState", "StageStatus", "StageTimeout", "StateStore", "StoreError",
-    "StoreOptionError", "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain",
-    "UnknownLimitError", "UnknownStageError", "chose", "open_store", "stage",
+    "FanOutPlanError", "HistoryEntry", "InvalidDecisionError", "InvalidItemError",
+    "InvalidLimitError", "InvalidStageError", "InvalidTransitionError", "ItemNotFoundError",
+    "ItemState", "ItemStatus", "MemoryStore", "Pipeline", "PipelineCycleError",
+    "PipelineDefinitionError", "Rejected", "Review", "ReviewInfo", "RunReport", "Runner",
+    "SerializationError", "Skipped", "Spawn", "StageContext", "StageMetrics", "StageSpec",
+    "StageState", "StageStatus", "StageTimeout", "StateStore", "StoreError", "StoreOptionError",
+    "SubTask", "SubtaskState", "SubtaskStatus", "TreadleError", "Uncertain", "UnknownLimitError",
+    "UnknownStageError", "chose", "open_store", "stage",
 ]

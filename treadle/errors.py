@@ -154,3 +154,20 @@ class StoreOptionError(StoreError, ValueError):
 
 class StageTimeout(TreadleError, TimeoutError):
     """A stage ran past its ``timeout``."""
+
+
+class FanOutPlanError(TreadleError, ImportError):
+    """A fan-out's stored subtask plan cannot be rebuilt after a restart (its function
+    is gone or no longer importable, or the plan is unreadable); the stage fails with it.
+
+    ``retry`` of the stage calls the stage function again, which rebuilds the FanOut
+    from the current code (docs/fanout.md).
+    """
+
+    def __init__(self, message: str, *, item_id: str | None = None, stage: str | None = None,
+                 subtask: str | None = None, function: str | None = None) -> None:
+        super().__init__(message)
+        self.item_id = item_id
+        self.stage = stage
+        self.subtask = subtask
+        self.function = function

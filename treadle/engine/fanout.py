@@ -23,11 +23,15 @@ from .tasks import StageTask
 @attrs.frozen
 class Fanned:
     """What a stage's FanOut asks for: its subtasks, each rate-limited one's key
-    (name -> key), and the FanOut's rates (key -> Rate, None: the Pipeline's)."""
+    (name -> key), the FanOut's rates (key -> Rate, None: the Pipeline's), and
+    their stored plan (or why there is none)."""
 
     subtasks: list[SubTask]
     keys: dict[str, str] = attrs.field(factory=dict)
     rates: Mapping[str, Rate | None] = attrs.field(factory=dict)
+    #: the subtasks written down for a resume (engine/subplan.py), or why they cannot be
+    plan: str | None = None
+    why_not: str | None = None
 
     def rated(self, pipeline: str, named: Mapping[str, Any]) -> dict[str, tuple[str, Rate]]:
         """name -> (key, rate) of the subtasks whose key has a rate; raises

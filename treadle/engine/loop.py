@@ -62,6 +62,7 @@ from .worker import (
     FANOUT,
     execute,
     execute_async,
+    execute_rebuild,
     execute_subtask,
     execute_subtask_async,
 )
@@ -149,6 +150,7 @@ class Scheduler:
         self._sized_by: ExecutorPool | None = None
         self.throttle = Throttle(pipeline.order)  # rate-limited stages waiting for a token
         self.keyq = KeyQueue()  # fan-out subtasks waiting for a token of their key
+        self.unplanned: set[str] = set()  # stages whose FanOut could not be stored (warned)
 
     # -- the run -------------------------------------------------------------
     def _start_pool(self) -> None:
@@ -300,14 +302,26 @@ class Scheduler:
                 except InvalidLimitError as exc:
                     self._fail(task, exc)
                     return
+                if value.plan is None:
+                    self._unplanned(t.stage, value.why_not)
                 names = tuple(s.name for s in value.subtasks)
-                self.writes.starts.append((task, FanOutStart(t.item_id, t.stage, t.attempt, names),
-                                           value.subtasks, rated))
+                self.writes.starts.append(
+                    (task, FanOutStart(t.item_id, t.stage, t.attempt, names, value.plan),
+                     value.subtasks, rated))
             else:
                 self.writes.done.append((t, value))
                 raw = raw_outputs(entry.ctx.outputs) if entry.ctx is not None else None
                 if raw is not None and t.state == COMPLETED:
                     self.writes.inputs[(t.item_id, t.stage)] = raw
+
+    def _unplanned(self, stage: str, why_not: str | None) -> None:
+        """Say once per stage (and run) that its fan-outs have no plan to resume from."""
+        if stage in self.unplanned:
+            return
+        self.unplanned.add(stage)
+        _log.warning("treadle: the subtasks of stage %r cannot be stored for a resume (%s); "
+                     "after a crash mid fan-out its function runs again to rebuild them "
+                     "(see 'Rebuildable subtasks' in docs/fanout.md)", stage, why_not)
 
     def _tick(self) -> None:
         """Fail tasks past their timeout; queue subtask retries that are due."""
@@ -645,6 +659,10 @@ class Scheduler:
         admit, on_loop = self.slots.admit, self.on_loop
         while queue_:
             claim = queue_[0]
+            if claim.plan is not None:  # a fan-out cut short: rebuild it, not the stage function
+                queue_.popleft()
+                self._resume_fanout(claim)
+                continue
             spec = stages[claim.stage]
             if claim.outputs:
                 ancestors = all_ancestors[claim.stage]
@@ -671,6 +689,17 @@ class Scheduler:
                                               ctx.mark), ctx=ctx, mark=ctx.mark)
             queue_.popleft()
             admit(entry)
+
+    def _resume_fanout(self, claim: Claim) -> None:
+        """Rebuild a fan-out from its stored plan on the runner's event loop (importing
+        the subtasks' modules may run user code: not on this thread, and not on a
+        remote executor); the result starts the fan-out as a returned FanOut would."""
+        assert claim.plan is not None
+        task = StageTask(claim.item_id, claim.stage, claim.attempt)
+        self.reporter.emit(signals.stage_started, item_id=claim.item_id, stage=claim.stage,
+                           attempt=claim.attempt)
+        self.slots.admit(Entry(task, execute_rebuild, (claim.plan, claim.item_id, claim.stage,
+                                                       claim.attempt), aio=True))
 
     # -- shutdown --------------------------------------------------------------
     def _shutdown(self) -> bool:

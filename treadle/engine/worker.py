@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from .. import instrument
 from .._crash import crash_point
 from ..decisions import review_record
-from ..errors import SerializationError, StageTimeout
+from ..errors import FanOutPlanError, SerializationError, StageTimeout
 from ..limits import subtask_rates
 from ..outcomes import Completed, FanOut, Review, Skipped, Spawn, SubTask, to_outcome
 from ..serialization import ItemCodec, to_json
@@ -28,8 +28,8 @@ from ..store.base import Transition
 from ..store.fanout import SubResult
 from .calls import resolve, run_sync
 from .failures import error_text, failure, sub_failure, traceback_text
-from .fanout import Fanned
 from .gate import judge
+from .subplan import planned, rebuild
 
 T = TypeVar("T")
 
@@ -152,7 +152,7 @@ async def _stage(spec: StageSpec, codec: ItemCodec, item_json: str, ctx: Any, po
         assert isinstance(outcome, FanOut)
         subs = subtasks_of(outcome, stage)
         keys = subtask_rates(outcome.rate, outcome.key, [s.name for s in subs])
-        return Transition(item_id, stage, attempt, FANOUT), Fanned(subs, keys, outcome.rate)
+        return Transition(item_id, stage, attempt, FANOUT), planned(subs, keys, outcome.rate)
     except SerializationError as exc:  # retrying cannot make it serialisable
         return failure(item_id, stage, attempt, exc), None
     except asyncio.CancelledError:
@@ -205,6 +205,18 @@ def subtasks_of(fanout: FanOut, stage: str) -> list[SubTask]:
                              "subtask names must be unique within the stage")
         seen.add(sub.name)
     return subs
+
+
+async def execute_rebuild(plan: str, item_id: str, stage: str, attempt: int
+                          ) -> tuple[Transition, Any]:
+    """Rebuild a resumed fan-out from its stored plan, in place of its stage function;
+    never raises (a plan that cannot be rebuilt fails the stage, for good). Runs on
+    the runner's own event loop, whatever the executor: the plan's modules are
+    imported where the runner runs, not on a remote worker."""
+    try:
+        return Transition(item_id, stage, attempt, FANOUT), rebuild(plan, item_id, stage)
+    except FanOutPlanError as exc:
+        return failure(item_id, stage, attempt, exc), None
 
 
 def execute_subtask(sub: SubTask, item_id: str, stage: str, attempt: int,

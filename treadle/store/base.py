@@ -359,7 +359,9 @@ class BaseStore(abc.ABC):
         known = known or {}
         need = {i for i, s, _ in rows if shape.deps[s] and (i, s) not in known}
         outputs = tx.completed_outputs(shape.name, need) if need else {}
-        return [Claim(i, s, a, items[i], known[(i, s)] if (i, s) in known else outputs.get(i, {}))
+        plans = fanout.resumable(tx, shape, rows)
+        return [Claim(i, s, a, items[i], known[(i, s)] if (i, s) in known else outputs.get(i, {}),
+                      plans.get((i, s)))
                 for i, s, a in rows]
 
     @abc.abstractmethod

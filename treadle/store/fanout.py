@@ -33,11 +33,13 @@ Rates = Mapping[tuple[str, str, str], tuple[str, Rate]]
 
 def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart],
                   rates: Rates | None = None) -> tuple[list[FanOutPlan], list[SubtaskWant]]:
-    """Claim the subtasks of started fan-outs; a stage no longer ours is refused.
-    Subtasks with a rate are written pending (not in the plan's ``run``) and
-    returned: they start if :func:`grant` gives them a token."""
+    """Claim the subtasks of started fan-outs, and record each one's plan (to resume it
+    after a crash); a stage no longer ours is refused. Subtasks with a rate are
+    written pending (not in the plan's ``run``) and returned: they start if
+    :func:`grant` gives them a token."""
     plans = []
     wanted = []
+    recipes: list[tuple[str, str, int, str | None]] = []
     for s in starts:
         row = tx.rows(shape.name, s.item_id).get(s.stage)
         if row is None or row.state != "running" or row.attempt != s.attempt or \
@@ -67,6 +69,9 @@ def start_fanouts(tx: Tx, shape: Shape, owner: str, starts: Sequence[FanOutStart
                          details='{"reason":"no longer in the FanOut"}') for n in dropped),
         ])
         plans.append(FanOutPlan(s.item_id, s.stage, s.attempt, run, kept, dropped))
+        if s.plan is not None or s.attempt > 1:  # a first claim has no older plan to replace
+            recipes.append((s.item_id, s.stage, s.attempt, s.plan))
+    tx.save_plans(shape.name, recipes)
     return plans, wanted
 
 
@@ -74,6 +79,16 @@ def want(item_id: str, stage: str, name: str, attempt: int, rated: tuple[str, Ra
          ) -> SubtaskWant:
     """A subtask that starts as ``attempt`` once its key (``rated``) gives it a token."""
     return SubtaskWant(item_id, stage, name, attempt, NAMED + rated[0], rated[1])
+
+
+def resumable(tx: Tx, shape: Shape, claims: Sequence[tuple[str, str, int]]
+              ) -> dict[tuple[str, str], str]:
+    """The stored plans of fan-outs these new claims resume: a claim whose earlier
+    attempt was cut short mid fan-out (recovered or released) rebuilds its subtasks
+    from the plan instead of calling the stage function. A first attempt resumes
+    nothing, so the common claim reads no plan."""
+    again = [c for c in claims if c[2] > 1]
+    return tx.plans_to_resume(shape.name, again) if again else {}
 
 
 def apply_subtasks(tx: Tx, shape: Shape, owner: str, results: Sequence[SubResult]
@@ -128,4 +143,4 @@ def grant(tx: Tx, shape: Shape, owner: str, granted: Sequence[SubtaskWant]
 
 
 __all__ = ["FanOutPlan", "FanOutStart", "Rates", "SubRecord", "SubResult", "apply_subtasks",
-           "grant", "restart_subtasks", "start_fanouts"]
+           "grant", "restart_subtasks", "resumable", "start_fanouts"]

@@ -166,6 +166,7 @@ def recover(tx: Tx, shape: Shape, host: str, alive: Callable[[int], bool]
         tx.append_history(shape.name, [
             HistoryRow(i, s, PENDING, a, "recovery", error=RECOVERED) for i, s, a in stale])
         tx.reset_subtasks(shape.name, [(i, s) for i, s, _ in stale])
+        tx.resume_plans(shape.name, stale)  # a fan-out cut short resumes from its plan
         tx.set_item_states(shape.name, [(i, PENDING) for i in {r[0] for r in stale}])
     return stale
 
@@ -177,6 +178,7 @@ def release(tx: Tx, shape: Shape, owner: str, keys: Sequence[tuple[str, str, int
             for i, s, a in keys]
     accepted, _ = apply(tx, shape, owner, back)
     tx.reset_subtasks(shape.name, [(t.item_id, t.stage) for t in accepted])
+    tx.resume_plans(shape.name, [(t.item_id, t.stage, t.attempt) for t in accepted])
     flags = tx.unclaim(shape.name, owner, unstarted)
     tx.append_history(shape.name, [
         HistoryRow(i, s, PENDING, a - 1, owner, details='{"reason":"released before it started"}')

@@ -306,6 +306,8 @@ def rerun(tx: Tx, shape: Shape, item_id: str, stage: str, actor: str,
     if stage in rows and rows[stage].state == PENDING:
         tx.set_state(shape.name, [(item_id, stage)], PENDING, (PENDING,), ready=first_ready)
     tx.append_history(shape.name, history)
+    # A fan-out reset here is rebuilt by its stage function, from the new inputs.
+    tx.drop_plans(shape.name, [(item_id, s) for s in targets if s in rows])
     if moved:  # a rerun that reset nothing leaves the item as it was
         tx.set_item_states(shape.name, [(item_id, PENDING)])
     names = {s for _, s in moved}

@@ -33,6 +33,7 @@ from .records import (
 from .tx import Tx
 
 StageKey = tuple[str, str, str]  # (pipeline, item_id, stage)
+Plan = tuple[int, "str | None", "int | None"]  # a fan-out's (attempt, plan JSON, resume_at)
 Stamp = tuple[str | None, str | None] | None  # (fingerprint, pipeline version)
 
 
@@ -120,6 +121,7 @@ class _Undo:
         self.priorities: list[tuple[_Row, int]] = []  # (row, priority before), oldest first
         self.limits: dict[tuple[str, str], tuple[float, float] | None] = {}
         self.links: list[tuple[str, str, str, str, str]] = []  # inserted: removed by an undo
+        self.plans: dict[StageKey, Plan | None] = {}
 
 
 class MemoryTx(Tx):
@@ -524,6 +526,39 @@ class MemoryTx(Tx):
                 if sub.state == RUNNING:
                     sub.state, sub.owner = PENDING, None
 
+    def _set_plan(self, key: StageKey, plan: Plan | None) -> None:
+        if key not in self.undo.plans:
+            self.undo.plans[key] = self.s.plans.get(key)
+        if plan is None:
+            self.s.plans.pop(key, None)
+        else:
+            self.s.plans[key] = plan
+
+    def save_plans(self, pipeline: str, rows: Sequence[tuple[str, str, int, str | None]]) -> None:
+        for item_id, stage, attempt, plan in rows:
+            self._set_plan((pipeline, item_id, stage), (attempt, plan, None))
+
+    def resume_plans(self, pipeline: str, rows: Sequence[tuple[str, str, int]]) -> None:
+        for item_id, stage, attempt in rows:
+            key = (pipeline, item_id, stage)
+            found = self.s.plans.get(key)
+            if found is not None and (found[0] == attempt or found[2] == attempt - 1):
+                self._set_plan(key, (found[0], found[1], attempt))
+
+    def plans_to_resume(self, pipeline: str, rows: Sequence[tuple[str, str, int]]
+                        ) -> dict[tuple[str, str], str]:
+        out = {}
+        for item_id, stage, attempt in rows:
+            found = self.s.plans.get((pipeline, item_id, stage))
+            if found is not None and found[1] is not None and found[2] == attempt - 1:
+                out[(item_id, stage)] = found[1]
+        return out
+
+    def drop_plans(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        for item_id, stage in rows:
+            if (pipeline, item_id, stage) in self.s.plans:
+                self._set_plan((pipeline, item_id, stage), None)
+
     def runners(self) -> list[tuple[str, str, int, float]]:
         return [(o, h, p, e) for o, (h, p, e) in self.s.runners.items()]
 
@@ -658,6 +693,7 @@ class Tables:
         #: pipeline -> (stage, fingerprint) -> definition JSON
         self.definitions: dict[str, dict[tuple[str, str], str]] = {}
         self.subtasks: dict[StageKey, dict[str, _Sub]] = {}
+        self.plans: dict[StageKey, Plan] = {}  # each fan-out's latest plan (store/fanout.py)
         # indexes, kept up to date by the primitives (and by ``reindex`` after an undo)
         self.running: dict[str, set[StageKey]] = {}
         self.running_peak: dict[str, int] = {}
@@ -687,6 +723,11 @@ class Tables:
                 self.subtasks.pop(key, None)
             else:
                 self.subtasks[key] = subs
+        for key, plan in undo.plans.items():
+            if plan is None:
+                self.plans.pop(key, None)
+            else:
+                self.plans[key] = plan
         for owner, info in undo.runners.items():
             if info is not None:
                 self.runners[owner] = info

@@ -111,6 +111,9 @@ class Claim:
     attempt: int
     item: str
     outputs: Mapping[str, str | None]
+    #: a fan-out cut short (a crash, a shutdown) whose subtasks can be rebuilt: their
+    #: stored plan (JSON), to run instead of the stage function (docs/fanout.md)
+    plan: str | None = None
 
 
 class HistoryRow(NamedTuple):
@@ -140,12 +143,14 @@ class ControlRow(NamedTuple):
 
 @attrs.frozen
 class FanOutStart:
-    """A stage returned FanOut with these subtask names (in order)."""
+    """A stage returned FanOut with these subtask names (in order), and the plan
+    (JSON) to rebuild them from after a crash, or None when they cannot be."""
 
     item_id: str
     stage: str
     attempt: int
     names: tuple[str, ...]
+    plan: str | None = None
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ from typing import Any
 import peewee as pw
 
 #: Bump when the tables change, and add the step that gets there to MIGRATIONS.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 
 #: Partial indexes of what lease recovery reads every second: the running stage
 #: rows and the items whose rollback waits or runs (few of either, among many
@@ -81,15 +81,24 @@ def _add_child_table(migrator: Any) -> None:
     db.create_tables([make_models(db)["Child"]], safe=True)  # safe: a step may run again
 
 
+def _add_fanout_plans(migrator: Any) -> None:
+    """Schema 8: the latest subtask plan of each fan-out, to resume it after a crash
+    without calling its stage function again (docs/fanout.md)."""
+    db = migrator.database
+    db.create_tables([make_models(db)["FanOutPlan"]], safe=True)  # safe: a step may run again
+
+
 #: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
 #: (call ``playhouse.migrate.migrate(migrator.add_column(...), ...)``). Steps run
-#: in order, in one transaction, under the store's exclusive lock.
+#: in order, in one transaction, under the store's exclusive lock; a version
+#: without a step changes no table.
 MIGRATIONS: dict[int, Callable[[Any], None]] = {
     2: _add_recovery_indexes,
     3: _add_control_table,
     4: _add_fingerprints,
     5: _add_flow_control,
     6: _add_child_table,
+    8: _add_fanout_plans,
 }
 
 
@@ -260,9 +269,26 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             indexes = ((("pipeline", "item_id", "stage", "child_pipeline", "child_id"), True),
                        (("child_pipeline", "child_id"), False))
 
+    class FanOutPlan(Base):
+        """The latest FanOut of (pipeline, item_id, stage): started at ``attempt``, its
+        subtasks as data (``plan``; NULL when they cannot be rebuilt from data), and
+        ``resume_at``: the attempt whose claim went back to pending unfinished, so the
+        next claim rebuilds the subtasks from the plan (schema 8)."""
+
+        pipeline = pw.TextField()
+        item_id = pw.TextField()
+        stage = pw.TextField()
+        attempt = pw.IntegerField()
+        plan = pw.TextField(null=True)
+        resume_at = pw.IntegerField(null=True)
+
+        class Meta:
+            table_name = "treadle_fanout_plan"
+            primary_key = pw.CompositeKey("pipeline", "item_id", "stage")
+
     models: dict[str, Any] = {
         "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
         "History": History, "Runner": Runner, "Control": Control, "Definition": Definition,
-        "Limit": Limit, "Child": Child,
+        "Limit": Limit, "Child": Child, "FanOutPlan": FanOutPlan,
     }
     return models

@@ -512,6 +512,37 @@ class SqlTx(Tx):
                    "AND item_id=? AND stage=? AND state='running'",
                    [(pipeline, i, s) for i, s in keys])
 
+    def save_plans(self, pipeline: str, rows: Sequence[tuple[str, str, int, str | None]]) -> None:
+        self._many(
+            "INSERT INTO treadle_fanout_plan (pipeline, item_id, stage, attempt, plan, resume_at) "
+            "VALUES (?,?,?,?,?,NULL) ON CONFLICT (pipeline, item_id, stage) DO UPDATE SET "
+            "attempt=excluded.attempt, plan=excluded.plan, resume_at=NULL",
+            [(pipeline, i, s, a, plan) for i, s, a, plan in rows])
+
+    def resume_plans(self, pipeline: str, rows: Sequence[tuple[str, str, int]]) -> None:
+        self._many(
+            "UPDATE treadle_fanout_plan SET resume_at=? WHERE pipeline=? AND item_id=? AND stage=? "
+            "AND (attempt=? OR resume_at=?)",
+            [(a, pipeline, i, s, a, a - 1) for i, s, a in rows])
+
+    def plans_to_resume(self, pipeline: str, rows: Sequence[tuple[str, str, int]]
+                        ) -> dict[tuple[str, str], str]:
+        wanted = {(i, s): a - 1 for i, s, a in rows}
+        ids = sorted({i for i, _, _ in rows})
+        out = {}
+        for part in chunks(ids):
+            for item_id, stage, resume_at, plan in self._exec(
+                    "SELECT item_id, stage, resume_at, plan FROM treadle_fanout_plan WHERE "
+                    f"pipeline=? AND item_id IN ({marks(len(part))}) AND resume_at IS NOT NULL "
+                    "AND plan IS NOT NULL", (pipeline, *part)):
+                if wanted.get((item_id, stage)) == resume_at:
+                    out[(item_id, stage)] = plan
+        return out
+
+    def drop_plans(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        self._many("DELETE FROM treadle_fanout_plan WHERE pipeline=? AND item_id=? AND stage=?",
+                   [(pipeline, i, s) for i, s in rows])
+
     def runners(self) -> list[tuple[str, str, int, float]]:
         return list(self._exec("SELECT owner, host, pid, expires_at FROM treadle_runner"))
 

@@ -231,6 +231,28 @@ class Tx(abc.ABC):
     def reset_subtasks(self, pipeline: str, keys: Sequence[tuple[str, str]]) -> None:
         """Running subtasks of these (item, stage) back to pending, unowned."""
 
+    # -- fan-out plans (store/fanout.py) -----------------------------------------
+    @abc.abstractmethod
+    def save_plans(self, pipeline: str, rows: Sequence[tuple[str, str, int, str | None]]) -> None:
+        """Record (item_id, stage, attempt, plan JSON or None) as the latest fan-out
+        of each (item, stage), replacing the one before; none is to be resumed."""
+
+    @abc.abstractmethod
+    def resume_plans(self, pipeline: str, rows: Sequence[tuple[str, str, int]]) -> None:
+        """These (item_id, stage, attempt) claims went back to pending unfinished: mark
+        their fan-out's plan to be resumed by the next claim, if it is that claim's own
+        (recorded at ``attempt``) or was to be resumed by it (marked at ``attempt - 1``)."""
+
+    @abc.abstractmethod
+    def plans_to_resume(self, pipeline: str, rows: Sequence[tuple[str, str, int]]
+                        ) -> dict[tuple[str, str], str]:
+        """The plans of these new (item_id, stage, attempt) claims that were marked to
+        be resumed by them (at ``attempt - 1``) and can be rebuilt (not None)."""
+
+    @abc.abstractmethod
+    def drop_plans(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Forget the fan-out plans of these (item_id, stage)."""
+
     @abc.abstractmethod
     def runners(self) -> list[tuple[str, str, int, float]]:
         """(owner, host, pid, expires_at) of registered runners."""
