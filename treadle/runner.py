@@ -254,17 +254,17 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
         come in submission order. The filtering runs in the store, through its
         indexes; page with ``offset`` (the next page starts at ``offset + limit``).
         """
-        if state == ItemState.CANCELLED and stage is None and error is None and since is None:
-            # an item-level state (its stages keep theirs): the cancelled items, oldest first
-            ids = [i for i, st in self.store.stored_item_states(self.pipeline, None).items()
-                   if st == ItemState.CANCELLED.value]
-            ids = ids[offset:] if limit is None else ids[offset:offset + limit]
-            return [self.status(i) for i in ids]
-        flt = make_filter(self.pipeline, stage, state, error, since)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+        if state == ItemState.CANCELLED and stage is None and error is None and since is None:
+            # an item-level state (its stages keep theirs): the cancelled items, oldest first,
+            # through the index of item states
+            ids = self.store.items_in_item_state(self.pipeline, ItemState.CANCELLED.value,
+                                                 limit, offset)
+            return [self.status(i) for i in ids]
+        flt = make_filter(self.pipeline, stage, state, error, since)
         return [self.status(m.item_id) for m in self.store.find_items(self.pipeline, flt, limit, offset)]
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -118,6 +118,8 @@ class StateStore(Protocol):
     def settled_item_counts(self, shape: Shape) -> dict[str, int]: ...
     def stored_item_states(self, shape: Shape, item_ids: Iterable[str] | None
                            ) -> dict[str, str]: ...
+    def items_in_item_state(self, shape: Shape, state: str, limit: int | None,
+                            offset: int = 0) -> list[str]: ...
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]: ...
     def item_ids(self, shape: Shape, stage: str | None, state: str | None,
                  limit: int | None) -> list[str]: ...
@@ -360,6 +362,12 @@ class BaseStore(abc.ABC):
                            ) -> dict[str, str]:
         """The recorded state of these items (None: every item), as stored: the
         last settled state, ``cancelled``, or ``rolling_back[:owner]``."""
+
+    @abc.abstractmethod
+    def items_in_item_state(self, shape: Shape, state: str, limit: int | None,
+                            offset: int = 0) -> list[str]:
+        """Items whose recorded item state is ``state`` (e.g. ``cancelled``), oldest
+        first: the page ``[offset, offset + limit)``, read through the item states' index."""
 
     @abc.abstractmethod
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:

@@ -13,7 +13,7 @@ from typing import Any
 import peewee as pw
 
 #: Bump when the tables change, and add the step that gets there to MIGRATIONS.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: Partial indexes of what lease recovery reads every second: the running stage
 #: rows and the items whose rollback waits or runs (few of either, among many
@@ -81,6 +81,25 @@ def _add_child_table(migrator: Any) -> None:
     db.create_tables([make_models(db)["Child"]], safe=True)  # safe: a step may run again
 
 
+#: items(stage, state) oldest first (schema 7): ``id`` breaks ties of ``updated_at`` inside
+#: the index (rows of one submission share it), so PostgreSQL reads the first rows of
+#: the index in order instead of sorting every row of a tie; SQLite has the row id there.
+STAGE_STATE_INDEX = ("CREATE INDEX IF NOT EXISTS treadle_stage_by_state ON treadle_stage "
+                     "(pipeline, stage, state, updated_at, id)")
+
+
+def _add_counters(migrator: Any) -> None:
+    """Schema 7: the stage counters (``store/counts.py``), built from the stage rows, and
+    the index of ``items(stage, state)`` with ``id`` as its last column."""
+    from .counts import rebuild
+
+    db = migrator.database
+    db.create_tables([make_models(db)["Count"]], safe=True)  # safe: a step may run again
+    rebuild(db.execute_sql)
+    db.execute_sql("DROP INDEX IF EXISTS stagerun_pipeline_stage_state_updated_at")  # peewee's name
+    db.execute_sql(STAGE_STATE_INDEX)
+
+
 #: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
 #: (call ``playhouse.migrate.migrate(migrator.add_column(...), ...)``). Steps run
 #: in order, in one transaction, under the store's exclusive lock.
@@ -90,6 +109,7 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {
     4: _add_fingerprints,
     5: _add_flow_control,
     6: _add_child_table,
+    7: _add_counters,
 }
 
 
@@ -144,8 +164,6 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             table_name = "treadle_stage"
             indexes = (
                 (("pipeline", "item_id", "stage"), True),
-                # counts by stage and state; items(stage, state) oldest first
-                (("pipeline", "stage", "state", "updated_at"), False),
             )
 
     # the claim's order: highest priority first, then oldest (schema 5, READY_INDEX)
@@ -154,6 +172,11 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
                        name="treadle_stage_ready_p",
                        where=(StageRun.state == "pending") & (StageRun.ready == 1))
     )
+
+    # items(stage, state) oldest first (schema 7, STAGE_STATE_INDEX)
+    StageRun.add_index(
+        StageRun.index(StageRun.pipeline, StageRun.stage, StageRun.state, StageRun.updated_at,
+                       StageRun.id, name="treadle_stage_by_state"))
 
     class SubtaskRun(Base):
         id = pw.AutoField()
@@ -260,9 +283,22 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             indexes = ((("pipeline", "item_id", "stage", "child_pipeline", "child_id"), True),
                        (("child_pipeline", "child_id"), False))
 
+    class Count(Base):
+        """How many stage rows of (pipeline, stage) are in ``state`` (schema 7; kept by
+        the transactions that move the rows, see ``store/counts.py``)."""
+
+        pipeline = pw.TextField()
+        stage = pw.TextField()
+        state = pw.TextField()
+        n = pw.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = "treadle_count"
+            primary_key = pw.CompositeKey("pipeline", "stage", "state")
+
     models: dict[str, Any] = {
         "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
         "History": History, "Runner": Runner, "Control": Control, "Definition": Definition,
-        "Limit": Limit, "Child": Child,
+        "Limit": Limit, "Child": Child, "Count": Count,
     }
     return models

@@ -21,7 +21,7 @@ import peewee as pw
 from .._crash import crash_point
 from ..errors import ItemNotFoundError, StoreError
 from ..metrics import StageMetrics
-from . import schema
+from . import counts, schema
 from .base import BaseStore
 from .metrics import sql_stage_metrics
 from .query import Filter, Match, first_per_item, like_pattern, page, window
@@ -258,6 +258,7 @@ class SqlStore(BaseStore):
                 (*deps, shape.name, stage))
         tx._exec("INSERT INTO treadle_meta (key, value) VALUES (?, ?) "
                  "ON CONFLICT (key) DO UPDATE SET value=excluded.value", (key, fingerprint))
+        tx.tally.recount.add(shape.name)  # rows inserted by plain SQL: counted again at flush
         return True
 
     # -- runners -----------------------------------------------------------
@@ -403,18 +404,20 @@ class SqlStore(BaseStore):
                 f"AND item_id IN ({marks(len(chunk))})", (shape.name, *chunk)))
         return out
 
+    def items_in_item_state(self, shape: Shape, state: str, limit: int | None,
+                            offset: int = 0) -> list[str]:
+        lim = f" LIMIT {int(offset + limit)}" if limit is not None else ""
+        return page([r[0] for r in self._read(
+            f"SELECT item_id FROM treadle_item WHERE pipeline=? AND state=? ORDER BY id{lim}",
+            (shape.name, state))], limit, offset)
+
     def settled_item_counts(self, shape: Shape) -> dict[str, int]:
         return dict(self._read(
             "SELECT state, count(*) FROM treadle_item WHERE pipeline=? GROUP BY state", (shape.name,)))
 
     def counts(self, shape: Shape) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {s: {} for s in shape.order}
-        for stage, state, n in self._read(
-            "SELECT stage, state, count(*) FROM treadle_stage WHERE pipeline=? GROUP BY stage, state",
-            (shape.name,)):
-            if stage in out:
-                out[stage][state] = n
-        return out
+        """Per stage, rows per state, from the counters (``store/counts.py``)."""
+        return counts.read(self._read, shape.name, shape.order)
 
     def history(self, shape: Shape, item_id: str) -> list[dict[str, Any]]:
         keys = ("seq", "at", "item_id", "stage", "subtask", "state", "attempt", "actor", "error",
