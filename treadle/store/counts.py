@@ -122,6 +122,18 @@ def read(read_rows: Read, pipeline: str, stages: Iterable[str]) -> dict[str, dic
     return as_cancelled(out, cancelled)
 
 
+def drift(read_rows: Read) -> dict[Key, tuple[int, int]]:
+    """Counters that differ from a ``GROUP BY`` of the stage rows: key -> (counter, rows).
+    Empty when every counter is exact (what the tests check after every operation)."""
+    kept = {(p, s, st): int(n) for p, s, st, n in read_rows(
+        "SELECT pipeline, stage, state, n FROM treadle_count WHERE n<>0", ())}
+    rows = {(p, s, st): int(n) for p, s, st, n in read_rows(
+        "SELECT pipeline, stage, state, count(*) FROM treadle_stage "
+        "GROUP BY pipeline, stage, state", ())}
+    return {k: (kept.get(k, 0), rows.get(k, 0)) for k in kept.keys() | rows.keys()
+            if kept.get(k, 0) != rows.get(k, 0)}
+
+
 def as_cancelled(counts: dict[str, dict[str, int]], cancelled: dict[str, int]
                  ) -> dict[str, dict[str, int]]:
     """``counts`` with ``cancelled[stage]`` of each stage's pending rows moved to ``cancelled``."""
@@ -138,4 +150,4 @@ def as_cancelled(counts: dict[str, dict[str, int]], cancelled: dict[str, int]
     return counts
 
 
-__all__ = ["Key", "Read", "Tally", "as_cancelled", "flush", "read", "rebuild"]
+__all__ = ["Key", "Read", "Tally", "as_cancelled", "drift", "flush", "read", "rebuild"]
