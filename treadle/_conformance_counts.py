@@ -80,9 +80,9 @@ class CountsConformance:
         store.commit(shape, OWNER, [
             _done("i1", "a", state="awaiting_review", review='{"data":1}'),
             _done("i2", "a", state="awaiting_review", review='{"data":2}')], 0)
-        result, skipped = store.decide_many(shape, [("i1", "a", None), ("i2", "a", None)],
-                                            approve=False, review={"decision": "rejected"},
-                                            actor="r", details={})
+        _, skipped = store.decide_many(shape, [("i1", "a", None), ("i2", "a", None)],
+                                       approve=False, review={"decision": "rejected"},
+                                       actor="r", details={})
         assert not skipped
         assert self.check(store, shape)["a"] == {"rejected": 2}
         assert len(store.retry_rows(shape, [("i1", "a"), ("i2", "a")], "test")) == 2

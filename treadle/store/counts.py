@@ -41,12 +41,7 @@ _UPSERT = ("INSERT INTO treadle_count (pipeline, stage, state, n) VALUES {} "
 _RECOUNT = ("INSERT INTO treadle_count (pipeline, stage, state, n) "
             "SELECT pipeline, stage, state, count(*) FROM treadle_stage {} "
             "GROUP BY pipeline, stage, state")
-#: Stage rows of cancelled items still pending, per stage: read through the item
-#: index (pipeline, state) and the stage rows' (pipeline, item_id, stage) key, so it
-#: costs per cancelled item, not per row of the pipeline.
-_CANCELLED = ("SELECT s.stage, count(*) FROM treadle_item i JOIN treadle_stage s "
-              "ON s.pipeline=i.pipeline AND s.item_id=i.item_id "
-              "WHERE i.pipeline=? AND i.state=? AND s.state=? GROUP BY s.stage")
+_CHUNK = 400  # item ids per IN (...) list
 
 
 class Tally:
@@ -118,8 +113,26 @@ def read(read_rows: Read, pipeline: str, stages: Iterable[str]) -> dict[str, dic
             "SELECT stage, state, n FROM treadle_count WHERE pipeline=? AND n<>0", (pipeline,)):
         if stage in out:
             out[stage][state] = int(n)
-    cancelled = {stage: int(n) for stage, n in read_rows(_CANCELLED, (pipeline, CANCELLED, PENDING))}
-    return as_cancelled(out, cancelled)
+    return as_cancelled(out, cancelled_pending(read_rows, pipeline))
+
+
+def cancelled_pending(read_rows: Read, pipeline: str) -> dict[str, int]:
+    """Per stage, the pending rows of cancelled items: the cancelled items through the
+    index of item states, then their rows through the (pipeline, item_id, stage) key,
+    so it costs per cancelled item, never per row of the pipeline."""
+    ids = [r[0] for r in read_rows(
+        "SELECT item_id FROM treadle_item WHERE pipeline=? AND state=?", (pipeline, CANCELLED))]
+    found: dict[str, int] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        # the state is tested here, not in SQL: a state condition tempts the planner
+        # into the (pipeline, stage, state) index and a long scan
+        for stage, state in read_rows(
+                "SELECT stage, state FROM treadle_stage WHERE pipeline=? "
+                f"AND item_id IN ({','.join('?' * len(chunk))})", (pipeline, *chunk)):
+            if state == PENDING:
+                found[stage] = found.get(stage, 0) + 1
+    return found
 
 
 def drift(read_rows: Read) -> dict[Key, tuple[int, int]]:
@@ -150,4 +163,4 @@ def as_cancelled(counts: dict[str, dict[str, int]], cancelled: dict[str, int]
     return counts
 
 
-__all__ = ["Key", "Read", "Tally", "as_cancelled", "drift", "flush", "read", "rebuild"]
+__all__ = ["Key", "Read", "Tally", "as_cancelled", "cancelled_pending", "drift", "flush", "read", "rebuild"]
