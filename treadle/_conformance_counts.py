@@ -127,6 +127,24 @@ class CountsConformance:
             raise RuntimeError("half-way")
         assert self.check(store, shape) == before
 
+    def test_status_rows_of_many_items_match_the_per_item_reads(
+            self, ready_store: StateStore, shape: Pipeline) -> None:
+        """status_rows (a page of items read together) returns what the reads of each
+        item return; unknown ids are left out."""
+        store = ready_store
+        [claim, _] = store.commit(shape, OWNER, [], 2).claims
+        store.commit(shape, OWNER, [], 0, fanouts=[FanOutStart(claim.item_id, "a", 1, ("p",))])
+        store.cancel(shape, ["i2"], "", "ana")
+        got = store.status_rows(shape, ["i2", "nope", "i1"])
+        assert sorted(got) == ["i1", "i2"]
+        for item_id, rows in got.items():
+            assert rows.stages == store.stage_records(shape, item_id)
+            assert rows.subtasks == store.subtask_records(shape, item_id)
+            assert rows.submitted_at == store.item_data(shape, item_id)[1]
+            assert rows.stored_state == store.stored_item_states(shape, [item_id])[item_id]
+            assert rows.version == store.item_version(shape, item_id)
+        assert got["i2"].stored_state == "cancelled" and got["i1"].subtasks
+
     def test_counts_after_the_pipeline_gains_and_renames_stages(self, store: StateStore) -> None:
         old = Pipeline("shapes", [_noop("a"), _noop("b", "a")])
         store.prepare(old)

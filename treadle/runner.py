@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from ._notify import Notifications
 from ._review import ReviewMixin
 from ._steer import SteerMixin
 from .engine import Scheduler
-from .errors import InvalidItemError
+from .errors import InvalidItemError, ItemNotFoundError
 from .limits import check_priority
 from .metrics import DEFAULT_SAMPLE, DEFAULT_WINDOW, StageMetrics
 from .pipeline import Pipeline
@@ -35,6 +36,7 @@ from .status import (
 )
 from .store.base import StateStore
 from .store.logic import item_state
+from .store.records import StatusRows
 
 
 class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
@@ -178,10 +180,21 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
     def status(self, item_id: Any) -> ItemStatus:
         """Every stage of one item: state, attempts, output, last error, review."""
         key = normalize_id(item_id)
-        _, submitted = self.store.item_data(self.pipeline, key)
-        records = {r.stage: r for r in self.store.stage_records(self.pipeline, key)}
+        rows = self.store.status_rows(self.pipeline, [key]).get(key)
+        if rows is None:
+            raise ItemNotFoundError(key, self.pipeline.name)
+        return self._status(rows)
+
+    def _statuses(self, keys: Sequence[str]) -> list[ItemStatus]:
+        """The statuses of a page of items, their rows read together."""
+        found = self.store.status_rows(self.pipeline, keys)
+        return [self._status(found[k]) for k in keys if k in found]
+
+    def _status(self, rows: StatusRows) -> ItemStatus:
+        key = rows.item_id
+        records = {r.stage: r for r in rows.stages}
         subtasks: dict[str, dict[str, SubtaskStatus]] = {}
-        for sub in self.store.subtask_records(self.pipeline, key):
+        for sub in rows.subtasks:
             subtasks.setdefault(sub.stage, {})[sub.name] = SubtaskStatus(
                 sub.name, SubtaskState(sub.state), sub.attempt, sub.error, from_json(sub.output))
         gated = [n for n, s in self.pipeline.stages.items() if s.gate is not None]
@@ -219,7 +232,7 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
             )
         state = item_state(self.pipeline.order,
                            {n: (r.state, r.ready) for n, r in records.items()})
-        if self.store.stored_item_states(self.pipeline, [key]).get(key) == ItemState.CANCELLED:
+        if rows.stored_state == ItemState.CANCELLED:
             state = ItemState.CANCELLED
         parent = children = None
         if self.pipeline.parents:
@@ -228,9 +241,8 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
             parent = parent_of(self.pipeline, self.store, key)
         if self.pipeline.children:
             children = self.children(key)
-        return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=submitted,
-                          version=self.store.item_version(self.pipeline, key), parent=parent,
-                          children=children or [])
+        return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=rows.submitted_at,
+                          version=rows.version, parent=parent, children=children or [])
 
     def children(self, item_id: Any) -> list[ChildStatus]:
         """The child items ``item_id`` spawned (``Spawn``), with their item states."""
@@ -261,11 +273,11 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
         if state == ItemState.CANCELLED and stage is None and error is None and since is None:
             # an item-level state (its stages keep theirs): the cancelled items, oldest first,
             # through the index of item states
-            ids = self.store.items_in_item_state(self.pipeline, ItemState.CANCELLED.value,
-                                                 limit, offset)
-            return [self.status(i) for i in ids]
+            return self._statuses(self.store.items_in_item_state(
+                self.pipeline, ItemState.CANCELLED.value, limit, offset))
         flt = make_filter(self.pipeline, stage, state, error, since)
-        return [self.status(m.item_id) for m in self.store.find_items(self.pipeline, flt, limit, offset)]
+        return self._statuses([m.item_id for m in self.store.find_items(self.pipeline, flt, limit,
+                                                                        offset)])
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per stage, the number of items in each state (states with none omitted)."""
