@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -253,6 +254,20 @@ def test_run_watch_picks_up_new_items_until_interrupted(db):
     assert "items in the store: 1 completed" in out
 
 
+def _has_started(db: str, pipeline: str) -> bool:
+    """True once a stage of ``pipeline`` has been claimed in the store at ``db``."""
+    import sqlite3
+
+    path = db.removeprefix("sqlite:///")
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=5)) as conn:
+            row = conn.execute("SELECT count(*) FROM treadle_history WHERE pipeline=? "
+                               "AND state='running'", (pipeline,)).fetchone()
+    except sqlite3.Error:  # not created yet
+        return False
+    return bool(row[0])
+
+
 def test_interrupted_run_exits_130_and_says_so(tmp_path, db):
     """Ctrl-C during run: exit status 130 and a summary saying to run again."""
     import signal as sig
@@ -269,7 +284,10 @@ def test_interrupted_run_exits_130_and_says_so(tmp_path, db):
                             text=True)
     proc.stdin.write(items)
     proc.stdin.close()
-    time.sleep(2.0)
+    deadline = time.time() + 60  # until the run has started stages (slow on a loaded machine)
+    while not _has_started(db, "slowcli"):
+        assert time.time() < deadline and proc.poll() is None, "the run did not start"
+        time.sleep(0.1)
     proc.send_signal(sig.SIGINT)
     out = proc.stdout.read()
     proc.wait(timeout=30)

@@ -55,6 +55,7 @@ def _conformance_pipeline(on_failure: Literal["stop", "rollback"] = "stop") -> P
     return Pipeline("conformance", [a, b, c, d], on_failure=on_failure)
 
 
+from ._conformance_chain import ChainConformance  # noqa: E402 - after the helpers it imports
 from ._conformance_counts import CountsConformance  # noqa: E402 - after the helpers it imports
 from ._conformance_nested import NestedConformance  # noqa: E402 - after the helpers it imports
 from ._conformance_steer import SteerConformance  # noqa: E402 - after the helpers it imports
@@ -64,7 +65,8 @@ OTHER = "test-host:2:other"
 DEAD = "dead-owner"  # never registered: recovery treats its claims as a dead runner's
 
 
-class StoreConformance(SteerConformance, NestedConformance, FlowConformance, CountsConformance):
+class StoreConformance(SteerConformance, NestedConformance, FlowConformance, ChainConformance,
+                       CountsConformance):
     """The behaviour every StateStore must have. Subclass with a ``store`` fixture."""
 
     # -- fixtures and helpers --------------------------------------------------

@@ -68,6 +68,12 @@ class Outputs(Mapping[str, Any]):
         return f"Outputs({dict(self)!r})"
 
 
+def raw_outputs(outputs: Mapping[str, Any]) -> Mapping[str, str | None] | None:
+    """The JSON texts behind an :class:`Outputs` (None for any other mapping): what a
+    run was given, passed on as its successor's inputs (``store/chain.py``)."""
+    return outputs._raw if isinstance(outputs, Outputs) else None
+
+
 class StageContext:
     """Facts about the running (item, stage).
 

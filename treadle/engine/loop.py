@@ -26,7 +26,7 @@ import queue
 import signal as _signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -35,7 +35,7 @@ import structlog
 
 from .. import signals
 from .._crash import crash_point
-from ..context import Outputs, StageContext, StartMark
+from ..context import Outputs, StageContext, StartMark, raw_outputs
 from ..contrib.retry import resolve as resolve_retry
 from ..errors import StageTimeout, StoreError
 from ..outcomes import SubTask
@@ -66,6 +66,7 @@ from .worker import (
 )
 
 _log = logging.getLogger("treadle.runner")
+COMPLETED = StageState.COMPLETED.value
 
 
 def _average(average: float | None, sample: float) -> float:
@@ -87,6 +88,8 @@ class _Writes:
     subs: list[tuple[SubtaskTask, SubResult, Any]] = attrs.field(factory=list)
     starts: list[tuple[StageTask, FanOutStart, list[SubTask]]] = attrs.field(factory=list)
     restarts: list[tuple[StageTask, str]] = attrs.field(factory=list)
+    #: (item, stage) -> the outputs a completed run was given: its successor's inputs
+    inputs: dict[tuple[str, str], Mapping[str, str | None]] = attrs.field(factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.done or self.subs or self.starts or self.restarts)
@@ -148,7 +151,7 @@ class Scheduler:
         if self.executor is None:
             pool: ThreadPool | ExecutorPool = ThreadPool(self.workers, self.results)
             # our threads say when they start: claim ahead for larger group commits
-            self._capacity = max(128, 8 * self.workers)
+            self._capacity = max(512, 32 * self.workers)
         else:
             pool = ExecutorPool(self.executor, self.workers, self.results)
             self._sized_by = pool  # claims follow what the executor can run, as it changes
@@ -167,7 +170,7 @@ class Scheduler:
 
         With its own threads, a runner claims what its workers can run until the
         next commit, not more: with fast stages that is many (up to
-        ``max(128, 8 x workers)``, so each commit carries many results); with
+        ``max(512, 32 x workers)``, so each commit carries many results); with
         slow ones, a few per worker, which leaves ready work for other runners
         on the same store to share.
         """
@@ -291,6 +294,9 @@ class Scheduler:
                                            value))
             else:
                 self.writes.done.append((t, value))
+                raw = raw_outputs(entry.ctx.outputs) if entry.ctx is not None else None
+                if raw is not None and t.state == COMPLETED:
+                    self.writes.inputs[(t.item_id, t.stage)] = raw
 
     def _tick(self) -> None:
         """Fail tasks past their timeout; queue subtask retries that are due."""
@@ -350,7 +356,7 @@ class Scheduler:
             self.only, fanouts=[s for _, s, _ in writes.starts],
             subtasks=[r for _, r, _ in writes.subs],
             restarts=[(t.item_id, t.stage, name) for t, name in writes.restarts],
-            stages=self.throttle.stages(self.control.stages),
+            stages=self.throttle.stages(self.control.stages), inputs=writes.inputs,
         )
         self.throttle.note(result.waits)
         self._commit_s = _average(self._commit_s, time.monotonic() - started)

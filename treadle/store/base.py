@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -27,7 +27,7 @@ import tenacity
 from ..errors import ItemNotFoundError
 from ..metrics import StageMetrics
 from ..states import StageState
-from . import changes, control, fanout, flow, human, limits, nested, rollback
+from . import chain, changes, control, fanout, flow, human, limits, nested, rollback
 from .logic import item_state
 from .query import Filter, Match
 from .records import (
@@ -86,7 +86,8 @@ class StateStore(Protocol):
                fanouts: Sequence[FanOutStart] = (),
                subtasks: Sequence[SubResult] = (),
                restarts: Sequence[tuple[str, str, str]] = (),
-               stages: Sequence[str] | None = None) -> CommitResult: ...
+               stages: Sequence[str] | None = None,
+               inputs: chain.Inputs | None = None) -> CommitResult: ...
     def outlook(self, shape: Shape, only: Sequence[str] | None = None,
                 stages: Sequence[str] | None = None) -> Outlook: ...
     # -- flow control (docs/flow-control.md)
@@ -275,13 +276,17 @@ class BaseStore(abc.ABC):
                fanouts: Sequence[FanOutStart] = (),
                subtasks: Sequence[SubResult] = (),
                restarts: Sequence[tuple[str, str, str]] = (),
-               stages: Sequence[str] | None = None) -> CommitResult:
+               stages: Sequence[str] | None = None,
+               inputs: chain.Inputs | None = None) -> CommitResult:
         """Apply finished stages, mark dependents ready, claim the next work: one transaction.
 
         ``only`` restricts claims to those item ids, ``stages`` to those stages
         (the runner leaves paused ones out). ``fanouts`` start the
         subtasks of stages that returned FanOut; ``subtasks`` are subtask
         results; ``restarts`` (item, stage, subtask) claim retried subtasks again.
+        ``inputs`` (optional) are the outputs each finished run was given: a
+        successor claimed in this commit (``chain.py``) gets its inputs from
+        them instead of a read.
         """
         with self.transaction() as tx:
             plans = fanout.start_fanouts(tx, shape, owner, fanouts) if fanouts else []
@@ -290,27 +295,44 @@ class BaseStore(abc.ABC):
             accepted, refused = flow.apply(tx, shape, owner, transitions)
             if accepted and getattr(shape, "children", None):
                 nested.spawn(tx, shape, owner, accepted)  # Spawn: children with the parent
-            skipped, check = flow.advance(tx, shape, owner, accepted)
+            chained: list[tuple[str, str, int]] = []
+
+            def successors(ready: list[tuple[str, str]]) -> list[tuple[str, str]]:
+                claimed, left = chain.claim_successors(tx, shape, owner, accepted, ready,
+                                                       claim_limit, only, stages)
+                chained.extend(claimed)
+                return left
+
+            skipped, check = flow.advance(tx, shape, owner, accepted,
+                                          successors if claim_limit > 0 else None)
             finished = flow.finish(tx, shape, check)
             waits: dict[str, float] = {}
-            claims = (self._claim(tx, shape, owner, claim_limit, only, stages, waits)
+            claims = (self._claim(tx, shape, owner, claim_limit - len(chained), only, stages,
+                                  waits, chained, chain.chained_outputs(chained, shape, accepted,
+                                                                        inputs))
                       if claim_limit > 0 else [])
         return CommitResult(accepted, refused, skipped, finished, claims, plans, sub_ok, sub_refused,
                             restarted, waits)
 
     def _claim(self, tx: Tx, shape: Shape, owner: str, limit: int,
                only: Sequence[str] | None, stages: Sequence[str] | None = None,
-               waits: dict[str, float] | None = None) -> list[Claim]:
-        if stages is not None and not stages:
-            return []
-        names = shape.order if stages is None else stages
-        shared = limits.limits_of(shape)
-        if shared and any(s in shared for s in names):
-            rows, due = limits.claim(tx, shape, owner, names, limit, only)
-            if waits is not None:
-                waits.update(due)
-        else:
-            rows = tx.claim(shape.name, owner, names, limit, only)
+               waits: dict[str, float] | None = None,
+               chained: Sequence[tuple[str, str, int]] = (),
+               known: Mapping[tuple[str, str], Mapping[str, str | None]] | None = None
+               ) -> list[Claim]:
+        """Claim up to ``limit`` ready rows after the ``chained`` ones (already claimed;
+        ``known`` holds the inputs of those that need no read, by (item, stage))."""
+        rows: list[tuple[str, str, int]] = list(chained)
+        if limit > 0 and (stages is None or stages):
+            names = shape.order if stages is None else stages
+            shared = limits.limits_of(shape)
+            if shared and any(s in shared for s in names):
+                scanned, due = limits.claim(tx, shape, owner, names, limit, only)
+                if waits is not None:
+                    waits.update(due)
+            else:
+                scanned = tx.claim(shape.name, owner, names, limit, only)
+            rows += scanned
         if not rows:
             return []
         tx.append_history(shape.name, [HistoryRow(i, s, RUNNING, a, owner) for i, s, a in rows])
@@ -330,9 +352,11 @@ class BaseStore(abc.ABC):
                 if len(cache) + len(fetched) > self.ITEM_CACHE:
                     cache.clear()
                 cache.update(fetched)
-        need = {i for i, s, _ in rows if shape.deps[s]}
+        known = known or {}
+        need = {i for i, s, _ in rows if shape.deps[s] and (i, s) not in known}
         outputs = tx.completed_outputs(shape.name, need) if need else {}
-        return [Claim(i, s, a, items[i], outputs.get(i, {})) for i, s, a in rows]
+        return [Claim(i, s, a, items[i], known[(i, s)] if (i, s) in known else outputs.get(i, {}))
+                for i, s, a in rows]
 
     @abc.abstractmethod
     def find_items(self, shape: Shape, flt: Filter, limit: int | None = None,

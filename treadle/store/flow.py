@@ -51,12 +51,15 @@ def _storable(t: Transition) -> Transition:
     return attrs.evolve(t, error=error, traceback=tb)
 
 
-def advance(tx: Tx, shape: Shape, owner: str, accepted: Sequence[Transition]
+def advance(tx: Tx, shape: Shape, owner: str, accepted: Sequence[Transition],
+            chain: Callable[[list[tuple[str, str]]], list[tuple[str, str]]] | None = None,
             ) -> tuple[list[tuple[str, str]], set[str]]:
     """Mark newly ready dependents; skip downstream of propagating skips.
 
     Returns the skipped (item, stage) rows and the items that may have
-    finished (those where nothing became ready).
+    finished (those where nothing became ready). ``chain`` (a group commit's)
+    claims some of the newly ready rows itself and returns the rest to mark
+    ready (``chain.py``).
     """
     ready: list[tuple[str, str]] = []
     need_states: set[str] = set()
@@ -99,6 +102,8 @@ def advance(tx: Tx, shape: Shape, owner: str, accepted: Sequence[Transition]
                         ready.append((t.item_id, d))
                     else:
                         check.add(t.item_id)
+    if ready and chain is not None:
+        ready = chain(ready)
     if ready:
         tx.set_ready(shape.name, ready)
     return skipped, check

@@ -369,6 +369,38 @@ class MemoryTx(Tx):
             self.s.running_peak[pipeline] = len(running)
         return out
 
+    def claim_rows(self, pipeline: str, owner: str, rows: Sequence[tuple[str, str]],
+                   min_priority: int | None) -> list[tuple[str, str, int]]:
+        stages, saved = self.s.stages, self.undo.stages
+        running = self.s.running.setdefault(pipeline, set())
+        out: list[tuple[str, str, int]] = []
+        for item_id, stage in rows:
+            key = (pipeline, item_id, stage)
+            row = stages.get(key)
+            if (row is None or row.state != PENDING or row.not_before > self.now
+                    or (min_priority is not None and row.priority < min_priority)):
+                continue
+            if key not in saved:
+                saved[key] = _snap(row)
+            row.state, row.ready, row.owner, row.updated_at = RUNNING, True, owner, self.now
+            row.attempt += 1
+            running.add(key)
+            out.append((item_id, stage, row.attempt))
+        if len(running) > self.s.running_peak.get(pipeline, 0):
+            self.s.running_peak[pipeline] = len(running)
+        return out
+
+    def top_ready_priority(self, pipeline: str) -> int | None:
+        heap = self.s.ready.get(pipeline)
+        while heap:  # drop what the claims left behind (taken or changed rows), as claim does
+            rank, key = heap[0]
+            row = self.s.stages.get(key)
+            if (row is not None and row.id - (row.priority << 48) == rank and row.state == PENDING
+                    and row.ready):
+                return row.priority
+            heapq.heappop(heap)
+        return None
+
     def items_json(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, str]:
         items = self.s.items[pipeline]
         return {i: items[i].data for i in item_ids}

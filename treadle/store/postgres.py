@@ -289,6 +289,26 @@ class PostgresStore(SqlStore):
             [(pipeline, i, st) for i, st in dict.fromkeys(rows)], page_size=500)
 
     @staticmethod
+    def _claim_rows_batch(tx: Any, pipeline: str, owner: str, rows: Sequence[tuple[str, str]],
+                          min_priority: int | None) -> list[tuple[str, str, int]]:
+        """Chained claims (``Tx.claim_rows``) in one ``UPDATE ... FROM (VALUES ...)`` per page."""
+        from psycopg2.extras import execute_values
+
+        floor = -(2 ** 31) if min_priority is None else min_priority
+        claimed = execute_values(
+            tx.cur,
+            "UPDATE treadle_stage AS s SET state='running', ready=1, owner=v.owner, "
+            "attempt=s.attempt+1, updated_at=v.now::float8 "
+            "FROM (VALUES %s) AS v(pipeline, item_id, stage, owner, now, floor) "
+            "WHERE s.pipeline=v.pipeline AND s.item_id=v.item_id AND s.stage=v.stage "
+            "AND s.state='pending' AND s.not_before<=v.now::float8 AND s.priority>=v.floor "
+            "RETURNING s.item_id, s.stage, s.attempt",
+            [(pipeline, i, st, owner, tx.now, floor) for i, st in dict.fromkeys(rows)],
+            page_size=500, fetch=True)
+        got = {(i, st): a for i, st, a in claimed}
+        return [(i, st, got[(i, st)]) for i, st in dict.fromkeys(rows) if (i, st) in got]
+
+    @staticmethod
     def _cas_batch(tx: Any, pipeline: str, expect: str, state: str,
                    rows: Sequence[tuple[str, str, int, str | None, str | None]]) -> list[bool]:
         """:meth:`Tx.cas_many` as one ``UPDATE ... FROM (VALUES ...)`` per page (bulk

@@ -64,6 +64,7 @@ class SqlStore(BaseStore):
     _cas_batch: Any = None
     # (tx, pipeline, rows): successors' ready flags in one round trip per page
     _set_ready_batch: Any = None
+    _claim_rows_batch: Any = None
 
     def __init__(self, url: str, database: pw.Database) -> None:
         self.url = url

@@ -37,6 +37,7 @@ class Dialect(Protocol):
     _set_state_batch: Any  # (tx, pipeline, rows, state, from_states, ...) -> rows moved, or None
     _cas_batch: Any  # (tx, pipeline, expect, state, rows) -> moved flags, or None
     _set_ready_batch: Any  # (tx, pipeline, rows) -> None, or None
+    _claim_rows_batch: Any  # (tx, pipeline, owner, rows, min_priority) -> claimed, or None
 
     @property
     def _sql(self) -> Callable[[str], str]: ...
@@ -353,6 +354,40 @@ class SqlTx(Tx):
         for r in rows:
             move(pipeline, r[3], PENDING, RUNNING)
         return [(i, s, a) for _, _, i, s, a in rows]
+
+    def claim_rows(self, pipeline: str, owner: str, rows: Sequence[tuple[str, str]],
+                   min_priority: int | None) -> list[tuple[str, str, int]]:
+        claimed = self._claim_rows(pipeline, owner, rows, min_priority)
+        move = self.tally.move
+        for _, stage, _ in claimed:
+            move(pipeline, stage, PENDING, RUNNING)
+        return claimed
+
+    def _claim_rows(self, pipeline: str, owner: str, rows: Sequence[tuple[str, str]],
+                    min_priority: int | None) -> list[tuple[str, str, int]]:
+        if self.store._claim_rows_batch is not None and len(rows) > 1:
+            batch: list[tuple[str, str, int]] = self.store._claim_rows_batch(
+                self, pipeline, owner, rows, min_priority)
+            return batch
+        sql = self.sql(
+            "UPDATE treadle_stage SET state='running', ready=1, owner=?, attempt=attempt+1, "
+            "updated_at=? WHERE pipeline=? AND item_id=? AND stage=? AND state='pending' "
+            "AND not_before<=? AND priority>=? RETURNING attempt")
+        cur, now = self.cur, self.now
+        floor = -(2 ** 62) if min_priority is None else min_priority
+        out: list[tuple[str, str, int]] = []
+        for item_id, stage in rows:
+            cur.execute(sql, (owner, now, pipeline, item_id, stage, now, floor))
+            out.extend((item_id, stage, attempt) for (attempt,) in cur)
+        return out
+
+    def top_ready_priority(self, pipeline: str) -> int | None:
+        # the claim's index (READY_INDEX) in its order: one entry read
+        for (priority,) in self._exec(
+                "SELECT priority FROM treadle_stage WHERE pipeline=? AND state='pending' "
+                "AND ready=1 ORDER BY priority DESC, id LIMIT 1", (pipeline,)):
+            return int(priority)
+        return None
 
     # -- flow control (docs/flow-control.md) -----------------------------------
     def set_priority(self, pipeline: str, item_ids: Sequence[str], priority: int,

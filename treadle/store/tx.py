@@ -102,6 +102,16 @@ class Tx(abc.ABC):
         """Claim up to ``limit`` ready, due, pending rows (oldest first), optionally
         only of the items in ``only``: returns (item_id, stage, attempt)."""
 
+    @abc.abstractmethod
+    def claim_rows(self, pipeline: str, owner: str, rows: Sequence[tuple[str, str]],
+                   min_priority: int | None) -> list[tuple[str, str, int]]:
+        """Claim these (item, stage) rows where each is pending, due and of priority
+        ``min_priority`` or more (None: any): returns (item_id, stage, attempt)."""
+
+    @abc.abstractmethod
+    def top_ready_priority(self, pipeline: str) -> int | None:
+        """The highest priority among ready pending rows (None when there are none)."""
+
     # -- flow control (docs/flow-control.md) -----------------------------------
     @abc.abstractmethod
     def set_priority(self, pipeline: str, item_ids: Sequence[str], priority: int,
