@@ -85,17 +85,20 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(t, f"{r['rss_per_item_kb']:.2f} KB/item" + (f"; {others}" if others else ""),
             r["rss_per_item_kb"] < 2.0)
 
-    # 4. W4 status queries on 1,000,000 rows.
-    t = "W4 counts() and items() under 50 ms on 1,000,000 rows"
-    r = _row(wl["W4"]["results"], store=STORE)
-    if r is None or r["rows"] < 1_000_000:
-        add(t, "not measured (needs W4 with 1,000,000 rows)", None)
-    else:
+    # 4. W4 status queries on 1,000,000 rows, on SQLite and PostgreSQL (issue #19:
+    # counts() under 50 ms, items(stage, state, limit=100) under 20 ms).
+    for store, label in ((STORE, "SQLite"), ("postgresql", "PostgreSQL")):
+        t = (f"W4 {label}: counts() under 50 ms, items(stage, state, limit=100) under 20 ms "
+             "on 1,000,000 rows")
+        r = _row(wl["W4"]["results"], store=store)
+        if r is None or r["rows"] < 1_000_000:
+            add(t, "not measured (needs W4 with 1,000,000 rows)", None)
+            continue
         q = {"counts()": r["counts"]["median_s"], "items(pending)": r["items_many"]["median_s"],
              "items(failed)": r["items_none"]["median_s"]}
-        worst = max(q.values())
-        add(t, ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in q.items())
-            + f" (median; cold counts() {r['counts']['first_s'] * 1000:.0f} ms)", worst < 0.050)
+        met = q["counts()"] < 0.050 and max(q["items(pending)"], q["items(failed)"]) < 0.020
+        add(t, ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in q.items())
+            + f" (median; cold counts() {r['counts']['first_s'] * 1000:.1f} ms)", met)
 
     # 5. W5 resume.
     t = "W5 under 1 s from process start to the first stage"

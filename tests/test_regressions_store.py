@@ -400,8 +400,9 @@ def test_postgres_schema_option_rejects_a_bad_name_and_masks_the_password():
 
 
 # -- MemoryStore: a failure mid-transaction leaves it unchanged ---------------------------
-@pytest.mark.parametrize("where", ["append_history", "set_ready", "claim"])
-def test_memory_store_rolls_back_a_transaction_that_fails_midway(monkeypatch, where):
+@pytest.mark.parametrize("where, limit", [("append_history", 10), ("set_ready", 0),
+                                          ("claim_rows", 10), ("claim", 10)])
+def test_memory_store_rolls_back_a_transaction_that_fails_midway(monkeypatch, where, limit):
     """A primitive raising inside a transaction leaves the memory store as it was."""
     from treadle.store import memtables
     from treadle.store.base import Transition
@@ -418,8 +419,8 @@ def test_memory_store_rolls_back_a_transaction_that_fails_midway(monkeypatch, wh
 
     monkeypatch.setattr(memtables.MemoryTx, where, boom)
     done = [Transition(c.item_id, c.stage, c.attempt, "completed", output='"x"') for c in claims]
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        store.commit(versioned, "me", done, 10)
+    with pytest.raises(RuntimeError, match="disk on fire"):  # (no claims: successors only
+        store.commit(versioned, "me", done, limit)            # marked ready, no chaining)
     assert store.dump() == before
     monkeypatch.undo()
     # and it still works: the same results commit, the next stages are claimed

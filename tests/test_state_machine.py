@@ -3,11 +3,14 @@ stores, through the public ``Runner`` API, leave every store in the same state.
 
 Operations: submit items, run to quiescence, crash (claims, and part of a fan-out,
 committed by an owner that is gone) and restart, approve / approve with an edit /
-reject, request changes, retry, rerun from a stage. After every step: the stores
+reject, request changes, retry, rerun from a stage, cancel, and the bulk forms
+(approve_all, reject_all, retry_all). After every step: the stores
 agree on every item's stage, subtask and item states and outputs, and every
 operation had the same outcome (value or error) on each; no (item, stage, attempt)
 or (item, stage, subtask, attempt) is recorded completed twice; after a run no
-stage is ``running``; every decision is in the store's history and status.
+stage is ``running``; every decision is in the store's history and status;
+``counts()`` equals a count of the stage rows, and on the SQL stores every stage
+counter equals a ``GROUP BY`` of the stage rows (``store/counts.py``).
 
 Profiles (``TREADLE_HYPOTHESIS_PROFILE``): ``ci`` (default, about half a minute)
 and ``long`` (see docs/durability.md, "Property tests").
@@ -43,8 +46,10 @@ from hypothesis.stateful import (
 )
 
 from treadle import FanOut, Pipeline, Review, Runner, Skipped, open_store, stage
+from treadle.store import counts
 from treadle.store.base import StateStore, Transition
 from treadle.store.fanout import FanOutStart, SubResult
+from treadle.store.sql import SqlStore
 
 from .conftest import POSTGRES_URL, REQUIRE_POSTGRES, required
 
@@ -350,6 +355,32 @@ class StoresAgree(RuleBasedStateMachine):
         if result[0] == "ok" and from_stage in ("scan", "check"):
             self.current.pop(item, None)
 
+    @rule(item=items)
+    def cancel(self, item: str) -> None:
+        """Cancel an item (refused, on every store alike, once it has finished)."""
+        if self.each(lambda r: r.cancel([item], reason="not wanted"))[0] == "ok":
+            self.current.pop(item, None)
+
+    @rule(kind=st.sampled_from(["approve", "reject"]))
+    def decide_all(self, kind: str) -> None:
+        """Decide every review waiting at ``check`` in one bulk call."""
+        def call(r: Runner) -> Any:
+            if kind == "approve":
+                return r.approve_all("check", reviewer="bulk")
+            return r.reject_all("check", reason="bulk", reviewer="bulk")
+        result = self.each(call)
+        if result[0] == "ok":
+            for done, _ in result[1].done:
+                self.current[done] = ("approved", None) if kind == "approve" else ("rejected", None)
+
+    @rule()
+    def retry_all(self) -> None:
+        result = self.each(lambda r: r.retry_all())
+        if result[0] == "ok":
+            for moved, _ in result[1].done:
+                self.current.pop(moved, None)
+                self.touched.add(moved)
+
     # -- invariants -----------------------------------------------------------------------
     def views(self) -> dict[str, Any]:
         return {kind: self.views_of(r, sorted(self.known)) for kind, r in self.runners.items()}
@@ -373,6 +404,21 @@ class StoresAgree(RuleBasedStateMachine):
         for kind, view in views.items():
             for item in sorted(self.known):
                 assert view[item] == first[item], (item, kind, view[item], first_kind, first[item])
+
+    @invariant()
+    def counts_match_rows(self) -> None:
+        """counts() is a count of the stage rows (a cancelled item's pending ones as
+        ``cancelled``); a SQL store's counters equal a GROUP BY of its stage rows."""
+        for kind, r in self.runners.items():
+            states = r.store.stored_item_states(r.pipeline, None)
+            expect: dict[str, Counter[str]] = {s: Counter() for s in r.pipeline.order}
+            for item, item_state in states.items():
+                for rec in r.store.stage_records(r.pipeline, item):
+                    cancelled = rec.state == "pending" and item_state == "cancelled"
+                    expect[rec.stage]["cancelled" if cancelled else rec.state] += 1
+            assert r.counts() == {s: dict(c) for s, c in expect.items()}, (kind, r.counts(), expect)
+            if isinstance(r.store, SqlStore):  # the counter rows themselves
+                assert counts.drift(r.store._read) == {}, kind
 
     @invariant()
     def no_completion_twice(self) -> None:

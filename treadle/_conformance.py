@@ -56,6 +56,7 @@ def _conformance_pipeline(on_failure: Literal["stop", "rollback"] = "stop") -> P
 
 
 from ._conformance_chain import ChainConformance  # noqa: E402 - after the helpers it imports
+from ._conformance_counts import CountsConformance  # noqa: E402 - after the helpers it imports
 from ._conformance_fanplan import FanPlanConformance  # noqa: E402 - after the helpers it imports
 from ._conformance_items import ItemConformance  # noqa: E402 - after the helpers it imports
 from ._conformance_nested import NestedConformance  # noqa: E402 - after the helpers it imports
@@ -67,7 +68,7 @@ DEAD = "dead-owner"  # never registered: recovery treats its claims as a dead ru
 
 
 class StoreConformance(SteerConformance, NestedConformance, FlowConformance, ChainConformance,
-                       ItemConformance, FanPlanConformance):
+                       ItemConformance, FanPlanConformance, CountsConformance):
     """The behaviour every StateStore must have. Subclass with a ``store`` fixture."""
 
     # -- fixtures and helpers --------------------------------------------------

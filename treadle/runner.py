@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from ._notify import Notifications
 from ._review import ReviewMixin
 from ._steer import SteerMixin
 from .engine import Scheduler
-from .errors import InvalidItemError
+from .errors import InvalidItemError, ItemNotFoundError
 from .limits import check_priority
 from .metrics import DEFAULT_SAMPLE, DEFAULT_WINDOW, StageMetrics
 from .pipeline import Pipeline
@@ -35,6 +36,7 @@ from .status import (
 )
 from .store.base import StateStore
 from .store.logic import item_state
+from .store.records import StatusRows
 
 
 class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
@@ -203,10 +205,21 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
     def status(self, item_id: Any) -> ItemStatus:
         """Every stage of one item: state, attempts, output, last error, review."""
         key = normalize_id(item_id)
-        _, submitted = self.store.item_data(self.pipeline, key)
-        records = {r.stage: r for r in self.store.stage_records(self.pipeline, key)}
+        rows = self.store.status_rows(self.pipeline, [key]).get(key)
+        if rows is None:
+            raise ItemNotFoundError(key, self.pipeline.name)
+        return self._status(rows)
+
+    def _statuses(self, keys: Sequence[str]) -> list[ItemStatus]:
+        """The statuses of a page of items, their rows read together."""
+        found = self.store.status_rows(self.pipeline, keys)
+        return [self._status(found[k]) for k in keys if k in found]
+
+    def _status(self, rows: StatusRows) -> ItemStatus:
+        key = rows.item_id
+        records = {r.stage: r for r in rows.stages}
         subtasks: dict[str, dict[str, SubtaskStatus]] = {}
-        for sub in self.store.subtask_records(self.pipeline, key):
+        for sub in rows.subtasks:
             subtasks.setdefault(sub.stage, {})[sub.name] = SubtaskStatus(
                 sub.name, SubtaskState(sub.state), sub.attempt, sub.error, from_json(sub.output))
         gated = [n for n, s in self.pipeline.stages.items() if s.gate is not None]
@@ -244,7 +257,7 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
             )
         state = item_state(self.pipeline.order,
                            {n: (r.state, r.ready) for n, r in records.items()})
-        if self.store.stored_item_states(self.pipeline, [key]).get(key) == ItemState.CANCELLED:
+        if rows.stored_state == ItemState.CANCELLED:
             state = ItemState.CANCELLED
         parent = children = None
         if self.pipeline.parents:
@@ -253,9 +266,8 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
             parent = parent_of(self.pipeline, self.store, key)
         if self.pipeline.children:
             children = self.children(key)
-        return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=submitted,
-                          version=self.store.item_version(self.pipeline, key), parent=parent,
-                          children=children or [])
+        return ItemStatus(item_id=key, state=state, stages=stages, submitted_at=rows.submitted_at,
+                          version=rows.version, parent=parent, children=children or [])
 
     def children(self, item_id: Any) -> list[ChildStatus]:
         """The child items ``item_id`` spawned (``Spawn``), with their item states."""
@@ -279,18 +291,18 @@ class Runner(ReviewMixin, SteerMixin, ChangesMixin, FlowMixin):
         come in submission order. The filtering runs in the store, through its
         indexes; page with ``offset`` (the next page starts at ``offset + limit``).
         """
-        if state == ItemState.CANCELLED and stage is None and error is None and since is None:
-            # an item-level state (its stages keep theirs): the cancelled items, oldest first
-            ids = [i for i, st in self.store.stored_item_states(self.pipeline, None).items()
-                   if st == ItemState.CANCELLED.value]
-            ids = ids[offset:] if limit is None else ids[offset:offset + limit]
-            return [self.status(i) for i in ids]
-        flt = make_filter(self.pipeline, stage, state, error, since)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an int >= 0, got {offset!r}")
-        return [self.status(m.item_id) for m in self.store.find_items(self.pipeline, flt, limit, offset)]
+        if state == ItemState.CANCELLED and stage is None and error is None and since is None:
+            # an item-level state (its stages keep theirs): the cancelled items, oldest first,
+            # through the index of item states
+            return self._statuses(self.store.items_in_item_state(
+                self.pipeline, ItemState.CANCELLED.value, limit, offset))
+        flt = make_filter(self.pipeline, stage, state, error, since)
+        return self._statuses([m.item_id for m in self.store.find_items(self.pipeline, flt, limit,
+                                                                        offset)])
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per stage, the number of items in each state (states with none omitted)."""

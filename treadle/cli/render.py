@@ -10,11 +10,13 @@ from typing import Any
 import attrs
 
 from ..metrics import StageMetrics
-from ..states import StageState
+from ..states import ItemState, StageState
 from ..status import HistoryEntry, ItemStatus
 from .output import PLAIN, Look, table
 
-STATE_COLUMNS = [s.value for s in StageState]
+#: Columns of the counts table: the stage states, then ``cancelled`` (the stages of
+#: cancelled items that never ran to the end: see ``store/counts.py``).
+STATE_COLUMNS = [*(s.value for s in StageState), ItemState.CANCELLED.value]
 
 
 def when(ts: float | None) -> str:

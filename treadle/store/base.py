@@ -48,6 +48,7 @@ from .records import (
     ResultRow,
     Shape,
     StageRecord,
+    StatusRows,
     SubRecord,
     SubResult,
     Transition,
@@ -122,7 +123,10 @@ class StateStore(Protocol):
     def settled_item_counts(self, shape: Shape) -> dict[str, int]: ...
     def stored_item_states(self, shape: Shape, item_ids: Iterable[str] | None
                            ) -> dict[str, str]: ...
+    def items_in_item_state(self, shape: Shape, state: str, limit: int | None,
+                            offset: int = 0) -> list[str]: ...
     def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]: ...
+    def status_rows(self, shape: Shape, item_ids: Sequence[str]) -> dict[str, StatusRows]: ...
     def item_ids(self, shape: Shape, stage: str | None, state: str | None,
                  limit: int | None) -> list[str]: ...
     def find_items(self, shape: Shape, flt: Filter, limit: int | None = None,
@@ -394,6 +398,44 @@ class BaseStore(abc.ABC):
                            ) -> dict[str, str]:
         """The recorded state of these items (None: every item), as stored: the
         last settled state, ``cancelled``, or ``rolling_back[:owner]``."""
+
+    def status_rows(self, shape: Shape, item_ids: Sequence[str]) -> dict[str, StatusRows]:
+        """The stored rows of each known item of ``item_ids`` (unknown ids are left out).
+
+        This default reads item by item; the SQL stores read a page of items in
+        three statements (``items()`` shows up to a page of statuses at once)."""
+        out: dict[str, StatusRows] = {}
+        states = self.stored_item_states(shape, item_ids)
+        for item_id in item_ids:
+            if item_id not in states:
+                continue
+            _, submitted = self.item_data(shape, item_id)
+            out[item_id] = StatusRows(item_id, submitted, self.item_version(shape, item_id),
+                                      states[item_id], self.stage_records(shape, item_id),
+                                      self.subtask_records(shape, item_id))
+        return out
+
+    @abc.abstractmethod
+    def stage_records(self, shape: Shape, item_id: str) -> list[StageRecord]:
+        """Every stage row of one item, in pipeline order (stages no longer in it left out)."""
+
+    @abc.abstractmethod
+    def subtask_records(self, shape: Shape, item_id: str) -> list[SubRecord]:
+        """Every subtask row of one item."""
+
+    @abc.abstractmethod
+    def item_data(self, shape: Shape, item_id: str) -> tuple[str, float]:
+        """(item JSON, submitted_at); :class:`~treadle.ItemNotFoundError` if unknown."""
+
+    @abc.abstractmethod
+    def item_version(self, shape: Shape, item_id: str) -> str | None:
+        """The pipeline version an item was recorded at (None: without one)."""
+
+    @abc.abstractmethod
+    def items_in_item_state(self, shape: Shape, state: str, limit: int | None,
+                            offset: int = 0) -> list[str]:
+        """Items whose recorded item state is ``state`` (e.g. ``cancelled``), oldest
+        first: the page ``[offset, offset + limit)``, read through the item states' index."""
 
     @abc.abstractmethod
     def _all_stage_rows(self, shape: Shape) -> Iterable[tuple[str, str, str, bool]]:

@@ -29,7 +29,7 @@ from .base import BaseStore
 from .memtables import MemoryTx, Tables, _Undo
 from .metrics import memory_stage_metrics
 from .query import Filter, Match, first_per_item, page, passes
-from .records import PENDING, ControlRow, Outlook, ResultRow, Shape, StageRecord, SubRecord
+from .records import CANCELLED, PENDING, ControlRow, Outlook, ResultRow, Shape, StageRecord, SubRecord
 from .tx import Tx
 
 
@@ -192,6 +192,13 @@ class MemoryStore(BaseStore):
             ids = items if item_ids is None else [i for i in item_ids if i in items]
             return {i: items[i].state for i in ids}
 
+    def items_in_item_state(self, shape: Shape, state: str, limit: int | None,
+                            offset: int = 0) -> list[str]:
+        with self._lock:
+            items = self.t.items.get(shape.name, {})
+            ids = sorted((it.id, i) for i, it in items.items() if it.state == state)
+        return page([i for _, i in ids], limit, offset)
+
     def settled_item_counts(self, shape: Shape) -> dict[str, int]:
         with self._lock:
             out: dict[str, int] = {}
@@ -202,9 +209,13 @@ class MemoryStore(BaseStore):
     def counts(self, shape: Shape) -> dict[str, dict[str, int]]:
         with self._lock:
             out: dict[str, dict[str, int]] = {s: {} for s in shape.order}
-            for (p, _, s), r in self.t.stages.items():
+            items = self.t.items.get(shape.name, {})
+            for (p, i, s), r in self.t.stages.items():
                 if p == shape.name and s in out:
-                    out[s][r.state] = out[s].get(r.state, 0) + 1
+                    state = r.state
+                    if state == PENDING and (item := items.get(i)) and item.state == CANCELLED:
+                        state = CANCELLED  # as the SQL stores count it (store/counts.py)
+                    out[s][state] = out[s].get(state, 0) + 1
             return out
 
     def history(self, shape: Shape, item_id: str) -> list[dict[str, Any]]:

@@ -11,8 +11,11 @@ them here; the memory store filters its rows with :func:`passes`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import attrs
+
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -92,8 +95,8 @@ def first_per_item(rows: Iterable[tuple[float, int, Match]], limit: int | None,
     return found[offset:] if limit is None else found[offset:offset + limit]
 
 
-def page(matches: Sequence[Match], limit: int | None, offset: int) -> list[Match]:
-    """The page ``[offset, offset + limit)`` of matches already in order."""
+def page(matches: Sequence[_T], limit: int | None, offset: int) -> list[_T]:
+    """The page ``[offset, offset + limit)`` of matches (or ids) already in order."""
     return list(matches[offset:]) if limit is None else list(matches[offset:offset + limit])
 
 

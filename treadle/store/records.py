@@ -239,6 +239,19 @@ class StageRecord:
     version: str | None = None      # the pipeline version that made it
 
 
+@attrs.frozen
+class StatusRows:
+    """What ``status`` shows of one item, as stored: its item row's fields, its stage
+    rows (in pipeline order) and its subtask rows (read for many items at once)."""
+
+    item_id: str
+    submitted_at: float
+    version: str | None
+    stored_state: str
+    stages: list[StageRecord]
+    subtasks: list[SubRecord]
+
+
 #: One stage row as ``plan`` reads it: (item_id, stage, state, fingerprint). A plain
 #: tuple: plan reads every row of the pipeline.
 ResultRow = tuple[str, str, str, "str | None"]
@@ -269,6 +282,7 @@ __all__ = [
     "ResultRow",
     "Shape",
     "StageRecord",
+    "StatusRows",
     "SubRecord",
     "SubResult",
     "Transition",

@@ -86,6 +86,23 @@ def _add_fanout_plans(migrator: Any) -> None:
     without calling its stage function again (docs/fanout.md)."""
     db = migrator.database
     db.create_tables([make_models(db)["FanOutPlan"]], safe=True)  # safe: a step may run again
+#: items(stage, state) oldest first (schema 7): ``id`` breaks ties of ``updated_at`` inside
+#: the index (rows of one submission share it), so PostgreSQL reads the first rows of
+#: the index in order instead of sorting every row of a tie; SQLite has the row id there.
+STAGE_STATE_INDEX = ("CREATE INDEX IF NOT EXISTS treadle_stage_by_state ON treadle_stage "
+                     "(pipeline, stage, state, updated_at, id)")
+
+
+def _add_counters(migrator: Any) -> None:
+    """Schema 7: the stage counters (``store/counts.py``), built from the stage rows, and
+    the index of ``items(stage, state)`` with ``id`` as its last column."""
+    from .counts import rebuild
+
+    db = migrator.database
+    db.create_tables([make_models(db)["Count"]], safe=True)  # safe: a step may run again
+    rebuild(db.execute_sql)
+    db.execute_sql("DROP INDEX IF EXISTS stagerun_pipeline_stage_state_updated_at")  # peewee's name
+    db.execute_sql(STAGE_STATE_INDEX)
 
 
 #: version -> step from version - 1, given a ``playhouse.migrate.SchemaMigrator``
@@ -98,6 +115,7 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {
     4: _add_fingerprints,
     5: _add_flow_control,
     6: _add_child_table,
+    7: _add_counters,
     8: _add_fanout_plans,
 }
 
@@ -153,8 +171,6 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
             table_name = "treadle_stage"
             indexes = (
                 (("pipeline", "item_id", "stage"), True),
-                # counts by stage and state; items(stage, state) oldest first
-                (("pipeline", "stage", "state", "updated_at"), False),
             )
 
     # the claim's order: highest priority first, then oldest (schema 5, READY_INDEX)
@@ -163,6 +179,11 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
                        name="treadle_stage_ready_p",
                        where=(StageRun.state == "pending") & (StageRun.ready == 1))
     )
+
+    # items(stage, state) oldest first (schema 7, STAGE_STATE_INDEX)
+    StageRun.add_index(
+        StageRun.index(StageRun.pipeline, StageRun.stage, StageRun.state, StageRun.updated_at,
+                       StageRun.id, name="treadle_stage_by_state"))
 
     class SubtaskRun(Base):
         id = pw.AutoField()
@@ -285,10 +306,22 @@ def make_models(db: pw.Database) -> dict[str, type[pw.Model]]:
         class Meta:
             table_name = "treadle_fanout_plan"
             primary_key = pw.CompositeKey("pipeline", "item_id", "stage")
+    class Count(Base):
+        """How many stage rows of (pipeline, stage) are in ``state`` (schema 7; kept by
+        the transactions that move the rows, see ``store/counts.py``)."""
+
+        pipeline = pw.TextField()
+        stage = pw.TextField()
+        state = pw.TextField()
+        n = pw.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = "treadle_count"
+            primary_key = pw.CompositeKey("pipeline", "stage", "state")
 
     models: dict[str, Any] = {
         "Meta": Meta, "Item": Item, "StageRun": StageRun, "SubtaskRun": SubtaskRun,
         "History": History, "Runner": Runner, "Control": Control, "Definition": Definition,
-        "Limit": Limit, "Child": Child, "FanOutPlan": FanOutPlan,
+        "Limit": Limit, "Child": Child, "FanOutPlan": FanOutPlan, "Count": Count,
     }
     return models

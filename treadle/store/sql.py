@@ -21,7 +21,7 @@ import peewee as pw
 from .._crash import crash_point
 from ..errors import ItemNotFoundError, StoreError
 from ..metrics import StageMetrics
-from . import schema
+from . import counts, schema
 from .base import BaseStore
 from .metrics import sql_stage_metrics
 from .query import Filter, Match, first_per_item, like_pattern, page, window
@@ -31,6 +31,7 @@ from .records import (
     ResultRow,
     Shape,
     StageRecord,
+    StatusRows,
     SubRecord,
 )
 from .schema import make_models
@@ -261,6 +262,7 @@ class SqlStore(BaseStore):
                 (*deps, shape.name, stage))
         tx._exec("INSERT INTO treadle_meta (key, value) VALUES (?, ?) "
                  "ON CONFLICT (key) DO UPDATE SET value=excluded.value", (key, fingerprint))
+        tx.tally.recount.add(shape.name)  # rows inserted by plain SQL: counted again at flush
         return True
 
     # -- runners -----------------------------------------------------------
@@ -322,6 +324,35 @@ class SqlStore(BaseStore):
             StageRecord(item_id, s, r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9])
             for s in shape.order if (r := by_stage.get(s)) is not None
         ]
+
+    def status_rows(self, shape: Shape, item_ids: Sequence[str]) -> dict[str, StatusRows]:
+        """The rows of a page of items in three statements per 400 ids (item rows,
+        stage rows, subtask rows), each through the (pipeline, item_id, ...) keys."""
+        wanted = set(shape.order)
+        out: dict[str, StatusRows] = {}
+        for chunk in chunks(list(dict.fromkeys(item_ids))):
+            ids = f"item_id IN ({marks(len(chunk))})"
+            params = (shape.name, *chunk)
+            for item_id, submitted, version, state in self._read(
+                    f"SELECT item_id, submitted_at, version, state FROM treadle_item "
+                    f"WHERE pipeline=? AND {ids}", params):
+                out[item_id] = StatusRows(item_id, submitted, version, state, [], [])
+            stages: dict[str, dict[str, StageRecord]] = {}
+            for r in self._read(
+                    "SELECT item_id, stage, state, ready, attempt, output, error, review, "
+                    f"updated_at, fingerprint, version FROM treadle_stage WHERE pipeline=? "
+                    f"AND {ids}", params):
+                stages.setdefault(r[0], {})[r[1]] = StageRecord(
+                    r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10])
+            for item_id, by_stage in stages.items():
+                if (rows := out.get(item_id)) is not None:
+                    rows.stages.extend(by_stage[s] for s in shape.order if s in by_stage)
+            for r in self._read(
+                    "SELECT item_id, stage, name, state, attempt, output, error FROM "
+                    f"treadle_subtask WHERE pipeline=? AND {ids} ORDER BY id", params):
+                if r[1] in wanted and (rows := out.get(r[0])) is not None:
+                    rows.subtasks.append(SubRecord(*r[1:]))
+        return out
 
     # -- what plan reads (docs/changes.md) ---------------------------------------
     def result_rows(self, shape: Shape) -> list[ResultRow]:
@@ -406,18 +437,20 @@ class SqlStore(BaseStore):
                 f"AND item_id IN ({marks(len(chunk))})", (shape.name, *chunk)))
         return out
 
+    def items_in_item_state(self, shape: Shape, state: str, limit: int | None,
+                            offset: int = 0) -> list[str]:
+        lim = f" LIMIT {int(offset + limit)}" if limit is not None else ""
+        return page([r[0] for r in self._read(
+            f"SELECT item_id FROM treadle_item WHERE pipeline=? AND state=? ORDER BY id{lim}",
+            (shape.name, state))], limit, offset)
+
     def settled_item_counts(self, shape: Shape) -> dict[str, int]:
         return dict(self._read(
             "SELECT state, count(*) FROM treadle_item WHERE pipeline=? GROUP BY state", (shape.name,)))
 
     def counts(self, shape: Shape) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {s: {} for s in shape.order}
-        for stage, state, n in self._read(
-            "SELECT stage, state, count(*) FROM treadle_stage WHERE pipeline=? GROUP BY stage, state",
-            (shape.name,)):
-            if stage in out:
-                out[stage][state] = n
-        return out
+        """Per stage, rows per state, from the counters (``store/counts.py``)."""
+        return counts.read(self._read, shape.name, shape.order)
 
     def history(self, shape: Shape, item_id: str) -> list[dict[str, Any]]:
         keys = ("seq", "at", "item_id", "stage", "subtask", "state", "attempt", "actor", "error",

@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import ItemNotFoundError
+from . import counts
 from .records import (
     PENDING,
     ROLLING_BACK,
+    RUNNING,
     ControlRow,
     HistoryRow,
     StageRecord,
@@ -70,6 +72,7 @@ class SqlTx(Tx):
         self.history: list[tuple[Any, ...]] = []
         self.control: list[tuple[Any, ...]] = []
         self.pipelines: set[str] = set()
+        self.tally = counts.Tally()  # stage counter changes, written at flush
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self.cur.execute(self.sql(sql), params)
@@ -110,12 +113,20 @@ class SqlTx(Tx):
         return new
 
     def insert_stage_rows(self, pipeline: str, rows: Iterable[tuple[str, str, bool]]) -> None:
+        # the rows of items inserted by this transaction (submit, spawn): all new
+        added: dict[str, int] = {}
+
+        def values() -> Iterator[tuple[Any, ...]]:
+            for i, s, r in rows:
+                added[s] = added.get(s, 0) + 1
+                yield (pipeline, i, s, 1 if r else 0, self.now)
+
         self._many(
             "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, "
             "not_before, updated_at) VALUES (?,?,?,'pending',?,0,0,?) "
-            "ON CONFLICT (pipeline, item_id, stage) DO NOTHING",
-            ((pipeline, i, s, 1 if r else 0, self.now) for i, s, r in rows),
-        )
+            "ON CONFLICT (pipeline, item_id, stage) DO NOTHING", values())
+        for stage, n in added.items():
+            self.tally.add(pipeline, stage, PENDING, n)
 
     def lock_stage_rows(self, pipeline: str, item_id: str) -> None:
         if self.store._lock_rows:
@@ -144,6 +155,15 @@ class SqlTx(Tx):
 
     def apply(self, pipeline: str, owner: str, transitions: Sequence[Transition],
               stamps: Mapping[str, tuple[str, str | None]] | None = None) -> list[bool]:
+        flags = self._apply(pipeline, owner, transitions, stamps)
+        move = self.tally.move
+        for t, ok in zip(transitions, flags):
+            if ok:
+                move(pipeline, t.stage, RUNNING, t.state)
+        return flags
+
+    def _apply(self, pipeline: str, owner: str, transitions: Sequence[Transition],
+               stamps: Mapping[str, tuple[str, str | None]] | None) -> list[bool]:
         if self.store._apply_batch is not None and len(transitions) > 1:
             batch: list[bool] = self.store._apply_batch(self, pipeline, owner, transitions, stamps)
             return batch
@@ -203,6 +223,8 @@ class SqlTx(Tx):
                        (pipeline, item_id, new))
             self._exec("UPDATE treadle_subtask SET stage=? WHERE pipeline=? AND item_id=? AND stage=?",
                        (new, pipeline, item_id, old))
+        if items:
+            self.tally.recount.add(pipeline)  # rows moved between stages: rebuilt at flush
         return items
 
     def unclaim(self, pipeline: str, owner: str, keys: Sequence[tuple[str, str, int]]) -> list[bool]:
@@ -213,6 +235,8 @@ class SqlTx(Tx):
         for item_id, stage, attempt in keys:
             self.cur.execute(sql, (self.now, pipeline, item_id, stage, owner, attempt))
             flags.append(self.store._changes(self.cur) == 1)
+            if flags[-1]:
+                self.tally.move(pipeline, stage, RUNNING, PENDING)
         return flags
 
     def set_ready(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
@@ -227,22 +251,58 @@ class SqlTx(Tx):
     def set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
                   from_states: Sequence[str], *, ready: bool, error: str | None = None,
                   clear_output: bool = False) -> list[tuple[str, str]]:
-        sql = self.sql(
-            "UPDATE treadle_stage SET state=?, ready=?, owner=NULL, error=?, updated_at=?"
-            + (", output=NULL, review=NULL" if clear_output else "")
-            + f" WHERE pipeline=? AND item_id=? AND stage=? AND state IN ({marks(len(from_states))})"
-        )
+        if len(from_states) == 1:
+            return self._set_state(pipeline, rows, state, from_states[0], ready=ready,
+                                   error=error, clear_output=clear_output)
+        # Several states to move from: each row from the state it is in now (read
+        # first, locked where writers run concurrently), so the counters know it.
+        now = self._states_now(pipeline, rows, from_states)
+        moved: set[tuple[str, str]] = set()
+        for old in from_states:
+            group = [r for r in dict.fromkeys(rows) if now.get(r) == old]
+            if group:
+                moved.update(self._set_state(pipeline, group, state, old, ready=ready,
+                                             error=error, clear_output=clear_output))
+        return [r for r in dict.fromkeys(rows) if r in moved]
+
+    def _states_now(self, pipeline: str, rows: Sequence[tuple[str, str]],
+                    states: Sequence[str]) -> dict[tuple[str, str], str]:
+        """The state of each of ``rows`` that is in ``states`` (locked on PostgreSQL)."""
+        wanted = set(rows)
+        stages = sorted({s for _, s in wanted})
+        lock = ' ORDER BY item_id COLLATE "C", id FOR UPDATE' if self.store._lock_rows else ""
+        out: dict[tuple[str, str], str] = {}
+        for chunk in chunks(sorted({i for i, _ in wanted})):
+            for item_id, stage, state in self._exec(
+                    "SELECT item_id, stage, state FROM treadle_stage WHERE pipeline=? "
+                    f"AND item_id IN ({marks(len(chunk))}) AND stage IN ({marks(len(stages))}) "
+                    f"AND state IN ({marks(len(states))}){lock}",
+                    (pipeline, *chunk, *stages, *states)).fetchall():
+                if (item_id, stage) in wanted:
+                    out[(item_id, stage)] = state
+        return out
+
+    def _set_state(self, pipeline: str, rows: Sequence[tuple[str, str]], state: str,
+                   old: str, *, ready: bool, error: str | None,
+                   clear_output: bool) -> list[tuple[str, str]]:
+        """Move the rows of ``rows`` that are in ``old`` to ``state``; returns those moved."""
         if self.store._set_state_batch is not None and len(rows) > 1:
-            batch: list[tuple[str, str]] = self.store._set_state_batch(
-                self, pipeline, rows, state, from_states, ready=ready, error=error,
+            moved: list[tuple[str, str]] = self.store._set_state_batch(
+                self, pipeline, rows, state, (old,), ready=ready, error=error,
                 clear_output=clear_output)
-            return batch
-        moved = []
-        for item_id, stage in rows:
-            self.cur.execute(sql, (state, 1 if ready else 0, error, self.now, pipeline, item_id,
-                                   stage, *from_states))
-            if self.store._changes(self.cur) == 1:
-                moved.append((item_id, stage))
+        else:
+            sql = self.sql(
+                "UPDATE treadle_stage SET state=?, ready=?, owner=NULL, error=?, updated_at=?"
+                + (", output=NULL, review=NULL" if clear_output else "")
+                + " WHERE pipeline=? AND item_id=? AND stage=? AND state=?")
+            moved = []
+            for item_id, stage in rows:
+                self.cur.execute(sql, (state, 1 if ready else 0, error, self.now, pipeline,
+                                       item_id, stage, old))
+                if self.store._changes(self.cur) == 1:
+                    moved.append((item_id, stage))
+        for _, stage in moved:
+            self.tally.move(pipeline, stage, old, state)
         return moved
 
     def set_item_states(self, pipeline: str, rows: Sequence[tuple[str, str]]) -> None:
@@ -265,9 +325,10 @@ class SqlTx(Tx):
         ``_before_history`` hook makes those ids follow commit order (PostgreSQL
         takes a lock held until COMMIT; SQLite already has one writer at a time).
         """
-        if not self.history and not self.control:
+        if not self.history and not self.control and not self.tally:
             return
-        self.store._before_history(self, sorted(self.pipelines))
+        self.store._before_history(self, sorted(self.pipelines | self.tally.pipelines()))
+        counts.flush(self)  # the stage counters, under the same locks
         if self.control:  # read by id too (engine/control.py): the same ordering applies
             control, self.control = self.control, []
             self._many("INSERT INTO treadle_control (pipeline, kind, target, at, actor, reason) "
@@ -289,10 +350,21 @@ class SqlTx(Tx):
             (owner, self.now, pipeline, self.now, *stages, *(only or ()), limit),
         ))
         rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING has no order: the claim's, again
+        move = self.tally.move
+        for r in rows:
+            move(pipeline, r[3], PENDING, RUNNING)
         return [(i, s, a) for _, _, i, s, a in rows]
 
     def claim_rows(self, pipeline: str, owner: str, rows: Sequence[tuple[str, str]],
                    min_priority: int | None) -> list[tuple[str, str, int]]:
+        claimed = self._claim_rows(pipeline, owner, rows, min_priority)
+        move = self.tally.move
+        for _, stage, _ in claimed:
+            move(pipeline, stage, PENDING, RUNNING)
+        return claimed
+
+    def _claim_rows(self, pipeline: str, owner: str, rows: Sequence[tuple[str, str]],
+                    min_priority: int | None) -> list[tuple[str, str, int]]:
         if self.store._claim_rows_batch is not None and len(rows) > 1:
             batch: list[tuple[str, str, int]] = self.store._claim_rows_batch(
                 self, pipeline, owner, rows, min_priority)
@@ -417,7 +489,10 @@ class SqlTx(Tx):
             f"WHERE pipeline=? AND item_id=? AND stage=? AND state=?{guard}",
             (state, output, review, self.now, pipeline, item_id, stage, expect,
              *(() if attempt is None else (attempt,))))
-        return self.store._changes(self.cur) == 1
+        if self.store._changes(self.cur) != 1:
+            return False
+        self.tally.move(pipeline, stage, expect, state)
+        return True
 
     def locked_rows(self, pipeline: str, item_ids: Iterable[str]) -> dict[str, dict[str, StageRecord]]:
         # One statement per page. Where writers run concurrently (PostgreSQL), lock
@@ -439,6 +514,9 @@ class SqlTx(Tx):
         if self.store._cas_batch is None or len(rows) < 2:
             return super().cas_many(pipeline, expect, state, rows)
         flags: list[bool] = self.store._cas_batch(self, pipeline, expect, state, rows)
+        for (_, stage, _, _, _), ok in zip(rows, flags):
+            if ok:
+                self.tally.move(pipeline, stage, expect, state)
         return flags
 
     def overdue(self, pipeline: str, stage: str, before: float) -> list[str]:

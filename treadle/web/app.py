@@ -184,7 +184,7 @@ async def stream(request: Request) -> Response:
                 yield ": keep-alive\n\n"
                 continue
             yield feed.changed_event(snap)
-            shown = [s for s in queries.STATE_ORDER if any(c.get(s) for c in snap.counts.values())]
+            shown = [s for s in queries.COUNT_STATES if any(c.get(s) for c in snap.counts.values())]
             html = fragment.render(counts=snap.counts, states=shown or ["pending"], items=snap.items,
                                    paused=list(snap.paused), layout=state.layout,
                                    pipeline=state.runner.pipeline, base=base, csrf=state.csrf,

@@ -18,6 +18,8 @@ STATE_ORDER = [s.value for s in StageState]
 CANCELLED = ItemState.CANCELLED.value
 #: The items page's state filter: every stage state, and ``cancelled`` (an item state).
 FILTER_STATES = [*STATE_ORDER, CANCELLED]
+#: The columns of the counts: the same (a cancelled item's unfinished stages count as cancelled).
+COUNT_STATES = FILTER_STATES
 
 
 @attrs.frozen
@@ -257,5 +259,5 @@ def item_page(runner: Any, item_id: str) -> dict[str, Any]:
 
 def overview(runner: Any) -> dict[str, Any]:
     counts = runner.counts()
-    shown = [s for s in STATE_ORDER if any(c.get(s) for c in counts.values())] or ["pending"]
+    shown = [s for s in COUNT_STATES if any(c.get(s) for c in counts.values())] or ["pending"]
     return {"counts": counts, "states": shown, "items": runner.item_counts(), "paused": runner.paused()}
