@@ -23,6 +23,7 @@ def positive(x: object) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # W1-W5, W7 on three stores: about 2-3 minutes on a quiet machine
 def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
     """The quick suite succeeds; every workload reports positive figures for every store."""
     out = tmp_path / "bench.json"
