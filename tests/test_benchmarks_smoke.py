@@ -134,7 +134,8 @@ def test_quick_benchmark_exits_0_and_writes_well_formed_json(tmp_path):
         assert c["faster_peer"] in measured and positive(c["faster_peer_transitions_per_s"])
         assert all(positive(t["ratio"]) for t in c["treadle"].values())
 
-    assert len(data["targets"]) == 8
+    assert len(data["targets"]) == 9
+    assert sum(t["target"].startswith("W4 ") for t in data["targets"]) == 2  # SQLite, PostgreSQL
     assert data["targets"][-1]["target"].startswith("W7 memory bounded by bytes")
     for t in data["targets"]:
         assert t["target"] and t["measured"] and t["met"] in (True, False, None)
