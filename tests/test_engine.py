@@ -458,7 +458,10 @@ def test_an_async_stage_that_swallows_its_cancellation_still_times_out():
 
     runner = Runner(Pipeline("stubborn", [stubborn]), open_store("memory://"), grace=0.5)
     runner.submit({"id": "x"})
+    started = time.monotonic()
     report = runner.run()
+    # the grace period, then at most AsyncPool.SHUTDOWN_WAIT for the loop thread it keeps
+    assert time.monotonic() - started < 8.0
     assert report.failed == 1
     assert runner.status("x").stages["stubborn"].error == "StageTimeout: timed out after 0.3 s"
 

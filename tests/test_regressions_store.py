@@ -412,7 +412,7 @@ def test_memory_store_rolls_back_a_transaction_that_fails_midway(monkeypatch, wh
     runner.submit({"id": "a"}, {"id": "b"})
     claims = store.commit(versioned, "me", [], 10).claims
     assert len(claims) == 2
-    before = store.dump()
+    before, before_a = store.dump(), store.history(versioned, "a")
 
     def boom(self, *args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -422,10 +422,16 @@ def test_memory_store_rolls_back_a_transaction_that_fails_midway(monkeypatch, wh
     with pytest.raises(RuntimeError, match="disk on fire"):  # (no claims: successors only
         store.commit(versioned, "me", done, limit)            # marked ready, no chaining)
     assert store.dump() == before
+    assert store.history(versioned, "a") == before_a  # its per-item index rolled back too
     monkeypatch.undo()
     # and it still works: the same results commit, the next stages are claimed
     result = store.commit(versioned, "me", done, 10)
     assert len(result.accepted) == 2 and {c.stage for c in result.claims} == {"publish"}
+    for item in ("a", "b"):  # an item's history (indexed) is the feed's rows of that item
+        feed = [e["seq"] for e in store.events(versioned, 0, 1000) if e["item_id"] == item]
+        assert [h["seq"] for h in store.history(versioned, item)] == feed
+        assert [e["seq"] for e in store.events(versioned, 0, 1000, item)] == feed
+        assert [e["seq"] for e in store.events(versioned, feed[1], 1000, item)] == feed[2:]
 
 
 # -- the engine heartbeats and recovers from threads of its own ---------------------------

@@ -123,4 +123,6 @@ class SteerConformance:
             cursor = page[-1]["seq"]
         assert pages == every
         assert [e["state"] for e in store.events(shape, 0, 10, "i2")] == ["submitted", "running"]
+        assert [e["state"] for e in store.events(shape, ids[2], 10, "i1")] == ["completed"]
+        assert [e["state"] for e in store.events(shape, 0, 1, "i1")] == ["submitted"]
         assert store.events(shape, ids[-1], 10) == []

@@ -114,6 +114,11 @@ class AsyncPool:
         with self._lock:
             return list(self._live)
 
+    #: Seconds ``shutdown`` waits for the cancelled coroutines to finish. They had
+    #: the runner's grace period already; one that swallows its cancellation keeps
+    #: the (daemon) loop thread, not ``run()``.
+    SHUTDOWN_WAIT = 1.0
+
     def shutdown(self, wait: bool) -> None:
         """Cancel what still runs and stop the loop."""
         loop = self._loop
@@ -123,7 +128,7 @@ class AsyncPool:
             self.cancel(task)
         loop.call_soon_threadsafe(loop.stop)
         if wait and self._thread is not None:
-            self._thread.join(timeout=10.0)
+            self._thread.join(timeout=self.SHUTDOWN_WAIT)
         self._loop = None
 
 

@@ -29,7 +29,17 @@ from .base import BaseStore
 from .memtables import MemoryTx, Tables, _Undo
 from .metrics import memory_stage_metrics
 from .query import Filter, Match, first_per_item, page, passes
-from .records import CANCELLED, PENDING, ControlRow, Outlook, ResultRow, Shape, StageRecord, SubRecord
+from .records import (
+    CANCELLED,
+    PENDING,
+    ControlRow,
+    HistoryRow,
+    Outlook,
+    ResultRow,
+    Shape,
+    StageRecord,
+    SubRecord,
+)
 from .tx import Tx
 
 
@@ -224,7 +234,8 @@ class MemoryStore(BaseStore):
                 {"seq": seq, "at": at, "item_id": r.item_id, "stage": r.stage,
                  "subtask": r.subtask, "state": r.state, "attempt": r.attempt, "actor": r.actor,
                  "error": r.error, "traceback": r.traceback, "details": r.details}
-                for seq, p, at, r in self.t.history if p == shape.name and r.item_id == item_id
+                for seq, _, at, r in (self.t.history[n] for n in
+                                      self.t.item_history.get((shape.name, item_id), ()))
             ]
 
     def events(self, shape: Shape, since: int, limit: int,
@@ -232,9 +243,16 @@ class MemoryStore(BaseStore):
         """History rows after id ``since``, oldest first: the event feed."""
         with self._lock:
             history = self.t.history
-            start = bisect.bisect_right(history, since, key=lambda h: h[0])
+            if item_id is not None:  # that item's rows only, through their index
+                mine = self.t.item_history.get((shape.name, item_id), [])
+                rows: Iterable[tuple[int, str, float, HistoryRow]] = (
+                    history[n] for n in itertools.islice(
+                        mine, bisect.bisect_right(mine, since, key=lambda n: history[n][0]), None))
+            else:
+                rows = itertools.islice(
+                    history, bisect.bisect_right(history, since, key=lambda h: h[0]), None)
             out = []
-            for seq, p, at, r in itertools.islice(history, start, None):
+            for seq, p, at, r in rows:
                 if p == shape.name and (item_id is None or r.item_id == item_id):
                     out.append({"seq": seq, "at": at, "item_id": r.item_id, "stage": r.stage,
                                 "subtask": r.subtask, "state": r.state, "attempt": r.attempt,

@@ -332,8 +332,13 @@ class MemoryTx(Tx):
                     del rolling[item_id]
 
     def append_history(self, pipeline: str, rows: Iterable[HistoryRow]) -> None:
-        history, ids, now = self.s.history, self.s.ids, self.now
+        history, ids, now, by_item = self.s.history, self.s.ids, self.now, self.s.item_history
         for r in rows:
+            key = (pipeline, r.item_id)
+            positions = by_item.get(key)
+            if positions is None:
+                positions = by_item[key] = []
+            positions.append(len(history))
             history.append((next(ids), pipeline, now, r))
 
     def claim(self, pipeline: str, owner: str, stages: Sequence[str], limit: int,
@@ -684,6 +689,8 @@ class Tables:
         self.stages: dict[StageKey, _Row] = {}
         self.ready: dict[str, list[tuple[int, StageKey]]] = {}  # heap of (row id, key)
         self.history: list[tuple[int, str, float, HistoryRow]] = []
+        #: (pipeline, item_id) -> positions of its rows in ``history``, oldest first
+        self.item_history: dict[tuple[str, str], list[int]] = {}
         self.control: list[tuple[str, ControlRow]] = []
         self.runners: dict[str, tuple[str, int, float]] = {}
         #: child links (pipeline, item_id, stage, child_pipeline, child_id), in order
@@ -703,6 +710,8 @@ class Tables:
 
     def undo(self, undo: _Undo) -> None:
         """Put back every row a failed transaction touched."""
+        for _, pipeline, _, r in reversed(self.history[undo.history_len:]):
+            self.item_history[(pipeline, r.item_id)].pop()  # appended last: at the end
         del self.history[undo.history_len:]
         del self.control[undo.control_len:]
         for key, snap in undo.stages.items():
