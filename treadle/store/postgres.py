@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from ..errors import StoreError
+from . import pgcopy
 from .sql import SqlStore
 from .urls import mask_text, mask_url, no_store
 
@@ -158,6 +159,10 @@ class PostgresStore(SqlStore):
         from psycopg2.extras import execute_batch
 
         execute_batch(cur, sql, list(rows), page_size=200)
+
+    def _insert_many(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """``COPY`` for plain rows, else one multi-row ``INSERT`` per page (pgcopy.py)."""
+        pgcopy.insert_many(cur, sql, list(rows))
 
     def is_disconnect(self, exc: BaseException) -> bool:
         import psycopg2

@@ -45,6 +45,7 @@ class Dialect(Protocol):
     def _before_history(self, tx: Any, pipelines: Sequence[str]) -> None: ...
     def _changes(self, cur: Any) -> int: ...
     def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+    def _insert_many(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
 
 _CHUNK = 400  # ids per IN (...) list: far below every database's parameter limit
@@ -82,6 +83,11 @@ class SqlTx(Tx):
         if isinstance(rows, (list, tuple)) and not rows:
             return
         self.store._executemany(self.cur, self.sql(sql), rows)
+
+    def _inserts(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``INSERT ... VALUES (?,...)`` of ``rows``, in their order (the store's fastest way)."""
+        if rows:
+            self.store._insert_many(self.cur, self.sql(sql), rows)
 
     def insert_items(self, pipeline: str, rows: Sequence[tuple[str, str]],
                      version: str | None = None) -> list[str]:
@@ -121,10 +127,10 @@ class SqlTx(Tx):
                 added[s] = added.get(s, 0) + 1
                 yield (pipeline, i, s, 1 if r else 0, self.now)
 
-        self._many(
+        self._inserts(
             "INSERT INTO treadle_stage (pipeline, item_id, stage, state, ready, attempt, "
             "not_before, updated_at) VALUES (?,?,?,'pending',?,0,0,?) "
-            "ON CONFLICT (pipeline, item_id, stage) DO NOTHING", values())
+            "ON CONFLICT (pipeline, item_id, stage) DO NOTHING", list(values()))
         for stage, n in added.items():
             self.tally.add(pipeline, stage, PENDING, n)
 
@@ -331,10 +337,10 @@ class SqlTx(Tx):
         counts.flush(self)  # the stage counters, under the same locks
         if self.control:  # read by id too (engine/control.py): the same ordering applies
             control, self.control = self.control, []
-            self._many("INSERT INTO treadle_control (pipeline, kind, target, at, actor, reason) "
-                       "VALUES (?,?,?,?,?,?)", control)
+            self._inserts("INSERT INTO treadle_control (pipeline, kind, target, at, actor, reason) "
+                          "VALUES (?,?,?,?,?,?)", control)
         rows, self.history = self.history, []
-        self._many(
+        self._inserts(
             "INSERT INTO treadle_history (pipeline, item_id, stage, subtask, state, attempt, actor, at, "
             "error, traceback, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
