@@ -74,3 +74,35 @@ def test_a_failed_stages_awkward_error_text_is_in_the_history(store_url):
         assert runner.status(f"i{n}").stages["fails"].error == error
     events = runner.events(0, 10_000)
     assert [e.id for e in events] == sorted({e.id for e in events})
+
+
+def test_text_the_connection_cannot_encode_fails_as_a_value_not_a_lost_connection(postgres_url):
+    """A lone surrogate (``os.fsdecode`` of a non-UTF-8 name) is refused before COPY starts,
+    as an INSERT refused it: a ``UnicodeEncodeError``, and the store does not take it for a
+    lost connection (which it would retry for a minute)."""
+    import os
+
+    import psycopg2
+
+    store = open_store(postgres_url)
+    conn = psycopg2.connect(postgres_url)
+    try:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE t (s text)")
+        bad = os.fsdecode(b"disk \xff full")
+        with pytest.raises(UnicodeEncodeError) as info:
+            pgcopy.insert_many(cur, "INSERT INTO t (s) VALUES (%s)", [("fine",), (bad,)])
+        assert not store.is_disconnect(info.value)
+        conn.rollback()
+        runner = Runner(Pipeline("p", [_noop]), store)
+        with pytest.raises(UnicodeEncodeError):
+            runner.pause(actor=bad)
+        assert runner.paused() == []  # nothing half-written
+    finally:
+        conn.close()
+        store.close()
+
+
+@stage()
+def _noop(item):
+    return item

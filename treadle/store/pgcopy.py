@@ -57,7 +57,13 @@ def insert_many(cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
     head, template, rest = split(sql)
     plain = not rest.strip() and all(p.strip() == "%s" for p in template.split(","))
     if plain:
-        cur.copy_expert(f"COPY {head[len('INSERT INTO '):]} FROM STDIN", io.StringIO(text(rows)))
+        # Encoded here, not while COPY reads it: a value the connection's encoding cannot
+        # hold (a lone surrogate from os.fsdecode) raises UnicodeEncodeError as an INSERT
+        # would, not an aborted COPY that reads like a lost connection.
+        from psycopg2.extensions import encodings
+
+        data = text(rows).encode(encodings[cur.connection.encoding])
+        cur.copy_expert(f"COPY {head[len('INSERT INTO '):]} FROM STDIN", io.BytesIO(data))
         return
     from psycopg2.extras import execute_values
 
