@@ -7,10 +7,8 @@ so the memory, SQLite and PostgreSQL stores all pass them (docs/engine.md,
 
 from __future__ import annotations
 
-from typing import Any
-
+from ._conformance_counts import noop_stage
 from .pipeline import Pipeline
-from .stage import stage
 from .store.base import StateStore, Transition
 
 _OWNER = "test-host:1:owner"
@@ -18,19 +16,8 @@ _OWNER = "test-host:1:owner"
 
 def _chain_pipeline() -> Pipeline:
     """``a`` then ``b`` and ``c`` (each after ``a`` only), then ``d`` after both."""
-    @stage()
-    def a(item: Any) -> None: ...
-
-    @stage(after=[a])
-    def b(item: Any) -> None: ...
-
-    @stage(after=[a])
-    def c(item: Any) -> None: ...
-
-    @stage(after=[b, c])
-    def d(item: Any) -> None: ...
-
-    return Pipeline("chain", [a, b, c, d])
+    return Pipeline("chain", [noop_stage("a"), noop_stage("b", "a"), noop_stage("c", "a"),
+                              noop_stage("d", "b", "c")])
 
 
 class ChainConformance:

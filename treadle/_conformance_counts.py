@@ -146,14 +146,14 @@ class CountsConformance:
         assert got["i2"].stored_state == "cancelled" and got["i1"].subtasks
 
     def test_counts_after_the_pipeline_gains_and_renames_stages(self, store: StateStore) -> None:
-        old = Pipeline("shapes", [_noop("a"), _noop("b", "a")])
+        old = Pipeline("shapes", [noop_stage("a"), noop_stage("b", "a")])
         store.prepare(old)
         store.register_runner(OWNER, "test-host", 1, 30.0)
         store.submit(old, [(f"i{n}", f'{{"id":"i{n}"}}') for n in range(3)], "test")
         store.commit(old, OWNER, [], 1)
         store.commit(old, OWNER, [_done("i0", "a", output="1")], 0)
         self.check(store, old)
-        new = Pipeline("shapes", [_noop("a"), _noop("b2", "a"), _noop("c", "b2")],
+        new = Pipeline("shapes", [noop_stage("a"), noop_stage("b2", "a"), noop_stage("c", "b2")],
                        renames={"b": "b2"})
         store.prepare(new)
         got = self.check(store, new)
@@ -161,12 +161,13 @@ class CountsConformance:
         assert got["b2"] == {"pending": 3}
 
 
-def _noop(name: str, after: str | None = None) -> Any:
-    """A stage doing nothing, named ``name``, after ``after``."""
+def noop_stage(name: str, *after: str) -> Any:
+    """A stage doing nothing, named ``name``, after the stages ``after`` (the mixins'
+    fixture pipelines are built of these)."""
     def run(item: Any) -> None: ...
 
     run.__name__ = run.__qualname__ = name
-    return stage(after=[after] if after else [])(run)
+    return stage(after=list(after))(run)
 
 
-__all__ = ["CountsConformance", "exact_counts"]
+__all__ = ["CountsConformance", "exact_counts", "noop_stage"]

@@ -9,11 +9,9 @@ stage settled, was retried or rerun (docs/fanout.md, "Crashes").
 
 from __future__ import annotations
 
-from typing import Any
-
+from ._conformance_counts import noop_stage
 from ._pytest_compat import pytest
 from .pipeline import Pipeline
-from .stage import stage
 from .store.base import StateStore, Transition
 from .store.fanout import FanOutStart, SubResult
 
@@ -24,16 +22,8 @@ PLAN = '{"v":1,"subtasks":[{"name":"x","fn":"m:f","args":[1],"kwargs":{}}]}'
 
 def _plan_pipeline() -> Pipeline:
     """``prep`` then ``fan`` (the stage that fans out) then ``join``."""
-    @stage()
-    def prep(item: Any) -> None: ...
-
-    @stage(after=[prep])
-    def fan(item: Any) -> None: ...
-
-    @stage(after=[fan])
-    def join(item: Any) -> None: ...
-
-    return Pipeline("fanplan", [prep, fan, join])
+    return Pipeline("fanplan", [noop_stage("prep"), noop_stage("fan", "prep"),
+                                noop_stage("join", "fan")])
 
 
 class FanPlanConformance:

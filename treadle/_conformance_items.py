@@ -9,11 +9,10 @@ claim must carry each item's JSON as submitted whether or not it was kept.
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from ._conformance_counts import noop_stage
 from ._pytest_compat import pytest
 from .pipeline import Pipeline
-from .stage import stage
 from .store.base import StateStore, Transition
 
 _OWNER = "test-host:1:owner"
@@ -21,16 +20,8 @@ _OWNER = "test-host:1:owner"
 
 def _chain(name: str) -> Pipeline:
     """Three stages in a line: every item is claimed three times."""
-    @stage()
-    def one(item: Any) -> None: ...
-
-    @stage(after=[one])
-    def two(item: Any) -> None: ...
-
-    @stage(after=[two])
-    def three(item: Any) -> None: ...
-
-    return Pipeline(name, [one, two, three])
+    return Pipeline(name, [noop_stage("one"), noop_stage("two", "one"),
+                           noop_stage("three", "two")])
 
 
 def _payload(k: int, size: int) -> str:
