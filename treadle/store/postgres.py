@@ -160,9 +160,9 @@ class PostgresStore(SqlStore):
 
         execute_batch(cur, sql, list(rows), page_size=200)
 
-    def _insert_many(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    def _insert_many(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """``COPY`` for plain rows, else one multi-row ``INSERT`` per page (pgcopy.py)."""
-        pgcopy.insert_many(cur, sql, list(rows))
+        pgcopy.insert_many(cur, sql, rows)
 
     def is_disconnect(self, exc: BaseException) -> bool:
         import psycopg2

@@ -97,7 +97,7 @@ class SqlStore(BaseStore):
     def _executemany(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         cur.executemany(sql, rows)
 
-    def _insert_many(self, cur: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    def _insert_many(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Rows for an ``INSERT ... VALUES (...)`` (rows inserted in order): SQLite's
         prepared statement per row is as fast as anything (PostgreSQL overrides)."""
         self._executemany(cur, sql, rows)
